@@ -1,0 +1,21 @@
+"""The storage side: keys and tiers for encoded images. Knows nothing of models."""
+
+from cache.disk import DiskTier
+from cache.entry import MEDIA_TYPES, MISS, Entry
+from cache.keys import SCHEMA_VERSION, is_key, is_namespace, make_key
+from cache.layered import Hit, LayeredCache
+from cache.memory import MemoryTier
+
+__all__ = [
+    "MEDIA_TYPES",
+    "MISS",
+    "SCHEMA_VERSION",
+    "DiskTier",
+    "Entry",
+    "Hit",
+    "LayeredCache",
+    "MemoryTier",
+    "is_key",
+    "is_namespace",
+    "make_key",
+]

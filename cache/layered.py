@@ -1,0 +1,96 @@
+"""The tiers in order, as one cache: look up top-down, promote hits, store everywhere."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cache.entry import MISS, Entry, _Miss
+
+log = logging.getLogger(__name__)
+
+
+class Tier(Protocol):
+    name: str
+
+    def get(self, namespace: str, key: str) -> Entry | _Miss: ...
+    def put(self, namespace: str, key: str, entry: Entry) -> None: ...
+    def discard(self, namespace: str, key: str) -> None: ...
+    def stats(self) -> dict[str, int]: ...
+
+
+@dataclass(frozen=True)
+class Hit:
+    entry: Entry
+    tier: str
+
+
+class LayeredCache:
+    """Tiers fastest first (memory, disk, ...), behaving as one cache.
+
+    Guarantees: a hit in a lower tier is copied into every tier above it; a
+    store writes every tier; a tier that raises is logged, counted in
+    `errors`, and treated as a miss (on get) or skipped (on put): a broken
+    tier never fails a request. Thread-safe as far as each tier is.
+    """
+
+    def __init__(self, tiers: list[Tier]) -> None:
+        if not tiers:
+            raise ValueError("LayeredCache needs at least one tier")
+        self.tiers = tiers
+        self.errors: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def get(self, namespace: str, key: str) -> Hit | _Miss:
+        for depth, tier in enumerate(self.tiers):
+            try:
+                entry = tier.get(namespace, key)
+            except Exception:
+                self._count_error(tier, "get")
+                continue
+            if entry is MISS:
+                continue
+            assert isinstance(entry, Entry)
+            for upper in self.tiers[:depth]:
+                self._put_one(upper, namespace, key, entry)
+            return Hit(entry, tier.name)
+        return MISS
+
+    def put(self, namespace: str, key: str, entry: Entry) -> None:
+        # Slowest (most durable) first: once the memory tier has it, readers
+        # stop looking further down.
+        for tier in reversed(self.tiers):
+            self._put_one(tier, namespace, key, entry)
+
+    def discard(self, namespace: str, key: str) -> None:
+        for tier in self.tiers:
+            try:
+                tier.discard(namespace, key)
+            except Exception:
+                self._count_error(tier, "discard")
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Entries, bytes and errors per tier, by tier name."""
+        out: dict[str, dict[str, Any]] = {}
+        for tier in self.tiers:
+            try:
+                sizes = tier.stats()
+            except Exception:
+                self._count_error(tier, "stats")
+                sizes = {"entries": None, "bytes": None}
+            out[tier.name] = {**sizes, "errors": self.errors[tier.name]}
+        return out
+
+    def _put_one(self, tier: Tier, namespace: str, key: str, entry: Entry) -> None:
+        try:
+            tier.put(namespace, key, entry)
+        except Exception:
+            self._count_error(tier, "put")
+
+    def _count_error(self, tier: Tier, op: str) -> None:
+        log.warning("%s cache tier failed on %s; carrying on without it", tier.name, op, exc_info=True)
+        with self._lock:
+            self.errors[tier.name] += 1

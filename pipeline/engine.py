@@ -1,0 +1,194 @@
+"""The engine: owns the pipeline and runs every model call on one worker thread."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.loading import ModelIdentity, load_pipeline, resolve_model
+from pipeline.request import CanonicalRequest
+
+log = logging.getLogger(__name__)
+
+LOADING, WARMING, READY, FAILED = "loading", "warming", "ready", "failed"
+
+
+class QueueFull(Exception):
+    """More generations are waiting than `max_queue` allows; retry later."""
+
+    def __init__(self, depth: int) -> None:
+        super().__init__(f"the generation queue is full ({depth} waiting); retry shortly")
+        self.depth = depth
+
+
+class ModelUnavailable(Exception):
+    """The model could not be loaded; nothing can be generated until a restart."""
+
+
+class GenerationFailed(Exception):
+    """The model ran but produced no usable image (an error, NaN or a black frame)."""
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    data: bytes
+    ext: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Engine:
+    """The only owner of the pipeline and the device.
+
+    Guarantees: exactly one model call runs at a time, on a dedicated worker
+    thread (never on the event loop); calls run in submission order; at most
+    `max_queue` generations wait (QueueFull past that). Loading is the first job
+    of that thread, so generations submitted while loading wait for it.
+    """
+
+    def __init__(self, model_spec: str, models_dir: Path, max_queue: int = 64) -> None:
+        self.model_spec = model_spec
+        self.models_dir = models_dir
+        self.max_queue = max_queue
+        self.state = LOADING
+        self.error: str | None = None
+        self.identity_future: Future[ModelIdentity] = Future()
+        self._pipe: Any = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zimage-engine")
+        self._pending = 0
+        self._lock = threading.Lock()
+
+    @property
+    def identity(self) -> ModelIdentity | None:
+        fut = self.identity_future
+        return fut.result() if fut.done() and not fut.exception() else None
+
+    @property
+    def queue_depth(self) -> int:
+        return self._pending
+
+    def start(self) -> None:
+        """Resolve, load and warm the model in the background."""
+        self._executor.submit(self._load)
+
+    def submit(self, request: CanonicalRequest) -> Future[GeneratedImage]:
+        """Queue one generation; raises QueueFull when `max_queue` are already waiting."""
+        if self.state == FAILED:
+            raise ModelUnavailable(f"the model failed to load: {self.error}")
+        with self._lock:
+            if self._pending >= self.max_queue:
+                raise QueueFull(self._pending)
+            self._pending += 1
+        future = self._executor.submit(self._generate, request)
+        future.add_done_callback(self._done)
+        return future
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _done(self, _: Future[GeneratedImage]) -> None:
+        with self._lock:
+            self._pending -= 1
+
+    def _load(self) -> None:
+        try:
+            started = time.perf_counter()
+            identity = resolve_model(self.model_spec, self.models_dir)
+            self.identity_future.set_result(identity)
+            if identity.demo:
+                log.warning("DEMO MODEL: serving the tiny random-weight model; images are noise")
+            log.info("loading %s on %s (%s)", identity.model_id, identity.device, identity.dtype)
+            self._pipe = load_pipeline(identity)
+            self.state = WARMING
+            warm = CanonicalRequest("warm-up", "", 0, identity.min_size, identity.min_size, 1, 0.0, "png")
+            self._run(warm, identity)
+            self.state = READY
+            log.info("model ready in %.1f s", time.perf_counter() - started)
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.state = FAILED
+            if not self.identity_future.done():
+                self.identity_future.set_exception(ModelUnavailable(self.error))
+            log.exception("model failed to load")
+
+    def _generate(self, request: CanonicalRequest) -> GeneratedImage:
+        if self.state == FAILED or self._pipe is None:
+            raise ModelUnavailable(f"the model failed to load: {self.error}")
+        identity = self.identity_future.result()
+        return self._run(request, identity)
+
+    def _run(self, request: CanonicalRequest, identity: ModelIdentity) -> GeneratedImage:
+        import numpy as np
+        import torch
+
+        # 1. Denoise and decode, always with explicit Turbo-style settings: the
+        #    pipeline's own defaults (50 steps, CFG 5) are for the base model.
+        started = time.perf_counter()
+        generator = torch.Generator(device=identity.device).manual_seed(request.seed)
+        try:
+            pixels = self._pipe(
+                prompt=request.prompt,
+                negative_prompt=request.negative_prompt or None,
+                height=request.height,
+                width=request.width,
+                num_inference_steps=request.steps,
+                guidance_scale=request.guidance_scale,
+                generator=generator,
+                output_type="np",
+            ).images[0]
+        except Exception as exc:
+            raise GenerationFailed(f"the model failed: {type(exc).__name__}: {exc}") from exc
+        inference = time.perf_counter() - started
+
+        # 2. Refuse what must never be stored or shown as a result.
+        if not np.isfinite(pixels).all():
+            raise GenerationFailed("the model produced NaN values (a known fp16 failure; serve in bfloat16)")
+        image = (pixels * 255).round().clip(0, 255).astype("uint8")
+        if image.max() == 0:
+            raise GenerationFailed("the model produced an all-black image")
+
+        # 3. Encode, with the generation parameters inside the file.
+        started = time.perf_counter()
+        data = encode_image(image, request, identity)
+        return GeneratedImage(
+            data=data,
+            ext=request.format,
+            timings={"inference": inference, "encode": time.perf_counter() - started},
+        )
+
+
+def generation_parameters(request: CanonicalRequest, identity: ModelIdentity) -> dict[str, Any]:
+    return {**request.as_dict(), "model": identity.model_id, "fingerprint": identity.fingerprint}
+
+
+def encode_image(pixels: Any, request: CanonicalRequest, identity: ModelIdentity) -> bytes:
+    """Encode an HxWx3 uint8 array; PNGs carry the parameters as text chunks
+    (`parameters` in the A1111 style tools read, `zimage` as JSON), JPEG and WebP
+    in the EXIF image description."""
+    from PIL import Image, PngImagePlugin
+
+    img = Image.fromarray(pixels, "RGB")
+    params = generation_parameters(request, identity)
+    readable = (
+        f"{request.prompt}\n"
+        + (f"Negative prompt: {request.negative_prompt}\n" if request.negative_prompt else "")
+        + f"Steps: {request.steps}, CFG scale: {request.guidance_scale}, Seed: {request.seed}, "
+        f"Size: {request.width}x{request.height}, Model: {identity.model_id}"
+    )
+    buf = io.BytesIO()
+    if request.format == "png":
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt("parameters", readable)
+        info.add_itxt("zimage", json.dumps(params, ensure_ascii=False))
+        img.save(buf, "PNG", pnginfo=info, compress_level=4)
+    else:
+        exif = Image.Exif()
+        exif[0x010E] = json.dumps(params, ensure_ascii=True)  # ImageDescription
+        img.save(buf, request.format.upper(), quality=92, exif=exif.tobytes())
+    return buf.getvalue()

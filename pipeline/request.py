@@ -1,0 +1,149 @@
+"""The generation request: fields, defaults, validation, and its canonical form."""
+
+from __future__ import annotations
+
+import math
+import secrets
+import unicodedata
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_PROMPT_CHARS = 2000
+MAX_SEED = 2**32 - 1
+SIZE_MULTIPLE = 16
+# Absolute bounds; a model may narrow them (the real one starts at 256).
+MIN_SIZE, MAX_SIZE = 64, 2048
+
+ImageFormat = Literal["png", "jpeg", "webp"]
+Normalization = Literal["basic", "none", "aggressive"]
+
+
+class RequestInvalid(ValueError):
+    """A request that cannot be served as asked; `field` names the culprit."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+class GenerationRequest(BaseModel):
+    """What a user asks for. Defaults are the Turbo settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(description=f"What to draw; 1 to {MAX_PROMPT_CHARS} characters.")
+    negative_prompt: str = Field(
+        "",
+        max_length=MAX_PROMPT_CHARS,
+        description="What to avoid; only used when guidance_scale > 0.",
+    )
+    seed: int = Field(42, description=f"Random seed, 0..{MAX_SEED}; -1 draws one (returned in the response).")
+    width: int = Field(1024, description=f"Width in pixels, a multiple of 16, {MIN_SIZE}..{MAX_SIZE}.")
+    height: int = Field(1024, description=f"Height in pixels, a multiple of 16, {MIN_SIZE}..{MAX_SIZE}.")
+    steps: int = Field(8, description="Denoising steps, 1..50 (Turbo is distilled for 8).")
+    guidance_scale: float = Field(0.0, description="Classifier-free guidance, 0..20; 0 turns it off (Turbo).")
+    format: ImageFormat = Field("png", description="Image encoding: png, jpeg or webp.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v: str) -> str:
+        if "\x00" in v:
+            raise ValueError("prompt must not contain NUL characters; remove them")
+        if not v.strip():
+            raise ValueError("prompt is empty; describe the image you want")
+        if len(v) > MAX_PROMPT_CHARS:
+            raise ValueError(f"prompt is {len(v)} characters; shorten it to at most {MAX_PROMPT_CHARS}")
+        return v
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, v: int) -> int:
+        if v != -1 and not 0 <= v <= MAX_SEED:
+            raise ValueError(f"seed must be -1 (random) or between 0 and {MAX_SEED} (got {v})")
+        return v
+
+    @field_validator("width", "height")
+    @classmethod
+    def _size(cls, v: int, info: Any) -> int:
+        check_size(info.field_name, v, MIN_SIZE, MAX_SIZE)
+        return v
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v: int) -> int:
+        if not 1 <= v <= 50:
+            raise ValueError(f"steps must be between 1 and 50 (got {v}); Turbo is made for 8")
+        return v
+
+    @field_validator("guidance_scale")
+    @classmethod
+    def _guidance(cls, v: float) -> float:
+        if not math.isfinite(v) or not 0.0 <= v <= 20.0:
+            raise ValueError(
+                f"guidance_scale must be a finite number between 0 and 20 (got {v}); use 0 for Turbo"
+            )
+        return v
+
+    def canonical(self, normalization: Normalization = "basic") -> CanonicalRequest:
+        """The request as it is hashed and generated: prompt normalised, seed drawn,
+        fields that cannot change the pixels dropped."""
+        prompt = normalize_prompt(self.prompt, normalization)
+        if not prompt:
+            raise RequestInvalid("prompt", "prompt is empty after normalization; describe the image you want")
+        guidance = float(self.guidance_scale)
+        negative = normalize_prompt(self.negative_prompt, normalization) if guidance > 0 else ""
+        seed = secrets.randbelow(MAX_SEED + 1) if self.seed == -1 else self.seed
+        return CanonicalRequest(
+            prompt=prompt,
+            negative_prompt=negative,
+            seed=seed,
+            width=self.width,
+            height=self.height,
+            steps=self.steps,
+            guidance_scale=guidance,
+            format=self.format,
+        )
+
+
+@dataclass(frozen=True)
+class CanonicalRequest:
+    """A validated request in the exact form the model sees and the key covers."""
+
+    prompt: str
+    negative_prompt: str
+    seed: int
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    format: ImageFormat
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_size(field: str, value: int, low: int, high: int) -> None:
+    """Raise ValueError/RequestInvalid with the nearest valid sizes when `value` is not one."""
+    if value % SIZE_MULTIPLE:
+        down = max(low, value - value % SIZE_MULTIPLE)
+        up = min(high, down + SIZE_MULTIPLE)
+        raise RequestInvalid(field, f"{field} must be a multiple of 16 (got {value}); use {down} or {up}")
+    if not low <= value <= high:
+        raise RequestInvalid(field, f"{field} must be between {low} and {high} for this model (got {value})")
+
+
+def normalize_prompt(text: str, mode: Normalization = "basic") -> str:
+    """Canonicalise prompt text; applied before hashing and before generation alike.
+
+    basic: Unicode NFC, trimmed, runs of whitespace collapsed to one space.
+    aggressive: also NFKC (full-width to half-width) and lower case.
+    none: unchanged.
+    """
+    if mode == "none":
+        return text
+    form = "NFKC" if mode == "aggressive" else "NFC"
+    text = " ".join(unicodedata.normalize(form, text).split())
+    return text.lower() if mode == "aggressive" else text

@@ -1,0 +1,168 @@
+"""Cache tiers and keys, in-process."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from cache import MISS, DiskTier, Entry, Hit, LayeredCache, MemoryTier, is_key, make_key
+from cache.disk import MAGIC
+
+
+def entry(n: int, size: int = 1000) -> Entry:
+    return Entry(data=bytes([n % 256]) * size, ext="png", meta={"n": n})
+
+
+def test_key_is_sha256_hex_and_ignores_field_order() -> None:
+    a = make_key({"request": {"prompt": "x", "seed": 1}, "model": "m"})
+    b = make_key({"model": "m", "request": {"seed": 1, "prompt": "x"}})
+    assert a == b
+    assert is_key(a)
+    assert a != make_key({"request": {"prompt": "x", "seed": 2}, "model": "m"})
+    assert a != make_key({"request": {"prompt": "x", "seed": 1}, "model": "other"})
+
+
+def test_memory_tier_is_bounded_in_bytes_and_evicts_least_recent() -> None:
+    tier = MemoryTier(max_bytes=3 * entry(0).size)
+    for i in range(3):
+        tier.put("ns", f"k{i}", entry(i))
+    assert tier.get("ns", "k0") == entry(0)  # k0 is now the most recent
+    tier.put("ns", "k3", entry(3))
+    assert tier.get("ns", "k1") is MISS
+    assert [tier.get("ns", k) is not MISS for k in ("k0", "k2", "k3")] == [True, True, True]
+    assert tier.stats() == {"entries": 3, "bytes": 3 * entry(0).size}
+
+
+def test_memory_tier_skips_entries_larger_than_its_budget() -> None:
+    tier = MemoryTier(max_bytes=500)
+    tier.put("ns", "big", entry(1, size=1000))
+    assert tier.get("ns", "big") is MISS
+    assert MemoryTier(max_bytes=0).stats()["entries"] == 0
+
+
+def test_namespaces_never_share_entries(tmp_path: Path) -> None:
+    for tier in (MemoryTier(10_000), DiskTier(tmp_path)):
+        tier.put("alice", "k" * 64, entry(1))
+        assert tier.get("bob", "k" * 64) is MISS
+        assert tier.get("alice", "k" * 64) == entry(1)
+
+
+def test_disk_tier_round_trip_and_layout(tmp_path: Path) -> None:
+    tier = DiskTier(tmp_path)
+    key = make_key({"x": 1})
+    tier.put("public", key, entry(7))
+    path = tmp_path / "public" / key[:2] / key[2:4] / key
+    assert path.read_bytes().startswith(MAGIC)
+    assert tier.get("public", key) == entry(7)
+    assert tier.stats() == {"entries": 1, "bytes": path.stat().st_size}
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda b: b[:-1],  # truncated
+        lambda b: b[:-10] + bytes(10),  # payload overwritten
+        lambda b: b"",  # empty file
+        lambda b: b"\x89PNG" + b[4:],  # wrong magic
+        lambda b: b[: len(MAGIC) + 4] + b"{not json" + b[len(MAGIC) + 13 :],  # garbled header
+    ],
+)
+def test_disk_tier_drops_damaged_files_as_misses(tmp_path: Path, damage) -> None:
+    tier = DiskTier(tmp_path)
+    key = make_key({"x": 2})
+    tier.put("public", key, entry(2))
+    path = tier.path_for("public", key)
+    path.write_bytes(damage(path.read_bytes()))
+    assert tier.get("public", key) is MISS
+    assert not path.exists()
+    assert tier.corrupt_dropped == 1
+
+
+def test_disk_tier_rejects_a_file_copied_to_another_key(tmp_path: Path) -> None:
+    tier = DiskTier(tmp_path)
+    a, b = make_key({"x": "a"}), make_key({"x": "b"})
+    tier.put("public", a, entry(1))
+    tier.path_for("public", b).parent.mkdir(parents=True, exist_ok=True)
+    tier.path_for("public", b).write_bytes(tier.path_for("public", a).read_bytes())
+    assert tier.get("public", b) is MISS
+
+
+def test_disk_write_failure_leaves_no_temp_file(tmp_path: Path) -> None:
+    tier = DiskTier(tmp_path)
+    key = make_key({"x": 3})
+
+    bad = Entry(data=b"x", ext="png", meta={"bad": object()})  # json.dumps fails mid-write
+    with pytest.raises(TypeError):
+        tier.put("public", key, bad)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_disk_tier_concurrent_writers_and_readers_never_see_partial_entries(tmp_path: Path) -> None:
+    tier = DiskTier(tmp_path)
+    key = make_key({"x": 4})
+    big = [Entry(data=bytes([i]) * 300_000, ext="png", meta={"i": i}) for i in range(4)]
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def writer(e: Entry) -> None:
+        for _ in range(20):
+            tier.put("public", key, e)
+
+    def reader() -> None:
+        while not stop.is_set():
+            got = tier.get("public", key)
+            if got is not MISS and got not in big:
+                errors.append("partial or mixed entry read")
+
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    writers = [threading.Thread(target=writer, args=(e,)) for e in big]
+    for t in readers + writers:
+        t.start()
+    for t in writers:
+        t.join()
+    stop.set()
+    for t in readers:
+        t.join()
+    assert errors == []
+    assert tier.corrupt_dropped == 0
+    assert tier.get("public", key) in big
+    assert not [n for n in os.listdir(tier.path_for("public", key).parent) if n.startswith(".")]
+
+
+def test_layered_cache_promotes_lower_hits_upwards(tmp_path: Path) -> None:
+    memory, disk = MemoryTier(1 << 20), DiskTier(tmp_path)
+    layered = LayeredCache([memory, disk])
+    disk.put("public", "k" * 64, entry(5))
+    hit = layered.get("public", "k" * 64)
+    assert hit == Hit(entry(5), "disk")
+    assert memory.get("public", "k" * 64) == entry(5)
+    assert layered.get("public", "k" * 64) == Hit(entry(5), "memory")
+
+
+def test_a_failing_tier_becomes_a_miss_and_an_error_count(tmp_path: Path) -> None:
+    class BrokenTier:
+        name = "broken"
+
+        def get(self, namespace: str, key: str) -> Entry:
+            raise OSError("disk on fire")
+
+        def put(self, namespace: str, key: str, entry: Entry) -> None:
+            raise OSError("disk full")
+
+        def discard(self, namespace: str, key: str) -> None:
+            raise OSError("disk on fire")
+
+        def stats(self) -> dict[str, int]:
+            raise OSError("disk on fire")
+
+    memory = MemoryTier(1 << 20)
+    layered = LayeredCache([memory, BrokenTier()])  # type: ignore[list-item]
+    assert layered.get("public", "a" * 64) is MISS
+    layered.put("public", "a" * 64, entry(1))
+    assert layered.get("public", "a" * 64) == Hit(entry(1), "memory")
+    stats = layered.stats()
+    assert stats["broken"]["errors"] == 3
+    assert stats["memory"]["entries"] == 1

@@ -1,0 +1,59 @@
+"""Settings: flags, environment, errors at start-up, and README documenting every one."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("ZIMAGE_PORT", "8000")
+    monkeypatch.setenv("ZIMAGE_MEMORY_CACHE_MB", "64")
+    settings = load_settings(["--port", "9000", "--cache-dir", str(tmp_path)])
+    assert settings.port == 9000
+    assert settings.memory_cache_mb == 64
+    assert settings.cache_dir == tmp_path
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--port", "0"], {}, "--port (ZIMAGE_PORT)"),
+        ([], {"ZIMAGE_MEMORY_CACHE_MB": "lots"}, "--memory-cache-mb (ZIMAGE_MEMORY_CACHE_MB)"),
+        (["--model", "/no/such/dir"], {}, "--model (ZIMAGE_MODEL)"),
+        (["--prompt-normalization", "loud"], {}, "--prompt-normalization"),
+        (["--cache-dir", "/proc/forbidden"], {}, "--cache-dir (ZIMAGE_CACHE_DIR)"),
+    ],
+)
+def test_bad_settings_fail_at_start_naming_the_setting(
+    args: list[str], env: dict[str, str], named: str
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "app.py", *args],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert named in proc.stderr
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = {
+        m.group(1): m.group(2)
+        for m in re.finditer(r"^\| `(--[a-z-]+)` \| `(ZIMAGE_[A-Z_]+)` \|", readme, re.M)
+    }
+    for name in Settings.model_fields:
+        flag, env = "--" + name.replace("_", "-"), "ZIMAGE_" + name.upper()
+        assert table.get(flag) == env, f"README's settings table lacks {flag} / {env}"
