@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1 << 20
+STATIC = Path(__file__).resolve().parent / "static"
 
 
 class Settings(BaseSettings):
@@ -106,7 +107,14 @@ def build_app(settings: Settings):  # -> tuple[fastapi.FastAPI, Engine]
     service = GenerationService(engine, cache, normalization=settings.prompt_normalization)
     api = create_api(service, engine)
     ui = create_ui(service, engine, demo_model=is_demo_spec(settings.model))
-    app = gr.mount_gradio_app(api, ui, path="/", show_error=True)
+    app = gr.mount_gradio_app(
+        api,
+        ui,
+        path="/",
+        show_error=True,
+        css_paths=[STATIC / "style.css"],
+        favicon_path=str(STATIC / "favicon.svg"),
+    )
     return app, engine
 
 

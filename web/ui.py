@@ -49,7 +49,7 @@ def create_ui(service: GenerationService, engine: Engine, *, demo_model: bool) -
     with gr.Blocks(title="Z-Image-Turbo", delete_cache=(UI_FILE_TTL_S, UI_FILE_TTL_S)) as ui:
         gr.Markdown("# Z-Image-Turbo")
         gr.Markdown(DEMO_BANNER, visible=demo_model, elem_id="demo-banner")
-        loading = gr.Markdown(elem_id="model-state")
+        loading = gr.Markdown(elem_id="model-state", visible=False)
         with gr.Row():
             with gr.Column(scale=1):
                 prompt = gr.Textbox(
@@ -66,7 +66,7 @@ def create_ui(service: GenerationService, engine: Engine, *, demo_model: bool) -
                     seed = gr.Number(
                         42, label="Seed (-1 = random)", precision=0, minimum=-1, maximum=MAX_SEED
                     )
-                    dice = gr.Button("🎲 Random seed", size="sm")
+                    dice = gr.Button("Random seed", size="sm")
                 steps = gr.Slider(1, 50, value=8, step=1, label="Steps")
                 guidance_scale = gr.Slider(0.0, 20.0, value=0.0, step=0.5, label="Guidance")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -123,15 +123,19 @@ def create_ui(service: GenerationService, engine: Engine, *, demo_model: bool) -
         preset.change(_preset_size, preset, [width, height], api_name=False, queue=False)
         dice.click(lambda: secrets.randbelow(MAX_SEED + 1), None, seed, api_name=False, queue=False)
 
-        def model_state() -> str:
+        def model_state() -> tuple[str, Any]:
+            # The timer polls only until the model is ready (or has failed).
             if engine.state == READY:
-                return ""
+                return gr.Markdown(visible=False), gr.Timer(active=False)
             if engine.error:
-                return f"**The model failed to load:** {engine.error}"
-            return f"**Model {engine.state}…** Cached images are served already; new ones wait until it is ready."
+                text = f"**The model failed to load:** {engine.error}"
+                return gr.Markdown(text, visible=True), gr.Timer(active=False)
+            text = f"**Model {engine.state}…** Cached images are served already; new ones wait until it is ready."
+            return gr.Markdown(text, visible=True), gr.Timer(active=True)
 
-        gr.Timer(2.0).tick(model_state, None, loading, api_name=False, queue=False)
-        ui.load(model_state, None, loading, api_name=False, queue=False)
+        timer = gr.Timer(2.0)
+        timer.tick(model_state, None, [loading, timer], api_name=False, queue=False)
+        ui.load(model_state, None, [loading, timer], api_name=False, queue=False)
     return ui
 
 
