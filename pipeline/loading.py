@@ -55,40 +55,26 @@ def resolve_model(spec: str, models_dir: Path) -> ModelIdentity:
     device, dtype = pick_device()
     if spec == "auto":
         spec = HUB_ID if device == "cuda" else "tiny"
-    if spec == "tiny":
-        path = ensure_tiny_model(models_dir)
-        return ModelIdentity(
-            model_id=TINY_MODEL_ID,
-            fingerprint=fingerprint_dir(path),
-            path=path,
-            device=device,
-            dtype=dtype,
-            demo=True,
-            min_size=64,
-        )
     check_model_spec(spec)
     local = Path(spec).expanduser()
-    if local.is_dir():
-        return ModelIdentity(
-            model_id=str(local.resolve()),
-            fingerprint=fingerprint_dir(local),
-            path=local,
-            device=device,
-            dtype=dtype,
-            demo=False,
-            min_size=256,
-        )
-    from huggingface_hub import snapshot_download
+    if spec == "tiny":
+        path, model_id, fingerprint = ensure_tiny_model(models_dir), TINY_MODEL_ID, None
+    elif local.is_dir():
+        path, model_id, fingerprint = local, str(local.resolve()), None
+    else:
+        from huggingface_hub import snapshot_download
 
-    snapshot = Path(snapshot_download(spec))
+        path, model_id = Path(snapshot_download(spec)), spec
+        fingerprint = f"{spec}@{path.name}"  # the snapshot directory is named by commit
+    demo = spec == "tiny"
     return ModelIdentity(
-        model_id=spec,
-        fingerprint=f"{spec}@{snapshot.name}",  # the snapshot directory is named by commit
-        path=snapshot,
+        model_id=model_id,
+        fingerprint=fingerprint or fingerprint_dir(path),
+        path=path,
         device=device,
         dtype=dtype,
-        demo=False,
-        min_size=256,
+        demo=demo,
+        min_size=64 if demo else 256,
     )
 
 
