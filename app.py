@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cache.units import parse_duration, parse_size
+
 MiB = 1 << 20
+Size = Annotated[int, BeforeValidator(parse_size)]
+Duration = Annotated[float, BeforeValidator(parse_duration)]
 STATIC = Path(__file__).resolve().parent / "static"
 
 
@@ -27,6 +33,7 @@ class Settings(BaseSettings):
         cli_prog_name="app.py",
         cli_kebab_case=True,
         cli_implicit_flags=True,
+        validate_default=True,
     )
 
     host: str = Field("127.0.0.1", description="Interface to listen on; 0.0.0.0 serves other machines too.")
@@ -42,6 +49,28 @@ class Settings(BaseSettings):
     )
     memory_cache_mb: float = Field(
         512, ge=0, description="Size of the in-memory image cache, in MiB; 0 disables it."
+    )
+    disk_cache_size: Size = Field(
+        "20GiB", description="Disk cache size cap (e.g. 20GiB, 500MB); least recently used entries go first."
+    )
+    disk_cache_max_age: Duration = Field(
+        "7d", description="Disk entries unused for this long are removed (e.g. 7d, 12h, 30m)."
+    )
+    redis_url: str | None = Field(
+        None,
+        description="Shared Redis tier and cross-replica single flight, e.g. redis://host:6379/0 "
+        "(also read from REDIS_URL). Off when unset.",
+    )
+    redis_ttl: Duration = Field("7d", description="How long an image lives in Redis (e.g. 7d, 24h).")
+    embedding_cache_mb: float = Field(
+        256,
+        ge=0,
+        description="Size of the prompt-embedding cache (text-encoder outputs), in MiB; 0 disables it.",
+    )
+    no_cache_patterns: Path | None = Field(
+        None,
+        description="File of regular expressions, one a line: matching prompts are generated but never "
+        "stored, and never logged.",
     )
     max_queue: int = Field(
         64, ge=1, description="Generations allowed to wait; past this the API answers 503."
@@ -66,11 +95,45 @@ class Settings(BaseSettings):
         check_model_spec(v)
         return v
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"{v!r} is not a Redis URL; write e.g. redis://localhost:6379/0")
+        return v or None
+
+    @field_validator("no_cache_patterns")
+    @classmethod
+    def _patterns(cls, v: Path | None) -> Path | None:
+        if v is not None:
+            read_patterns(v)
+        return v
+
+
+def read_patterns(path: Path) -> list[re.Pattern[str]]:
+    """Compile a do-not-cache file: one regular expression a line; blank lines and
+    lines starting with # are skipped. Raises ValueError naming the bad line."""
+    try:
+        lines = path.expanduser().read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    patterns = []
+    for number, line in enumerate(lines, 1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            try:
+                patterns.append(re.compile(line.strip(), re.IGNORECASE))
+            except re.error as exc:
+                raise ValueError(f"{path} line {number}: {exc}") from None
+    return patterns
+
 
 def load_settings(argv: list[str]) -> Settings:
     """Parse flags and environment; exit with status 2 naming the setting on a bad value."""
+    env: dict[str, Any] = {}
+    if "ZIMAGE_REDIS_URL" not in os.environ and os.environ.get("REDIS_URL"):
+        env["redis_url"] = os.environ["REDIS_URL"]  # the conventional name, as a fallback
     try:
-        settings = Settings(_cli_parse_args=argv)
+        settings = Settings(_cli_parse_args=argv, **env)
     except ValidationError as exc:
         for error in exc.errors():
             name = str(error["loc"][0]) if error["loc"] else "?"
@@ -89,22 +152,56 @@ def load_settings(argv: list[str]) -> Settings:
     return settings
 
 
-def build_app(settings: Settings):  # -> tuple[fastapi.FastAPI, Engine]
+@dataclass
+class Runtime:
+    """The built service: the ASGI app and the parts that run beside it."""
+
+    app: Any  # fastapi.FastAPI with the Gradio UI mounted
+    engine: Any  # pipeline.engine.Engine
+    pruner: Any  # cache.maintenance.Pruner
+
+    def start(self) -> None:
+        self.engine.start()
+        self.pruner.start()
+
+    def close(self) -> None:
+        self.pruner.stop()
+        self.engine.close()
+
+
+def build_app(settings: Settings) -> Runtime:
     """Build the parts and hand them to each other; starts nothing."""
     import gradio as gr
 
     from cache import DiskTier, LayeredCache, MemoryTier
+    from cache.maintenance import Pruner
     from pipeline.engine import Engine
     from pipeline.loading import is_demo_spec
     from pipeline.service import GenerationService
     from web.api import create_api
     from web.ui import create_ui
 
-    engine = Engine(settings.model, settings.cache_dir / "models", max_queue=settings.max_queue)
-    cache = LayeredCache(
-        [MemoryTier(int(settings.memory_cache_mb * MiB)), DiskTier(settings.cache_dir / "images")]
+    engine = Engine(
+        settings.model,
+        settings.cache_dir / "models",
+        max_queue=settings.max_queue,
+        embedding_cache_bytes=int(settings.embedding_cache_mb * MiB),
     )
-    service = GenerationService(engine, cache, normalization=settings.prompt_normalization)
+    disk = DiskTier(settings.cache_dir / "images")
+    tiers: list[Any] = [MemoryTier(int(settings.memory_cache_mb * MiB)), disk]
+    locks = None
+    if settings.redis_url:
+        from cache.redis_tier import RedisTier
+
+        locks = RedisTier(settings.redis_url, ttl_s=settings.redis_ttl)
+        tiers.append(locks)
+    service = GenerationService(
+        engine,
+        LayeredCache(tiers),
+        locks=locks,
+        normalization=settings.prompt_normalization,
+        no_store_patterns=read_patterns(settings.no_cache_patterns) if settings.no_cache_patterns else (),
+    )
     api = create_api(service, engine)
     ui = create_ui(service, engine, demo_model=is_demo_spec(settings.model))
     app = gr.mount_gradio_app(
@@ -115,7 +212,8 @@ def build_app(settings: Settings):  # -> tuple[fastapi.FastAPI, Engine]
         css_paths=[STATIC / "style.css"],
         favicon_path=str(STATIC / "favicon.svg"),
     )
-    return app, engine
+    pruner = Pruner(disk, max_age_s=settings.disk_cache_max_age, max_bytes=settings.disk_cache_size)
+    return Runtime(app=app, engine=engine, pruner=pruner)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -126,13 +224,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     import uvicorn
 
-    app, engine = build_app(settings)
-    engine.start()
+    from web.access_log import RedactPrompts
+
+    logging.getLogger("uvicorn.access").addFilter(RedactPrompts())
+    runtime = build_app(settings)
+    runtime.start()
     logging.getLogger("app").info("serving on http://%s:%d", settings.host, settings.port)
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+        uvicorn.run(runtime.app, host=settings.host, port=settings.port, log_level=settings.log_level)
     finally:
-        engine.close()
+        runtime.close()
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 from cache.disk import DiskTier
 from cache.entry import MEDIA_TYPES, MISS, Entry
 from cache.keys import SCHEMA_VERSION, is_key, is_namespace, make_key
-from cache.layered import Hit, LayeredCache
+from cache.layered import Hit, LayeredCache, TierUnavailable
 from cache.memory import MemoryTier
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "Hit",
     "LayeredCache",
     "MemoryTier",
+    "TierUnavailable",
     "is_key",
     "is_namespace",
     "make_key",

@@ -3,79 +3,47 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
-import struct
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from cache.entry import MEDIA_TYPES, MISS, Entry, _Miss
+from cache.entry import MISS, CorruptEntry, Entry, _Miss, decode_record, encode_record
+from cache.keys import is_key, is_namespace
 
 log = logging.getLogger(__name__)
 
-# File layout: MAGIC | u32 header length | header JSON | payload.
-# The header carries the key, namespace, size and SHA-256 of the payload, so a
-# file that was truncated, overwritten or copied to the wrong name is detected.
-MAGIC = b"ZIMGC\x00\x01\n"
-_LEN = struct.Struct(">I")
-_PREFIX = len(MAGIC) + _LEN.size
 TEMP_SUFFIX = ".tmp"
+# A hit marks the file as used (its mtime) at most this often, so eviction can
+# go least recently used first without a write on every hit.
+TOUCH_INTERVAL_S = 3600.0
 
 
-class CorruptEntry(Exception):
-    """A file under the cache directory that does not hold a valid entry for its name."""
+@dataclass(frozen=True)
+class StoredFile:
+    """One committed entry file as found on disk."""
 
-
-def encode_file(namespace: str, key: str, entry: Entry) -> bytes:
-    header = {
-        "key": key,
-        "namespace": namespace,
-        "ext": entry.ext,
-        "size": len(entry.data),
-        "sha256": entry.checksum(),
-        "created": time.time(),
-        "meta": entry.meta,
-    }
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    return MAGIC + _LEN.pack(len(raw)) + raw + entry.data
-
-
-def decode_file(blob: bytes, namespace: str, key: str) -> Entry:
-    """Parse and verify a file's bytes; raises CorruptEntry naming what is wrong."""
-    if len(blob) < _PREFIX or not blob.startswith(MAGIC):
-        raise CorruptEntry("bad magic")
-    (header_len,) = _LEN.unpack_from(blob, len(MAGIC))
-    try:
-        header = json.loads(blob[_PREFIX : _PREFIX + header_len])
-    except ValueError as exc:
-        raise CorruptEntry(f"unreadable header: {exc}") from None
-    if not isinstance(header, dict):
-        raise CorruptEntry("unreadable header")
-    data = blob[_PREFIX + header_len :]
-    if header.get("key") != key or header.get("namespace") != namespace:
-        raise CorruptEntry("key or namespace does not match the file name")
-    if header.get("ext") not in MEDIA_TYPES:
-        raise CorruptEntry("unknown encoding")
-    if header.get("size") != len(data):
-        raise CorruptEntry(f"truncated: {len(data)} of {header.get('size')} bytes")
-    if hashlib.sha256(data).hexdigest() != header.get("sha256"):
-        raise CorruptEntry("checksum mismatch")
-    return Entry(data=data, ext=header["ext"], meta=header.get("meta") or {})
+    namespace: str
+    key: str
+    path: Path
+    size: int
+    mtime: float  # last write or last use, whichever is later (to TOUCH_INTERVAL_S)
+    inode: int
 
 
 class DiskTier:
     """Entries as files `<root>/<namespace>/<k0k1>/<k2k3>/<key>`.
 
-    Guarantees: a write goes to a temp file in the target directory, is fsynced
-    and renamed over the final name, so readers in any thread or process see a
-    whole old entry, a whole new one, or none; a failed write (disk full, ...)
-    removes its temp file and raises OSError for the caller to count. Every read
-    verifies the checksum; a corrupt file is removed and reported as a miss.
-    Survives restarts. Bounds (size, age) are enforced by maintenance, not here.
+    Guarantees: a write goes to a temp file (`.<key>.*.tmp`) in the target
+    directory, is fsynced and renamed over the final name, so readers in any
+    thread or process see a whole old entry, a whole new one, or none; a failed
+    write (disk full, ...) removes its temp file and raises OSError for the
+    caller to count. Every read verifies the checksum; a corrupt file is removed
+    and reported as a miss. Survives restarts. Size and age bounds are enforced
+    by `cache.maintenance.prune`, which evicts least recently used first.
     """
 
     name = "disk"
@@ -92,17 +60,21 @@ class DiskTier:
         path = self.path_for(namespace, key)
         try:
             with open(path, "rb") as f:
-                inode = os.fstat(f.fileno()).st_ino
+                st = os.fstat(f.fileno())
                 blob = f.read()
         except FileNotFoundError:
             return MISS
         try:
-            return decode_file(blob, namespace, key)
+            entry = decode_record(blob, namespace, key)
         except CorruptEntry as exc:
             log.warning("disk cache: dropping corrupt entry %s (%s)", path, exc)
             self.corrupt_dropped += 1
-            self._remove_if_same(path, inode)
+            remove_if_unchanged(path, st.st_ino)
             return MISS
+        if time.time() - st.st_mtime > TOUCH_INTERVAL_S:
+            with contextlib.suppress(OSError):
+                os.utime(path)
+        return entry
 
     def put(self, namespace: str, key: str, entry: Entry) -> None:
         path = self.path_for(namespace, key)
@@ -110,7 +82,7 @@ class DiskTier:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=TEMP_SUFFIX)
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(encode_file(namespace, key, entry))
+                f.write(encode_record(namespace, key, entry))
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -123,35 +95,60 @@ class DiskTier:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path_for(namespace, key))
 
-    def iter_files(self) -> Iterator[os.DirEntry[str]]:
-        """Every committed entry file (temp files excluded), in no particular order."""
-        for ns_dir in _scandir(self.root):
-            for shard1 in _scandir(ns_dir.path):
-                for shard2 in _scandir(shard1.path):
-                    for item in _scandir(shard2.path):
-                        if item.is_file() and not item.name.startswith("."):
-                            yield item
+    def files(self, namespace: str | None = None) -> Iterator[StoredFile]:
+        """Every committed entry file (of one namespace, or all), in no particular order.
+        Temp files and anything not shaped like an entry are skipped."""
+        for ns_dir in _subdirs(self.root):
+            if not is_namespace(ns_dir.name) or namespace not in (None, ns_dir.name):
+                continue
+            for shard1 in _subdirs(ns_dir.path):
+                for shard2 in _subdirs(shard1.path):
+                    for item in _scan(shard2.path):
+                        if not is_key(item.name):
+                            continue
+                        with contextlib.suppress(FileNotFoundError):
+                            st = item.stat()
+                            yield StoredFile(
+                                ns_dir.name, item.name, Path(item.path), st.st_size, st.st_mtime, st.st_ino
+                            )
+
+    def temp_files(self) -> Iterator[tuple[Path, float]]:
+        """(path, mtime) of every temp file: writes in progress, or left by a crash."""
+        for ns_dir in _subdirs(self.root):
+            for shard1 in _subdirs(ns_dir.path):
+                for shard2 in _subdirs(shard1.path):
+                    for item in _scan(shard2.path):
+                        if item.name.startswith(".") and item.name.endswith(TEMP_SUFFIX):
+                            with contextlib.suppress(FileNotFoundError):
+                                yield Path(item.path), item.stat().st_mtime
 
     def stats(self) -> dict[str, int]:
         entries = size = 0
-        for item in self.iter_files():
-            with contextlib.suppress(FileNotFoundError):
-                size += item.stat().st_size
-                entries += 1
+        for stored in self.files():
+            entries += 1
+            size += stored.size
         return {"entries": entries, "bytes": size}
 
-    @staticmethod
-    def _remove_if_same(path: Path, inode: int) -> None:
-        # Another process may have replaced the corrupt file with a good one
-        # since we read it; only remove the file we actually judged.
-        with contextlib.suppress(FileNotFoundError):
-            if os.stat(path).st_ino == inode:
-                os.unlink(path)
+
+def remove_if_unchanged(path: Path, inode: int) -> bool:
+    """Unlink `path` only if it is still the file we judged (same inode): another
+    process may have replaced it with a fresh entry in the meantime."""
+    try:
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)
+            return True
+    except FileNotFoundError:
+        pass
+    return False
 
 
-def _scandir(path: str | Path) -> Iterator[os.DirEntry[str]]:
+def _scan(path: str | Path) -> Iterator[os.DirEntry[str]]:
     try:
         with os.scandir(path) as it:
-            yield from (e for e in it if e.is_dir() or e.is_file())
+            yield from it
     except (FileNotFoundError, NotADirectoryError):
         return
+
+
+def _subdirs(path: str | Path) -> Iterator[os.DirEntry[str]]:
+    return (e for e in _scan(path) if e.is_dir(follow_symlinks=False))

@@ -13,6 +13,15 @@ from cache.entry import MISS, Entry, _Miss
 log = logging.getLogger(__name__)
 
 
+class TierUnavailable(Exception):
+    """A tier could not serve a call. `counted=False` marks a call skipped on
+    purpose (a tier backing off after failures): a miss, but not a new error."""
+
+    def __init__(self, message: str, *, counted: bool = True) -> None:
+        super().__init__(message)
+        self.counted = counted
+
+
 class Tier(Protocol):
     name: str
 
@@ -32,9 +41,10 @@ class LayeredCache:
     """Tiers fastest first (memory, disk, ...), behaving as one cache.
 
     Guarantees: a hit in a lower tier is copied into every tier above it; a
-    store writes every tier; a tier that raises is logged, counted in
-    `errors`, and treated as a miss (on get) or skipped (on put): a broken
-    tier never fails a request. Thread-safe as far as each tier is.
+    store writes every tier; a tier that raises is counted in `errors` and
+    treated as a miss (on get) or skipped (on put): a broken tier never fails a
+    request. One warning is logged when a tier starts failing and one line when
+    it works again, not one per request. Thread-safe as far as each tier is.
     """
 
     def __init__(self, tiers: list[Tier]) -> None:
@@ -42,15 +52,17 @@ class LayeredCache:
             raise ValueError("LayeredCache needs at least one tier")
         self.tiers = tiers
         self.errors: Counter[str] = Counter()
+        self._failing: set[str] = set()
         self._lock = threading.Lock()
 
     def get(self, namespace: str, key: str) -> Hit | _Miss:
         for depth, tier in enumerate(self.tiers):
             try:
                 entry = tier.get(namespace, key)
-            except Exception:
-                self._count_error(tier, "get")
+            except Exception as exc:
+                self._count_error(tier, "get", exc)
                 continue
+            self._count_success(tier)
             if entry is MISS:
                 continue
             assert isinstance(entry, Entry)
@@ -69,8 +81,8 @@ class LayeredCache:
         for tier in self.tiers:
             try:
                 tier.discard(namespace, key)
-            except Exception:
-                self._count_error(tier, "discard")
+            except Exception as exc:
+                self._count_error(tier, "discard", exc)
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Entries, bytes and errors per tier, by tier name."""
@@ -78,8 +90,8 @@ class LayeredCache:
         for tier in self.tiers:
             try:
                 sizes = tier.stats()
-            except Exception:
-                self._count_error(tier, "stats")
+            except Exception as exc:
+                self._count_error(tier, "stats", exc)
                 sizes = {"entries": None, "bytes": None}
             out[tier.name] = {**sizes, "errors": self.errors[tier.name]}
         return out
@@ -87,10 +99,32 @@ class LayeredCache:
     def _put_one(self, tier: Tier, namespace: str, key: str, entry: Entry) -> None:
         try:
             tier.put(namespace, key, entry)
-        except Exception:
-            self._count_error(tier, "put")
+        except Exception as exc:
+            self._count_error(tier, "put", exc)
+        else:
+            self._count_success(tier)
 
-    def _count_error(self, tier: Tier, op: str) -> None:
-        log.warning("%s cache tier failed on %s; carrying on without it", tier.name, op, exc_info=True)
+    def _count_error(self, tier: Tier, op: str, exc: Exception) -> None:
+        if isinstance(exc, TierUnavailable) and not exc.counted:
+            return
         with self._lock:
             self.errors[tier.name] += 1
+            first = tier.name not in self._failing
+            self._failing.add(tier.name)
+        if first:
+            log.warning(
+                "%s cache tier failed on %s (%s); carrying on without it",
+                tier.name,
+                op,
+                exc,
+                exc_info=not isinstance(exc, TierUnavailable | OSError),
+            )
+        else:
+            log.debug("%s cache tier failed on %s: %s", tier.name, op, exc)
+
+    def _count_success(self, tier: Tier) -> None:
+        with self._lock:
+            recovered = tier.name in self._failing
+            self._failing.discard(tier.name)
+        if recovered:
+            log.warning("%s cache tier works again", tier.name)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.embeddings import MAX_SEQUENCE_LENGTH, EmbeddingCache
 from pipeline.loading import ModelIdentity, load_pipeline, resolve_model
 from pipeline.request import CanonicalRequest
 
@@ -52,10 +53,19 @@ class Engine:
     of that thread, so generations submitted while loading wait for it.
     """
 
-    def __init__(self, model_spec: str, models_dir: Path, max_queue: int = 64) -> None:
+    def __init__(
+        self,
+        model_spec: str,
+        models_dir: Path,
+        *,
+        max_queue: int = 64,
+        embedding_cache_bytes: int = 256 << 20,
+    ) -> None:
         self.model_spec = model_spec
         self.models_dir = models_dir
         self.max_queue = max_queue
+        self.embeddings = EmbeddingCache(embedding_cache_bytes)
+        self.encoder_runs = 0
         self.state = LOADING
         self.error: str | None = None
         self.identity_future: Future[ModelIdentity] = Future()
@@ -127,14 +137,24 @@ class Engine:
         import numpy as np
         import torch
 
-        # 1. Denoise and decode, always with explicit Turbo-style settings: the
-        #    pipeline's own defaults (50 steps, CFG 5) are for the base model.
-        started = time.perf_counter()
-        generator = torch.Generator(device=identity.device).manual_seed(request.seed)
         try:
+            # 1. Encode the prompt(s), or reuse the encoder's earlier output.
+            started = time.perf_counter()
+            device = torch.device(identity.device)
+            prompt_embeds = self._embed(request.prompt, identity, device)
+            negative_embeds = None
+            if request.guidance_scale > 0:
+                negative_embeds = self._embed(request.negative_prompt, identity, device)
+            text_s = time.perf_counter() - started
+
+            # 2. Denoise and decode, always with explicit Turbo-style settings: the
+            #    pipeline's own defaults (50 steps, CFG 5) are for the base model.
+            started = time.perf_counter()
+            generator = torch.Generator(device=identity.device).manual_seed(request.seed)
             pixels = self._pipe(
-                prompt=request.prompt,
-                negative_prompt=request.negative_prompt or None,
+                prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_embeds,
+                max_sequence_length=MAX_SEQUENCE_LENGTH,
                 height=request.height,
                 width=request.width,
                 num_inference_steps=request.steps,
@@ -142,25 +162,41 @@ class Engine:
                 generator=generator,
                 output_type="np",
             ).images[0]
+            inference = time.perf_counter() - started
         except Exception as exc:
             raise GenerationFailed(f"the model failed: {type(exc).__name__}: {exc}") from exc
-        inference = time.perf_counter() - started
 
-        # 2. Refuse what must never be stored or shown as a result.
+        # 3. Refuse what must never be stored or shown as a result.
         if not np.isfinite(pixels).all():
             raise GenerationFailed("the model produced NaN values (a known fp16 failure; serve in bfloat16)")
         image = (pixels * 255).round().clip(0, 255).astype("uint8")
         if image.max() == 0:
             raise GenerationFailed("the model produced an all-black image")
 
-        # 3. Encode, with the generation parameters inside the file.
+        # 4. Encode the image, with the generation parameters inside the file.
         started = time.perf_counter()
         data = encode_image(image, request, identity)
         return GeneratedImage(
             data=data,
             ext=request.format,
-            timings={"inference": inference, "encode": time.perf_counter() - started},
+            timings={"text": text_s, "inference": inference, "encode": time.perf_counter() - started},
         )
+
+    def _embed(self, text: str, identity: ModelIdentity, device: Any) -> list[Any]:
+        """The text encoder's output for `text` on `device`, from the cache when known."""
+
+        def encode() -> list[Any]:
+            self.encoder_runs += 1
+            embeds, _ = self._pipe.encode_prompt(
+                prompt=text,
+                device=device,
+                do_classifier_free_guidance=False,
+                max_sequence_length=MAX_SEQUENCE_LENGTH,
+            )
+            return [t.to("cpu") for t in embeds]
+
+        key = (text, MAX_SEQUENCE_LENGTH, identity.fingerprint, identity.dtype)
+        return [t.to(device) for t in self.embeddings.get_or_encode(key, encode)]
 
 
 def generation_parameters(request: CanonicalRequest, identity: ModelIdentity) -> dict[str, Any]:

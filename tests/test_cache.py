@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cache import MISS, DiskTier, Entry, Hit, LayeredCache, MemoryTier, is_key, make_key
-from cache.disk import MAGIC
+from cache.entry import MAGIC
 
 
 def entry(n: int, size: int = 1000) -> Entry:

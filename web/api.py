@@ -6,19 +6,19 @@ import asyncio
 import re
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import Field
 
-from cache import Hit
+from cache import Hit, is_namespace
 from pipeline.engine import READY, Engine, GenerationFailed, ModelUnavailable, QueueFull
 from pipeline.request import GenerationRequest, RequestInvalid
 from pipeline.service import BYPASS_TIER, GenerationResult, GenerationService
 
 IMAGE_NAME = re.compile(r"([0-9a-f]{64})\.(png|jpeg|webp)")
 IMMUTABLE = "public, max-age=31536000, immutable"
-NAMESPACE = "public"  # per-tenant namespaces come with API keys
+DEFAULT_NAMESPACE = "public"
 RETRY_AFTER_S = 5
 
 
@@ -26,6 +26,19 @@ class RunQuery(GenerationRequest):
     """The query string of `GET /run`: the request fields plus `no_cache`."""
 
     no_cache: bool = Field(False, description="Neither read nor write the cache; always generate.")
+
+
+def namespace_of(
+    x_namespace: Annotated[
+        str, Header(description="Cache namespace of this request; an entry is never served to another.")
+    ] = DEFAULT_NAMESPACE,
+) -> str:
+    if not is_namespace(x_namespace):
+        raise RequestInvalid("x-namespace", f"X-Namespace {x_namespace!r} must be 1-64 of a-z, 0-9, _ and -")
+    return x_namespace
+
+
+Namespace = Annotated[str, Depends(namespace_of)]
 
 
 def create_api(service: GenerationService, engine: Engine) -> FastAPI:
@@ -54,10 +67,10 @@ def create_api(service: GenerationService, engine: Engine) -> FastAPI:
         return JSONResponse(body, status_code=503)
 
     @app.get("/run")
-    async def run(params: Annotated[RunQuery, Query()]) -> JSONResponse:
+    async def run(params: Annotated[RunQuery, Query()], namespace: Namespace) -> JSONResponse:
         """Generate or hit; returns JSON with the key, the tier and a URL for the image."""
         request = GenerationRequest(**params.model_dump(exclude={"no_cache"}))
-        result = await service.generate(request, namespace=NAMESPACE, no_cache=params.no_cache)
+        result = await service.generate(request, namespace=namespace, no_cache=params.no_cache)
         body = {
             "key": result.key,
             "cache": result.cache,
@@ -74,23 +87,24 @@ def create_api(service: GenerationService, engine: Engine) -> FastAPI:
     @app.post("/generate", response_class=Response, responses={200: {"content": {"image/png": {}}}})
     async def generate(
         body: GenerationRequest,
+        namespace: Namespace,
         no_cache: Annotated[bool, Query(description="Neither read nor write the cache.")] = False,
     ) -> Response:
         """The official Z-Image `api.py` shape: JSON in, image bytes out."""
-        result = await service.generate(body, namespace=NAMESPACE, no_cache=no_cache)
+        result = await service.generate(body, namespace=namespace, no_cache=no_cache)
         return Response(
             result.entry.data, media_type=result.entry.media_type, headers=_result_headers(result)
         )
 
     @app.get("/images/{name}", response_class=Response, responses={200: {"content": {"image/png": {}}}})
-    async def image(name: str, request: Request) -> Response:
+    async def image(name: str, request: Request, namespace: Namespace) -> Response:
         """Stored bytes by key; immutable, so browsers and proxies may keep them forever."""
         match = IMAGE_NAME.fullmatch(name)
         if match is None:
             return JSONResponse({"detail": "expected /images/<64 hex key>.<png|jpeg|webp>"}, status_code=404)
         key, ext = match.groups()
         etag = f'"{key}"'
-        hit = await service.lookup(NAMESPACE, key)
+        hit = await service.lookup(namespace, key)
         if not isinstance(hit, Hit) or hit.entry.ext != ext:
             return JSONResponse(
                 {"detail": "no such image in the cache (evicted, or never made)"}, status_code=404
@@ -132,7 +146,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestInvalid)
     async def invalid(request: Request, exc: RequestInvalid) -> JSONResponse:
-        where = "body" if request.method == "POST" else "query"
+        where = "header" if exc.field == "x-namespace" else "body" if request.method == "POST" else "query"
         detail = [{"type": "value_error", "loc": [where, exc.field], "msg": exc.message}]
         return JSONResponse({"detail": detail}, status_code=422)
 

@@ -1,0 +1,112 @@
+"""`python -m cache`: maintain the disk cache (prune, stats, verify, clear).
+
+Safe to run while servers use the same directory (see cache.maintenance).
+Exit status: 0 on success, 1 when verify found corrupt entries, 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from cache.disk import DiskTier
+from cache.keys import is_namespace
+from cache.maintenance import clear, namespace_stats, prune, verify
+from cache.units import format_duration, format_size, parse_duration, parse_size
+
+DEFAULT_CACHE_DIR = Path("~/.cache/z-image-turbo")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cache", description=__doc__.splitlines()[0])
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="the service's --cache-dir")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("prune", help="remove entries unused for --max-age, then LRU down to --max-size")
+    p.add_argument(
+        "--max-age", type=_duration, default=None, help="e.g. 7d, 12h, 30m (default: no age limit)"
+    )
+    p.add_argument("--max-size", type=_size, default=None, help="e.g. 20GiB, 500MB (default: no size limit)")
+    p.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")
+    commands.add_parser("stats", help="entries and bytes, per namespace")
+    v = commands.add_parser("verify", help="check every entry's checksum; remove corrupt ones")
+    v.add_argument("--dry-run", action="store_true", help="report corrupt entries, remove nothing")
+    c = commands.add_parser("clear", help="remove every entry, or those of one namespace")
+    c.add_argument("--namespace", type=_namespace, default=None)
+    c.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")
+    for sub in (p, v, c):  # accept --cache-dir after the command too, as cron lines often have it
+        sub.add_argument("--cache-dir", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    root = args.cache_dir.expanduser() / "images"
+    if not root.is_dir():
+        print(f"python -m cache: no disk cache at {root} (check --cache-dir)", file=sys.stderr)
+        return 2
+    disk = DiskTier(root)
+    report: dict
+    status = 0
+    if args.command == "prune":
+        r = prune(disk, max_age_s=args.max_age, max_bytes=args.max_size, dry_run=args.dry_run)
+        report = vars(r)
+        verb = "would remove" if args.dry_run else "removed"
+        text = (
+            f"{verb} {r.removed_expired} expired and {r.removed_for_size} over-size entries "
+            f"({format_size(r.removed_bytes)}) and {r.removed_temp} stale temp files; "
+            f"{r.kept_entries} entries ({format_size(r.kept_bytes)}) kept"
+            + (f" [max age {format_duration(args.max_age)}]" if args.max_age is not None else "")
+            + (f" [max size {format_size(args.max_size)}]" if args.max_size is not None else "")
+        )
+    elif args.command == "stats":
+        report = namespace_stats(disk)
+        total_entries = sum(ns["entries"] for ns in report.values())
+        total_bytes = sum(ns["bytes"] for ns in report.values())
+        lines = [
+            f"{name}: {ns['entries']} entries, {format_size(ns['bytes'])}"
+            for name, ns in sorted(report.items())
+        ]
+        text = "\n".join([*lines, f"total: {total_entries} entries, {format_size(total_bytes)} in {root}"])
+    elif args.command == "verify":
+        r = verify(disk, dry_run=args.dry_run)
+        report = {**vars(r), "problems": dict(r.problems)}
+        text = f"checked {r.checked} entries: {r.ok} ok, {r.corrupt} corrupt, {r.removed} removed"
+        if r.problems:
+            text += " (" + ", ".join(f"{k}: {n}" for k, n in r.problems.items()) + ")"
+        status = 1 if r.corrupt else 0
+    else:
+        count, size = clear(disk, namespace=args.namespace, dry_run=args.dry_run)
+        report = {"removed": count, "bytes": size, "namespace": args.namespace}
+        verb = "would remove" if args.dry_run else "removed"
+        text = f"{verb} {count} entries ({format_size(size)})" + (
+            f" from namespace {args.namespace}" if args.namespace else ""
+        )
+    print(json.dumps(report) if args.json else text)
+    return status
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _namespace(text: str) -> str:
+    if not is_namespace(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a namespace (1-64 of a-z, 0-9, _ and -)")
+    return text
+
+
+if __name__ == "__main__":
+    sys.exit(main())
