@@ -6,7 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint venv clean
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test lint venv system-deps clean
 
 venv: $(STAMP)
 
@@ -24,11 +26,15 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) app.py $(ARGS)
 
+# The tests run a real redis-server; Debian/Ubuntu package.
+system-deps:
+	@command -v redis-server >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server; }
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint
+test: lint system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -199,3 +199,15 @@ def test_a_hit_answers_while_a_long_generation_runs(server: Server) -> None:
     assert still_running, "the hit should have answered while the generation was running"
     assert long_result["cache"] == "miss"
     assert hit["duration"] < long_result["duration"] / 10
+
+
+def test_output_format_is_part_of_the_key(server: Server) -> None:
+    png = server.client.post("/generate", json={"prompt": "a format probe", "width": 64, "height": 64})
+    webp = server.client.post(
+        "/generate", json={"prompt": "a format probe", "width": 64, "height": 64, "format": "webp"}
+    )
+    assert png.headers["x-key"] != webp.headers["x-key"]
+    assert webp.headers["x-cache"] == "miss"
+    assert webp.headers["content-type"] == "image/webp"
+    assert webp.content[:4] == b"RIFF" and webp.content[8:12] == b"WEBP"
+    assert server.client.get(f"/images/{webp.headers['x-key']}.webp").content == webp.content

@@ -1,0 +1,141 @@
+"""Two server processes sharing one real redis-server: the shared tier, single flight
+across replicas, namespaces, do-not-cache prompts, and surviving a Redis outage."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RedisServer, Server
+
+SECRET = "classified falcon"
+
+
+@pytest.fixture(scope="module")
+def redis_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    srv = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield srv
+    srv.kill()
+
+
+@pytest.fixture(scope="module")
+def replicas(
+    tmp_path_factory: pytest.TempPathFactory, redis_srv: RedisServer
+) -> Iterator[tuple[Server, Server]]:
+    root = tmp_path_factory.mktemp("replicas")
+    patterns = root / "no-cache.txt"
+    patterns.write_text("# prompts we must never keep\nclassified\\s+\\w+\n")
+    args = ("--redis-url", redis_srv.url, "--no-cache-patterns", str(patterns))
+    a, b = Server(root / "a", *args), Server(root / "b", *args)
+    try:
+        yield a.wait_ready(), b.wait_ready()
+    finally:
+        a.stop()
+        b.stop()
+
+
+def gen(server: Server, prompt: str, *, namespace: str = "public", **fields: object):
+    body = {"prompt": prompt, "width": 64, "height": 64, "seed": 1, "steps": 8, **fields}
+    resp = server.client.post("/generate", json=body, headers={"X-Namespace": namespace})
+    assert resp.status_code == 200, resp.text
+    return resp
+
+
+def generations(*servers: Server) -> int:
+    return sum(s.client.get("/api/cache/stats").json()["generations"] for s in servers)
+
+
+def test_an_image_made_on_one_replica_is_a_redis_hit_on_the_other(replicas: tuple[Server, Server]) -> None:
+    a, b = replicas
+    made = gen(a, "a shared harbour")
+    assert made.headers["x-cache"] == "miss"
+    elsewhere = gen(b, "a shared harbour")
+    assert elsewhere.headers["x-cache"] == "redis"
+    assert elsewhere.content == made.content
+    assert gen(b, "a shared harbour").headers["x-cache"] == "memory"  # promoted
+    stats = b.client.get("/api/cache/stats").json()
+    assert stats["tiers"]["redis"]["hits"] >= 1
+    assert stats["tiers"]["redis"]["entries"] >= 1
+
+
+def test_twelve_concurrent_identical_requests_across_replicas_generate_once(
+    replicas: tuple[Server, Server],
+) -> None:
+    a, b = replicas
+    before = generations(a, b)
+    with ThreadPoolExecutor(12) as pool:
+        responses = list(
+            pool.map(lambda i: gen((a, b)[i % 2], "a crowded harbour", width=1024, height=1024), range(12))
+        )
+    assert generations(a, b) - before == 1
+    assert len({r.content for r in responses}) == 1
+    tiers = sorted(r.headers["x-cache"] for r in responses)
+    assert set(tiers) <= {"miss", "redis", "memory"}
+    assert "redis" in tiers  # the other replica waited for the shared result
+
+
+def test_namespaces_never_share_entries(replicas: tuple[Server, Server]) -> None:
+    a, b = replicas
+    alice = gen(a, "a private harbour", namespace="alice")
+    assert alice.headers["x-cache"] == "miss"
+    bob = gen(b, "a private harbour", namespace="bob")
+    assert bob.headers["x-cache"] == "miss"  # same key, other namespace: not served
+    assert gen(b, "a private harbour", namespace="alice").headers["x-cache"] == "redis"
+    key = alice.headers["x-key"]
+    assert a.client.get(f"/images/{key}.png", headers={"X-Namespace": "alice"}).status_code == 200
+    assert a.client.get(f"/images/{key}.png", headers={"X-Namespace": "carol"}).status_code == 404
+    bad = a.client.get("/run", params={"prompt": "x"}, headers={"X-Namespace": "../etc"})
+    assert bad.status_code == 422
+    assert bad.json()["detail"][0]["loc"] == ["header", "x-namespace"]
+
+
+def test_do_not_cache_prompts_are_never_stored_or_logged(
+    replicas: tuple[Server, Server], redis_srv: RedisServer
+) -> None:
+    a, b = replicas
+    first = gen(a, f"the {SECRET} at dawn")
+    second = gen(a, f"the {SECRET} at dawn")
+    assert (first.headers["x-cache"], second.headers["x-cache"]) == ("bypass", "bypass")
+    run = a.client.get("/run", params={"prompt": f"the {SECRET} at noon", "width": 64, "height": 64}).json()
+    assert run["cache"] == "bypass" and run["image_url"] is None
+    key = first.headers["x-key"]
+    assert a.client.get(f"/images/{key}.png").status_code == 404
+    assert not redis_srv.client().exists(f"zimage:v1:public:{key}")
+    assert not list(Path(a.cache_dir / "images").rglob(key))
+    for server in (a, b):
+        assert SECRET not in server.log_path.read_text()
+    assert "prompt=<redacted>" in a.log_path.read_text()
+
+
+def test_replicas_keep_answering_while_redis_is_down_and_reconnect(
+    replicas: tuple[Server, Server], redis_srv: RedisServer
+) -> None:
+    a, b = replicas
+    cached = gen(a, "a harbour before the storm")
+    redis_srv.kill()
+    statuses = []
+    for i in range(6):
+        for server in (a, b):
+            statuses.append(gen(server, "a harbour before the storm").status_code)  # hits
+            statuses.append(gen(server, f"a harbour in the storm {i}").status_code)  # misses
+    assert statuses == [200] * 24
+    assert gen(a, "a harbour before the storm").content == cached.content
+    errors = sum(s.client.get("/api/cache/stats").json()["tiers"]["redis"]["errors"] for s in (a, b))
+    assert errors >= 2
+    for server in (a, b):
+        assert server.client.get("/health").status_code == 200
+
+    redis_srv.start()  # same port: the tiers reconnect by themselves
+    deadline = time.monotonic() + 30
+    n = 0
+    while True:
+        n += 1
+        gen(a, f"a harbour after the storm {n}")
+        if gen(b, f"a harbour after the storm {n}").headers["x-cache"] == "redis":
+            break
+        assert time.monotonic() < deadline, "the replicas did not reconnect to Redis"
+        time.sleep(0.5)

@@ -1,0 +1,215 @@
+"""GenerationService and Engine in-process with the tiny model: single flight across
+replicas (real Redis), the prompt-embedding cache, and what is never stored."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cache import MISS, DiskTier, LayeredCache, MemoryTier
+from cache.redis_tier import RedisTier
+from pipeline.engine import FAILED, READY, Engine, GenerationFailed
+from pipeline.request import GenerationRequest
+from pipeline.service import GenerationService
+from pipeline.tiny_model import ensure_tiny_model
+from tests.conftest import RedisServer
+
+
+def started(engine: Engine) -> Engine:
+    engine.start()
+    deadline = time.monotonic() + 120
+    while engine.state not in (READY, FAILED):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert engine.state == READY, engine.error
+    return engine
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="module")
+def engine(models_dir: Path) -> Iterator[Engine]:
+    eng = started(Engine("tiny", models_dir))
+    yield eng
+    eng.close()
+
+
+def request(prompt: str = "a lantern", **kw: object) -> GenerationRequest:
+    return GenerationRequest(prompt=prompt, width=kw.pop("width", 64), height=kw.pop("height", 64), **kw)  # type: ignore[arg-type]
+
+
+# -- single flight across replicas ------------------------------------------------------
+
+
+def test_a_replica_waits_for_the_lock_holder_and_takes_its_stored_result(
+    engine: Engine, redis_server: RedisServer
+) -> None:
+    async def scenario() -> None:
+        tier = RedisTier(redis_server.url, ttl_s=60, lock_ttl_s=5)
+        service = GenerationService(engine, LayeredCache([MemoryTier(1 << 20), tier]), locks=tier)
+        other = RedisTier(redis_server.url, ttl_s=60, lock_ttl_s=5)  # "another replica"
+        req = request("a shared lantern", seed=3)
+        key = service.key_for(req.canonical(), await service.model_identity())
+        made = engine.submit(req.canonical()).result()
+        lease = other.try_lock("public", key)
+        assert lease is not None
+
+        async def finish_elsewhere() -> None:
+            await asyncio.sleep(0.4)
+            from cache import Entry
+
+            await asyncio.to_thread(other.put, "public", key, Entry(made.data, made.ext, {"seed": 3}))
+            lease.release()
+
+        helper = asyncio.ensure_future(finish_elsewhere())
+        result = await service.generate(req)
+        await helper
+        assert result.cache == "redis"
+        assert result.entry.data == made.data
+        assert service.stats()["generations"] == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_dead_lock_holder_blocks_others_only_until_the_lock_ttl(
+    engine: Engine, redis_server: RedisServer
+) -> None:
+    async def scenario() -> None:
+        tier = RedisTier(redis_server.url, ttl_s=60, lock_ttl_s=1.0)
+        service = GenerationService(engine, LayeredCache([MemoryTier(1 << 20), tier]), locks=tier)
+        req = request("an abandoned lantern")
+        key = service.key_for(req.canonical(), await service.model_identity())
+        dead = RedisTier(redis_server.url, ttl_s=60, lock_ttl_s=1.0).try_lock("public", key)
+        assert dead is not None  # taken and never released or refreshed
+        t0 = time.monotonic()
+        result = await service.generate(req)
+        waited = time.monotonic() - t0
+        assert result.cache == "miss"
+        assert service.stats()["generations"] == 1
+        assert 0.8 < waited < 5.0
+        assert tier.get("public", key) != MISS  # stored for everyone
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_identical_requests_in_one_process_generate_once(engine: Engine, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        service = GenerationService(engine, LayeredCache([MemoryTier(1 << 20), DiskTier(tmp_path)]))
+        results = await asyncio.gather(
+            *(service.generate(request("a crowd of lanterns", width=256)) for _ in range(8))
+        )
+        assert service.stats()["generations"] == 1
+        assert {r.entry.data for r in results} == {results[0].entry.data}
+
+    asyncio.run(scenario())
+
+
+# -- the prompt-embedding cache ----------------------------------------------------------
+
+
+def test_known_prompt_skips_the_text_encoder_and_images_stay_bit_identical(models_dir: Path) -> None:
+    cached = started(Engine("tiny", models_dir, embedding_cache_bytes=1 << 20))
+    uncached = started(Engine("tiny", models_dir, embedding_cache_bytes=0))
+    try:
+        for guidance in (0.0, 3.0):
+            first = request("a fox", seed=1, guidance_scale=guidance, negative_prompt="blur").canonical()
+            second = request(
+                "a fox", seed=2, width=96, guidance_scale=guidance, negative_prompt="blur"
+            ).canonical()
+            cached.submit(first).result()
+            runs = cached.encoder_runs
+            a = cached.submit(second).result()
+            assert cached.encoder_runs == runs  # neither prompt nor negative prompt re-encoded
+            b = uncached.submit(second).result()
+            assert a.data == b.data
+        assert cached.embeddings.stats()["hits"] >= 3
+
+        # ...and equal to what the pipeline makes from the text itself
+        import torch
+
+        canonical = request("a fox", seed=2, width=96).canonical()
+        direct = cached._pipe(
+            prompt="a fox",
+            height=64,
+            width=96,
+            num_inference_steps=8,
+            guidance_scale=0.0,
+            generator=torch.Generator("cpu").manual_seed(2),
+            output_type="np",
+        ).images[0]
+        served = np.asarray(Image.open(io.BytesIO(cached.submit(canonical).result().data)))
+        assert np.array_equal(served, (direct * 255).round().clip(0, 255).astype("uint8"))
+    finally:
+        cached.close()
+        uncached.close()
+
+
+# -- what is never stored ---------------------------------------------------------------
+
+
+def test_a_model_that_makes_nan_images_fails_its_warm_up_with_the_reason(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "nan-model"
+    shutil.copytree(ensure_tiny_model(models_dir), broken)
+    weights = broken / "vae" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights)
+    tensors["decoder.conv_out.bias"].fill_(float("nan"))
+    save_file(tensors, weights)
+    engine = Engine(str(broken), models_dir)
+    engine.start()  # its warm-up fails: the model is marked failed with the reason
+    deadline = time.monotonic() + 60
+    while engine.state not in (READY, FAILED):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert engine.state == FAILED
+    assert "NaN" in (engine.error or "")
+    engine.close()
+
+
+def test_failed_generation_stores_nothing(engine: Engine, tmp_path: Path) -> None:
+    disk = DiskTier(tmp_path)
+    service = GenerationService(engine, LayeredCache([MemoryTier(1 << 20), disk]))
+    original = engine._pipe.vae.decoder.conv_out.bias.detach().clone()
+    try:
+        engine._pipe.vae.decoder.conv_out.bias.data.fill_(float("nan"))
+        with pytest.raises(GenerationFailed, match="NaN"):
+            asyncio.run(service.generate(request("a poisoned lantern")))
+    finally:
+        engine._pipe.vae.decoder.conv_out.bias.data.copy_(original)
+    assert disk.stats()["entries"] == 0
+    assert service.cache.stats()["memory"]["entries"] == 0
+
+
+def test_do_not_cache_patterns_generate_but_never_store(engine: Engine, tmp_path: Path) -> None:
+    import re
+
+    disk = DiskTier(tmp_path)
+    service = GenerationService(
+        engine, LayeredCache([MemoryTier(1 << 20), disk]), no_store_patterns=[re.compile("secret", re.I)]
+    )
+
+    async def scenario() -> None:
+        first = await service.generate(request("my SECRET lantern"))
+        second = await service.generate(request("my SECRET lantern"))
+        assert (first.cache, second.cache) == ("bypass", "bypass")
+        assert first.entry.data == second.entry.data
+        assert (await service.generate(request("a public lantern"))).cache == "miss"
+
+    asyncio.run(scenario())
+    assert disk.stats()["entries"] == 1
+    assert service.stats()["generations"] == 3
