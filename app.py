@@ -72,6 +72,15 @@ class Settings(BaseSettings):
         description="File of regular expressions, one a line: matching prompts are generated but never "
         "stored, and never logged.",
     )
+    api_keys: Path | None = Field(
+        None,
+        description="File of `token namespace` lines: API routes then need `Authorization: Bearer <token>`, "
+        "the token decides the namespace, and the UI asks for a login (namespace + token).",
+    )
+    admin_token: str | None = Field(
+        None,
+        description="Bearer token for admin routes (DELETE /api/cache); admin routes are off when unset.",
+    )
     max_queue: int = Field(
         64, ge=1, description="Generations allowed to wait; past this the API answers 503."
     )
@@ -100,6 +109,24 @@ class Settings(BaseSettings):
     def _redis_url(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"{v!r} is not a Redis URL; write e.g. redis://localhost:6379/0")
+        return v or None
+
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys(cls, v: Path | None) -> Path | None:
+        if v is not None:
+            from web.auth import read_api_keys
+
+            read_api_keys(v)
+        return v
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token(cls, v: str | None) -> str | None:
+        from web.auth import MIN_TOKEN_CHARS
+
+        if v is not None and len(v) < MIN_TOKEN_CHARS:
+            raise ValueError(f"use at least {MIN_TOKEN_CHARS} characters")
         return v or None
 
     @field_validator("no_cache_patterns")
@@ -179,7 +206,9 @@ def build_app(settings: Settings) -> Runtime:
     from pipeline.loading import is_demo_spec
     from pipeline.service import GenerationService
     from web.api import create_api
+    from web.auth import Access, read_api_keys
     from web.ui import create_ui
+    from web.ui_text import I18N
 
     engine = Engine(
         settings.model,
@@ -202,7 +231,11 @@ def build_app(settings: Settings) -> Runtime:
         normalization=settings.prompt_normalization,
         no_store_patterns=read_patterns(settings.no_cache_patterns) if settings.no_cache_patterns else (),
     )
-    api = create_api(service, engine)
+    access = Access(
+        api_keys=read_api_keys(settings.api_keys) if settings.api_keys else {},
+        admin_token=settings.admin_token,
+    )
+    api = create_api(service, engine, access=access, info=describe(settings))
     ui = create_ui(service, engine, demo_model=is_demo_spec(settings.model))
     app = gr.mount_gradio_app(
         api,
@@ -211,9 +244,40 @@ def build_app(settings: Settings) -> Runtime:
         show_error=True,
         css_paths=[STATIC / "style.css"],
         favicon_path=str(STATIC / "favicon.svg"),
+        i18n=I18N,
+        auth=access.ui_login if access.api_keys else None,
+        auth_message="Log in with your namespace as user name and its API token as password.",
     )
     pruner = Pruner(disk, max_age_s=settings.disk_cache_max_age, max_bytes=settings.disk_cache_size)
     return Runtime(app=app, engine=engine, pruner=pruner)
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    """What `/api/info` says about this build and its configuration (no secrets)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    packages = ("z-image-turbo-service", "torch", "diffusers", "transformers", "gradio", "fastapi", "redis")
+    return {
+        "versions": {"python": sys.version.split()[0], **{name: ver(name) for name in packages}},
+        "cache": {
+            "memory_mb": settings.memory_cache_mb,
+            "disk": {
+                "dir": str(settings.cache_dir / "images"),
+                "max_bytes": settings.disk_cache_size,
+                "max_age_s": settings.disk_cache_max_age,
+            },
+            "redis": {"enabled": bool(settings.redis_url), "ttl_s": settings.redis_ttl},
+            "embedding_cache_mb": settings.embedding_cache_mb,
+            "prompt_normalization": settings.prompt_normalization,
+            "no_cache_patterns": bool(settings.no_cache_patterns),
+        },
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -95,6 +95,10 @@ class DiskTier:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path_for(namespace, key))
 
+    def clear(self, namespace: str) -> int:
+        """Remove every entry of `namespace`; returns how many. Writes in progress land whole."""
+        return sum(remove_if_unchanged(f.path, f.inode) for f in self.files(namespace))
+
     def files(self, namespace: str | None = None) -> Iterator[StoredFile]:
         """Every committed entry file (of one namespace, or all), in no particular order.
         Temp files and anything not shaped like an entry are skipped."""

@@ -28,6 +28,7 @@ class Tier(Protocol):
     def get(self, namespace: str, key: str) -> Entry | _Miss: ...
     def put(self, namespace: str, key: str, entry: Entry) -> None: ...
     def discard(self, namespace: str, key: str) -> None: ...
+    def clear(self, namespace: str) -> int: ...
     def stats(self) -> dict[str, int]: ...
 
 
@@ -83,6 +84,17 @@ class LayeredCache:
                 tier.discard(namespace, key)
             except Exception as exc:
                 self._count_error(tier, "discard", exc)
+
+    def clear(self, namespace: str) -> dict[str, int | None]:
+        """Remove every entry of `namespace` from every tier: count per tier (None: failed)."""
+        removed: dict[str, int | None] = {}
+        for tier in self.tiers:
+            try:
+                removed[tier.name] = tier.clear(namespace)
+            except Exception as exc:
+                self._count_error(tier, "clear", exc)
+                removed[tier.name] = None
+        return removed
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Entries, bytes and errors per tier, by tier name."""

@@ -39,6 +39,14 @@ class MemoryTier:
         with self._lock:
             self._lru.pop((namespace, key), None)
 
+    def clear(self, namespace: str) -> int:
+        """Remove every entry of `namespace`; returns how many."""
+        with self._lock:
+            doomed = [k for k in self._lru if k[0] == namespace]
+            for k in doomed:
+                del self._lru[k]
+        return len(doomed)
+
     def stats(self) -> dict[str, int]:
         with self._lock:
             return {"entries": len(self._lru), "bytes": int(self._lru.currsize)}

@@ -79,6 +79,21 @@ class RedisTier:
     def discard(self, namespace: str, key: str) -> None:
         self._call(lambda r: r.delete(self.redis_key(namespace, key)))
 
+    def clear(self, namespace: str) -> int:
+        """Delete every entry of `namespace` (SCAN + DEL in batches); returns how many."""
+
+        def run(r: redis.Redis) -> int:
+            removed, batch = 0, []
+            for name in r.scan_iter(match=f"{self.prefix}{namespace}:*", count=1000):
+                if not name.endswith(b":lock"):
+                    batch.append(name)
+                if len(batch) >= 500:
+                    removed += r.delete(*batch)
+                    batch = []
+            return removed + (r.delete(*batch) if batch else 0)
+
+        return self._call(run)
+
     def stats(self) -> dict[str, int]:
         """Entries and bytes under our prefix (a SCAN: cheap for a cache-sized Redis)."""
 

@@ -7,6 +7,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from pipeline.request import CanonicalRequest
 log = logging.getLogger(__name__)
 
 LOADING, WARMING, READY, FAILED = "loading", "warming", "ready", "failed"
+Progress = Callable[[int, int], None]  # (denoising steps done, steps in all)
 
 
 class QueueFull(Exception):
@@ -49,7 +51,7 @@ class Engine:
 
     Guarantees: exactly one model call runs at a time, on a dedicated worker
     thread (never on the event loop); calls run in submission order; at most
-    `max_queue` generations wait (QueueFull past that). Loading is the first job
+    `max_queue` jobs wait to start (QueueFull past that). Loading is the first job
     of that thread, so generations submitted while loading wait for it.
     """
 
@@ -71,7 +73,7 @@ class Engine:
         self.identity_future: Future[ModelIdentity] = Future()
         self._pipe: Any = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zimage-engine")
-        self._pending = 0
+        self._waiting = 0
         self._lock = threading.Lock()
 
     @property
@@ -81,30 +83,40 @@ class Engine:
 
     @property
     def queue_depth(self) -> int:
-        return self._pending
+        """Generation jobs submitted and not yet started."""
+        return self._waiting
 
     def start(self) -> None:
         """Resolve, load and warm the model in the background."""
         self._executor.submit(self._load)
 
-    def submit(self, request: CanonicalRequest) -> Future[GeneratedImage]:
-        """Queue one generation; raises QueueFull when `max_queue` are already waiting."""
+    def submit(
+        self, requests: list[CanonicalRequest], progress: Progress | None = None
+    ) -> Future[list[GeneratedImage]]:
+        """Queue one generation job: the images of `requests` (same prompt and settings,
+        different seeds) made in one batched pipeline call. `progress(step, steps)` is
+        called from the engine thread after each denoising step. Raises QueueFull when
+        `max_queue` jobs are already waiting to start."""
         if self.state == FAILED:
             raise ModelUnavailable(f"the model failed to load: {self.error}")
+        first = requests[0]
+        if any(r.as_dict() | {"seed": 0} != first.as_dict() | {"seed": 0} for r in requests):
+            raise ValueError("a batch must share everything but the seed")
         with self._lock:
-            if self._pending >= self.max_queue:
-                raise QueueFull(self._pending)
-            self._pending += 1
-        future = self._executor.submit(self._generate, request)
-        future.add_done_callback(self._done)
+            if self._waiting >= self.max_queue:
+                raise QueueFull(self._waiting)
+            self._waiting += 1
+        future = self._executor.submit(self._generate, requests, progress)
+        future.add_done_callback(self._cancelled)
         return future
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def _done(self, _: Future[GeneratedImage]) -> None:
-        with self._lock:
-            self._pending -= 1
+    def _cancelled(self, future: Future[list[GeneratedImage]]) -> None:
+        if future.cancelled():  # never started, so never counted out in _generate
+            with self._lock:
+                self._waiting -= 1
 
     def _load(self) -> None:
         try:
@@ -117,7 +129,7 @@ class Engine:
             self._pipe = load_pipeline(identity)
             self.state = WARMING
             warm = CanonicalRequest("warm-up", "", 0, identity.min_size, identity.min_size, 1, 0.0, "png")
-            self._run(warm, identity)
+            self._run([warm], identity)
             self.state = READY
             log.info("model ready in %.1f s", time.perf_counter() - started)
         except Exception as exc:
@@ -127,30 +139,42 @@ class Engine:
                 self.identity_future.set_exception(ModelUnavailable(self.error))
             log.exception("model failed to load")
 
-    def _generate(self, request: CanonicalRequest) -> GeneratedImage:
+    def _generate(self, requests: list[CanonicalRequest], progress: Progress | None) -> list[GeneratedImage]:
+        with self._lock:
+            self._waiting -= 1
         if self.state == FAILED or self._pipe is None:
             raise ModelUnavailable(f"the model failed to load: {self.error}")
         identity = self.identity_future.result()
-        return self._run(request, identity)
+        return self._run(requests, identity, progress)
 
-    def _run(self, request: CanonicalRequest, identity: ModelIdentity) -> GeneratedImage:
+    def _run(
+        self, requests: list[CanonicalRequest], identity: ModelIdentity, progress: Progress | None = None
+    ) -> list[GeneratedImage]:
         import numpy as np
         import torch
+
+        request, batch = requests[0], len(requests)
+
+        def step_done(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if progress is not None:
+                progress(step + 1, request.steps)
+            return {}
 
         try:
             # 1. Encode the prompt(s), or reuse the encoder's earlier output.
             started = time.perf_counter()
             device = torch.device(identity.device)
-            prompt_embeds = self._embed(request.prompt, identity, device)
+            prompt_embeds = self._embed(request.prompt, identity, device) * batch
             negative_embeds = None
             if request.guidance_scale > 0:
-                negative_embeds = self._embed(request.negative_prompt, identity, device)
+                negative_embeds = self._embed(request.negative_prompt, identity, device) * batch
             text_s = time.perf_counter() - started
 
             # 2. Denoise and decode, always with explicit Turbo-style settings: the
             #    pipeline's own defaults (50 steps, CFG 5) are for the base model.
+            #    One generator per image keeps each equal to itself made alone.
             started = time.perf_counter()
-            generator = torch.Generator(device=identity.device).manual_seed(request.seed)
+            generators = [torch.Generator(device=identity.device).manual_seed(r.seed) for r in requests]
             pixels = self._pipe(
                 prompt_embeds=prompt_embeds,
                 negative_prompt_embeds=negative_embeds,
@@ -159,9 +183,10 @@ class Engine:
                 width=request.width,
                 num_inference_steps=request.steps,
                 guidance_scale=request.guidance_scale,
-                generator=generator,
+                generator=generators,
                 output_type="np",
-            ).images[0]
+                callback_on_step_end=step_done,
+            ).images
             inference = time.perf_counter() - started
         except Exception as exc:
             raise GenerationFailed(f"the model failed: {type(exc).__name__}: {exc}") from exc
@@ -169,18 +194,18 @@ class Engine:
         # 3. Refuse what must never be stored or shown as a result.
         if not np.isfinite(pixels).all():
             raise GenerationFailed("the model produced NaN values (a known fp16 failure; serve in bfloat16)")
-        image = (pixels * 255).round().clip(0, 255).astype("uint8")
-        if image.max() == 0:
+        images = (pixels * 255).round().clip(0, 255).astype("uint8")
+        if any(image.max() == 0 for image in images):
             raise GenerationFailed("the model produced an all-black image")
 
-        # 4. Encode the image, with the generation parameters inside the file.
-        started = time.perf_counter()
-        data = encode_image(image, request, identity)
-        return GeneratedImage(
-            data=data,
-            ext=request.format,
-            timings={"text": text_s, "inference": inference, "encode": time.perf_counter() - started},
-        )
+        # 4. Encode each image, with its generation parameters inside the file.
+        out = []
+        for image, req in zip(images, requests, strict=True):
+            started = time.perf_counter()
+            data = encode_image(image, req, identity)
+            timings = {"text": text_s, "inference": inference, "encode": time.perf_counter() - started}
+            out.append(GeneratedImage(data=data, ext=req.format, timings=timings))
+        return out
 
     def _embed(self, text: str, identity: ModelIdentity, device: Any) -> list[Any]:
         """The text encoder's output for `text` on `device`, from the cache when known."""

@@ -34,17 +34,42 @@ class GenerationRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(description=f"What to draw; 1 to {MAX_PROMPT_CHARS} characters.")
+    # json_schema_extra documents the limits in OpenAPI; the validators below
+    # enforce them with messages that say how to fix the value.
+    prompt: str = Field(
+        description=f"What to draw; 1 to {MAX_PROMPT_CHARS} characters.",
+        json_schema_extra={"minLength": 1, "maxLength": MAX_PROMPT_CHARS},
+    )
     negative_prompt: str = Field(
         "",
         max_length=MAX_PROMPT_CHARS,
         description="What to avoid; only used when guidance_scale > 0.",
     )
-    seed: int = Field(42, description=f"Random seed, 0..{MAX_SEED}; -1 draws one (returned in the response).")
-    width: int = Field(1024, description=f"Width in pixels, a multiple of 16, {MIN_SIZE}..{MAX_SIZE}.")
-    height: int = Field(1024, description=f"Height in pixels, a multiple of 16, {MIN_SIZE}..{MAX_SIZE}.")
-    steps: int = Field(8, description="Denoising steps, 1..50 (Turbo is distilled for 8).")
-    guidance_scale: float = Field(0.0, description="Classifier-free guidance, 0..20; 0 turns it off (Turbo).")
+    seed: int = Field(
+        42,
+        description=f"Random seed, 0..{MAX_SEED}; -1 draws one (returned in the response).",
+        json_schema_extra={"minimum": -1, "maximum": MAX_SEED},
+    )
+    width: int = Field(
+        1024,
+        description=f"Width in pixels, a multiple of 16, {MIN_SIZE}..{MAX_SIZE} (256.. for the real model).",
+        json_schema_extra={"minimum": MIN_SIZE, "maximum": MAX_SIZE, "multipleOf": SIZE_MULTIPLE},
+    )
+    height: int = Field(
+        1024,
+        description=f"Height in pixels, a multiple of 16, {MIN_SIZE}..{MAX_SIZE} (256.. for the real model).",
+        json_schema_extra={"minimum": MIN_SIZE, "maximum": MAX_SIZE, "multipleOf": SIZE_MULTIPLE},
+    )
+    steps: int = Field(
+        8,
+        description="Denoising steps, 1..50 (Turbo is distilled for 8).",
+        json_schema_extra={"minimum": 1, "maximum": 50},
+    )
+    guidance_scale: float = Field(
+        0.0,
+        description="Classifier-free guidance, 0..20 and finite; 0 turns it off (Turbo).",
+        json_schema_extra={"minimum": 0, "maximum": 20},
+    )
     format: ImageFormat = Field("png", description="Image encoding: png, jpeg or webp.")
 
     @field_validator("prompt")

@@ -1,7 +1,7 @@
 """The one generation path: canonical request -> key -> cache -> engine -> cache -> result.
 
-The UI, every HTTP route and prewarm call `GenerationService.generate`; there is
-no second way to produce or look up an image.
+The UI, every HTTP route and prewarm call `GenerationService.generate` (or its
+batch form); there is no second way to produce or look up an image.
 """
 
 from __future__ import annotations
@@ -9,17 +9,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import secrets
 import threading
 import time
-from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from cache import MISS, Entry, Hit, LayeredCache, TierUnavailable, is_namespace, make_key
-from pipeline.engine import Engine, ModelUnavailable
+from pipeline.engine import Engine, ModelUnavailable, Progress
 from pipeline.loading import ModelIdentity
-from pipeline.request import CanonicalRequest, GenerationRequest, Normalization, RequestInvalid, check_size
+from pipeline.request import (
+    MAX_SEED,
+    CanonicalRequest,
+    GenerationRequest,
+    Normalization,
+    RequestInvalid,
+    check_size,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +36,10 @@ MISS_TIER, BYPASS_TIER = "miss", "bypass"
 POLL_START_S, POLL_MAX_S = 0.02, 0.5
 # A replica stops waiting for another after this and generates itself.
 WAIT_LIMIT_S = 600.0
+# Recent durations kept for the p50/p95 in stats.
+LATENCY_WINDOW = 1000
+
+Outcome = tuple[str, Entry, dict[str, float]]  # tier, entry, timings
 
 
 class Lease(Protocol):
@@ -46,7 +58,7 @@ class FlightLocks(Protocol):
 
 @dataclass(frozen=True)
 class GenerationResult:
-    """What a caller gets back: the stored bytes and where they came from."""
+    """What a caller gets back for one image: the stored bytes and where they came from."""
 
     key: str
     cache: str  # memory | disk | redis | miss | bypass
@@ -69,7 +81,7 @@ class GenerationService:
     (a Redis lock; if Redis is down each replica generates for itself); that
     generation finishes and is stored even if every caller gives up waiting.
     `no_cache`, and prompts matching `no_store_patterns`, neither read nor write
-    the cache.
+    the cache. Observers see every result (for metrics).
     """
 
     def __init__(
@@ -88,47 +100,91 @@ class GenerationService:
         self.normalization = normalization
         self.no_store_patterns = list(no_store_patterns)
         self.model_wait_s = model_wait_s
-        self._flights: dict[tuple[str, str], asyncio.Task[tuple[str, Entry, dict[str, float]]]] = {}
+        self.observers: list[Callable[[GenerationResult], None]] = []
+        self._flights: dict[tuple[str, str], asyncio.Future[Outcome]] = {}
+        self._fills: set[asyncio.Task[None]] = set()
         self._counts: Counter[str] = Counter()
+        self._latency = {"generation": deque(maxlen=LATENCY_WINDOW), "hit": deque(maxlen=LATENCY_WINDOW)}
         self._lock = threading.Lock()
 
     async def generate(
-        self, request: GenerationRequest, *, namespace: str = "public", no_cache: bool = False
+        self,
+        request: GenerationRequest,
+        *,
+        namespace: str = "public",
+        no_cache: bool = False,
+        normalization: Normalization | None = None,
+        progress: Progress | None = None,
     ) -> GenerationResult:
+        """One image: a hit from the fastest tier that has it, else a generation."""
+        results = await self.generate_batch(
+            request, 1, namespace=namespace, no_cache=no_cache, normalization=normalization, progress=progress
+        )
+        return results[0]
+
+    async def generate_batch(
+        self,
+        request: GenerationRequest,
+        batch_size: int,
+        *,
+        namespace: str = "public",
+        no_cache: bool = False,
+        normalization: Normalization | None = None,
+        progress: Progress | None = None,
+    ) -> list[GenerationResult]:
+        """`batch_size` images of one prompt, image i with seed `seed + i` (each drawn when
+        the seed is -1). Each is looked up on its own; the misses are generated together."""
         started = time.perf_counter()
-        self._count("requests")
+        self._count("requests", batch_size)
 
         # 1. Validate what depends on the served model, and canonicalise.
         if not is_namespace(namespace):
             raise RequestInvalid("namespace", f"namespace {namespace!r} must be 1-64 of a-z, 0-9, _ and -")
         identity = await self.model_identity()
-        canonical = request.canonical(self.normalization)
-        check_size("width", canonical.width, identity.min_size, identity.max_size)
-        check_size("height", canonical.height, identity.min_size, identity.max_size)
-        key = self.key_for(canonical, identity)
+        base = request.canonical(normalization or self.normalization)
+        check_size("width", base.width, identity.min_size, identity.max_size)
+        check_size("height", base.height, identity.min_size, identity.max_size)
+        if request.seed == -1:
+            seeds = [base.seed] + [secrets.randbelow(MAX_SEED + 1) for _ in range(batch_size - 1)]
+        else:
+            seeds = [(base.seed + i) % (MAX_SEED + 1) for i in range(batch_size)]
+        canonicals = [replace(base, seed=seed) for seed in seeds]
+        keys = [self.key_for(c, identity) for c in canonicals]
 
         # 2. Bypass (asked for, or a do-not-cache prompt): generate, store nothing.
-        if no_cache or self.must_not_store(canonical):
-            entry, timings = await self._generate(canonical)
-            return self._result(key, BYPASS_TIER, entry, canonical, started, timings)
+        if no_cache or self.must_not_store(base):
+            generated = await self._generate(canonicals, progress)
+            return self._results(keys, canonicals, [(BYPASS_TIER, e, t) for e, t in generated], started)
 
         # 3. Look up the tiers, fastest first.
-        hit = await asyncio.to_thread(self.cache.get, namespace, key)
-        if isinstance(hit, Hit):
-            self._count(f"hits:{hit.tier}")
-            lookup = time.perf_counter() - started
-            return self._result(key, hit.tier, hit.entry, canonical, started, {"lookup": lookup})
+        hits = await asyncio.to_thread(lambda: [self.cache.get(namespace, k) for k in keys])
+        lookup = time.perf_counter() - started
+        outcomes: dict[int, Outcome] = {
+            i: (hit.tier, hit.entry, {"lookup": lookup}) for i, hit in enumerate(hits) if isinstance(hit, Hit)
+        }
 
-        # 4. Miss: join the fill of this key already under way here, or start one.
-        flight = self._flights.get((namespace, key))
-        if flight is None:
-            flight = asyncio.ensure_future(self._fill(namespace, key, canonical))
-            self._flights[(namespace, key)] = flight
-            flight.add_done_callback(lambda done: self._land(namespace, key, done))
-        tier, entry, timings = await asyncio.shield(flight)
-        if tier != MISS_TIER:
-            self._count(f"hits:{tier}")
-        return self._result(key, tier, entry, canonical, started, timings)
+        # 4. Misses: join the fills of these keys already under way here, or start one
+        #    for the rest, which generates them in one batch.
+        waits: dict[int, asyncio.Future[Outcome]] = {}
+        new: dict[str, CanonicalRequest] = {}
+        for i, key in enumerate(keys):
+            if i in outcomes:
+                continue
+            flight = self._flights.get((namespace, key))
+            if flight is None:
+                flight = asyncio.get_running_loop().create_future()
+                flight.add_done_callback(_consume_exception)
+                self._flights[(namespace, key)] = flight
+                new[key] = canonicals[i]
+            waits[i] = flight
+        if new:
+            fill = asyncio.ensure_future(self._fill(namespace, new, progress))
+            self._fills.add(fill)
+            fill.add_done_callback(self._fills.discard)
+        for i, flight in waits.items():
+            outcomes[i] = await asyncio.shield(flight)
+
+        return self._results(keys, canonicals, [outcomes[i] for i in range(batch_size)], started)
 
     async def lookup(self, namespace: str, key: str) -> Hit | Any:
         """A stored entry by key (for `/images/{key}`), or MISS."""
@@ -158,11 +214,12 @@ class GenerationService:
         )
 
     def stats(self) -> dict[str, Any]:
-        """Requests, generations (pipeline runs), hit rate, and per tier: hits (of
-        generation requests), entries, bytes and errors."""
+        """Requests (images asked for), generations (pipeline runs), images generated,
+        hit rate, per tier: hits, entries, bytes and errors; latency percentiles."""
         tiers = self.cache.stats()
         with self._lock:
             counts = self._counts.copy()
+            latency = {name: sorted(values) for name, values in self._latency.items()}
         hits = 0
         for name, tier in tiers.items():
             tier["hits"] = counts[f"hits:{name}"]
@@ -171,55 +228,103 @@ class GenerationService:
         return {
             "requests": requests,
             "generations": counts["generations"],
+            "generated_images": counts["generated_images"],
             "hit_rate": round(hits / requests, 4) if requests else 0.0,
             "tiers": tiers,
             "embeddings": self.engine.embeddings.stats(),
+            "queue_depth": self.engine.queue_depth,
+            "latency": {name: _percentiles(values) for name, values in latency.items()},
         }
 
     async def _fill(
-        self, namespace: str, key: str, canonical: CanonicalRequest
-    ) -> tuple[str, Entry, dict[str, float]]:
-        """Produce the entry for a missed key: generate and store it, or, while another
-        replica holds its lock, wait for that replica to store it."""
-        started = time.perf_counter()
-
-        # 1. Take the cross-replica lock, or wait for its holder's result.
-        lease: Lease | None = None
-        if self.locks is not None:
-            while time.perf_counter() - started < WAIT_LIMIT_S:
-                try:
-                    lease = await asyncio.to_thread(self.locks.try_lock, namespace, key)
-                except TierUnavailable:
-                    break  # Redis is down: generating here beats not answering
-                if lease is not None:
-                    break
-                hit = await self._await_other_replica(namespace, key)
-                if isinstance(hit, Hit):
-                    return hit.tier, hit.entry, {"wait": time.perf_counter() - started}
-                # The holder let go without storing (it failed or died): take over.
-
+        self, namespace: str, items: dict[str, CanonicalRequest], progress: Progress | None
+    ) -> None:
+        """Produce the entries of missed keys and resolve their flights: generate and
+        store them, or, for keys another replica holds the lock of, wait for its result."""
         try:
-            # 2. The previous holder may have stored it between our miss and our lock.
-            if lease is not None:
-                hit = await asyncio.to_thread(self.cache.get, namespace, key)
-                if isinstance(hit, Hit):
-                    return hit.tier, hit.entry, {"wait": time.perf_counter() - started}
-
-            # 3. Generate, keeping the lock alive for as long as it takes.
-            keepalive = asyncio.ensure_future(self._keep_alive(lease)) if lease else None
-            try:
-                entry, timings = await self._generate(canonical)
-            finally:
-                if keepalive:
-                    keepalive.cancel()
-
-            # 4. Store in every tier before the lock goes, so waiters find it.
-            stored = time.perf_counter()
-            await asyncio.to_thread(self.cache.put, namespace, key, entry)
-            timings["store"] = time.perf_counter() - stored
-            return MISS_TIER, entry, timings
+            outcomes = await self._produce(namespace, items, progress)
+            for key, outcome in outcomes.items():
+                self._flights[(namespace, key)].set_result(outcome)
+        except BaseException as exc:
+            for key in items:
+                flight = self._flights.get((namespace, key))
+                if flight is not None and not flight.done():
+                    flight.set_exception(exc if isinstance(exc, Exception) else ModelUnavailable("cancelled"))
+            if not isinstance(exc, Exception):
+                raise
         finally:
-            if lease is not None:
+            for key in items:
+                self._flights.pop((namespace, key), None)
+
+    async def _produce(
+        self, namespace: str, items: dict[str, CanonicalRequest], progress: Progress | None
+    ) -> dict[str, Outcome]:
+        started = time.perf_counter()
+        done: dict[str, Outcome] = {}
+        pending = dict(items)
+        while pending:
+            # 1. Take the cross-replica lock of each key we can; the rest are another's.
+            mine: dict[str, tuple[CanonicalRequest, Lease | None]] = {}
+            theirs: dict[str, CanonicalRequest] = {}
+            for key, canonical in pending.items():
+                lease = None
+                if self.locks is not None and time.perf_counter() - started < WAIT_LIMIT_S:
+                    try:
+                        lease = await asyncio.to_thread(self.locks.try_lock, namespace, key)
+                    except TierUnavailable:
+                        lease = None  # Redis is down: generating here beats not answering
+                    else:
+                        if lease is None:
+                            theirs[key] = canonical
+                            continue
+                mine[key] = (canonical, lease)
+
+            # 2. Generate ours (one batch) and store them before the locks go.
+            if mine:
+                done.update(await self._generate_and_store(namespace, mine, progress))
+
+            # 3. Wait for the other replicas' results; a key whose holder let go
+            #    without storing goes round again.
+            waited = await asyncio.gather(*(self._await_other_replica(namespace, key) for key in theirs))
+            pending = {}
+            for (key, canonical), hit in zip(theirs.items(), waited, strict=True):
+                if isinstance(hit, Hit):
+                    done[key] = (hit.tier, hit.entry, {"wait": time.perf_counter() - started})
+                else:
+                    pending[key] = canonical
+        return done
+
+    async def _generate_and_store(
+        self,
+        namespace: str,
+        mine: dict[str, tuple[CanonicalRequest, Lease | None]],
+        progress: Progress | None,
+    ) -> dict[str, Outcome]:
+        leases = [lease for _, lease in mine.values() if lease is not None]
+        keepalive = [asyncio.ensure_future(self._keep_alive(lease)) for lease in leases]
+        try:
+            # The previous holder of a lock may have stored the entry before we took it.
+            done: dict[str, Outcome] = {}
+            if leases:
+                found = await asyncio.to_thread(lambda: {k: self.cache.get(namespace, k) for k in mine})
+                done = {k: (h.tier, h.entry, {}) for k, h in found.items() if isinstance(h, Hit)}
+            todo = {k: c for k, (c, _) in mine.items() if k not in done}
+            if todo:
+                generated = await self._generate(list(todo.values()), progress)
+                stored = time.perf_counter()
+                await asyncio.to_thread(
+                    lambda: [
+                        self.cache.put(namespace, k, e) for k, (e, _) in zip(todo, generated, strict=True)
+                    ]
+                )
+                store_s = time.perf_counter() - stored
+                for key, (entry, timings) in zip(todo, generated, strict=True):
+                    done[key] = (MISS_TIER, entry, {**timings, "store": store_s})
+            return done
+        finally:
+            for task in keepalive:
+                task.cancel()
+            for lease in leases:
                 await asyncio.to_thread(lease.release)
 
     async def _await_other_replica(self, namespace: str, key: str) -> Hit | Any:
@@ -245,49 +350,66 @@ class GenerationService:
         while True:
             await asyncio.sleep(lease.refresh_every_s)
             if not await asyncio.to_thread(lease.refresh):
-                log.warning("lost the generation lock; another replica may generate the same image")
+                log.warning("lost a generation lock; another replica may generate the same image")
                 return
 
-    async def _generate(self, canonical: CanonicalRequest) -> tuple[Entry, dict[str, float]]:
+    async def _generate(
+        self, canonicals: list[CanonicalRequest], progress: Progress | None
+    ) -> list[tuple[Entry, dict[str, float]]]:
         queued = time.perf_counter()
-        future = self.engine.submit(canonical)
+        future = self.engine.submit(canonicals, progress)
         self._count("generations")
+        self._count("generated_images", len(canonicals))
         generated = await asyncio.wrap_future(future)
-        timings = dict(generated.timings)
-        timings["queue"] = time.perf_counter() - queued - sum(generated.timings.values())
-        meta = {
-            "seed": canonical.seed,
-            "width": canonical.width,
-            "height": canonical.height,
-            "steps": canonical.steps,
-        }
-        return Entry(data=generated.data, ext=generated.ext, meta=meta), timings
+        out = []
+        for canonical, image in zip(canonicals, generated, strict=True):
+            timings = dict(image.timings)
+            timings["queue"] = time.perf_counter() - queued - sum(image.timings.values())
+            meta = {
+                "seed": canonical.seed,
+                "width": canonical.width,
+                "height": canonical.height,
+                "steps": canonical.steps,
+            }
+            out.append((Entry(data=image.data, ext=image.ext, meta=meta), timings))
+        return out
 
-    def _result(
-        self,
-        key: str,
-        tier: str,
-        entry: Entry,
-        canonical: CanonicalRequest,
-        started: float,
-        timings: dict[str, float],
-    ) -> GenerationResult:
-        return GenerationResult(
-            key=key,
-            cache=tier,
-            entry=entry,
-            request=canonical,
-            duration=time.perf_counter() - started,
-            timings=timings,
-        )
-
-    def _land(self, namespace: str, key: str, flight: asyncio.Task[Any]) -> None:
-        self._flights.pop((namespace, key), None)
-        if not flight.cancelled() and flight.exception() is not None:
-            # Every waiter already got the exception; this only keeps asyncio
-            # from reporting it as never retrieved when nobody was left waiting.
-            log.debug("generation of %s failed: %s", key, flight.exception())
-
-    def _count(self, name: str) -> None:
+    def _results(
+        self, keys: list[str], canonicals: list[CanonicalRequest], outcomes: list[Outcome], started: float
+    ) -> list[GenerationResult]:
+        duration = time.perf_counter() - started
+        results = [
+            GenerationResult(
+                key=key, cache=tier, entry=entry, request=canonical, duration=duration, timings=timings
+            )
+            for key, canonical, (tier, entry, timings) in zip(keys, canonicals, outcomes, strict=True)
+        ]
         with self._lock:
-            self._counts[name] += 1
+            for result in results:
+                if result.cache in (MISS_TIER, BYPASS_TIER):
+                    self._latency["generation"].append(result.duration)
+                else:
+                    self._counts[f"hits:{result.cache}"] += 1
+                    self._latency["hit"].append(result.duration)
+        for observer in self.observers:
+            for result in results:
+                observer(result)
+        return results
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += n
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "count": 0}
+    pick = lambda q: values[min(len(values) - 1, int(q * len(values)))]  # noqa: E731
+    return {"p50": round(pick(0.50), 6), "p95": round(pick(0.95), 6), "count": len(values)}
+
+
+def _consume_exception(future: asyncio.Future[Any]) -> None:
+    # Every waiter gets the exception; this keeps asyncio from reporting it as
+    # never retrieved when no waiter was left.
+    if not future.cancelled():
+        future.exception()

@@ -60,7 +60,7 @@ def test_a_replica_waits_for_the_lock_holder_and_takes_its_stored_result(
         other = RedisTier(redis_server.url, ttl_s=60, lock_ttl_s=5)  # "another replica"
         req = request("a shared lantern", seed=3)
         key = service.key_for(req.canonical(), await service.model_identity())
-        made = engine.submit(req.canonical()).result()
+        made = engine.submit([req.canonical()]).result()[0]
         lease = other.try_lock("public", key)
         assert lease is not None
 
@@ -126,11 +126,11 @@ def test_known_prompt_skips_the_text_encoder_and_images_stay_bit_identical(model
             second = request(
                 "a fox", seed=2, width=96, guidance_scale=guidance, negative_prompt="blur"
             ).canonical()
-            cached.submit(first).result()
+            cached.submit([first]).result()[0]
             runs = cached.encoder_runs
-            a = cached.submit(second).result()
+            a = cached.submit([second]).result()[0]
             assert cached.encoder_runs == runs  # neither prompt nor negative prompt re-encoded
-            b = uncached.submit(second).result()
+            b = uncached.submit([second]).result()[0]
             assert a.data == b.data
         assert cached.embeddings.stats()["hits"] >= 3
 
@@ -147,7 +147,7 @@ def test_known_prompt_skips_the_text_encoder_and_images_stay_bit_identical(model
             generator=torch.Generator("cpu").manual_seed(2),
             output_type="np",
         ).images[0]
-        served = np.asarray(Image.open(io.BytesIO(cached.submit(canonical).result().data)))
+        served = np.asarray(Image.open(io.BytesIO(cached.submit([canonical]).result()[0].data)))
         assert np.array_equal(served, (direct * 255).round().clip(0, 255).astype("uint8"))
     finally:
         cached.close()

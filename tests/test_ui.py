@@ -11,8 +11,6 @@ from gradio_client import Client
 
 from tests.conftest import Server
 
-UI_DEFAULTS = {"negative_prompt": "", "seed": 42, "steps": 8, "guidance_scale": 0.0}
-
 
 @pytest.fixture(scope="module")
 def client(server: Server) -> Iterator[Client]:
@@ -21,21 +19,46 @@ def client(server: Server) -> Iterator[Client]:
     c.close()
 
 
-def ui_generate(client: Client, **fields: object) -> tuple[bytes, str]:
-    path, status = client.predict(**{**UI_DEFAULTS, **fields}, api_name="/generate")
-    return Path(path).read_bytes(), status
+def ui_generate(client: Client, **fields: object) -> tuple[list[bytes], list[str], str]:
+    """Call api_name="generate" with keyword parameters named like the request fields."""
+    gallery, status, _history = client.predict(**fields, api_name="/generate")
+    return (
+        [Path(item["image"]).read_bytes() for item in gallery],
+        [item["caption"] for item in gallery],
+        status,
+    )
 
 
 def test_ui_generate_misses_then_hits_memory_with_the_api_bytes(client: Client, server: Server) -> None:
     fields = {"prompt": "a UI teapot", "width": 128, "height": 96, "seed": 8}
-    first, status1 = ui_generate(client, **fields)
-    second, status2 = ui_generate(client, **fields)
-    assert status1.startswith("generated · ") and status1.endswith("seed 8")
+    first, captions1, status1 = ui_generate(client, **fields)
+    second, captions2, status2 = ui_generate(client, **fields)
+    assert captions2[0].startswith("seed 8 · memory hit")
+    assert status1.startswith("miss · generated in ") and status1.endswith("seed 8")
     assert status2.startswith("memory hit · ")
+    assert captions1[0].startswith("seed 8 · miss")
     assert first == second
     api = server.client.post("/generate", json={**fields, "steps": 8})
     assert api.headers["x-cache"] == "memory"
-    assert api.content == first  # the UI shows the stored bytes, not a re-encoding
+    assert api.content == first[0]  # the UI shows the stored bytes, not a re-encoding
+
+
+def test_ui_batch_gives_each_image_its_own_seed_and_tier(client: Client) -> None:
+    ui_generate(client, prompt="a UI batch", width=64, height=64, seed=100)  # seed 100 cached
+    images, captions, status = ui_generate(
+        client, prompt="a UI batch", width=64, height=64, seed=100, batch_size=3
+    )
+    assert len(images) == 3 and len(set(images)) == 3
+    assert [c.split(" · ")[0] for c in captions] == ["seed 100", "seed 101", "seed 102"]
+    assert captions[0].startswith("seed 100 · memory hit") and "miss" in captions[1]
+    assert status.startswith("memory + miss") and status.endswith("seeds 100, 101, 102")
+
+
+def test_ui_bypass_toggle_neither_reads_nor_writes(client: Client) -> None:
+    _, _, status = ui_generate(client, prompt="a UI bypass", width=64, height=64, no_cache=True)
+    assert status.startswith("bypass · generated in ")
+    _, _, status = ui_generate(client, prompt="a UI bypass", width=64, height=64)
+    assert status.startswith("miss")
 
 
 def test_ui_reports_bad_input_without_a_traceback(client: Client) -> None:
@@ -45,20 +68,17 @@ def test_ui_reports_bad_input_without_a_traceback(client: Client) -> None:
 
 
 def test_ui_hit_does_not_wait_behind_a_ui_generation(client: Client, server: Server) -> None:
-    cached, _ = ui_generate(client, prompt="a quick UI hit", width=64, height=64)
+    cached, _, _ = ui_generate(client, prompt="a quick UI hit", width=64, height=64)
     generations = server.client.get("/api/cache/stats").json()["generations"]
-    slow = client.submit(
-        **{**UI_DEFAULTS, "prompt": "a slow UI image", "width": 1024, "height": 1024, "steps": 30},
-        api_name="/generate",
-    )
+    slow = client.submit(prompt="a slow UI image", width=1024, height=1024, steps=30, api_name="/generate")
     deadline = time.monotonic() + 30
     while server.client.get("/api/cache/stats").json()["generations"] == generations:
         assert time.monotonic() < deadline, "the slow generation never started"
         time.sleep(0.05)
-    hit, status = ui_generate(client, prompt="a quick UI hit", width=64, height=64)
+    hit, _, status = ui_generate(client, prompt="a quick UI hit", width=64, height=64)
     slow_was_running = not slow.done()
-    _, slow_status = slow.result(timeout=120)
+    _, slow_status, _ = slow.result(timeout=120)
     assert status.startswith("memory hit")
     assert hit == cached
     assert slow_was_running, "the hit should have answered while the UI generation was still running"
-    assert slow_status.startswith("generated")
+    assert slow_status.startswith("miss")

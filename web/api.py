@@ -1,4 +1,4 @@
-"""HTTP routes: health, readiness, generation, stored images and cache stats."""
+"""HTTP routes: health, readiness, generation, stored images, stats, metrics, info, admin."""
 
 from __future__ import annotations
 
@@ -15,11 +15,13 @@ from cache import Hit, is_namespace
 from pipeline.engine import READY, Engine, GenerationFailed, ModelUnavailable, QueueFull
 from pipeline.request import GenerationRequest, RequestInvalid
 from pipeline.service import BYPASS_TIER, GenerationResult, GenerationService
+from web.auth import Access
+from web.metrics import Metrics
 
 IMAGE_NAME = re.compile(r"([0-9a-f]{64})\.(png|jpeg|webp)")
 IMMUTABLE = "public, max-age=31536000, immutable"
-DEFAULT_NAMESPACE = "public"
 RETRY_AFTER_S = 5
+MAX_API_BATCH = 8
 
 
 class RunQuery(GenerationRequest):
@@ -28,26 +30,52 @@ class RunQuery(GenerationRequest):
     no_cache: bool = Field(False, description="Neither read nor write the cache; always generate.")
 
 
-def namespace_of(
+class BatchRequest(GenerationRequest):
+    """The body of `POST /api/generate`: the request fields plus a batch size."""
+
+    batch_size: int = Field(
+        1,
+        ge=1,
+        le=MAX_API_BATCH,
+        description=f"Images to make, 1..{MAX_API_BATCH}; image i has seed `seed + i` (each drawn when seed is -1).",
+    )
+    no_cache: bool = Field(False, description="Neither read nor write the cache; always generate.")
+
+
+def caller_namespace(
+    request: Request,
     x_namespace: Annotated[
-        str, Header(description="Cache namespace of this request; an entry is never served to another.")
-    ] = DEFAULT_NAMESPACE,
+        str | None,
+        Header(description="Cache namespace (default `public`); with API keys, the token's namespace."),
+    ] = None,
 ) -> str:
-    if not is_namespace(x_namespace):
+    """The namespace a request acts in (and, with API keys, its authentication)."""
+    if x_namespace is not None and not is_namespace(x_namespace):
         raise RequestInvalid("x-namespace", f"X-Namespace {x_namespace!r} must be 1-64 of a-z, 0-9, _ and -")
-    return x_namespace
+    return request.app.state.access.caller_namespace(request, x_namespace)
 
 
-Namespace = Annotated[str, Depends(namespace_of)]
+Namespace = Annotated[str, Depends(caller_namespace)]
 
 
-def create_api(service: GenerationService, engine: Engine) -> FastAPI:
+def create_api(
+    service: GenerationService,
+    engine: Engine,
+    *,
+    access: Access | None = None,
+    info: dict[str, Any] | None = None,
+) -> FastAPI:
+    access = access or Access()
+    metrics = Metrics(service)
     app = FastAPI(
         title="Z-Image-Turbo",
         summary="Z-Image-Turbo text-to-image behind a layered result cache.",
+        description="Every image route answers from the cache when it can (`X-Cache` says which tier) "
+        "and generates otherwise. With API keys configured, send `Authorization: Bearer <token>`.",
         docs_url="/docs",
         redoc_url=None,
     )
+    app.state.access = access
     _install_error_handlers(app)
 
     @app.get("/health")
@@ -79,8 +107,7 @@ def create_api(service: GenerationService, engine: Engine) -> FastAPI:
             "width": result.request.width,
             "height": result.request.height,
             "steps": result.request.steps,
-            # A bypassed result is not stored, so there is nothing to fetch later.
-            "image_url": None if result.cache == BYPASS_TIER else f"/images/{result.key}.{result.entry.ext}",
+            "image_url": _image_url(result),
         }
         return JSONResponse(body, headers=_result_headers(result))
 
@@ -95,6 +122,19 @@ def create_api(service: GenerationService, engine: Engine) -> FastAPI:
         return Response(
             result.entry.data, media_type=result.entry.media_type, headers=_result_headers(result)
         )
+
+    @app.post("/api/generate")
+    async def generate_batch(body: BatchRequest, namespace: Namespace) -> JSONResponse:
+        """Up to 8 images of one prompt, each with its own seed; hits and misses mixed."""
+        request = GenerationRequest(**body.model_dump(exclude={"batch_size", "no_cache"}))
+        results = await service.generate_batch(
+            request, body.batch_size, namespace=namespace, no_cache=body.no_cache
+        )
+        images = [
+            {"key": r.key, "cache": r.cache, "seed": r.seed, "image_url": _image_url(r)} for r in results
+        ]
+        duration = max(r.duration for r in results)
+        return JSONResponse({"images": images, "duration": round(duration, 6)})
 
     @app.get("/images/{name}", response_class=Response, responses={200: {"content": {"image/png": {}}}})
     async def image(name: str, request: Request, namespace: Namespace) -> Response:
@@ -115,11 +155,54 @@ def create_api(service: GenerationService, engine: Engine) -> FastAPI:
         return Response(hit.entry.data, media_type=hit.entry.media_type, headers=headers)
 
     @app.get("/api/cache/stats")
-    async def cache_stats() -> dict[str, Any]:
+    async def cache_stats(_: Namespace) -> dict[str, Any]:
         """Requests, generations (pipeline runs), hit rate, and per-tier hits, entries and bytes."""
         return await asyncio.to_thread(service.stats)
 
+    @app.delete("/api/cache")
+    async def clear_cache(
+        request: Request, namespace: Annotated[str, Query(description="The namespace to empty.")]
+    ) -> dict[str, Any]:
+        """Remove every entry of a namespace from every tier. Needs the admin token."""
+        access.require_admin(request)
+        if not is_namespace(namespace):
+            raise RequestInvalid("namespace", f"namespace {namespace!r} must be 1-64 of a-z, 0-9, _ and -")
+        removed = await asyncio.to_thread(service.cache.clear, namespace)
+        return {"namespace": namespace, "removed": removed}
+
+    @app.get("/api/info")
+    async def api_info(_: Namespace) -> dict[str, Any]:
+        """Versions, the model and its fingerprint, device, dtype, and the cache configuration."""
+        identity = engine.identity
+        model = {"spec": engine.model_spec, "state": engine.state, "error": engine.error}
+        if identity is not None:
+            model |= {
+                "id": identity.model_id,
+                "fingerprint": identity.fingerprint,
+                "device": identity.device,
+                "dtype": identity.dtype,
+                "demo": identity.demo,
+                "sizes": [identity.min_size, identity.max_size],
+            }
+        return {
+            **(info or {}),
+            "model": model,
+            "queue": {"max": engine.max_queue, "waiting": engine.queue_depth},
+            "auth": {"api_keys": bool(access.api_keys), "admin": bool(access.admin_token)},
+        }
+
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+    async def prometheus() -> Response:
+        """Prometheus exposition: requests by tier, latency histograms, queue depth, cache sizes."""
+        body = await asyncio.to_thread(metrics.render)
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
     return app
+
+
+def _image_url(result: GenerationResult) -> str | None:
+    # A bypassed result is not stored, so there is nothing to fetch later.
+    return None if result.cache == BYPASS_TIER else f"/images/{result.key}.{result.entry.ext}"
 
 
 def _result_headers(result: GenerationResult) -> dict[str, str]:

@@ -1,11 +1,15 @@
-"""The Gradio UI: one page over GenerationService, its generate event also an API."""
+"""The Gradio UI: one page over GenerationService; its generate event is also an API."""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import secrets
 import tempfile
+import threading
+import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +18,8 @@ from pydantic import ValidationError
 
 from pipeline.engine import READY, Engine, GenerationFailed, ModelUnavailable, QueueFull
 from pipeline.request import MAX_SEED, GenerationRequest, RequestInvalid
-from pipeline.service import GenerationResult, GenerationService
+from pipeline.service import BYPASS_TIER, MISS_TIER, GenerationResult, GenerationService
+from web.ui_text import EXAMPLES, I18N
 
 PRESETS = [
     "1024x1024",
@@ -30,51 +35,78 @@ PRESETS = [
     "576x1344",
 ]
 CUSTOM = "Custom"
-TIER_LABELS = {
-    "memory": "memory hit",
-    "disk": "disk hit",
-    "redis": "redis hit",
-    "miss": "generated",
-    "bypass": "generated (cache bypassed)",
-}
-DEMO_BANNER = (
-    "**Demo model.** No CUDA GPU was found, so this server runs the tiny random-weight "
-    "model: images are noise, but the cache, the UI and the API behave exactly as in production."
-)
+MAX_UI_BATCH = 4
+HISTORY_LIMIT = 48
 # Files handed to the browser are kept this long in Gradio's cache.
 UI_FILE_TTL_S = 3600
+STATS_REFRESH_S = 3.0
 
 
 def create_ui(service: GenerationService, engine: Engine, *, demo_model: bool) -> gr.Blocks:
+    t = I18N
+    stats_history = _StatsHistory()
     with gr.Blocks(title="Z-Image-Turbo", delete_cache=(UI_FILE_TTL_S, UI_FILE_TTL_S)) as ui:
         gr.Markdown("# Z-Image-Turbo")
-        gr.Markdown(DEMO_BANNER, visible=demo_model, elem_id="demo-banner")
+        gr.Markdown(t("demo_banner"), visible=demo_model, elem_id="demo-banner")
         loading = gr.Markdown(elem_id="model-state", visible=False)
-        with gr.Row():
-            with gr.Column(scale=1):
-                prompt = gr.Textbox(
-                    label="Prompt", lines=3, placeholder="A red fox in fresh snow, morning light"
-                )
-                negative_prompt = gr.Textbox(
-                    label="Negative prompt", info="Only used when guidance > 0 (Turbo runs with 0)."
-                )
-                preset = gr.Dropdown([*PRESETS, CUSTOM], value=PRESETS[0], label="Resolution")
-                with gr.Row():
-                    width = gr.Number(1024, label="Width", precision=0, step=16, minimum=64, maximum=2048)
-                    height = gr.Number(1024, label="Height", precision=0, step=16, minimum=64, maximum=2048)
-                with gr.Row():
-                    seed = gr.Number(
-                        42, label="Seed (-1 = random)", precision=0, minimum=-1, maximum=MAX_SEED
+        history = gr.State([])
+
+        with gr.Tab(t("tab_generate"), id="generate"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    prompt = gr.Textbox(
+                        label=t("prompt"), lines=3, placeholder=t("prompt_placeholder"), elem_id="prompt"
                     )
-                    dice = gr.Button("Random seed", size="sm")
-                steps = gr.Slider(1, 50, value=8, step=1, label="Steps")
-                guidance_scale = gr.Slider(0.0, 20.0, value=0.0, step=0.5, label="Guidance")
-                run = gr.Button("Generate", variant="primary", elem_id="generate")
-            with gr.Column(scale=1):
-                image = gr.Image(
-                    label="Image", type="filepath", format="png", interactive=False, elem_id="result"
-                )
-                status = gr.Markdown(elem_id="status")
+                    gr.Examples(EXAMPLES, inputs=prompt, label=t("examples"))
+                    preset = gr.Dropdown([*PRESETS, CUSTOM], value=PRESETS[0], label=t("resolution"))
+                    with gr.Row():
+                        width = gr.Number(
+                            1024, label=t("width"), precision=0, step=16, minimum=64, maximum=2048
+                        )
+                        height = gr.Number(
+                            1024, label=t("height"), precision=0, step=16, minimum=64, maximum=2048
+                        )
+                    with gr.Row():
+                        seed = gr.Number(
+                            42, label=t("seed"), precision=0, minimum=-1, maximum=MAX_SEED, elem_id="seed"
+                        )
+                        dice = gr.Button(t("random_seed"), size="sm", elem_id="random-seed")
+                    with gr.Row():
+                        batch_size = gr.Slider(
+                            1, MAX_UI_BATCH, value=1, step=1, label=t("batch_size"), elem_id="batch"
+                        )
+                        no_cache = gr.Checkbox(False, label=t("bypass_cache"), elem_id="bypass")
+                    with gr.Accordion(t("advanced"), open=False):
+                        steps = gr.Slider(1, 50, value=8, step=1, label=t("steps"))
+                        guidance_scale = gr.Slider(0.0, 20.0, value=0.0, step=0.5, label=t("guidance"))
+                        negative_prompt = gr.Textbox("", label=t("negative_prompt"), info=t("negative_note"))
+                        normalization = gr.Dropdown(
+                            ["basic", "none", "aggressive"],
+                            value=service.normalization,
+                            label=t("normalization"),
+                            info=t("normalization_note"),
+                        )
+                    run = gr.Button(t("generate"), variant="primary", elem_id="generate")
+                with gr.Column(scale=1):
+                    gallery = gr.Gallery(
+                        label=t("results"), columns=2, object_fit="contain", height="auto", elem_id="result"
+                    )
+                    status = gr.Markdown(elem_id="status")
+            past = gr.Gallery(
+                label=t("history"), columns=6, height="auto", allow_preview=False, elem_id="history"
+            )
+
+        with gr.Tab(t("tab_stats"), id="stats"):
+            hit_plot = gr.LinePlot(
+                x="time",
+                y="hit_rate",
+                color="tier",
+                label=t("hit_rate_plot"),
+                y_lim=[0, 1],
+                elem_id="hit-plot",
+            )
+            tiers_table = gr.Dataframe(label=t("tiers_table"), interactive=False, elem_id="tiers")
+            latency = gr.Markdown(elem_id="latency")
 
         async def generate(
             prompt: str,
@@ -84,9 +116,24 @@ def create_ui(service: GenerationService, engine: Engine, *, demo_model: bool) -
             height: float,
             steps: float,
             guidance_scale: float,
-        ) -> tuple[str, str]:
+            batch_size: float,
+            no_cache: bool,
+            prompt_normalization: str,
+            history: list[dict[str, Any]],
+            request: gr.Request,
+            progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's way to ask for it)
+        ) -> tuple[list[tuple[str, str]], str, list[dict[str, Any]], list[tuple[str, str]]]:
+            # Steps are reported from the engine's thread; Gradio's progress reads
+            # context variables of this event, so report from the loop, in its context.
+            loop, context = asyncio.get_running_loop(), contextvars.copy_context()
+
+            def on_step(done: int, total: int) -> None:
+                loop.call_soon_threadsafe(
+                    lambda: progress((done, total), desc="denoising", unit="steps"), context=context
+                )
+
             try:
-                request = GenerationRequest(
+                req = GenerationRequest(
                     prompt=prompt or "",
                     negative_prompt=negative_prompt or "",
                     seed=int(seed if seed is not None else 42),
@@ -95,54 +142,134 @@ def create_ui(service: GenerationService, engine: Engine, *, demo_model: bool) -
                     steps=int(steps or 0),
                     guidance_scale=float(guidance_scale or 0.0),
                 )
-                result = await service.generate(request)
+                results = await service.generate_batch(
+                    req,
+                    max(1, min(MAX_UI_BATCH, int(batch_size or 1))),
+                    namespace=getattr(request, "username", None) or "public",
+                    no_cache=bool(no_cache),
+                    normalization=prompt_normalization or None,  # type: ignore[arg-type]
+                    progress=on_step,
+                )
             except ValidationError as exc:
                 raise gr.Error("; ".join(_error_text(e) for e in exc.errors())) from None
-            except (RequestInvalid, QueueFull, ModelUnavailable, GenerationFailed) as exc:
+            except QueueFull as exc:
+                raise gr.Error(
+                    f"The server is busy ({exc.depth} generations waiting). Please try again shortly."
+                ) from None
+            except (RequestInvalid, ModelUnavailable, GenerationFailed) as exc:
                 raise gr.Error(str(exc)) from None
-            path = await asyncio.to_thread(_publish, Path(ui.GRADIO_CACHE), result)
-            return str(path), status_line(result)
+            paths = await asyncio.to_thread(lambda: [_publish(Path(ui.GRADIO_CACHE), r) for r in results])
+            items = [(str(path), caption(r)) for path, r in zip(paths, results, strict=True)]
+            params = {
+                "prompt": prompt,
+                "negative_prompt": negative_prompt or "",
+                "width": int(width),
+                "height": int(height),
+                "steps": int(steps),
+                "guidance_scale": float(guidance_scale),
+                "prompt_normalization": prompt_normalization,
+            }
+            new = [
+                {"path": p, "caption": c, "params": params | {"seed": r.seed}}
+                for (p, c), r in zip(items, results, strict=True)
+            ]
+            shown = {item["path"] for item in new}
+            history = (new + [h for h in history if h["path"] not in shown])[:HISTORY_LIMIT]
+            return items, status_line(results), history, [(h["path"], h["caption"]) for h in history]
 
         # concurrency_limit=None: Gradio would otherwise run one event at a time,
         # and a cache hit would wait behind a running generation. The engine
         # serialises the model itself.
-        run.click(
-            generate,
-            inputs=[prompt, negative_prompt, seed, width, height, steps, guidance_scale],
-            outputs=[image, status],
-            api_name="generate",
-            concurrency_limit=None,
-        )
-        prompt.submit(
-            generate,
-            inputs=[prompt, negative_prompt, seed, width, height, steps, guidance_scale],
-            outputs=[image, status],
-            api_name=False,
-            concurrency_limit=None,
-        )
+        inputs = [
+            prompt,
+            negative_prompt,
+            seed,
+            width,
+            height,
+            steps,
+            guidance_scale,
+            batch_size,
+            no_cache,
+            normalization,
+            history,
+        ]
+        outputs = [gallery, status, history, past]
+        run.click(generate, inputs, outputs, api_name="generate", concurrency_limit=None)
+        prompt.submit(generate, inputs, outputs, api_name=False, concurrency_limit=None)
         preset.change(_preset_size, preset, [width, height], api_name=False, queue=False)
         dice.click(lambda: secrets.randbelow(MAX_SEED + 1), None, seed, api_name=False, queue=False)
 
-        def model_state() -> tuple[str, Any]:
+        def restore(history: list[dict[str, Any]], evt: gr.SelectData) -> tuple[Any, ...]:
+            p = history[evt.index]["params"]
+            size = f"{p['width']}x{p['height']}"
+            return (
+                p["prompt"],
+                p["negative_prompt"],
+                p["seed"],
+                size if size in PRESETS else CUSTOM,
+                p["width"],
+                p["height"],
+                p["steps"],
+                p["guidance_scale"],
+                p["prompt_normalization"],
+            )
+
+        past.select(
+            restore,
+            history,
+            [prompt, negative_prompt, seed, preset, width, height, steps, guidance_scale, normalization],
+            api_name=False,
+            queue=False,
+        )
+
+        def model_state() -> tuple[Any, Any]:
             # The timer polls only until the model is ready (or has failed).
             if engine.state == READY:
                 return gr.Markdown(visible=False), gr.Timer(active=False)
             if engine.error:
                 text = f"**The model failed to load:** {engine.error}"
                 return gr.Markdown(text, visible=True), gr.Timer(active=False)
-            text = f"**Model {engine.state}…** Cached images are served already; new ones wait until it is ready."
-            return gr.Markdown(text, visible=True), gr.Timer(active=True)
+            return gr.Markdown(t(f"state_{engine.state}"), visible=True), gr.Timer(active=True)
 
-        timer = gr.Timer(2.0)
-        timer.tick(model_state, None, [loading, timer], api_name=False, queue=False)
-        ui.load(model_state, None, [loading, timer], api_name=False, queue=False)
+        state_timer = gr.Timer(2.0)
+        state_timer.tick(model_state, None, [loading, state_timer], api_name=False, queue=False)
+        ui.load(model_state, None, [loading, state_timer], api_name=False, queue=False)
+
+        async def refresh_stats() -> tuple[Any, Any, str]:
+            stats = await asyncio.to_thread(service.stats)
+            return stats_history.add(stats), _tiers_frame(stats), _latency_text(stats)
+
+        stats_timer = gr.Timer(STATS_REFRESH_S)
+        stats_timer.tick(refresh_stats, None, [hit_plot, tiers_table, latency], api_name=False, queue=False)
+        ui.load(refresh_stats, None, [hit_plot, tiers_table, latency], api_name=False, queue=False)
     return ui
 
 
-def status_line(result: GenerationResult) -> str:
-    """'memory hit · 1.2 ms · seed 42' or 'generated · 0.91 s · seed 42'."""
-    took = f"{result.duration * 1000:.1f} ms" if result.duration < 1 else f"{result.duration:.2f} s"
-    return f"{TIER_LABELS.get(result.cache, result.cache)} · {took} · seed {result.seed}"
+def caption(result: GenerationResult) -> str:
+    """'seed 42 · memory hit · 1.2 ms' or 'seed 42 · miss · generated in 0.91 s'."""
+    return f"seed {result.seed} · {_tier_and_time(result)}"
+
+
+def status_line(results: list[GenerationResult]) -> str:
+    """One line for the run: the tier(s) and time, and the seed(s) used."""
+    seeds = ", ".join(str(r.seed) for r in results)
+    tiers = sorted({r.cache for r in results})
+    if len(tiers) == 1:
+        return f"{_tier_and_time(results[0])} · seed {seeds}"
+    took = max(r.duration for r in results)
+    return f"{' + '.join(tiers)} · {_took(took)} · seeds {seeds}"
+
+
+def _tier_and_time(result: GenerationResult) -> str:
+    if result.cache == MISS_TIER:
+        return f"miss · generated in {_took(result.duration)}"
+    if result.cache == BYPASS_TIER:
+        return f"bypass · generated in {_took(result.duration)}"
+    return f"{result.cache} hit · {_took(result.duration)}"
+
+
+def _took(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
 def _preset_size(preset: str) -> tuple[Any, Any]:
@@ -153,7 +280,8 @@ def _preset_size(preset: str) -> tuple[Any, Any]:
 
 
 def _publish(cache_dir: Path, result: GenerationResult) -> Path:
-    """Write the image where Gradio serves files from (no copy, no re-encoding); once per key."""
+    """Write the image where Gradio serves files from (no copy, no re-encoding): the
+    browser downloads the stored PNG, generation parameters included."""
     target = cache_dir / "zimage" / f"{result.key}.{result.entry.ext}"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -168,3 +296,61 @@ def _error_text(error: Any) -> str:
     msg = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
     field = ".".join(str(p) for p in error.get("loc", ()))
     return msg if field and field in msg else f"{field}: {msg}"
+
+
+class _StatsHistory:
+    """Samples of each tier's share of requests over time, for the Stats plot;
+    shared by every open page, at most one sample per refresh period."""
+
+    def __init__(self, keep: int = 200) -> None:
+        self.rows: deque[dict[str, Any]] = deque(maxlen=keep)
+        self._last = 0.0
+        self._lock = threading.Lock()
+
+    def add(self, stats: dict[str, Any]) -> Any:
+        import pandas as pd
+
+        now = time.time()
+        with self._lock:
+            if now - self._last >= STATS_REFRESH_S * 0.9 and stats["requests"]:
+                self._last = now
+                stamp = pd.Timestamp(now, unit="s")
+                for name, tier in stats["tiers"].items():
+                    self.rows.append(
+                        {"time": stamp, "tier": name, "hit_rate": tier["hits"] / stats["requests"]}
+                    )
+            return pd.DataFrame(list(self.rows), columns=["time", "tier", "hit_rate"])
+
+
+def _tiers_frame(stats: dict[str, Any]) -> Any:
+    import pandas as pd
+
+    rows = [
+        {
+            "tier": name,
+            "hits": tier["hits"],
+            "entries": tier.get("entries"),
+            "MiB": _mib(tier.get("bytes")),
+            "errors": tier["errors"],
+        }
+        for name, tier in stats["tiers"].items()
+    ]
+    return pd.DataFrame(rows, columns=["tier", "hits", "entries", "MiB", "errors"])
+
+
+def _mib(size: int | None) -> float | None:
+    return None if size is None else round(size / (1 << 20), 2)
+
+
+def _latency_text(stats: dict[str, Any]) -> str:
+    def fmt(p: dict[str, Any]) -> str:
+        if not p["count"]:
+            return "—"
+        return f"p50 {_took(p['p50'])} · p95 {_took(p['p95'])} ({p['count']})"
+
+    lat = stats["latency"]
+    return (
+        f"**Requests** {stats['requests']} · **hit rate** {stats['hit_rate']:.0%} · "
+        f"**generations** {stats['generations']} · **queue** {stats['queue_depth']}\n\n"
+        f"**Generation latency** {fmt(lat['generation'])}  \n**Hit latency** {fmt(lat['hit'])}"
+    )

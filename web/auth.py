@@ -1,0 +1,98 @@
+"""API keys (`token namespace` lines) and the admin token."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import HTTPException, Request
+
+from cache import is_namespace
+
+MIN_TOKEN_CHARS = 16
+
+
+def read_api_keys(path: Path) -> dict[str, str]:
+    """Parse an API-keys file: one `token namespace` a line, `#` comments. Raises
+    ValueError naming the line for a malformed one, a short token or a duplicate."""
+    try:
+        lines = path.expanduser().read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    keys: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        if len(fields) != 2:
+            raise ValueError(f"{path} line {number}: expected `token namespace`, found {len(fields)} fields")
+        token, namespace = fields
+        if len(token) < MIN_TOKEN_CHARS:
+            raise ValueError(f"{path} line {number}: tokens need at least {MIN_TOKEN_CHARS} characters")
+        if not is_namespace(namespace):
+            raise ValueError(
+                f"{path} line {number}: namespace {namespace!r} must be 1-64 of a-z, 0-9, _ and -"
+            )
+        if token in keys:
+            raise ValueError(f"{path} line {number}: this token is already listed")
+        keys[token] = namespace
+    if not keys:
+        raise ValueError(f"{path} lists no keys; add lines `token namespace`")
+    return keys
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may call what. Without API keys every API route is open and the
+    X-Namespace header picks the namespace; with them, the bearer token does."""
+
+    api_keys: dict[str, str] = field(default_factory=dict)
+    admin_token: str | None = None
+
+    def namespace_for(self, token: str) -> str | None:
+        # Compare against every token in constant time, so timing tells nothing.
+        found = None
+        for known, namespace in self.api_keys.items():
+            if hmac.compare_digest(known.encode(), token.encode()):
+                found = namespace
+        return found
+
+    def caller_namespace(self, request: Request, header_namespace: str | None) -> str:
+        """The namespace a request acts in; 401 without a valid token when keys are set,
+        403 when X-Namespace names another namespace than the token's."""
+        if not self.api_keys:
+            return header_namespace or "public"
+        token = bearer_token(request)
+        if token is None:
+            raise _unauthorized("this API needs `Authorization: Bearer <token>`")
+        namespace = self.namespace_for(token)
+        if namespace is None:
+            raise _unauthorized("unknown API token")
+        if header_namespace not in (None, namespace):
+            raise HTTPException(
+                403, f"this token belongs to namespace {namespace!r}, not {header_namespace!r}"
+            )
+        return namespace
+
+    def require_admin(self, request: Request) -> None:
+        if not self.admin_token:
+            raise HTTPException(403, "admin routes are off; start the server with --admin-token")
+        token = bearer_token(request)
+        if token is None:
+            raise _unauthorized("this route needs `Authorization: Bearer <admin token>`")
+        if not hmac.compare_digest(token.encode(), self.admin_token.encode()):
+            raise HTTPException(403, "this token is not the admin token")
+
+    def ui_login(self, username: str, password: str) -> bool:
+        """Gradio login: the namespace as user name, its token as password."""
+        return bool(self.api_keys) and self.namespace_for(password) == username
+
+
+def bearer_token(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def _unauthorized(message: str) -> HTTPException:
+    return HTTPException(401, message, headers={"WWW-Authenticate": "Bearer"})
