@@ -26,9 +26,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) app.py $(ARGS)
 
-# The tests run a real redis-server; Debian/Ubuntu package.
+# The tests run a real redis-server and a real headless Chromium (Debian packages).
 system-deps:
-	@command -v redis-server >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server; }
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q $$missing; fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

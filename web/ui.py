@@ -61,10 +61,22 @@ def create_ui(service: GenerationService, engine: Engine, *, demo_model: bool) -
                     preset = gr.Dropdown([*PRESETS, CUSTOM], value=PRESETS[0], label=t("resolution"))
                     with gr.Row():
                         width = gr.Number(
-                            1024, label=t("width"), precision=0, step=16, minimum=64, maximum=2048
+                            1024,
+                            label=t("width"),
+                            precision=0,
+                            step=16,
+                            minimum=64,
+                            maximum=2048,
+                            elem_id="width",
                         )
                         height = gr.Number(
-                            1024, label=t("height"), precision=0, step=16, minimum=64, maximum=2048
+                            1024,
+                            label=t("height"),
+                            precision=0,
+                            step=16,
+                            minimum=64,
+                            maximum=2048,
+                            elem_id="height",
                         )
                     with gr.Row():
                         seed = gr.Number(
@@ -77,7 +89,7 @@ def create_ui(service: GenerationService, engine: Engine, *, demo_model: bool) -
                         )
                         no_cache = gr.Checkbox(False, label=t("bypass_cache"), elem_id="bypass")
                     with gr.Accordion(t("advanced"), open=False):
-                        steps = gr.Slider(1, 50, value=8, step=1, label=t("steps"))
+                        steps = gr.Slider(1, 50, value=8, step=1, label=t("steps"), elem_id="steps")
                         guidance_scale = gr.Slider(0.0, 20.0, value=0.0, step=0.5, label=t("guidance"))
                         negative_prompt = gr.Textbox("", label=t("negative_prompt"), info=t("negative_note"))
                         normalization = gr.Dropdown(
@@ -89,7 +101,12 @@ def create_ui(service: GenerationService, engine: Engine, *, demo_model: bool) -
                     run = gr.Button(t("generate"), variant="primary", elem_id="generate")
                 with gr.Column(scale=1):
                     gallery = gr.Gallery(
-                        label=t("results"), columns=2, object_fit="contain", height="auto", elem_id="result"
+                        label=t("results"),
+                        columns=2,
+                        object_fit="contain",
+                        height="auto",
+                        interactive=False,
+                        elem_id="result",
                     )
                     status = gr.Markdown(elem_id="status")
             past = gr.Gallery(
@@ -197,6 +214,8 @@ def create_ui(service: GenerationService, engine: Engine, *, demo_model: bool) -
         run.click(generate, inputs, outputs, api_name="generate", concurrency_limit=None)
         prompt.submit(generate, inputs, outputs, api_name=False, concurrency_limit=None)
         preset.change(_preset_size, preset, [width, height], api_name=False, queue=False)
+        for box in (width, height):  # typing a size picks its preset, or Custom
+            box.input(_size_preset, [width, height], preset, api_name=False, queue=False)
         dice.click(lambda: secrets.randbelow(MAX_SEED + 1), None, seed, api_name=False, queue=False)
 
         def restore(history: list[dict[str, Any]], evt: gr.SelectData) -> tuple[Any, ...]:
@@ -252,12 +271,12 @@ def caption(result: GenerationResult) -> str:
 
 def status_line(results: list[GenerationResult]) -> str:
     """One line for the run: the tier(s) and time, and the seed(s) used."""
-    seeds = ", ".join(str(r.seed) for r in results)
+    seeds = ("seeds " if len(results) > 1 else "seed ") + ", ".join(str(r.seed) for r in results)
     tiers = sorted({r.cache for r in results})
     if len(tiers) == 1:
-        return f"{_tier_and_time(results[0])} · seed {seeds}"
+        return f"{_tier_and_time(results[0])} · {seeds}"
     took = max(r.duration for r in results)
-    return f"{' + '.join(tiers)} · {_took(took)} · seeds {seeds}"
+    return f"{' + '.join(tiers)} · {_took(took)} · {seeds}"
 
 
 def _tier_and_time(result: GenerationResult) -> str:
@@ -277,6 +296,11 @@ def _preset_size(preset: str) -> tuple[Any, Any]:
         return gr.update(), gr.update()
     w, h = (int(v) for v in preset.split("x"))
     return w, h
+
+
+def _size_preset(width: float | None, height: float | None) -> str:
+    size = f"{int(width or 0)}x{int(height or 0)}"
+    return size if size in PRESETS else CUSTOM
 
 
 def _publish(cache_dir: Path, result: GenerationResult) -> Path:

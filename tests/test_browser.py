@@ -1,0 +1,132 @@
+"""The UI in a real headless Chromium (Debian's), driven by Playwright."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+
+import pytest
+from PIL import Image
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.conftest import Server
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Browser, server: Server) -> Iterator[Page]:
+    context = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 1000})
+    pg = context.new_page()
+    pg.set_default_timeout(15_000)
+    pg.goto(server.url)
+    pg.locator("#generate").wait_for()
+    yield pg
+    context.close()
+
+
+def small(page: Page, size: int = 128) -> None:
+    page.locator("#width input").fill(str(size))
+    page.locator("#height input").fill(str(size))
+
+
+def generate(page: Page, prompt: str, expect_status: str) -> str:
+    page.locator("#prompt textarea").fill(prompt)
+    page.locator("#generate").click()
+    status = page.locator("#status")
+    expect(status).to_contain_text(expect_status, timeout=TIMEOUT_MS)
+    return status.inner_text()
+
+
+def test_generate_then_hit_in_the_browser(page: Page) -> None:
+    page.locator("#seed input").fill("77")
+    page.get_by_label("Resolution").click()
+    page.get_by_role("option", name="1152x896").click()
+    expect(page.locator("#seed input")).to_have_value("77")
+    first = generate(page, "a browser lighthouse", "miss")
+    assert "seed 77" in first
+    expect(page.locator("#result img").first).to_be_visible()
+    page.locator("#generate").click()
+    expect(page.locator("#status")).to_contain_text("memory hit", timeout=TIMEOUT_MS)
+    img = page.locator("#result img").first
+    assert img.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [1152, 896]
+
+
+def test_downloaded_png_carries_its_parameters(page: Page) -> None:
+    small(page)
+    page.locator("#seed input").fill("5")
+    page.locator("#batch input[type=number]").fill("2")
+    page.locator("#batch input[type=number]").press("Enter")
+    generate(page, "a downloadable lighthouse", "seeds 5, 6")
+    expect(page.locator("#result img")).to_have_count(2)
+    src = page.locator("#result img").first.get_attribute("src")
+    png = page.request.get(src).body()
+    params = json.loads(Image.open(io.BytesIO(png)).info["zimage"])
+    assert params["prompt"] == "a downloadable lighthouse"
+    assert params["seed"] in (5, 6)
+
+
+def test_progress_advances_with_each_step(page: Page) -> None:
+    small(page, 512)
+    page.locator("button", has_text="Advanced").click()
+    page.locator("#steps input[type=number]").fill("24")
+    page.locator("#steps input[type=number]").press("Enter")
+    page.locator("#prompt textarea").fill("a slow browser lighthouse")
+    page.locator("#generate").click()
+    seen: list[int] = []
+    result = page.locator("#result")
+    for _ in range(400):
+        text = result.inner_text()
+        if "/24 steps" in text:
+            seen.append(int(text.split("/24 steps")[0].split()[-1]))
+        if "miss" in page.locator("#status").inner_text():
+            break
+        page.wait_for_timeout(50)
+    assert len(set(seen)) >= 3, seen
+    assert seen == sorted(seen)
+
+
+def test_history_restores_parameters_and_bypass_says_so(page: Page) -> None:
+    small(page)
+    page.locator("#seed input").fill("1234")
+    generate(page, "a remembered lighthouse", "seed 1234")
+    page.locator("#seed input").fill("9")
+    page.locator("#bypass input").check()
+    generate(page, "something else entirely", "bypass")
+    history = page.locator("#history button img, #history img")
+    expect(history).to_have_count(2)
+    history.nth(1).click()
+    expect(page.locator("#prompt textarea")).to_have_value("a remembered lighthouse")
+    expect(page.locator("#seed input")).to_have_value("1234")
+
+
+def test_stats_tab_shows_tiers_and_latency(page: Page) -> None:
+    small(page)
+    generate(page, "a counted lighthouse", "seed")
+    page.get_by_role("tab", name="Stats").click()
+    expect(page.locator("#tiers")).to_contain_text("memory")
+    expect(page.locator("#tiers")).to_contain_text("disk")
+    expect(page.locator("#latency")).to_contain_text("Generation latency")
+    expect(page.locator("#latency")).to_contain_text("p95")
+
+
+def test_chinese_browser_sees_chinese_labels(browser: Browser, server: Server) -> None:
+    context = browser.new_context(locale="zh-CN")
+    page = context.new_page()
+    page.goto(server.url)
+    expect(page.locator("#generate")).to_have_text("生成", timeout=TIMEOUT_MS)
+    expect(page.get_by_text("提示词", exact=True)).to_be_visible()
+    expect(page.locator("#demo-banner")).to_contain_text("演示模型")
+    expect(page.get_by_role("tab", name="统计")).to_be_visible()
+    context.close()
