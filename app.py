@@ -6,13 +6,17 @@ variable `ZIMAGE_<NAME>` (flags win).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import signal
 import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BeforeValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -84,6 +88,16 @@ class Settings(BaseSettings):
     max_queue: int = Field(
         64, ge=1, description="Generations allowed to wait; past this the API answers 503."
     )
+    warmup_sizes: str = Field(
+        "1024x1024",
+        description="Sizes warmed up (one short generation each) before /ready turns 200, "
+        "comma-separated WIDTHxHEIGHT; list the sizes your users ask for.",
+    )
+    shutdown_timeout: Duration = Field(
+        "60s",
+        description="On SIGTERM, how long the generation in flight may take to finish before it is "
+        "abandoned (nothing half-written is left either way); keep it below Supervisor's stopwaitsecs.",
+    )
     prompt_normalization: Literal["basic", "none", "aggressive"] = Field(
         "basic",
         description="Prompt canonicalisation before hashing and generating: basic (NFC, trim, collapse "
@@ -129,12 +143,28 @@ class Settings(BaseSettings):
             raise ValueError(f"use at least {MIN_TOKEN_CHARS} characters")
         return v or None
 
+    @field_validator("warmup_sizes")
+    @classmethod
+    def _warmup_sizes(cls, v: str) -> str:
+        from prewarm import parse_sizes
+
+        return ",".join(f"{w}x{h}" for w, h in parse_sizes(v))
+
+    @property
+    def warmup_size_list(self) -> list[tuple[int, int]]:
+        from prewarm import parse_sizes
+
+        return parse_sizes(self.warmup_sizes)
+
     @field_validator("no_cache_patterns")
     @classmethod
     def _patterns(cls, v: Path | None) -> Path | None:
         if v is not None:
             read_patterns(v)
         return v
+
+
+S = TypeVar("S", bound=Settings)
 
 
 def read_patterns(path: Path) -> list[re.Pattern[str]]:
@@ -154,19 +184,20 @@ def read_patterns(path: Path) -> list[re.Pattern[str]]:
     return patterns
 
 
-def load_settings(argv: list[str]) -> Settings:
+def load_settings(argv: list[str], cls: type[S] = Settings) -> S:  # type: ignore[assignment]
     """Parse flags and environment; exit with status 2 naming the setting on a bad value."""
+    prog = cls.model_config.get("cli_prog_name", "app.py")
     env: dict[str, Any] = {}
     if "ZIMAGE_REDIS_URL" not in os.environ and os.environ.get("REDIS_URL"):
         env["redis_url"] = os.environ["REDIS_URL"]  # the conventional name, as a fallback
     try:
-        settings = Settings(_cli_parse_args=argv, **env)
+        settings = cls(_cli_parse_args=argv, **env)
     except ValidationError as exc:
         for error in exc.errors():
             name = str(error["loc"][0]) if error["loc"] else "?"
             flag, env = "--" + name.replace("_", "-"), "ZIMAGE_" + name.upper()
             msg = str(error["msg"]).removeprefix("Value error, ")
-            print(f"app.py: invalid setting {flag} ({env}): {msg}", file=sys.stderr)
+            print(f"{prog}: invalid setting {flag} ({env}): {msg}", file=sys.stderr)
         raise SystemExit(2) from None
     try:
         (settings.cache_dir / "images").mkdir(parents=True, exist_ok=True)
@@ -174,14 +205,27 @@ def load_settings(argv: list[str]) -> Settings:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        print(f"app.py: invalid setting --cache-dir (ZIMAGE_CACHE_DIR): {exc}", file=sys.stderr)
+        print(f"{prog}: invalid setting --cache-dir (ZIMAGE_CACHE_DIR): {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     return settings
 
 
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@dataclass
+class ServiceParts:
+    """The engine, the cache and the generation service over them (app.py and prewarm.py)."""
+
+    engine: Any  # pipeline.engine.Engine
+    disk: Any  # cache.DiskTier
+    service: Any  # pipeline.service.GenerationService
+
+
 @dataclass
 class Runtime:
-    """The built service: the ASGI app and the parts that run beside it."""
+    """The built server: the ASGI app and the parts that run beside it."""
 
     app: Any  # fastapi.FastAPI with the Gradio UI mounted
     engine: Any  # pipeline.engine.Engine
@@ -191,30 +235,29 @@ class Runtime:
         self.engine.start()
         self.pruner.start()
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 0.0) -> bool:
+        """Stop the pruner and the engine; True unless a generation is still running
+        after `timeout_s` (then the caller abandons it)."""
         self.pruner.stop()
-        self.engine.close()
+        return self.engine.close(timeout_s)
 
 
-def build_app(settings: Settings) -> Runtime:
-    """Build the parts and hand them to each other; starts nothing."""
-    import gradio as gr
+def build_service(settings: Settings, on_fatal: Any = None) -> ServiceParts:
+    """Engine (warming up with prewarm.warm_up), tiers and service; starts nothing."""
+    from functools import partial
 
     from cache import DiskTier, LayeredCache, MemoryTier
-    from cache.maintenance import Pruner
     from pipeline.engine import Engine
-    from pipeline.loading import is_demo_spec
     from pipeline.service import GenerationService
-    from web.api import create_api
-    from web.auth import Access, read_api_keys
-    from web.ui import create_ui
-    from web.ui_text import I18N
+    from prewarm import warm_up
 
     engine = Engine(
         settings.model,
         settings.cache_dir / "models",
         max_queue=settings.max_queue,
         embedding_cache_bytes=int(settings.embedding_cache_mb * MiB),
+        warmup=partial(warm_up, sizes=settings.warmup_size_list),
+        on_fatal=on_fatal,
     )
     disk = DiskTier(settings.cache_dir / "images")
     tiers: list[Any] = [MemoryTier(int(settings.memory_cache_mb * MiB)), disk]
@@ -231,6 +274,22 @@ def build_app(settings: Settings) -> Runtime:
         normalization=settings.prompt_normalization,
         no_store_patterns=read_patterns(settings.no_cache_patterns) if settings.no_cache_patterns else (),
     )
+    return ServiceParts(engine=engine, disk=disk, service=service)
+
+
+def build_app(settings: Settings, on_fatal: Any = None) -> Runtime:
+    """Build the parts and hand them to each other; starts nothing."""
+    import gradio as gr
+
+    from cache.maintenance import Pruner
+    from pipeline.loading import is_demo_spec
+    from web.api import create_api
+    from web.auth import Access, read_api_keys
+    from web.ui import create_ui
+    from web.ui_text import I18N
+
+    parts = build_service(settings, on_fatal)
+    engine, service, disk = parts.engine, parts.service, parts.disk
     access = Access(
         api_keys=read_api_keys(settings.api_keys) if settings.api_keys else {},
         admin_token=settings.admin_token,
@@ -280,25 +339,70 @@ def describe(settings: Settings) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT, then stop gracefully. Exit status 0, or 1 after an
+    unrecoverable device error (so that Supervisor restarts a fresh process)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     settings = load_settings(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(settings.log_level)
     import uvicorn
 
     from web.access_log import RedactPrompts
 
+    log = logging.getLogger("app")
     logging.getLogger("uvicorn.access").addFilter(RedactPrompts())
-    runtime = build_app(settings)
+    runtime = build_app(settings, on_fatal=lambda reason: os.kill(os.getpid(), signal.SIGTERM))
+    engine = runtime.engine
+    stopping_since: list[float] = []
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # First refuse new generations and drop the queued ones (their callers get
+            # 503); uvicorn then stops listening and waits for open requests, the one
+            # generating included, up to the graceful-shutdown timeout.
+            if not stopping_since:
+                stopping_since.append(time.monotonic())
+                log.info("signal %d: finishing the generation in flight, taking no new ones", sig)
+                engine.stop_accepting()
+                engine.close(0)
+            super().handle_exit(sig, frame)
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # Like uvicorn's, minus re-raising the signal once stopped (which would end
+            # the process killed by SIGTERM): a graceful stop exits with our status.
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    config = uvicorn.Config(
+        runtime.app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout)),
+    )
     runtime.start()
-    logging.getLogger("app").info("serving on http://%s:%d", settings.host, settings.port)
+    log.info("serving on http://%s:%d", settings.host, settings.port)
+    status = 0
     try:
-        uvicorn.run(runtime.app, host=settings.host, port=settings.port, log_level=settings.log_level)
+        Server(config).run()
     finally:
-        runtime.close()
+        spent = time.monotonic() - stopping_since[0] if stopping_since else 0.0
+        idle = runtime.close(max(0.0, settings.shutdown_timeout - spent))
+        status = 1 if engine.fatal else 0
+        if not idle:
+            # Only the model's thread is left; it writes nothing, and every store
+            # has finished with the event loop, so ending here loses nothing stored.
+            log.warning("abandoning the generation in flight after %.0f s", settings.shutdown_timeout)
+            logging.shutdown()
+            os._exit(status)
+    log.info("stopped%s", " after an unrecoverable device error" if engine.fatal else "")
+    return status
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

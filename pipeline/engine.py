@@ -21,6 +21,23 @@ log = logging.getLogger(__name__)
 
 LOADING, WARMING, READY, FAILED = "loading", "warming", "ready", "failed"
 Progress = Callable[[int, int], None]  # (denoising steps done, steps in all)
+Warmup = Callable[["Engine", ModelIdentity], None]  # runs on the engine thread after loading
+# Errors after which the CUDA context is unusable: every later call fails too, so
+# the process must end and be restarted (out of memory is not one of them).
+FATAL_DEVICE_ERRORS = (
+    "illegal memory access",
+    "illegal instruction",
+    "device-side assert",
+    "unspecified launch failure",
+    "misaligned address",
+    "uncorrectable ecc error",
+    "cublas_status_execution_failed",
+    "cudnn_status_execution_failed",
+    "cuda error: unknown error",
+    "cuda driver error",
+    "device not ready",
+    "gpu has fallen off the bus",
+)
 
 
 class QueueFull(Exception):
@@ -33,6 +50,10 @@ class QueueFull(Exception):
 
 class ModelUnavailable(Exception):
     """The model could not be loaded; nothing can be generated until a restart."""
+
+
+class ShuttingDown(ModelUnavailable):
+    """The process is stopping (SIGTERM): it finishes what it has and takes no new generations."""
 
 
 class GenerationFailed(Exception):
@@ -51,8 +72,12 @@ class Engine:
 
     Guarantees: exactly one model call runs at a time, on a dedicated worker
     thread (never on the event loop); calls run in submission order; at most
-    `max_queue` jobs wait to start (QueueFull past that). Loading is the first job
-    of that thread, so generations submitted while loading wait for it.
+    `max_queue` jobs wait to start (QueueFull past that). Loading and `warmup` (by
+    default one smallest, one-step image) are the first job of that thread, so
+    generations submitted meanwhile wait for them; ready means an image was made.
+    After `stop_accepting` every submit raises ShuttingDown. A fatal device error
+    marks the engine failed and calls `on_fatal` (the app ends the process, for
+    Supervisor to restart it).
     """
 
     def __init__(
@@ -62,19 +87,27 @@ class Engine:
         *,
         max_queue: int = 64,
         embedding_cache_bytes: int = 256 << 20,
+        warmup: Warmup | None = None,
+        on_fatal: Callable[[str], None] | None = None,
     ) -> None:
         self.model_spec = model_spec
         self.models_dir = models_dir
         self.max_queue = max_queue
         self.embeddings = EmbeddingCache(embedding_cache_bytes)
         self.encoder_runs = 0
+        self.warmup = warmup
+        self.on_fatal = on_fatal
         self.state = LOADING
         self.error: str | None = None
+        self.fatal = False
+        self.accepting = True
         self.identity_future: Future[ModelIdentity] = Future()
         self._pipe: Any = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zimage-engine")
         self._waiting = 0
         self._lock = threading.Lock()
+        self._idle = threading.Event()  # no job running on the worker
+        self._idle.set()
 
     @property
     def identity(self) -> ModelIdentity | None:
@@ -86,9 +119,11 @@ class Engine:
         """Generation jobs submitted and not yet started."""
         return self._waiting
 
-    def start(self) -> None:
-        """Resolve, load and warm the model in the background."""
-        self._executor.submit(self._load)
+    def start(self, *, load: bool = True) -> None:
+        """Resolve the model, then load and warm it, in the background. With `load`
+        False only the identity is resolved (enough for cache lookups); the first
+        generation loads the model (prewarm.py, whose fill may need no model at all)."""
+        self._executor.submit(self._prepare, load)
 
     def submit(
         self, requests: list[CanonicalRequest], progress: Progress | None = None
@@ -97,8 +132,10 @@ class Engine:
         different seeds) made in one batched pipeline call. `progress(step, steps)` is
         called from the engine thread after each denoising step. Raises QueueFull when
         `max_queue` jobs are already waiting to start."""
+        if not self.accepting:
+            raise ShuttingDown("the service is shutting down; retry shortly or on another replica")
         if self.state == FAILED:
-            raise ModelUnavailable(f"the model failed to load: {self.error}")
+            raise ModelUnavailable(f"the model failed: {self.error}")
         first = requests[0]
         if any(r.as_dict() | {"seed": 0} != first.as_dict() | {"seed": 0} for r in requests):
             raise ValueError("a batch must share everything but the seed")
@@ -110,42 +147,89 @@ class Engine:
         future.add_done_callback(self._cancelled)
         return future
 
-    def close(self) -> None:
+    def stop_accepting(self) -> None:
+        """Refuse new generations from now on (the first step of a graceful stop)."""
+        self.accepting = False
+
+    def close(self, timeout_s: float = 0.0) -> bool:
+        """Cancel the jobs that have not started and wait up to `timeout_s` for the one
+        running. True when the worker is idle; False when a job is still running, which
+        the caller may abandon (a job writes nothing; storing is the service's)."""
+        self.accepting = False
         self._executor.shutdown(wait=False, cancel_futures=True)
+        return self._idle.wait(timeout_s)
+
+    def run_now(self, requests: list[CanonicalRequest]) -> list[GeneratedImage]:
+        """Generate on the calling thread, which must be the engine's (for `warmup`)."""
+        assert threading.current_thread().name.startswith("zimage-engine"), "run_now off the engine thread"
+        return self._run(requests, self.identity_future.result())
 
     def _cancelled(self, future: Future[list[GeneratedImage]]) -> None:
         if future.cancelled():  # never started, so never counted out in _generate
             with self._lock:
                 self._waiting -= 1
 
-    def _load(self) -> None:
+    def _prepare(self, load: bool) -> None:
+        self._idle.clear()
         try:
-            started = time.perf_counter()
             identity = resolve_model(self.model_spec, self.models_dir)
             self.identity_future.set_result(identity)
             if identity.demo:
                 log.warning("DEMO MODEL: serving the tiny random-weight model; images are noise")
-            log.info("loading %s on %s (%s)", identity.model_id, identity.device, identity.dtype)
-            self._pipe = load_pipeline(identity)
-            self.state = WARMING
-            warm = CanonicalRequest("warm-up", "", 0, identity.min_size, identity.min_size, 1, 0.0, "png")
-            self._run([warm], identity)
-            self.state = READY
-            log.info("model ready in %.1f s", time.perf_counter() - started)
         except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}"
             self.state = FAILED
-            if not self.identity_future.done():
-                self.identity_future.set_exception(ModelUnavailable(self.error))
+            self.identity_future.set_exception(ModelUnavailable(self.error))
+            log.exception("model not found")
+        else:
+            if load:
+                self._load(identity)
+        finally:
+            self._idle.set()
+
+    def _load(self, identity: ModelIdentity) -> None:
+        try:
+            started = time.perf_counter()
+            log.info("loading %s on %s (%s)", identity.model_id, identity.device, identity.dtype)
+            self._pipe = load_pipeline(identity)
+            log.info("model loaded in %.1f s; warming up", time.perf_counter() - started)
+            self.state = WARMING
+            if self.warmup is not None:
+                self.warmup(self, identity)
+            else:  # the least that proves the model makes an image
+                size = identity.min_size
+                self.run_now([CanonicalRequest("warm-up", "", 0, size, size, 1, 0.0, "png")])
+            if self.state == WARMING:
+                self.state = READY
+                log.info("model ready in %.1f s", time.perf_counter() - started)
+        except Exception as exc:
+            if self.state != FAILED:
+                self.error = f"{type(exc).__name__}: {exc}"
+                self.state = FAILED
             log.exception("model failed to load")
 
     def _generate(self, requests: list[CanonicalRequest], progress: Progress | None) -> list[GeneratedImage]:
         with self._lock:
             self._waiting -= 1
-        if self.state == FAILED or self._pipe is None:
-            raise ModelUnavailable(f"the model failed to load: {self.error}")
-        identity = self.identity_future.result()
-        return self._run(requests, identity, progress)
+        self._idle.clear()
+        try:
+            if self._pipe is None and self.state == LOADING:
+                self._load(self.identity_future.result())  # started with load=False
+            if self.state == FAILED or self._pipe is None:
+                raise ModelUnavailable(f"the model failed: {self.error}")
+            return self._run(requests, self.identity_future.result(), progress)
+        finally:
+            self._idle.set()
+
+    def _fail_fatally(self, exc: BaseException) -> None:
+        """The device is unusable: refuse everything and let the process end."""
+        self.error = f"unrecoverable device error: {type(exc).__name__}: {exc}"
+        self.state = FAILED
+        self.fatal = True
+        self.accepting = False
+        log.critical("%s; the process must restart", self.error)
+        if self.on_fatal is not None:
+            self.on_fatal(self.error)
 
     def _run(
         self, requests: list[CanonicalRequest], identity: ModelIdentity, progress: Progress | None = None
@@ -189,6 +273,9 @@ class Engine:
             ).images
             inference = time.perf_counter() - started
         except Exception as exc:
+            if is_fatal_device_error(exc):
+                self._fail_fatally(exc)
+                raise ModelUnavailable(self.error) from exc
             raise GenerationFailed(f"the model failed: {type(exc).__name__}: {exc}") from exc
 
         # 3. Refuse what must never be stored or shown as a result.
@@ -222,6 +309,19 @@ class Engine:
 
         key = (text, MAX_SEQUENCE_LENGTH, identity.fingerprint, identity.dtype)
         return [t.to(device) for t in self.embeddings.get_or_encode(key, encode)]
+
+
+def is_fatal_device_error(exc: BaseException) -> bool:
+    """Whether `exc` leaves the CUDA context broken (so only a new process can recover);
+    out-of-memory errors are not fatal."""
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return False
+    if isinstance(exc, getattr(torch, "AcceleratorError", ())):
+        return True
+    text = str(exc).lower()
+    return any(marker in text for marker in FATAL_DEVICE_ERRORS)
 
 
 def generation_parameters(request: CanonicalRequest, identity: ModelIdentity) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from cache import MISS, Entry, Hit, LayeredCache, TierUnavailable, is_namespace, make_key
-from pipeline.engine import Engine, ModelUnavailable, Progress
+from pipeline.engine import Engine, ModelUnavailable, Progress, ShuttingDown
 from pipeline.loading import ModelIdentity
 from pipeline.request import (
     MAX_SEED,
@@ -249,7 +249,11 @@ class GenerationService:
             for key in items:
                 flight = self._flights.get((namespace, key))
                 if flight is not None and not flight.done():
-                    flight.set_exception(exc if isinstance(exc, Exception) else ModelUnavailable("cancelled"))
+                    flight.set_exception(
+                        exc
+                        if isinstance(exc, Exception)
+                        else ShuttingDown("the generation was cancelled: the service is shutting down")
+                    )
             if not isinstance(exc, Exception):
                 raise
         finally:

@@ -1,0 +1,59 @@
+"""Run app.py with faults injected that this machine cannot cause for real (a broken
+GPU) or cannot time (a warm-up that lasts until the test says so). Test-only: the
+app never imports it.
+
+    python tests/faults.py app.py [ARGS...]
+
+ZIMAGE_FAULT_GATE_WARMUP=PATH   the warm-up waits while PATH exists
+ZIMAGE_FAULT_DEVICE_ERROR=PATH  while PATH exists, the transformer raises the error
+                                CUDA raises after an illegal memory access
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def gate_warmup(gate: str) -> None:
+    import prewarm
+
+    warm_up = prewarm.warm_up
+
+    def gated(*args, **kwargs):
+        while os.path.exists(gate):
+            time.sleep(0.05)
+        warm_up(*args, **kwargs)
+
+    prewarm.warm_up = gated
+
+
+def device_error(trigger: str) -> None:
+    from diffusers import ZImageTransformer2DModel
+
+    forward = ZImageTransformer2DModel.forward
+
+    def broken(self, *args, **kwargs):
+        if os.path.exists(trigger):
+            raise RuntimeError(
+                "CUDA error: an illegal memory access was encountered\n"
+                "CUDA kernel errors might be asynchronously reported at some other API call."
+            )
+        return forward(self, *args, **kwargs)
+
+    ZImageTransformer2DModel.forward = broken
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    if path := os.environ.get("ZIMAGE_FAULT_GATE_WARMUP"):
+        gate_warmup(path)
+    if path := os.environ.get("ZIMAGE_FAULT_DEVICE_ERROR"):
+        device_error(path)
+    script, sys.argv = sys.argv[1], sys.argv[1:]
+    runpy.run_path(str(ROOT / script), run_name="__main__")

@@ -1,0 +1,216 @@
+"""The process's life: prewarm, warm-up before ready, graceful SIGTERM, fatal device errors."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from pipeline.engine import is_fatal_device_error
+from tests.conftest import ROOT, Server
+
+PREWARM = [sys.executable, str(ROOT / "prewarm.py"), "--model", "tiny", "--no-progress"]
+
+
+def prewarm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*PREWARM, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def in_thread(call):
+    """Run `call` in a thread; returns (thread, result list that gets its return value or exception)."""
+    out: list = []
+
+    def run():
+        try:
+            out.append(call())
+        except Exception as exc:
+            out.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def leftovers(cache_dir: Path) -> list[Path]:
+    """Temp files of unfinished writes anywhere in the cache directory."""
+    return [p for p in cache_dir.rglob("*") if p.name.endswith(".tmp")]
+
+
+def entry_files(cache_dir: Path) -> list[Path]:
+    return [p for p in (cache_dir / "images").rglob("*") if p.is_file() and not p.name.startswith(".")]
+
+
+def test_prewarm_fills_the_cache_from_a_prompt_file(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(
+        "# hot prompts\n"
+        "a lighthouse at dusk|5|256x256\n"
+        "一只在雪地里的红狐狸|6|128x128\n"
+        "\n"
+        "wrong size|1|100x100\n"
+        "too|many|fields|here\n",
+        encoding="utf-8",
+    )
+    cache = tmp_path / "cache"
+    first = prewarm("--cache-dir", str(cache), "--prompts", str(prompts), "--warmup-sizes", "128x128")
+    assert first.returncode == 1, first.stderr  # two lines are invalid
+    assert "4 prompts" in first.stdout and "0 hits, 2 generated, 2 failed" in first.stdout
+    assert "line 5: 100x100: each side must be a multiple of 16" in first.stdout
+    assert "line 6: too many | fields" in first.stdout
+    assert len(entry_files(cache)) == 2
+
+    prompts.write_text("a lighthouse at dusk|5|256x256\n一只在雪地里的红狐狸|6|128x128\n", encoding="utf-8")
+    again = prewarm("--cache-dir", str(cache), "--prompts", str(prompts))
+    assert again.returncode == 0, again.stderr
+    assert "2 prompts" in again.stdout and "2 hits (disk 2), 0 generated, 0 failed" in again.stdout
+    assert "loading" not in again.stderr  # all hits: the model was never loaded
+
+
+def test_prewarm_check(tmp_path: Path) -> None:
+    ok = prewarm("--cache-dir", str(tmp_path / "cache"), "--check", "--warmup-sizes", "128x128")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("ok: tiny-z-image-v1 on cpu (float32): loaded and warmed in")
+    assert "one 128x128 image" in ok.stdout
+    assert "warm-up 128x128" in ok.stderr
+    assert entry_files(tmp_path / "cache") == []  # a check stores nothing
+
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "model_index.json").write_text('{"_class_name": "ZImagePipeline"}')
+    failed = prewarm("--cache-dir", str(tmp_path / "cache"), "--check", "--model", str(broken))
+    assert failed.returncode == 1
+    assert failed.stdout.startswith("failed: ") and len(failed.stdout.strip()) > len("failed: ") + 10
+
+    usage = prewarm("--cache-dir", str(tmp_path / "cache"))
+    assert usage.returncode == 2 and "--check, --prompts FILE" in usage.stderr
+
+
+def test_hits_are_served_while_warming_and_misses_wait(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a warm bowl of soup|5|256x256\n")
+    assert prewarm("--cache-dir", str(cache), "--prompts", str(prompts)).returncode == 0
+
+    gate = tmp_path / "warm-up-gate"
+    gate.touch()
+    srv = Server(cache, env={"ZIMAGE_FAULT_GATE_WARMUP": str(gate)}, faults=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if srv.client.get("/health").json()["model"] == "warming":
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, srv.log()
+            assert srv.proc.poll() is None, srv.log()
+            time.sleep(0.2)
+        ready = srv.client.get("/ready")
+        assert ready.status_code == 503 and ready.json() == {"status": "warming"}
+
+        hit = srv.client.get(
+            "/run", params={"prompt": "a warm bowl of soup", "seed": 5, "width": 256, "height": 256}
+        )
+        assert hit.status_code == 200 and hit.json()["cache"] == "disk"
+
+        miss_params = {"prompt": "something new", "seed": 1, "width": 256, "height": 256}
+        thread, out = in_thread(lambda: srv.client.get("/run", params=miss_params))
+        time.sleep(2.0)
+        assert thread.is_alive() and out == []  # waiting, not failed
+        assert srv.client.get("/api/cache/stats").json()["queue_depth"] == 1
+
+        gate.unlink()
+        thread.join(timeout=60)
+        assert out and out[0].status_code == 200 and out[0].json()["cache"] == "miss"
+        assert srv.client.get("/ready").status_code == 200
+    finally:
+        gate.unlink(missing_ok=True)
+        srv.stop()
+
+
+def test_sigterm_lets_the_generation_in_flight_finish(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    srv = Server(cache).wait_ready()
+    try:
+        slow = {"prompt": "a slow painting", "width": 1024, "height": 1024, "steps": 12, "seed": 3}
+        running, first = in_thread(lambda: srv.client.get("/run", params=slow))
+        time.sleep(1.0)  # the engine has started it
+        queued, second = in_thread(lambda: srv.client.get("/run", params={**slow, "seed": 4}))
+        time.sleep(0.5)
+        srv.proc.send_signal(signal.SIGTERM)
+
+        assert srv.proc.wait(timeout=90) == 0, srv.log()
+        running.join(5)
+        queued.join(5)
+        assert first[0].status_code == 200 and first[0].json()["cache"] == "miss"
+        assert second[0].status_code == 503 and "shutting down" in second[0].json()["detail"]
+        assert "finishing the generation in flight" in srv.log()
+    finally:
+        srv.stop()
+    assert leftovers(cache) == []
+    assert [p.name for p in entry_files(cache)] == [first[0].json()["key"]]
+    verify = subprocess.run(
+        [sys.executable, "-m", "cache", "--cache-dir", str(cache), "verify"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_sigterm_abandons_a_generation_past_the_shutdown_timeout(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    srv = Server(cache, "--shutdown-timeout", "2s").wait_ready()
+    try:
+        endless = {"prompt": "a very slow painting", "width": 2048, "height": 2048, "steps": 50}
+        in_thread(lambda: srv.client.get("/run", params=endless))
+        time.sleep(1.5)
+        signalled = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(timeout=60) == 0, srv.log()
+        assert time.monotonic() - signalled < 30
+        assert "abandoning the generation in flight" in srv.log()
+    finally:
+        srv.stop()
+    assert leftovers(cache) == [] and entry_files(cache) == []
+
+
+def test_an_unrecoverable_device_error_ends_the_process(tmp_path: Path) -> None:
+    trigger = tmp_path / "break-the-gpu"
+    srv = Server(tmp_path / "cache", env={"ZIMAGE_FAULT_DEVICE_ERROR": str(trigger)}, faults=True)
+    srv.wait_ready()
+    try:
+        trigger.touch()
+        response = srv.client.get("/run", params={"prompt": "anything", "width": 256, "height": 256})
+        assert response.status_code == 503
+        assert "unrecoverable device error" in response.json()["detail"]
+        assert srv.proc.wait(timeout=60) == 1, srv.log()  # so that Supervisor restarts it
+        assert "CRITICAL" in srv.log() and "illegal memory access" in srv.log()
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize(
+    ("error", "fatal"),
+    [
+        (RuntimeError("CUDA error: an illegal memory access was encountered"), True),
+        (RuntimeError("CUDA error: device-side assert triggered"), True),
+        (RuntimeError("CUBLAS_STATUS_EXECUTION_FAILED when calling cublasGemmEx"), True),
+        (torch.AcceleratorError("CUDA error: unspecified launch failure"), True),
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), False),
+        (RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x3 and 5x6)"), False),
+        (ValueError("bad value"), False),
+    ],
+)
+def test_which_device_errors_are_fatal(error: Exception, fatal: bool) -> None:
+    assert is_fatal_device_error(error) is fatal
