@@ -47,6 +47,7 @@ class DiskTier:
     """
 
     name = "disk"
+    blocking = True
 
     def __init__(self, root: Path) -> None:
         self.root = root

@@ -5,12 +5,18 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cache.entry import MISS, Entry, _Miss
 
 log = logging.getLogger(__name__)
+
+# Copies of hits into slow tiers (a Redis hit onto the disk) wait for the
+# background writer; past this many waiting, further copies are skipped: they
+# only save a later lookup, and the entry stays where it was found.
+MAX_PENDING_PROMOTIONS = 256
 
 
 class TierUnavailable(Exception):
@@ -24,6 +30,7 @@ class TierUnavailable(Exception):
 
 class Tier(Protocol):
     name: str
+    blocking: bool  # False: get/put never wait on I/O (safe on the event loop)
 
     def get(self, namespace: str, key: str) -> Entry | _Miss: ...
     def put(self, namespace: str, key: str, entry: Entry) -> None: ...
@@ -41,7 +48,9 @@ class Hit:
 class LayeredCache:
     """Tiers fastest first (memory, disk, ...), behaving as one cache.
 
-    Guarantees: a hit in a lower tier is copied into every tier above it; a
+    Guarantees: a hit in a lower tier is copied into every tier above it, into
+    non-blocking ones (memory) before the hit is returned, into blocking ones
+    (disk) by a background writer, so a Redis hit does not wait for an fsync; a
     store writes every tier; a tier that raises is counted in `errors` and
     treated as a miss (on get) or skipped (on put): a broken tier never fails a
     request. One warning is logged when a tier starts failing and one line when
@@ -55,6 +64,22 @@ class LayeredCache:
         self.errors: Counter[str] = Counter()
         self._failing: set[str] = set()
         self._lock = threading.Lock()
+        self._promoter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-promote")
+        self._pending = 0
+        self._idle = threading.Event()
+        self._idle.set()
+
+    def get_nonblocking(self, namespace: str, key: str) -> Hit | _Miss:
+        """A lookup in the leading tiers that never block (memory): cheap enough to
+        run on the event loop, before paying for a thread to look further down."""
+        for tier in self.tiers:
+            if getattr(tier, "blocking", True):
+                break
+            entry = tier.get(namespace, key)
+            if entry is not MISS:
+                assert isinstance(entry, Entry)
+                return Hit(entry, tier.name)
+        return MISS
 
     def get(self, namespace: str, key: str) -> Hit | _Miss:
         for depth, tier in enumerate(self.tiers):
@@ -68,9 +93,34 @@ class LayeredCache:
                 continue
             assert isinstance(entry, Entry)
             for upper in self.tiers[:depth]:
-                self._put_one(upper, namespace, key, entry)
+                if getattr(upper, "blocking", True):
+                    self._promote_later(upper, namespace, key, entry)
+                else:
+                    self._put_one(upper, namespace, key, entry)
             return Hit(entry, tier.name)
         return MISS
+
+    def wait_promotions(self, timeout_s: float | None = None) -> bool:
+        """Wait until the background copies are written; True if none is left."""
+        return self._idle.wait(timeout_s)
+
+    def _promote_later(self, tier: Tier, namespace: str, key: str, entry: Entry) -> None:
+        with self._lock:
+            if self._pending >= MAX_PENDING_PROMOTIONS:
+                return
+            self._pending += 1
+            self._idle.clear()
+
+        def write() -> None:
+            try:
+                self._put_one(tier, namespace, key, entry)
+            finally:
+                with self._lock:
+                    self._pending -= 1
+                    if not self._pending:
+                        self._idle.set()
+
+        self._promoter.submit(write)
 
     def put(self, namespace: str, key: str, entry: Entry) -> None:
         # Slowest (most durable) first: once the memory tier has it, readers

@@ -19,6 +19,7 @@ class MemoryTier:
     """
 
     name = "memory"
+    blocking = False
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes

@@ -39,6 +39,7 @@ class RedisTier:
     """
 
     name = "redis"
+    blocking = True
 
     def __init__(self, url: str, *, ttl_s: float, timeout_s: float = 0.5, lock_ttl_s: float = 30.0) -> None:
         self.ttl_ms = int(ttl_s * 1000)

@@ -166,3 +166,18 @@ def test_a_failing_tier_becomes_a_miss_and_an_error_count(tmp_path: Path) -> Non
     stats = layered.stats()
     assert stats["broken"]["errors"] == 3
     assert stats["memory"]["entries"] == 1
+
+
+def test_a_hit_from_below_is_copied_to_memory_at_once_and_to_disk_in_the_background(tmp_path: Path) -> None:
+    class LowerTier(DiskTier):  # stands where Redis stands: below the disk
+        name = "lower"
+
+    memory, disk, lower = MemoryTier(1 << 20), DiskTier(tmp_path / "disk"), LowerTier(tmp_path / "lower")
+    layered = LayeredCache([memory, disk, lower])
+    lower.put("public", "c" * 64, entry(7))
+    assert layered.get_nonblocking("public", "c" * 64) is MISS
+    assert layered.get("public", "c" * 64) == Hit(entry(7), "lower")
+    assert memory.get("public", "c" * 64) == entry(7)  # before the hit was returned
+    assert layered.get_nonblocking("public", "c" * 64) == Hit(entry(7), "memory")
+    assert layered.wait_promotions(timeout_s=10)
+    assert disk.get("public", "c" * 64) == entry(7)

@@ -42,7 +42,7 @@ class BatchRequest(GenerationRequest):
     no_cache: bool = Field(False, description="Neither read nor write the cache; always generate.")
 
 
-def caller_namespace(
+async def caller_namespace(  # async: FastAPI would run a plain def on a worker thread
     request: Request,
     x_namespace: Annotated[
         str | None,
