@@ -56,6 +56,11 @@ class ShuttingDown(ModelUnavailable):
     """The process is stopping (SIGTERM): it finishes what it has and takes no new generations."""
 
 
+class OutOfMemory(ModelUnavailable):
+    """One image did not fit in device memory (after freeing what could be freed);
+    answered 503, since it may fit once other work is done."""
+
+
 class GenerationFailed(Exception):
     """The model ran but produced no usable image (an error, NaN or a black frame)."""
 
@@ -101,6 +106,7 @@ class Engine:
         self.error: str | None = None
         self.fatal = False
         self.accepting = True
+        self.oom_splits = 0  # batches split in halves after running out of device memory
         self.identity_future: Future[ModelIdentity] = Future()
         self._pipe: Any = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zimage-engine")
@@ -272,11 +278,29 @@ class Engine:
                 callback_on_step_end=step_done,
             ).images
             inference = time.perf_counter() - started
+        except torch.OutOfMemoryError:
+            pixels = None  # handled below, once the traceback no longer pins the tensors
         except Exception as exc:
             if is_fatal_device_error(exc):
                 self._fail_fatally(exc)
                 raise ModelUnavailable(self.error) from exc
             raise GenerationFailed(f"the model failed: {type(exc).__name__}: {exc}") from exc
+
+        if pixels is None:
+            # Out of memory: free what the failed call held, then make a batch in two
+            # halves; a single image that does not fit is a 503, and the engine serves on.
+            free_device_memory(identity.device)
+            if batch > 1:
+                self.oom_splits += 1
+                log.warning("out of memory on a batch of %d; generating it in two halves", batch)
+                half = batch // 2
+                return self._run(requests[:half], identity, progress) + self._run(
+                    requests[half:], identity, progress
+                )
+            raise OutOfMemory(
+                f"the GPU ran out of memory for a {request.width}x{request.height} image; "
+                "retry shortly, or ask for a smaller size"
+            )
 
         # 3. Refuse what must never be stored or shown as a result.
         if not np.isfinite(pixels).all():
@@ -309,6 +333,17 @@ class Engine:
 
         key = (text, MAX_SEQUENCE_LENGTH, identity.fingerprint, identity.dtype)
         return [t.to(device) for t in self.embeddings.get_or_encode(key, encode)]
+
+
+def free_device_memory(device: str) -> None:
+    """Drop what a failed call left behind: Python references, then the CUDA cache."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
 
 
 def is_fatal_device_error(exc: BaseException) -> bool:

@@ -7,6 +7,8 @@ app never imports it.
 ZIMAGE_FAULT_GATE_WARMUP=PATH   the warm-up waits while PATH exists
 ZIMAGE_FAULT_DEVICE_ERROR=PATH  while PATH exists, the transformer raises the error
                                 CUDA raises after an illegal memory access
+ZIMAGE_FAULT_OOM=PATH           while PATH exists, the transformer runs out of memory
+ZIMAGE_FAULT_OOM_BATCH_OVER=N   the transformer runs out of memory on batches over N images
 """
 
 from __future__ import annotations
@@ -33,18 +35,21 @@ def gate_warmup(gate: str) -> None:
     prewarm.warm_up = gated
 
 
-def device_error(trigger: str) -> None:
+def broken_transformer(device_error: str | None, oom: str | None, oom_batch_over: int | None) -> None:
+    import torch
     from diffusers import ZImageTransformer2DModel
 
     forward = ZImageTransformer2DModel.forward
 
-    def broken(self, *args, **kwargs):
-        if os.path.exists(trigger):
+    def broken(self, x, *args, **kwargs):
+        if device_error and os.path.exists(device_error):
             raise RuntimeError(
                 "CUDA error: an illegal memory access was encountered\n"
                 "CUDA kernel errors might be asynchronously reported at some other API call."
             )
-        return forward(self, *args, **kwargs)
+        if (oom and os.path.exists(oom)) or (oom_batch_over is not None and len(x) > oom_batch_over):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
+        return forward(self, x, *args, **kwargs)
 
     ZImageTransformer2DModel.forward = broken
 
@@ -53,7 +58,11 @@ if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
     if path := os.environ.get("ZIMAGE_FAULT_GATE_WARMUP"):
         gate_warmup(path)
-    if path := os.environ.get("ZIMAGE_FAULT_DEVICE_ERROR"):
-        device_error(path)
+    over = os.environ.get("ZIMAGE_FAULT_OOM_BATCH_OVER")
+    broken_transformer(
+        os.environ.get("ZIMAGE_FAULT_DEVICE_ERROR"),
+        os.environ.get("ZIMAGE_FAULT_OOM"),
+        int(over) if over else None,
+    )
     script, sys.argv = sys.argv[1], sys.argv[1:]
     runpy.run_path(str(ROOT / script), run_name="__main__")

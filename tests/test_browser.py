@@ -53,6 +53,9 @@ def test_generate_then_hit_in_the_browser(page: Page) -> None:
     page.locator("#seed input").fill("77")
     page.get_by_label("Resolution").click()
     page.get_by_role("option", name="1152x896").click()
+    # The preset fills width and height through a server round trip; wait for it.
+    expect(page.locator("#width input")).to_have_value("1152")
+    expect(page.locator("#height input")).to_have_value("896")
     expect(page.locator("#seed input")).to_have_value("77")
     first = generate(page, "a browser lighthouse", "miss")
     assert "seed 77" in first

@@ -214,3 +214,31 @@ def test_an_unrecoverable_device_error_ends_the_process(tmp_path: Path) -> None:
 )
 def test_which_device_errors_are_fatal(error: Exception, fatal: bool) -> None:
     assert is_fatal_device_error(error) is fatal
+
+
+def test_out_of_memory_splits_the_batch_then_answers_503_and_serves_on(tmp_path: Path) -> None:
+    oom = tmp_path / "out-of-memory"
+    env = {"ZIMAGE_FAULT_OOM_BATCH_OVER": "1", "ZIMAGE_FAULT_OOM": str(oom)}
+    srv = Server(tmp_path / "cache", env=env, faults=True).wait_ready()
+    try:
+        body = {"prompt": "four at once", "width": 128, "height": 128, "seed": 10, "batch_size": 4}
+        batch = srv.client.post("/api/generate", json=body)
+        assert batch.status_code == 200, batch.text
+        images = batch.json()["images"]
+        assert [i["seed"] for i in images] == [10, 11, 12, 13] and {i["cache"] for i in images} == {"miss"}
+        assert "generating it in two halves" in srv.log()
+        # Split or not, each image is the one its seed makes alone.
+        single = {k: v for k, v in body.items() if k != "batch_size"} | {"seed": 12}
+        same = srv.client.post("/generate", params={"no_cache": "true"}, json=single)
+        assert same.content == srv.client.get(images[2]["image_url"]).content
+
+        oom.touch()
+        failed = srv.client.get("/run", params={"prompt": "does not fit", "width": 128, "height": 128})
+        assert failed.status_code == 503 and failed.headers["retry-after"]
+        assert "ran out of memory for a 128x128 image" in failed.json()["detail"]
+        oom.unlink()
+        again = srv.client.get("/run", params={"prompt": "does not fit", "width": 128, "height": 128})
+        assert again.status_code == 200 and again.json()["cache"] == "miss"
+        assert srv.client.get("/ready").status_code == 200
+    finally:
+        srv.stop()
