@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint venv system-deps clean
+.PHONY: run test bench lint venv system-deps clean
 
 venv: $(STAMP)
 
@@ -39,6 +39,14 @@ lint: $(STAMP)
 
 test: lint system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Cache and serving benchmark (docs/PERFORMANCE.md): a table, bench/results/*.json and a plot.
+bench: $(VENV)/.bench system-deps
+	$(PY) -m bench.serving $(BENCH_ARGS)
+
+$(VENV)/.bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $@
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

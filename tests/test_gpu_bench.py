@@ -1,0 +1,69 @@
+"""bench/gpu.py: its CPU form with the tiny model, and the FLOP count of the full-size model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from bench.gpu import CONFIGS, transformer_flops
+from tests.conftest import ROOT
+
+
+def test_the_gpu_benchmark_runs_on_the_cpu_with_the_tiny_model(tmp_path: Path) -> None:
+    out = tmp_path / "gpu.json"
+    args = [
+        "--tiny",
+        "--size",
+        "256",
+        "--warmup",
+        "1",
+        "--runs",
+        "2",
+        "--batches",
+        "1,2",
+        "--batch-runs",
+        "1",
+    ]
+    args += ["--models-dir", str(tmp_path / "models"), "--out", str(out), "--cold-timeout", "240"]
+    result = subprocess.run(
+        [sys.executable, "bench/gpu.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "MFU" in result.stdout and "cold start: first start ready s" in result.stdout
+
+    report = json.loads(out.read_text())
+    p50 = report["latency_p50_s"]
+    assert all(p50[stage] > 0 for stage in ("text_encoder", "transformer", "vae_decode"))
+    assert (
+        abs(p50["total"] - (p50["text_encoder"] + p50["transformer"] + p50["vae_decode"]))
+        < 0.5 * p50["total"]
+    )
+    assert p50["caption_tokens"] == 128  # a realistic prompt length, whatever the tokenizer
+    assert set(report["images_per_s"]) == {"1", "2"} and min(report["images_per_s"].values()) > 0
+    assert report["transformer_forward_tflop"] > 0 and report["matmul_peak_tflops"] > 0
+    assert 0 < report["mfu_transformer"] < 1 and 0 < report["mfu_end_to_end"] <= report["mfu_transformer"]
+    cold = report["cold_start"]
+    assert 0 < cold["first_start_ready_s"] <= cold["first_start_first_image_s"]
+    assert 0 < cold["restart_ready_s"] <= cold["restart_first_image_s"]
+
+
+def test_one_full_size_transformer_forward_at_1024_is_about_57_tflop() -> None:
+    from diffusers import ZImageTransformer2DModel
+
+    config = json.loads((CONFIGS / "transformer" / "config.json").read_text())
+    with torch.device("meta"):
+        transformer = ZImageTransformer2DModel.from_config(config)
+    assert 6.1e9 < sum(p.numel() for p in transformer.parameters()) < 6.2e9
+    flops = transformer_flops(transformer, 1024, caption_tokens=128)
+    assert 56e12 < flops < 58e12
+    # 4,096 image tokens: quadrupling the pixels (2048x2048) costs more than 4x (attention)
+    assert transformer_flops(transformer, 2048, caption_tokens=128) > 4 * flops
