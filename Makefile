@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test bench lint venv system-deps clean
+.PHONY: run test bench load lint venv system-deps clean
 
 venv: $(STAMP)
 
@@ -43,6 +43,10 @@ test: lint system-deps
 # Cache and serving benchmark (docs/PERFORMANCE.md): a table, bench/results/*.json and a plot.
 bench: $(VENV)/.bench system-deps
 	$(PY) -m bench.serving $(BENCH_ARGS)
+
+# 32 clients mixing hits and misses for 60 s (docs/RELIABILITY.md); exit 1 if a promise breaks.
+load: $(STAMP)
+	$(PY) -m bench.load $(LOAD_ARGS)
 
 $(VENV)/.bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,bench]'

@@ -104,6 +104,11 @@ class Settings(BaseSettings):
         "whitespace), none, or aggressive (also NFKC and lower case).",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Logging level.")
+    log_prompts: bool = Field(
+        False,
+        description="Write each generation's prompt to the log (INFO); off by default, as prompts are "
+        "user data. Prompts matching --no-cache-patterns are never logged.",
+    )
 
     @field_validator("cache_dir")
     @classmethod
@@ -273,6 +278,7 @@ def build_service(settings: Settings, on_fatal: Any = None) -> ServiceParts:
         locks=locks,
         normalization=settings.prompt_normalization,
         no_store_patterns=read_patterns(settings.no_cache_patterns) if settings.no_cache_patterns else (),
+        log_prompts=settings.log_prompts,
     )
     return ServiceParts(engine=engine, disk=disk, service=service)
 

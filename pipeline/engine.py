@@ -322,14 +322,20 @@ class Engine:
         """The text encoder's output for `text` on `device`, from the cache when known."""
 
         def encode() -> list[Any]:
+            import torch
+
             self.encoder_runs += 1
-            embeds, _ = self._pipe.encode_prompt(
-                prompt=text,
-                device=device,
-                do_classifier_free_guidance=False,
-                max_sequence_length=MAX_SEQUENCE_LENGTH,
-            )
-            return [t.to("cpu") for t in embeds]
+            # encode_prompt is not under no_grad (only the pipeline's __call__ is):
+            # without it each cached embedding would keep the text encoder's whole
+            # autograd graph alive, megabytes the cache's byte count never sees.
+            with torch.no_grad():
+                embeds, _ = self._pipe.encode_prompt(
+                    prompt=text,
+                    device=device,
+                    do_classifier_free_guidance=False,
+                    max_sequence_length=MAX_SEQUENCE_LENGTH,
+                )
+            return [t.detach().to("cpu") for t in embeds]
 
         key = (text, MAX_SEQUENCE_LENGTH, identity.fingerprint, identity.dtype)
         return [t.to(device) for t in self.embeddings.get_or_encode(key, encode)]

@@ -93,6 +93,7 @@ class GenerationService:
         normalization: Normalization = "basic",
         no_store_patterns: Iterable[re.Pattern[str]] = (),
         model_wait_s: float = 600.0,
+        log_prompts: bool = False,
     ) -> None:
         self.engine = engine
         self.cache = cache
@@ -100,6 +101,7 @@ class GenerationService:
         self.normalization = normalization
         self.no_store_patterns = list(no_store_patterns)
         self.model_wait_s = model_wait_s
+        self.log_prompts = log_prompts
         self.observers: list[Callable[[GenerationResult], None]] = []
         self._flights: dict[tuple[str, str], asyncio.Future[Outcome]] = {}
         self._fills: set[asyncio.Task[None]] = set()
@@ -378,6 +380,18 @@ class GenerationService:
         self._count("generations")
         self._count("generated_images", len(canonicals))
         generated = await asyncio.wrap_future(future)
+        first = canonicals[0]
+        # Prompts are user data: logged only when asked for, and never a do-not-cache one.
+        shown = f": {first.prompt!r}" if self.log_prompts and not self.must_not_store(first) else ""
+        log.info(
+            "generated %d image(s) %dx%d, %d steps, in %.2f s%s",
+            len(canonicals),
+            first.width,
+            first.height,
+            first.steps,
+            time.perf_counter() - queued,
+            shown,
+        )
         out = []
         for canonical, image in zip(canonicals, generated, strict=True):
             timings = dict(image.timings)

@@ -16,7 +16,7 @@ from PIL import Image
 from cache import MISS, DiskTier, LayeredCache, MemoryTier
 from cache.redis_tier import RedisTier
 from pipeline.engine import FAILED, READY, Engine, GenerationFailed
-from pipeline.request import GenerationRequest
+from pipeline.request import CanonicalRequest, GenerationRequest
 from pipeline.service import GenerationService
 from pipeline.tiny_model import ensure_tiny_model
 from tests.conftest import RedisServer
@@ -213,3 +213,13 @@ def test_do_not_cache_patterns_generate_but_never_store(engine: Engine, tmp_path
     asyncio.run(scenario())
     assert disk.stats()["entries"] == 1
     assert service.stats()["generations"] == 3
+
+
+def test_cached_prompt_embeddings_hold_no_autograd_graph(engine: Engine) -> None:
+    # A graph kept alive by a cached embedding is memory the cache's byte bound
+    # never sees (it grew a server by ~2.7 MB per new prompt under load).
+    engine.submit([CanonicalRequest("a graph-free prompt", "", 1, 64, 64, 1, 0.0, "png")]).result()
+    cached = [tensors for tensors in engine.embeddings._lru.values()]
+    assert cached
+    for tensors in cached:
+        assert all(t.grad_fn is None and not t.requires_grad for t in tensors)

@@ -6,7 +6,7 @@ import asyncio
 import re
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import Field
@@ -22,6 +22,48 @@ IMAGE_NAME = re.compile(r"([0-9a-f]{64})\.(png|jpeg|webp)")
 IMMUTABLE = "public, max-age=31536000, immutable"
 RETRY_AFTER_S = 5
 MAX_API_BATCH = 8
+# The largest valid request (two 2,000-character prompts of 4-byte characters,
+# in JSON) is about 17 KB; anything much larger is a mistake or an attack.
+MAX_BODY_BYTES = 64 * 1024
+LIMITED_PATHS = ("/generate", "/api/")
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over `max_bytes` on the API's routes, judged by
+    Content-Length and by counting what arrives (a chunked body has no length)."""
+
+    def __init__(self, app: Any, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(LIMITED_PATHS):
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            await self._too_large(send)
+            return
+        seen = 0
+
+        async def counted() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:  # raised where the route reads its body: a 413
+                raise HTTPException(413, self.message)
+            return message
+
+        await self.app(scope, counted, send)
+
+    @property
+    def message(self) -> str:
+        return f"request body over {self.max_bytes} bytes; a generation request is a few KB"
+
+    async def _too_large(self, send: Any) -> None:
+        body = JSONResponse({"detail": self.message}, status_code=413)
+        await send({"type": "http.response.start", "status": 413, "headers": body.raw_headers})
+        await send({"type": "http.response.body", "body": body.body})
 
 
 class RunQuery(GenerationRequest):
@@ -76,6 +118,7 @@ def create_api(
         redoc_url=None,
     )
     app.state.access = access
+    app.add_middleware(BodyLimit)
     _install_error_handlers(app)
 
     @app.get("/health")
