@@ -119,6 +119,11 @@ def test_images_route_takes_only_hex_keys_of_the_callers_namespace(server: Serve
         "/run", params={"prompt": "tenant a's secret", **SMALL}, headers={"X-Namespace": "b"}
     )
     assert theirs.json()["cache"] == "miss"
+    # Nor can b learn by timing that a asked for it: b paid for a whole generation.
+    again = server.client.get(
+        "/run", params={"prompt": "tenant a's secret", **SMALL}, headers={"X-Namespace": "a"}
+    )
+    assert again.json()["cache"] == "memory" and theirs.json()["duration"] > 10 * again.json()["duration"]
 
 
 def test_prompts_stay_out_of_the_log_unless_asked(tmp_path: Path) -> None:

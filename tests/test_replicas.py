@@ -139,3 +139,44 @@ def test_replicas_keep_answering_while_redis_is_down_and_reconnect(
             break
         assert time.monotonic() < deadline, "the replicas did not reconnect to Redis"
         time.sleep(0.5)
+
+
+def test_redis_killed_and_restarted_under_load_costs_no_request(
+    replicas: tuple[Server, Server], redis_srv: RedisServer
+) -> None:
+    import threading
+
+    a, b = replicas
+    stop, statuses, lock = threading.Event(), [], threading.Lock()
+
+    def client(server: Server, worker: int) -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            prompt = "a lighthouse in the gale" if i % 2 else f"gale {worker} {i}"  # hits and misses
+            body = {"prompt": prompt, "width": 64, "height": 64, "seed": 1, "steps": 2}
+            resp = server.client.post("/generate", json=body)
+            with lock:
+                statuses.append(resp.status_code)
+
+    workers = [threading.Thread(target=client, args=(s, w)) for w, s in enumerate((a, b, a, b))]
+    for w in workers:
+        w.start()
+    time.sleep(2)
+    redis_srv.kill()  # mid-load
+    time.sleep(3)
+    redis_srv.start()
+    time.sleep(3)
+    stop.set()
+    for w in workers:
+        w.join(60)
+    assert len(statuses) > 40 and set(statuses) == {200}, sorted(set(statuses))
+    errors = sum(s.client.get("/api/cache/stats").json()["tiers"]["redis"]["errors"] for s in (a, b))
+    assert errors >= 1  # the outage was seen and counted, and cost no request
+    # Reconnected: an image made on one replica now is a Redis hit on the other.
+    deadline = time.monotonic() + 30
+    n = 0
+    while gen(b, f"after the gale {n}") and gen(a, f"after the gale {n}").headers["x-cache"] != "redis":
+        assert time.monotonic() < deadline, "the replicas did not reconnect to Redis"
+        n += 1
+        time.sleep(0.5)
