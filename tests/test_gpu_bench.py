@@ -67,3 +67,20 @@ def test_one_full_size_transformer_forward_at_1024_is_about_57_tflop() -> None:
     assert 56e12 < flops < 58e12
     # 4,096 image tokens: quadrupling the pixels (2048x2048) costs more than 4x (attention)
     assert transformer_flops(transformer, 2048, caption_tokens=128) > 4 * flops
+
+
+def test_the_full_size_pipeline_builds_in_bfloat16_without_a_float32_copy(tmp_path: Path) -> None:
+    # The CUDA path's builder, on the meta device: shapes and dtypes, no memory.
+    from bench.gpu import build_full_pipeline
+
+    pipe = build_full_pipeline(CONFIGS, "meta", tmp_path / "models")
+    sizes = {
+        name: sum(p.numel() for p in getattr(pipe, name).parameters())
+        for name in ("transformer", "text_encoder", "vae")
+    }
+    assert 6.15e9 < sizes["transformer"] < 6.16e9 and 4.02e9 < sizes["text_encoder"] < 4.03e9
+    assert 8.3e7 < sizes["vae"] < 8.5e7
+    for name in ("transformer", "text_encoder", "vae"):
+        assert {p.dtype for p in getattr(pipe, name).parameters()} == {torch.bfloat16}
+        assert {p.device.type for p in getattr(pipe, name).parameters()} == {"meta"}
+    assert torch.get_default_dtype() == torch.float32  # restored for everything else
