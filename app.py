@@ -369,7 +369,6 @@ def main(argv: list[str] | None = None) -> int:
             if not stopping_since:
                 stopping_since.append(time.monotonic())
                 log.info("signal %d: finishing the generation in flight, taking no new ones", sig)
-                engine.stop_accepting()
                 engine.close(0)
             super().handle_exit(sig, frame)
 
@@ -393,7 +392,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     runtime.start()
     log.info("serving on http://%s:%d", settings.host, settings.port)
-    status = 0
     try:
         Server(config).run()
     finally:

@@ -80,7 +80,7 @@ class Engine:
     `max_queue` jobs wait to start (QueueFull past that). Loading and `warmup` (by
     default one smallest, one-step image) are the first job of that thread, so
     generations submitted meanwhile wait for them; ready means an image was made.
-    After `stop_accepting` every submit raises ShuttingDown. A fatal device error
+    After `close` every submit raises ShuttingDown. A fatal device error
     marks the engine failed and calls `on_fatal` (the app ends the process, for
     Supervisor to restart it).
     """
@@ -106,7 +106,6 @@ class Engine:
         self.error: str | None = None
         self.fatal = False
         self.accepting = True
-        self.oom_splits = 0  # batches split in halves after running out of device memory
         self.identity_future: Future[ModelIdentity] = Future()
         self._pipe: Any = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zimage-engine")
@@ -152,10 +151,6 @@ class Engine:
         future = self._executor.submit(self._generate, requests, progress)
         future.add_done_callback(self._cancelled)
         return future
-
-    def stop_accepting(self) -> None:
-        """Refuse new generations from now on (the first step of a graceful stop)."""
-        self.accepting = False
 
     def close(self, timeout_s: float = 0.0) -> bool:
         """Cancel the jobs that have not started and wait up to `timeout_s` for the one
@@ -205,9 +200,8 @@ class Engine:
             else:  # the least that proves the model makes an image
                 size = identity.min_size
                 self.run_now([CanonicalRequest("warm-up", "", 0, size, size, 1, 0.0, "png")])
-            if self.state == WARMING:
-                self.state = READY
-                log.info("model ready in %.1f s", time.perf_counter() - started)
+            self.state = READY
+            log.info("model ready in %.1f s", time.perf_counter() - started)
         except Exception as exc:
             if self.state != FAILED:
                 self.error = f"{type(exc).__name__}: {exc}"
@@ -291,7 +285,6 @@ class Engine:
             # halves; a single image that does not fit is a 503, and the engine serves on.
             free_device_memory(identity.device)
             if batch > 1:
-                self.oom_splits += 1
                 log.warning("out of memory on a batch of %d; generating it in two halves", batch)
                 half = batch // 2
                 return self._run(requests[:half], identity, progress) + self._run(
