@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -175,38 +174,23 @@ def one_image(pipe: Any, device: str, size: int, steps: int, batch: int, tokens:
 def cold_start(model_dir: Path, size: int, timeout_s: float) -> dict[str, float]:
     """`app.py --model model_dir` from process start to /ready and to a first image, twice
     (the second start finds whatever the first left on disk: compile caches and the like)."""
-    import httpx
-
-    from bench.procs import free_port
+    from bench.procs import Server
 
     out: dict[str, float] = {}
-    cache = Path(tempfile.mkdtemp(prefix="zimage-cold-"))
+    cache = Path(tempfile.mkdtemp(prefix="zimage-cold-")) / "cache"
     for label in ("first_start", "restart"):
-        port = free_port()
         started = time.perf_counter()
-        cmd = [sys.executable, str(ROOT / "app.py"), "--model", str(model_dir), "--port", str(port)]
-        cmd += ["--cache-dir", str(cache), "--warmup-sizes", f"{size}x{size}", "--log-level", "warning"]
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        srv = Server(
+            cache, "--model", str(model_dir), "--warmup-sizes", f"{size}x{size}", "--log-level", "warning"
+        )
         try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=timeout_s) as client:
-                while True:
-                    if proc.poll() is not None:
-                        raise RuntimeError(f"app.py exited with {proc.returncode} during the cold start")
-                    if time.perf_counter() - started > timeout_s:
-                        raise RuntimeError(f"not ready after {timeout_s} s")
-                    try:
-                        if client.get("/ready").status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    time.sleep(0.1)
-                out[f"{label}_ready_s"] = time.perf_counter() - started
-                params = {"prompt": f"cold start {label}", "width": size, "height": size, "no_cache": True}
-                assert client.get("/run", params=params).status_code == 200
-                out[f"{label}_first_image_s"] = time.perf_counter() - started
+            srv.wait_ready(timeout_s)
+            out[f"{label}_ready_s"] = time.perf_counter() - started
+            params = {"prompt": f"cold start {label}", "width": size, "height": size, "no_cache": True}
+            assert srv.client.get("/run", params=params).status_code == 200
+            out[f"{label}_first_image_s"] = time.perf_counter() - started
         finally:
-            proc.terminate()
-            proc.wait(timeout=120)
+            srv.stop()
     return out
 
 

@@ -43,18 +43,22 @@ class Server:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
         self.client = httpx.Client(base_url=self.url, timeout=120)
 
-    def wait_ready(self) -> Server:
-        deadline = time.monotonic() + START_TIMEOUT_S
+    def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> Server:
+        return self.wait_model("ready", timeout_s)
+
+    def wait_model(self, state: str, timeout_s: float = START_TIMEOUT_S) -> Server:
+        """Wait until /health reports the model `state` (loading, warming, ready, failed)."""
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if self.client.get("/ready").status_code == 200:
+                if self.client.get("/health").json()["model"] == state:
                     return self
             except httpx.TransportError:
                 pass
-            time.sleep(0.25)
-        raise RuntimeError(f"server not ready after {START_TIMEOUT_S} s:\n{self.log()}")
+            time.sleep(0.1)
+        raise RuntimeError(f"server's model not {state} after {timeout_s} s:\n{self.log()}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:]

@@ -8,11 +8,9 @@ still parses, validates, authenticates and looks up the cache as always.
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -28,15 +26,7 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     model.mkdir()
     (model / "model_index.json").write_text('{"_class_name": "ZImagePipeline"}')
     srv = Server(base / "cache", "--model", str(model), "--admin-token", "fuzz-admin-token-0123")
-    deadline = time.monotonic() + 120
-    while True:  # up, with the model failed: /ready says so
-        try:
-            if srv.client.get("/ready").json().get("status") == "failed":
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline and srv.proc.poll() is None, srv.log()
-        time.sleep(0.2)
+    srv.wait_model("failed")  # up, with the model failed
     yield srv
     srv.stop()
 

@@ -9,7 +9,6 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 import torch
 
@@ -104,16 +103,7 @@ def test_hits_are_served_while_warming_and_misses_wait(tmp_path: Path) -> None:
     gate.touch()
     srv = Server(cache, env={"ZIMAGE_FAULT_GATE_WARMUP": str(gate)}, faults=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if srv.client.get("/health").json()["model"] == "warming":
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, srv.log()
-            assert srv.proc.poll() is None, srv.log()
-            time.sleep(0.2)
+        srv.wait_model("warming")
         ready = srv.client.get("/ready")
         assert ready.status_code == 503 and ready.json() == {"status": "warming"}
 

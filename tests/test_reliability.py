@@ -192,16 +192,7 @@ def test_a_model_that_fails_to_load_still_serves_hits(tmp_path: Path) -> None:
 
     broken = Server(cache, "--model", str(model))
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                ready = broken.client.get("/ready")
-                if ready.json()["status"] == "failed":
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and broken.proc.poll() is None, broken.log()
-            time.sleep(0.2)
+        ready = broken.wait_model("failed").client.get("/ready")
         assert ready.status_code == 503 and ready.json()["reason"]
         assert broken.client.get("/health").json() == {"status": "ok", "model": "failed", "device": "cpu"}
         hit = broken.client.get("/run", params=params)
