@@ -26,10 +26,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) app.py $(ARGS)
 
-# The tests run a real redis-server and a real headless Chromium (Debian packages).
+# The tests run a real redis-server (also as Sentinel and Cluster nodes), a real
+# nginx and a real headless Chromium (Debian packages).
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	test -x /usr/sbin/nginx || missing="$$missing nginx"; \
 	test -x /usr/bin/chromium || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q $$missing; fi
 

@@ -198,6 +198,8 @@ class RedisTier:
             loop = asyncio.get_running_loop()
             client = self._async_clients.get(loop)
             if client is None:
+                for closed in [old for old in self._async_clients if old.is_closed()]:
+                    del self._async_clients[closed]  # its client holds it: not freed by itself
                 retry = redis.asyncio.retry.Retry(NoBackoff(), 0)
                 client = self._async_clients[loop] = self.target.async_client(retry=retry, **self._options)
             result = await op(client)
