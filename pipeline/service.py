@@ -76,7 +76,7 @@ class GenerationService:
     """Looks up the cache, else generates (once per key at a time), then stores.
 
     Guarantees: a hit never waits behind a generation (lookups run on the event
-    loop or their own threads, the model on the engine's); concurrent identical requests share one
+    loop or threads, the model on the engine's); concurrent identical requests share one
     generation — in this process always, across replicas when `locks` is given
     (a Redis lock; if Redis is down each replica generates for itself); that
     generation finishes and is stored even if every caller gives up waiting.
@@ -316,7 +316,7 @@ class GenerationService:
             # The previous holder of a lock may have stored the entry before we took it.
             done: dict[str, Outcome] = {}
             if leases:
-                found = {k: await self.cache.aget(namespace, k) for k in mine}
+                found = await asyncio.to_thread(lambda: {k: self.cache.get(namespace, k) for k in mine})
                 done = {k: (h.tier, h.entry, {}) for k, h in found.items() if isinstance(h, Hit)}
             todo = {k: c for k, (c, _) in mine.items() if k not in done}
             if todo:
@@ -344,7 +344,7 @@ class GenerationService:
         while True:
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, POLL_MAX_S)
-            hit = await self.cache.aget(namespace, key)
+            hit = await asyncio.to_thread(self.cache.get, namespace, key)
             if isinstance(hit, Hit):
                 return hit
             try:
@@ -353,7 +353,7 @@ class GenerationService:
                 return MISS
             if not held:
                 # Stored and released between our two looks, or abandoned.
-                return await self.cache.aget(namespace, key)
+                return await asyncio.to_thread(self.cache.get, namespace, key)
 
     @staticmethod
     async def _keep_alive(lease: Lease) -> None:
