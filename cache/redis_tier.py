@@ -21,6 +21,7 @@ from cache.entry import MISS, CorruptEntry, Entry, _Miss, decode_record, encode_
 from cache.keys import SCHEMA_VERSION
 from cache.layered import TierUnavailable
 from cache.redis_url import parse_redis_url
+from cache.sentinel_watch import FailoverWatch
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,9 @@ class RedisTier:
     redis-py's cluster client splits by slot, so entries and locks need not share
     a slot. Guarantees: short socket timeouts and no retries inside a call; after
     a failure the tier fails fast (TierUnavailable) for a growing back-off, then
-    tries again, so it reconnects by itself when Redis returns (after a Sentinel
-    failover, to the new master). A record that fails its check is deleted and
+    tries again, so it reconnects by itself when Redis returns; with Sentinel it
+    also listens for failovers (cache.sentinel_watch) and moves to the new master
+    as soon as the sentinels announce it. A record that fails its check is deleted and
     reported as a miss. Two APIs over one back-off: the blocking one is
     thread-safe (redis-py's connection pool); `aget` runs on the caller's event
     loop with `redis.asyncio` (one client per loop), so a hit needs no thread.
@@ -79,6 +81,14 @@ class RedisTier:
         self._lock = threading.Lock()
         self._retry_at = 0.0
         self._backoff = BACKOFF_START_S
+        # Sentinel: how many failovers were heard; each loop's client catches up on its next call.
+        self._failovers = 0
+        self._async_seen: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._watch = None
+        if self.target.kind == "sentinel":
+            self._watch = FailoverWatch(self.target, self._follow_failover, timeout_s=timeout_s).start()
 
     def redis_key(self, namespace: str, key: str) -> str:
         return f"{self.prefix}{namespace}:{key}"
@@ -202,11 +212,36 @@ class RedisTier:
                     del self._async_clients[closed]  # its client holds it: not freed by itself
                 retry = redis.asyncio.retry.Retry(NoBackoff(), 0)
                 client = self._async_clients[loop] = self.target.async_client(retry=retry, **self._options)
+                self._async_seen[loop] = self._failovers
+            elif self._async_seen.get(loop) != self._failovers:
+                self._async_seen[loop] = self._failovers
+                await client.connection_pool.get_master_address()
             result = await op(client)
         except (redis.RedisError, RedisClusterException) as exc:
             raise self._failed(exc) from exc
         self._succeeded()
         return result
+
+    def close(self) -> None:
+        """Stop listening to the sentinels and close the blocking client's connections
+        (the event loops' clients close with their loops)."""
+        if self._watch is not None:
+            self._watch.stop()
+        if self._client is not None:
+            self._client.close()
+
+    def _follow_failover(self) -> None:
+        """The sentinels moved the master: ask them for it now, so idle connections to
+        the old one close and busy ones close when they come back to the pool."""
+        with self._lock:
+            self._failovers += 1
+            self._retry_at = 0.0  # the new master may be up while we were backing off
+            client = self._client
+        if client is not None:
+            try:
+                client.connection_pool.get_master_address()
+            except redis.RedisError as exc:  # the next call finds it, or backs off
+                log.debug("redis: new master not found yet: %s", exc)
 
     def _check_backoff(self) -> None:
         with self._lock:

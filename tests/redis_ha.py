@@ -90,7 +90,18 @@ class SentinelGroup:
     def failover(self, timeout_s: float = 30) -> int:
         """`SENTINEL FAILOVER`: the replica becomes master; returns its port once it takes writes."""
         old = self.master_port()
-        self.sentinel(self.sentinel_ports[0]).execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
+        sentinel = self.sentinel(self.sentinel_ports[0])
+        # The sentinels promote only a replica they see in sync (they learn of it, and
+        # of a demoted master's new link, from INFO every few seconds).
+        _wait(
+            "a replica the sentinels can promote",
+            lambda: any(
+                r.get("is_slave") and not r.get("is_sdown") and r.get("master-link-status") == "ok"
+                for r in sentinel.sentinel_slaves(MASTER_NAME)
+            ),
+            timeout_s,
+        )
+        sentinel.execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
         _wait("the failover", lambda: self.master_port() != old, timeout_s)
         new = self.master_port()
         _wait("the new master", lambda: self.node(new).info("replication")["role"] == "master", timeout_s)

@@ -172,6 +172,30 @@ def test_a_failover_under_load_loses_no_answered_image(
     )
 
 
+def test_the_tier_follows_a_failover_when_the_sentinels_announce_it(sentinel: SentinelGroup) -> None:
+    tier = RedisTier(sentinel.url, ttl_s=60)
+    try:
+        tier.put("public", make_key({"before": 1}), ENTRY)  # one connection, to the master
+        old_master = sentinel.master_port()
+        new_master = sentinel.failover()
+        deadline = time.monotonic() + 30
+        # One thread, so redis-py would keep its connection to the old master, which
+        # takes writes (and later loses them) until the sentinels demote it, up to
+        # 10 s on, and close its clients. The tier hears `+switch-master` and moves
+        # at once: its writes reach the new master while the old is not yet demoted.
+        key = ""
+        while not key or not sentinel.node(new_master).exists(tier.redis_key("public", key)):
+            assert time.monotonic() < deadline, "the tier never reached the new master"
+            key = make_key({"after": time.monotonic()})
+            tier.put("public", key, ENTRY)
+            time.sleep(0.05)
+        role = sentinel.node(old_master).info("replication")["role"]
+        assert role == "master", "the tier wrote to the old master until the sentinels demoted it"
+        assert tier.get("public", key) == ENTRY
+    finally:
+        tier.close()
+
+
 # -- Cluster ---------------------------------------------------------------------------
 
 
