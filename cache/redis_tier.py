@@ -13,7 +13,7 @@ from redis.backoff import NoBackoff
 from redis.lock import Lock
 from redis.retry import Retry
 
-from cache.entry import MISS, CorruptEntry, Entry, _Miss, decode_record, encode_record
+from cache.entry import MISS, CorruptEntry, Entry, UnverifiableEntry, _Miss, decode_record, encode_record
 from cache.keys import SCHEMA_VERSION
 from cache.layered import TierUnavailable
 
@@ -30,8 +30,9 @@ class RedisTier:
     """Entries as Redis strings `zimage:v<schema>:<namespace>:<key>` with a TTL.
 
     The value is the same checked record as on disk (header with key, size and
-    SHA-256, then the bytes), written with one SET, so a reader sees all of it or
-    nothing. Guarantees: short socket timeouts and no retries inside a call; after
+    encoding, the bytes, then a SHA-256 or, with `secret`, an HMAC over both), written
+    with one SET, so a reader sees all of it or nothing; with a secret, a writer
+    without it cannot make an entry this tier accepts. Guarantees: short socket timeouts and no retries inside a call; after
     a failure the tier fails fast (TierUnavailable) for a growing back-off, then
     tries again, so it reconnects by itself when Redis returns. A record that
     fails its check is deleted and reported as a miss. Thread-safe (redis-py's
@@ -41,8 +42,17 @@ class RedisTier:
     name = "redis"
     blocking = True
 
-    def __init__(self, url: str, *, ttl_s: float, timeout_s: float = 0.5, lock_ttl_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        ttl_s: float,
+        timeout_s: float = 0.5,
+        lock_ttl_s: float = 30.0,
+        secret: bytes | None = None,
+    ) -> None:
         self.ttl_ms = int(ttl_s * 1000)
+        self.secret = secret
         self.lock_ttl_s = lock_ttl_s
         self.prefix = f"zimage:v{SCHEMA_VERSION}:"
         self.corrupt_dropped = 0
@@ -66,7 +76,9 @@ class RedisTier:
         if blob is None:
             return MISS
         try:
-            return decode_record(blob, namespace, key)
+            return decode_record(blob, namespace, key, self.secret)
+        except UnverifiableEntry:
+            return MISS  # another replica's, signed with a secret this one lacks
         except CorruptEntry as exc:
             log.warning("redis cache: dropping corrupt entry %s (%s)", name, exc)
             self.corrupt_dropped += 1
@@ -74,7 +86,7 @@ class RedisTier:
             return MISS
 
     def put(self, namespace: str, key: str, entry: Entry) -> None:
-        record = encode_record(namespace, key, entry)
+        record = encode_record(namespace, key, entry, self.secret)
         self._call(lambda r: r.set(self.redis_key(namespace, key), record, px=self.ttl_ms))
 
     def discard(self, namespace: str, key: str) -> None:
