@@ -81,7 +81,8 @@ class GenerationService:
     (a Redis lock; if Redis is down each replica generates for itself); that
     generation finishes and is stored even if every caller gives up waiting.
     `no_cache`, and prompts matching `no_store_patterns`, neither read nor write
-    the cache. Observers see every result (for metrics).
+    the cache, the prompt-embedding cache included. Observers see every result
+    (for metrics).
     """
 
     def __init__(
@@ -155,7 +156,7 @@ class GenerationService:
 
         # 2. Bypass (asked for, or a do-not-cache prompt): generate, store nothing.
         if no_cache or self.must_not_store(base):
-            generated = await self._generate(canonicals, progress)
+            generated = await self._generate(canonicals, progress, embedding_scope=None)
             return self._results(keys, canonicals, [(BYPASS_TIER, e, t) for e, t in generated], started)
 
         # 3. Look up the tiers, fastest first: memory on the event loop (no thread
@@ -329,7 +330,7 @@ class GenerationService:
                 done = {k: (h.tier, h.entry, {}) for k, h in found.items() if isinstance(h, Hit)}
             todo = {k: c for k, (c, _) in mine.items() if k not in done}
             if todo:
-                generated = await self._generate(list(todo.values()), progress)
+                generated = await self._generate(list(todo.values()), progress, embedding_scope=namespace)
                 stored = time.perf_counter()
                 await asyncio.to_thread(
                     lambda: [
@@ -373,10 +374,10 @@ class GenerationService:
                 return
 
     async def _generate(
-        self, canonicals: list[CanonicalRequest], progress: Progress | None
+        self, canonicals: list[CanonicalRequest], progress: Progress | None, *, embedding_scope: str | None
     ) -> list[tuple[Entry, dict[str, float]]]:
         queued = time.perf_counter()
-        future = self.engine.submit(canonicals, progress)
+        future = self.engine.submit(canonicals, progress, embedding_scope=embedding_scope)
         self._count("generations")
         self._count("generated_images", len(canonicals))
         generated = await asyncio.wrap_future(future)
