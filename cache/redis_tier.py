@@ -132,15 +132,18 @@ class RedisTier:
 
     def try_lock(self, namespace: str, key: str) -> Lease | None:
         """Take the generation lock for this entry (SET NX PX with a random token), or None
-        if another replica holds it. Raises TierUnavailable when Redis is unreachable."""
-        lock = Lock(
-            self._client,
-            self.redis_key(namespace, key) + ":lock",
-            timeout=self.lock_ttl_s,
-            blocking=False,
-            thread_local=False,
-        )
-        return Lease(self, lock) if self._call(lambda _: lock.acquire()) else None
+        if another replica holds it. A lock key that never expires (no TTL, whatever its
+        type) was not written by a replica, whose locks always expire: it is ignored, and
+        the lease returned holds nothing, so the caller generates at once instead of
+        waiting forever. Raises TierUnavailable when Redis is unreachable."""
+        name = self.redis_key(namespace, key) + ":lock"
+        lock = Lock(self._client, name, timeout=self.lock_ttl_s, blocking=False, thread_local=False)
+        if self._call(lambda _: lock.acquire()):
+            return Lease(self, lock)
+        if self._call(lambda r: r.pttl(name)) == -1:
+            log.warning("redis: ignoring %s: a lock key without a TTL was not set by a replica", name)
+            return Lease(self, None)
+        return None
 
     def lock_held(self, namespace: str, key: str) -> bool:
         name = self.redis_key(namespace, key) + ":lock"
@@ -169,23 +172,28 @@ class RedisTier:
 
 class Lease:
     """A held generation lock. The token check (redis-py's Lua scripts) means only
-    the holder can refresh or release it; if the holder dies, it expires."""
+    the holder can refresh or release it; if the holder dies, it expires. A lease
+    on no lock (`lock` None) is what generating without single flight holds."""
 
-    def __init__(self, tier: RedisTier, lock: Lock) -> None:
+    def __init__(self, tier: RedisTier, lock: Lock | None) -> None:
         self._tier, self._lock = tier, lock
         self.refresh_every_s = tier.lock_ttl_s / 3
 
     def refresh(self) -> bool:
         """Reset the TTL; False if the lock was lost (expired, or Redis unreachable)."""
+        lock = self._lock
+        if lock is None:
+            return True
         try:
-            return bool(
-                self._tier._call(lambda _: self._lock.extend(self._tier.lock_ttl_s, replace_ttl=True))
-            )
+            return bool(self._tier._call(lambda _: lock.extend(self._tier.lock_ttl_s, replace_ttl=True)))
         except (TierUnavailable, redis.exceptions.LockError):
             return False
 
     def release(self) -> None:
+        lock = self._lock
+        if lock is None:
+            return
         try:
-            self._tier._call(lambda _: self._lock.release())
+            self._tier._call(lambda _: lock.release())
         except (TierUnavailable, redis.exceptions.LockError) as exc:
             log.debug("generation lock not released (it will expire): %s", exc)
