@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 from PIL import Image
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
 from tests.conftest import Server
 
@@ -134,4 +134,26 @@ def test_chinese_browser_sees_chinese_labels(browser: Browser, server: Server) -
     expect(page.get_by_text("提示词", exact=True)).to_be_visible()
     expect(page.locator("#demo-banner")).to_contain_text("演示模型")
     expect(page.get_by_role("tab", name="统计")).to_be_visible()
+    context.close()
+
+
+def test_api_docs_render_offline_from_local_assets(browser: Browser, server: Server) -> None:
+    context = browser.new_context()
+    outside: list[str] = []
+
+    def local_only(route: Route) -> None:
+        # Anything not served by our server would be a CDN: refuse it, and remember it.
+        if route.request.url.startswith(server.url):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", local_only)
+    page = context.new_page()
+    page.goto(f"{server.url}/docs")
+    expect(page.locator(".opblock").first).to_be_visible(timeout=TIMEOUT_MS)
+    expect(page.locator(".opblock-summary-path", has_text="/v1/images/generations")).to_be_visible()
+    assert page.locator(".opblock").count() >= 17
+    assert outside == []
     context.close()
