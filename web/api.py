@@ -170,7 +170,7 @@ def create_api(
     app.add_middleware(HeadAsGet)
     app.add_middleware(CORSMiddleware, **cors_options(cors_origins))
     _install_error_handlers(app)
-    _document_optional_auth(app)
+    _finish_openapi(app)
 
     @app.get("/health", response_model=Health)
     async def health() -> dict[str, Any]:
@@ -181,7 +181,6 @@ def create_api(
     @app.get(
         "/ready",
         response_model=Readiness,
-        response_model_exclude_none=True,
         responses={503: {"model": Readiness, "description": "Not ready: loading, warming or failed."}},
     )
     async def ready() -> JSONResponse:
@@ -344,7 +343,7 @@ def _result_headers(result: GenerationResult) -> dict[str, str]:
     }
 
 
-def _document_optional_auth(app: FastAPI) -> None:
+def _finish_openapi(app: FastAPI) -> None:
     """Finish the OpenAPI document: the bearer token is optional
     (`security: [{HTTPBearer: []}, {}]`), since routes need it only when the server
     has --api-keys, so a generated client may call them with or without one; and the
