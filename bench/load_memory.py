@@ -41,7 +41,15 @@ def rss(field):
 
 before = rss("VmRSS")
 pipe = load_placed(Path(sys.argv[1]), torch.bfloat16, Placement("none", "cpu", "measured"))
-print(json.dumps({"before": before, "peak": rss("VmHWM"), "after": rss("VmRSS")}))
+loaded = {"peak": rss("VmHWM"), "after": rss("VmRSS"), "anon": rss("RssAnon"), "file": rss("RssFile")}
+# Weights loaded from safetensors may still be file pages not yet read: touch every
+# one, as the first generation does, and count again.
+with torch.no_grad():
+    for name in ("transformer", "text_encoder", "vae"):
+        for t in (*getattr(pipe, name).parameters(), *getattr(pipe, name).buffers()):
+            t.sum()
+used = {"peak": rss("VmHWM"), "after": rss("VmRSS"), "anon": rss("RssAnon"), "file": rss("RssFile")}
+print(json.dumps({"before": before, "loaded": loaded, "used": used}))
 """
 
 
@@ -66,7 +74,9 @@ def build(layers: int, out: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/load_memory.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=2, help="transformer and text-encoder layers (default 2)")
+    parser.add_argument(
+        "--layers", type=int, default=2, help="transformer and text-encoder layers (default 2)"
+    )
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="zimage-load-memory-"))
     try:
@@ -81,12 +91,16 @@ def main(argv: list[str] | None = None) -> int:
         rss = json.loads(result.stdout.strip().splitlines()[-1])
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    grown = rss["peak"] - rss["before"]
-    gib = 1 << 30
-    print(f"weights (bf16)          {weights / gib:.2f} GiB")
-    print(f"RSS before loading      {rss['before'] / gib:.2f} GiB (Python, torch, diffusers, transformers)")
-    print(f"peak RSS while loading  +{grown / gib:.2f} GiB ({grown / weights:.2f}x the weights)")
-    print(f"RSS once loaded         +{(rss['after'] - rss['before']) / gib:.2f} GiB")
+    gib, before = 1 << 30, rss["before"]
+    print(f"weights (bf16)               {weights / gib:.2f} GiB")
+    print(f"RSS before loading           {before / gib:.2f} GiB (Python, torch, diffusers, transformers)")
+    for label, key in (("loaded", "loaded"), ("every weight read", "used")):
+        r = rss[key]
+        grown = r["peak"] - before
+        print(
+            f"{label + ':':<28} peak +{grown / gib:.2f} GiB ({grown / weights:.2f}x the weights); "
+            f"now anonymous {r['anon'] / gib:.2f} GiB, file-backed {r['file'] / gib:.2f} GiB"
+        )
     return 0
 
 

@@ -198,3 +198,28 @@ def test_the_text_encoder_runs_where_it_lives_and_its_output_goes_to_the_transfo
     # Under accelerate's offload hooks the encoder runs on the hooks' execution device.
     cpu_offload_with_hook(pipe.text_encoder, execution_device="cuda")
     assert text_encoder_device(pipe) == torch.device("cuda")
+
+
+def test_a_16_gb_card_loads_the_transformer_on_the_gpu_and_the_text_encoder_on_the_cpu(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, full_size: dict
+) -> None:
+    # The whole start-up path on a mocked 16 GB card: the full-size model's needs
+    # (computed on meta) decide; the tiny model's files stand in for its weights.
+    import dataclasses
+
+    from pipeline import meta_memory
+
+    identity = dataclasses.replace(resolve_model("tiny", tmp_path / "models"), device="cuda", dtype="bfloat16")
+    card(monkeypatch, 16)
+    monkeypatch.setattr(meta_memory, "memory_needs", lambda path, dtype, quantize: full_size[quantize])
+    calls = spies(monkeypatch)
+    pipe, plan = load_pipeline(identity)
+    assert plan.mode == "text-encoder" and plan.device == "cuda"
+    assert [calls[name].calls[0].get("device_map") for name in ("transformer", "text_encoder", "vae")] == [
+        "cuda",
+        None,
+        "cuda",
+    ]
+    assert calls["model_offload"].calls == [] and calls["sequential_offload"].calls == []
+    assert text_encoder_device(pipe) == torch.device("cpu")
+    assert pipe.vae.use_slicing and pipe.vae.use_tiling
