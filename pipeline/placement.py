@@ -142,7 +142,11 @@ def load_placed(model_dir: Path, dtype: Any, plan: Placement, quantize: str = "n
     the GPU), the rest (scheduler, tokenizer) by the pipeline; then the offload hooks
     and the VAE's memory savers. With fp8 the transformer is read to the CPU and
     quantized layer by layer onto its device, so its bfloat16 form never sits whole
-    on the GPU."""
+    on the GPU.
+
+    Per component rather than the pipeline's own `device_map`: diffusers 0.42.1
+    takes only a string there ("cuda", "cpu", "balanced"), so it cannot keep the text
+    encoder on the CPU, and a device-mapped pipeline refuses `.to()` and offload."""
     from diffusers import ZImagePipeline
 
     index = json.loads((model_dir / "model_index.json").read_text())

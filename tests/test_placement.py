@@ -209,7 +209,9 @@ def test_a_16_gb_card_loads_the_transformer_on_the_gpu_and_the_text_encoder_on_t
 
     from pipeline import meta_memory
 
-    identity = dataclasses.replace(resolve_model("tiny", tmp_path / "models"), device="cuda", dtype="bfloat16")
+    identity = dataclasses.replace(
+        resolve_model("tiny", tmp_path / "models"), device="cuda", dtype="bfloat16"
+    )
     card(monkeypatch, 16)
     monkeypatch.setattr(meta_memory, "memory_needs", lambda path, dtype, quantize: full_size[quantize])
     calls = spies(monkeypatch)
@@ -223,3 +225,21 @@ def test_a_16_gb_card_loads_the_transformer_on_the_gpu_and_the_text_encoder_on_t
     assert calls["model_offload"].calls == [] and calls["sequential_offload"].calls == []
     assert text_encoder_device(pipe) == torch.device("cpu")
     assert pipe.vae.use_slicing and pipe.vae.use_tiling
+
+
+def test_the_meta_peak_counts_tensors_alive_at_once_and_attention_as_a_fused_kernel() -> None:
+    from pipeline.meta_memory import peak_bytes
+
+    with torch.device("meta"):
+        net = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 64))
+        x = torch.empty(8, 64)
+    with peak_bytes(net, x) as peak:
+        net(x)
+    # The GELU's output and its input (8x256 float32 each) live together; the last
+    # linear's output is smaller; the weights and the input are not counted.
+    assert peak.value == 2 * 8 * 256 * 4
+
+    q = torch.empty(1, 30, 4096, 128, device="meta", dtype=torch.bfloat16)
+    with peak_bytes(torch.nn.Identity(), q) as peak:
+        torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    assert peak.value == q.numel() * 2  # the output, not a 4096x4096 score matrix per head

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.engine import FAILED, Engine
+from pipeline.engine import FAILED, Engine, generation_parameters
 from pipeline.loading import ModelOptions, check_quantize, resolve_model
 from pipeline.meta_memory import module_bytes
 from pipeline.placement import Placement, load_placed
@@ -65,6 +65,9 @@ def test_fp8_and_unquantized_images_never_share_a_key(tmp_path: Path) -> None:
     request = CanonicalRequest("a red fox", "", 42, 1024, 1024, 8, 0.0, "png")
     assert GenerationService.key_for(request, identity) != GenerationService.key_for(request, fp8)
     assert fp8.key_fields()["quantize"] == "fp8" and identity.key_fields()["quantize"] == "none"
+    # The image files say so too (unquantized ones unchanged).
+    assert generation_parameters(request, fp8)["quantize"] == "fp8"
+    assert "quantize" not in generation_parameters(request, identity)
 
 
 def test_torchao_quantizes_the_transformer_to_float8_as_the_estimate_says(
