@@ -107,3 +107,12 @@ def test_torchao_quantizes_the_transformer_to_float8_as_the_estimate_says(
 
     a, b = image(plain), image(quantized)
     assert np.isfinite(b).all() and not np.array_equal(a, b)
+
+
+def test_the_gpu_benchmark_refuses_fp8_as_the_service_does(tmp_path: Path) -> None:
+    from bench.gpu import CONFIGS, build_full_pipeline, main
+
+    with pytest.raises(ValueError, match="--quantize fp8 needs a CUDA GPU"):
+        build_full_pipeline(CONFIGS, "meta", tmp_path / "models", quantize="fp8")
+    with pytest.raises(ValueError, match="--quantize fp8 needs a CUDA GPU"):
+        main(["--tiny", "--quantize", "fp8", "--no-cold-start", "--models-dir", str(tmp_path / "models")])
