@@ -27,6 +27,7 @@ MiB = 1 << 20
 Size = Annotated[int, BeforeValidator(parse_size)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 STATIC = Path(__file__).resolve().parent / "static"
+ORIGIN = re.compile(r"https?://(\[[0-9a-fA-F:.]+\]|[^/\s:,\[\]]+)(:\d{1,5})?")
 
 
 class Settings(BaseSettings):
@@ -96,6 +97,12 @@ class Settings(BaseSettings):
     admin_token: str | None = Field(
         None,
         description="Bearer token for admin routes (DELETE /api/cache); admin routes are off when unset.",
+    )
+    cors_origins: str = Field(
+        "",
+        description="Web origins allowed to call the API from a browser script, comma-separated "
+        "(e.g. https://chat.example.com,http://localhost:3000), or * for any; empty (the default) "
+        "allows no cross-origin calls, to any route, the UI's included.",
     )
     max_queue: int = Field(
         64, ge=1, description="Generations allowed to wait; past this the API answers 503."
@@ -172,6 +179,22 @@ class Settings(BaseSettings):
         from prewarm import parse_sizes
 
         return parse_sizes(self.warmup_sizes)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _cors_origins(cls, v: str) -> str:
+        origins = [o.strip() for o in v.split(",") if o.strip()]
+        for origin in origins:
+            if origin != "*" and not ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin; write scheme://host[:port] with no path, "
+                    "e.g. https://chat.example.com, or *"
+                )
+        return ",".join(origins)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return self.cors_origins.split(",") if self.cors_origins else []
 
     @field_validator("no_cache_patterns")
     @classmethod
@@ -314,7 +337,9 @@ def build_app(settings: Settings, on_fatal: Any = None) -> Runtime:
         api_keys=read_api_keys(settings.api_keys) if settings.api_keys else {},
         admin_token=settings.admin_token,
     )
-    api = create_api(service, engine, access=access, info=describe(settings))
+    api = create_api(
+        service, engine, access=access, info=describe(settings), cors_origins=settings.cors_origin_list
+    )
     ui = create_ui(service, engine, demo_model=is_demo_spec(settings.model))
     app = gr.mount_gradio_app(
         api,
