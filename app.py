@@ -29,6 +29,7 @@ MiB = 1 << 20
 Size = Annotated[int, BeforeValidator(parse_size)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 STATIC = Path(__file__).resolve().parent / "static"
+ORIGIN = re.compile(r"https?://(\[[0-9a-fA-F:.]+\]|[^/\s:,\[\]]+)(:\d{1,5})?")
 
 
 class Settings(BaseSettings):
@@ -46,8 +47,20 @@ class Settings(BaseSettings):
     port: int = Field(7860, ge=1, le=65535, description="TCP port for the UI and the API.")
     model: str = Field(
         "auto",
-        description="auto (the real model on CUDA, else the tiny demo model), tiny, a local "
-        "diffusers directory, or a Hugging Face hub id.",
+        description="auto (the real model on CUDA, else the tiny demo model; refused where an NVIDIA driver "
+        "is installed but torch cannot use CUDA), tiny, a local diffusers directory, or a Hugging Face hub id.",
+    )
+    # How the model sits on a CUDA device (pipeline/placement.py).
+    offload: Literal["auto", "none", "text-encoder", "model", "sequential"] = Field(
+        "auto",
+        description="Where the model's parts live on a CUDA GPU: none (all on the GPU), text-encoder (the text "
+        "encoder on the CPU), model or sequential (accelerate's offload, slower); auto picks the first that "
+        "fits the free GPU memory. Ignored on the CPU.",
+    )
+    quantize: Literal["none", "fp8"] = Field(
+        "none",
+        description="fp8: the transformer in torchao float8 (compute capability 8.9+, e.g. H100, L40S, RTX 4090; "
+        "needs the fp8 extra); halves its memory. Part of the cache key. Refused on other devices.",
     )
     cache_dir: Path = Field(
         Path("~/.cache/z-image-turbo"),
@@ -92,6 +105,12 @@ class Settings(BaseSettings):
     admin_token: str | None = Field(
         None,
         description="Bearer token for admin routes (DELETE /api/cache); admin routes are off when unset.",
+    )
+    cors_origins: str = Field(
+        "",
+        description="Web origins allowed to call the API from a browser script, comma-separated "
+        "(e.g. https://chat.example.com,http://localhost:3000), or * for any; empty (the default) "
+        "allows no cross-origin calls, to any route, the UI's included.",
     )
     max_queue: int = Field(
         64, ge=1, description="Generations allowed to wait; past this the API answers 503."
@@ -190,6 +209,22 @@ class Settings(BaseSettings):
 
         return parse_sizes(self.warmup_sizes)
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _cors_origins(cls, v: str) -> str:
+        origins = [o.strip() for o in v.split(",") if o.strip()]
+        for origin in origins:
+            if origin != "*" and not ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin; write scheme://host[:port] with no path, "
+                    "e.g. https://chat.example.com, or *"
+                )
+        return ",".join(origins)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return self.cors_origins.split(",") if self.cors_origins else []
+
     @field_validator("no_cache_patterns")
     @classmethod
     def _patterns(cls, v: Path | None) -> Path | None:
@@ -284,6 +319,7 @@ def build_service(settings: Settings, on_fatal: Any = None) -> ServiceParts:
 
     from cache import DiskTier, LayeredCache, MemoryTier
     from pipeline.engine import Engine
+    from pipeline.loading import ModelOptions
     from pipeline.service import GenerationService
     from prewarm import warm_up
 
@@ -294,6 +330,7 @@ def build_service(settings: Settings, on_fatal: Any = None) -> ServiceParts:
         embedding_cache_bytes=int(settings.embedding_cache_mb * MiB),
         warmup=partial(warm_up, sizes=settings.warmup_size_list),
         on_fatal=on_fatal,
+        options=ModelOptions(offload=settings.offload, quantize=settings.quantize),
     )
     secret = settings.cache_secret.encode() if settings.cache_secret else None
     disk = DiskTier(settings.cache_dir / "images", secret=secret)
@@ -339,7 +376,9 @@ def build_app(settings: Settings, on_fatal: Any = None) -> Runtime:
     ui_dir = Path(tempfile.mkdtemp(prefix="zimage-ui-", dir=os.environ.get("GRADIO_TEMP_DIR"))).resolve()
     os.environ["GRADIO_TEMP_DIR"] = str(ui_dir)
     images = UiImages(service, ui_dir / "results")
-    api = create_api(service, engine, access=access, info=describe(settings))
+    api = create_api(
+        service, engine, access=access, info=describe(settings), cors_origins=settings.cors_origin_list
+    )
     ui = create_ui(service, engine, images, demo_model=is_demo_spec(settings.model))
     app = gr.mount_gradio_app(
         api,

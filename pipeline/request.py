@@ -190,6 +190,13 @@ def check_size(field: str, value: int, low: int, high: int) -> None:
         raise RequestInvalid(field, f"{field} must be between {low} and {high} for this model (got {value})")
 
 
+def snap_size(value: int, low: int, high: int) -> int:
+    """The valid size nearest to `value`: rounded to a multiple of 16 (halves up), then
+    clamped to `low..high`. For protocols whose clients do not know our sizes
+    (OpenAI's `size`, A1111's multiples of 8); our own routes refuse invalid sizes."""
+    return min(high, max(low, (value + SIZE_MULTIPLE // 2) // SIZE_MULTIPLE * SIZE_MULTIPLE))
+
+
 def normalize_prompt(text: str, mode: Normalization = "basic") -> str:
     """Canonicalise prompt text; applied before hashing and before generation alike.
 
