@@ -10,8 +10,10 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -79,6 +81,12 @@ class Settings(BaseSettings):
         "(also read from REDIS_URL). Off when unset.",
     )
     redis_ttl: Duration = Field("7d", description="How long an image lives in Redis (e.g. 7d, 24h).")
+    cache_secret: str | None = Field(
+        None,
+        description="Secret (16+ characters) that signs every disk and Redis entry (HMAC-SHA256): entries "
+        "written without it are rejected, so a shared Redis cannot be forged into. Every process sharing "
+        "a cache needs the same one; prefer the environment variable.",
+    )
     embedding_cache_mb: float = Field(
         256,
         ge=0,
@@ -111,6 +119,11 @@ class Settings(BaseSettings):
         "1024x1024",
         description="Sizes warmed up (one short generation each) before /ready turns 200, "
         "comma-separated WIDTHxHEIGHT; list the sizes your users ask for.",
+    )
+    header_timeout: Duration = Field(
+        "10s",
+        description="A connection that has not sent a whole request head (request line and headers) "
+        "this long after connecting, or after starting its next request, is closed.",
     )
     shutdown_timeout: Duration = Field(
         "60s",
@@ -166,6 +179,22 @@ class Settings(BaseSettings):
         if v is not None and len(v) < MIN_TOKEN_CHARS:
             raise ValueError(f"use at least {MIN_TOKEN_CHARS} characters")
         return v or None
+
+    @field_validator("cache_secret")
+    @classmethod
+    def _cache_secret(cls, v: str | None) -> str | None:
+        from web.auth import MIN_TOKEN_CHARS
+
+        if v is not None and len(v) < MIN_TOKEN_CHARS:
+            raise ValueError(f"use at least {MIN_TOKEN_CHARS} characters")
+        return v or None
+
+    @field_validator("header_timeout")
+    @classmethod
+    def _header_timeout(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("must be more than 0 (e.g. 10s)")
+        return v
 
     @field_validator("warmup_sizes")
     @classmethod
@@ -270,6 +299,7 @@ class Runtime:
     app: Any  # fastapi.FastAPI with the Gradio UI mounted
     engine: Any  # pipeline.engine.Engine
     pruner: Any  # cache.maintenance.Pruner
+    ui_dir: Path  # this process's own Gradio temp directory, removed on close
 
     def start(self) -> None:
         self.engine.start()
@@ -279,6 +309,7 @@ class Runtime:
         """Stop the pruner and the engine; True unless a generation is still running
         after `timeout_s` (then the caller abandons it)."""
         self.pruner.stop()
+        shutil.rmtree(self.ui_dir, ignore_errors=True)
         return self.engine.close(timeout_s)
 
 
@@ -301,13 +332,14 @@ def build_service(settings: Settings, on_fatal: Any = None) -> ServiceParts:
         on_fatal=on_fatal,
         options=ModelOptions(offload=settings.offload, quantize=settings.quantize),
     )
-    disk = DiskTier(settings.cache_dir / "images")
+    secret = settings.cache_secret.encode() if settings.cache_secret else None
+    disk = DiskTier(settings.cache_dir / "images", secret=secret)
     tiers: list[Any] = [MemoryTier(int(settings.memory_cache_mb * MiB)), disk]
     locks = None
     if settings.redis_url:
         from cache.redis_tier import RedisTier
 
-        locks = RedisTier(settings.redis_url, ttl_s=settings.redis_ttl)
+        locks = RedisTier(settings.redis_url, ttl_s=settings.redis_ttl, secret=secret)
         tiers.append(locks)
     service = GenerationService(
         engine,
@@ -329,6 +361,7 @@ def build_app(settings: Settings, on_fatal: Any = None) -> Runtime:
     from web.api import create_api
     from web.auth import Access, read_api_keys
     from web.ui import create_ui
+    from web.ui_images import UiImageRoute, UiImages, gradio_user
     from web.ui_text import I18N
 
     parts = build_service(settings, on_fatal)
@@ -337,10 +370,16 @@ def build_app(settings: Settings, on_fatal: Any = None) -> Runtime:
         api_keys=read_api_keys(settings.api_keys) if settings.api_keys else {},
         admin_token=settings.admin_token,
     )
+    # Gradio serves its temp directory to every user: each process gets a private
+    # one (mode 0700, under GRADIO_TEMP_DIR if set), so no two servers share one.
+    # Gradio reads the variable as its Blocks are built, just below.
+    ui_dir = Path(tempfile.mkdtemp(prefix="zimage-ui-", dir=os.environ.get("GRADIO_TEMP_DIR"))).resolve()
+    os.environ["GRADIO_TEMP_DIR"] = str(ui_dir)
+    images = UiImages(service, ui_dir / "results")
     api = create_api(
         service, engine, access=access, info=describe(settings), cors_origins=settings.cors_origin_list
     )
-    ui = create_ui(service, engine, demo_model=is_demo_spec(settings.model))
+    ui = create_ui(service, engine, images, demo_model=is_demo_spec(settings.model))
     app = gr.mount_gradio_app(
         api,
         ui,
@@ -352,8 +391,15 @@ def build_app(settings: Settings, on_fatal: Any = None) -> Runtime:
         auth=access.ui_login if access.api_keys else None,
         auth_message="Log in with your namespace as user name and its API token as password.",
     )
+    # Without API keys every UI user is in the default namespace; with them, the
+    # Gradio login session says whose the UI's images are.
+    app.add_middleware(
+        UiImageRoute,
+        images=images,
+        namespace_of=gradio_user(app) if access.api_keys else (lambda request: "public"),
+    )
     pruner = Pruner(disk, max_age_s=settings.disk_cache_max_age, max_bytes=settings.disk_cache_size)
-    return Runtime(app=app, engine=engine, pruner=pruner)
+    return Runtime(app=app, engine=engine, pruner=pruner, ui_dir=ui_dir)
 
 
 def describe(settings: Settings) -> dict[str, Any]:
@@ -377,6 +423,7 @@ def describe(settings: Settings) -> dict[str, Any]:
                 "max_age_s": settings.disk_cache_max_age,
             },
             "redis": {"enabled": bool(settings.redis_url), "ttl_s": settings.redis_ttl},
+            "signed": bool(settings.cache_secret),
             "embedding_cache_mb": settings.embedding_cache_mb,
             "prompt_normalization": settings.prompt_normalization,
             "no_cache_patterns": bool(settings.no_cache_patterns),
@@ -393,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from web.access_log import RedactPrompts
+    from web.http_protocol import with_header_timeout
 
     log = logging.getLogger("app")
     logging.getLogger("uvicorn.access").addFilter(RedactPrompts())
@@ -426,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         runtime.app,
         host=settings.host,
         port=settings.port,
+        http=with_header_timeout(settings.header_timeout),
         log_level=settings.log_level,
         timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout)),
     )

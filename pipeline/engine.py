@@ -135,12 +135,18 @@ class Engine:
         self._executor.submit(self._prepare, load)
 
     def submit(
-        self, requests: list[CanonicalRequest], progress: Progress | None = None
+        self,
+        requests: list[CanonicalRequest],
+        progress: Progress | None = None,
+        *,
+        embedding_scope: str | None = "public",
     ) -> Future[list[GeneratedImage]]:
         """Queue one generation job: the images of `requests` (same prompt and settings,
         different seeds) made in one batched pipeline call. `progress(step, steps)` is
-        called from the engine thread after each denoising step. Raises QueueFull when
-        `max_queue` jobs are already waiting to start."""
+        called from the engine thread after each denoising step. Prompt embeddings are
+        looked up and kept under `embedding_scope` (the namespace); None neither looks
+        them up nor keeps them (prompts that must not be kept anywhere). Raises
+        QueueFull when `max_queue` jobs are already waiting to start."""
         if not self.accepting:
             raise ShuttingDown("the service is shutting down; retry shortly or on another replica")
         if self.state == FAILED:
@@ -152,7 +158,7 @@ class Engine:
             if self._waiting >= self.max_queue:
                 raise QueueFull(self._waiting)
             self._waiting += 1
-        future = self._executor.submit(self._generate, requests, progress)
+        future = self._executor.submit(self._generate, requests, progress, embedding_scope)
         future.add_done_callback(self._cancelled)
         return future
 
@@ -165,9 +171,10 @@ class Engine:
         return self._idle.wait(timeout_s)
 
     def run_now(self, requests: list[CanonicalRequest]) -> list[GeneratedImage]:
-        """Generate on the calling thread, which must be the engine's (for `warmup`)."""
+        """Generate on the calling thread, which must be the engine's (for `warmup`);
+        keeps no prompt embeddings."""
         assert threading.current_thread().name.startswith("zimage-engine"), "run_now off the engine thread"
-        return self._run(requests, self.identity_future.result())
+        return self._run(requests, self.identity_future.result(), embedding_scope=None)
 
     def _cancelled(self, future: Future[list[GeneratedImage]]) -> None:
         if future.cancelled():  # never started, so never counted out in _generate
@@ -212,7 +219,9 @@ class Engine:
                 self.state = FAILED
             log.exception("model failed to load")
 
-    def _generate(self, requests: list[CanonicalRequest], progress: Progress | None) -> list[GeneratedImage]:
+    def _generate(
+        self, requests: list[CanonicalRequest], progress: Progress | None, embedding_scope: str | None
+    ) -> list[GeneratedImage]:
         with self._lock:
             self._waiting -= 1
         self._idle.clear()
@@ -221,7 +230,7 @@ class Engine:
                 self._load(self.identity_future.result())  # started with load=False
             if self.state == FAILED or self._pipe is None:
                 raise ModelUnavailable(f"the model failed: {self.error}")
-            return self._run(requests, self.identity_future.result(), progress)
+            return self._run(requests, self.identity_future.result(), progress, embedding_scope)
         finally:
             self._idle.set()
 
@@ -236,7 +245,11 @@ class Engine:
             self.on_fatal(self.error)
 
     def _run(
-        self, requests: list[CanonicalRequest], identity: ModelIdentity, progress: Progress | None = None
+        self,
+        requests: list[CanonicalRequest],
+        identity: ModelIdentity,
+        progress: Progress | None = None,
+        embedding_scope: str | None = None,
     ) -> list[GeneratedImage]:
         import numpy as np
         import torch
@@ -252,10 +265,12 @@ class Engine:
             # 1. Encode the prompt(s), or reuse the encoder's earlier output.
             started = time.perf_counter()
             device = torch.device(identity.device)
-            prompt_embeds = self._embed(request.prompt, identity, device) * batch
+            prompt_embeds = self._embed(request.prompt, identity, device, embedding_scope) * batch
             negative_embeds = None
             if request.guidance_scale > 0:
-                negative_embeds = self._embed(request.negative_prompt, identity, device) * batch
+                negative_embeds = (
+                    self._embed(request.negative_prompt, identity, device, embedding_scope) * batch
+                )
             text_s = time.perf_counter() - started
 
             # 2. Denoise and decode, always with explicit Turbo-style settings: the
@@ -293,8 +308,8 @@ class Engine:
             if batch > 1:
                 log.warning("out of memory on a batch of %d; generating it in two halves", batch)
                 half = batch // 2
-                return self._run(requests[:half], identity, progress) + self._run(
-                    requests[half:], identity, progress
+                return self._run(requests[:half], identity, progress, embedding_scope) + self._run(
+                    requests[half:], identity, progress, embedding_scope
                 )
             raise OutOfMemory(
                 f"the GPU ran out of memory for a {request.width}x{request.height} image; "
@@ -317,8 +332,9 @@ class Engine:
             out.append(GeneratedImage(data=data, ext=req.format, timings=timings))
         return out
 
-    def _embed(self, text: str, identity: ModelIdentity, device: Any) -> list[Any]:
-        """The text encoder's output for `text` on `device`, from the cache when known."""
+    def _embed(self, text: str, identity: ModelIdentity, device: Any, scope: str | None = None) -> list[Any]:
+        """The text encoder's output for `text` on `device`, from the cache of `scope`
+        when known; with no scope, encoded and kept nowhere."""
 
         def encode() -> list[Any]:
             import torch
@@ -336,7 +352,10 @@ class Engine:
                 )
             return [t.detach().to("cpu") for t in embeds]
 
-        key = (text, MAX_SEQUENCE_LENGTH, identity.fingerprint, identity.dtype)
+        if scope is None:
+            self.embeddings.count_miss()
+            return [t.to(device) for t in encode()]
+        key = (scope, text, MAX_SEQUENCE_LENGTH, identity.fingerprint, identity.dtype)
         return [t.to(device) for t in self.embeddings.get_or_encode(key, encode)]
 
 

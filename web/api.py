@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Sequence
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -35,15 +35,26 @@ from web.schemas import (
     image_response,
 )
 
+T = TypeVar("T")
+
 IMAGE_NAME = re.compile(r"([0-9a-f]{64})\.(png|jpeg|webp)")
-IMMUTABLE = "public, max-age=31536000, immutable"
+# A stored image never changes under its URL. Shared caches (a proxy, a CDN) may keep
+# it only when anyone may fetch it: without API keys, in the default namespace.
+# Otherwise only the caller's browser may, and Vary keeps a cache that ignores
+# `private` from answering one caller with another's response.
+PUBLIC_IMMUTABLE = "public, max-age=31536000, immutable"
+PRIVATE_IMMUTABLE = "private, max-age=31536000, immutable"
+IMAGE_VARY = "Authorization, X-Namespace"
+DEFAULT_NAMESPACE = "public"
 RETRY_AFTER_S = 5
 METRICS_TYPES = ("text/plain", "application/openmetrics-text")
 MAX_API_BATCH = 8
-# The largest valid request (two 2,000-character prompts of 4-byte characters,
-# in JSON) is about 17 KB; anything much larger is a mistake or an attack.
+# The largest valid request is two 2,000-character prompts of characters outside
+# the BMP: 16 KB as UTF-8, 48 KB if a client escapes each as a `\ud83d\ude00` pair;
+# a Gradio event carries the same fields plus a few hundred bytes. Anything larger
+# is a mistake or an attack.
 MAX_BODY_BYTES = 64 * 1024
-LIMITED_PATHS = ("/generate", "/api/", "/v1/", "/sdapi/", "/mcp")
+CLIENT_GONE = 499  # nginx's code for a request whose client closed the connection
 # Documents the bearer scheme in OpenAPI; Access does the checking (and knows
 # whether keys are on at all).
 BEARER = HTTPBearer(
@@ -52,32 +63,52 @@ BEARER = HTTPBearer(
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for a body over `max_bytes` on the API's routes, judged by
-    Content-Length and by counting what arrives (a chunked body has no length)."""
+    """ASGI middleware: 413 for a request body over `max_bytes`, on every route (the
+    API's, Gradio's and any other), judged by Content-Length and by counting what
+    arrives (a chunked body has no length).
+
+    The body is read whole before the route runs (it is at most `max_bytes`), so a
+    refused request never reaches a route and nothing of it is kept; the route
+    then reads it from memory, and later `receive` calls (to see a disconnect) go
+    to the server as before.
+    """
 
     def __init__(self, app: Any, max_bytes: int = MAX_BODY_BYTES) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(LIMITED_PATHS):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
             await self._too_large(send, scope["path"])
             return
+        chunks: list[bytes] = []
         seen = 0
-
-        async def counted() -> dict:
-            nonlocal seen
+        while True:
             message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:  # raised where the route reads its body: a 413
-                raise HTTPException(413, self.message)
-            return message
+            if message["type"] == "http.disconnect":
+                return  # gone before its body arrived: nobody to answer
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_bytes:
+                await self._too_large(send, scope["path"])
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body: dict | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
-        await self.app(scope, counted, send)
+        async def replay() -> dict:
+            nonlocal body
+            if body is not None:
+                message, body = body, None
+                return message
+            return await receive()
+
+        await self.app(scope, replay, send)
 
     @property
     def message(self) -> str:
@@ -91,6 +122,35 @@ class BodyLimit:
         body = JSONResponse(error, status_code=413)
         await send({"type": "http.response.start", "status": 413, "headers": body.raw_headers})
         await send({"type": "http.response.body", "body": body.body})
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its answer was ready."""
+
+
+async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
+    """The result of `work`, or ClientGone as soon as the client disconnects, `work`
+    then cancelled: a wait for another replica ends with it. A generation it started
+    goes on and is stored (GenerationService shields it), so nothing is lost."""
+    task = asyncio.ensure_future(work)
+    await asyncio.sleep(0)  # its first step: a memory hit is done here, with no watcher to start
+    if task.done():
+        return task.result()
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watch = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not task.done():
+            task.cancel()
+    if not task.done() or task.cancelled():
+        raise ClientGone
+    return task.result()
 
 
 class RunQuery(GenerationRequest):
@@ -194,11 +254,13 @@ def create_api(
 
     @app.get("/run", response_model=RunResult, responses=error_responses(401, 403, 422, 500, 503))
     async def run(
-        params: Annotated[RunQuery, Query()], namespace: Namespace, response: Response
+        params: Annotated[RunQuery, Query()], namespace: Namespace, response: Response, raw: Request
     ) -> dict[str, Any]:
         """Generate or hit; returns JSON with the key, the tier and a URL for the image."""
         request = GenerationRequest(**params.model_dump(exclude={"no_cache"}))
-        result = await service.generate(request, namespace=namespace, no_cache=params.no_cache)
+        result = await unless_client_leaves(
+            raw, service.generate(request, namespace=namespace, no_cache=params.no_cache)
+        )
         response.headers.update(_result_headers(result))
         return {
             "key": result.key,
@@ -222,10 +284,13 @@ def create_api(
     async def generate(
         body: GenerationRequest,
         namespace: Namespace,
+        raw: Request,
         no_cache: Annotated[bool, Query(description="Neither read nor write the cache.")] = False,
     ) -> Response:
         """The official Z-Image `api.py` shape: JSON in, image bytes out."""
-        result = await service.generate(body, namespace=namespace, no_cache=no_cache)
+        result = await unless_client_leaves(
+            raw, service.generate(body, namespace=namespace, no_cache=no_cache)
+        )
         return Response(
             result.entry.data, media_type=result.entry.media_type, headers=_result_headers(result)
         )
@@ -233,11 +298,12 @@ def create_api(
     @app.post(
         "/api/generate", response_model=BatchResult, responses=error_responses(401, 403, 413, 422, 500, 503)
     )
-    async def generate_batch(body: BatchRequest, namespace: Namespace) -> dict[str, Any]:
+    async def generate_batch(body: BatchRequest, namespace: Namespace, raw: Request) -> dict[str, Any]:
         """Up to 8 images of one prompt, each with its own seed; hits and misses mixed."""
         request = GenerationRequest(**body.model_dump(exclude={"batch_size", "no_cache"}))
-        results = await service.generate_batch(
-            request, body.batch_size, namespace=namespace, no_cache=body.no_cache
+        results = await unless_client_leaves(
+            raw,
+            service.generate_batch(request, body.batch_size, namespace=namespace, no_cache=body.no_cache),
         )
         images = [
             {"key": r.key, "cache": r.cache, "seed": r.seed, "image_url": _image_url(r)} for r in results
@@ -251,7 +317,8 @@ def create_api(
         responses={200: image_response("The stored image."), **error_responses(304, 401, 403, 404, 422)},
     )
     async def image(name: str, request: Request, namespace: Namespace) -> Response:
-        """Stored bytes by key; immutable, so browsers and proxies may keep them forever."""
+        """Stored bytes by key. Immutable: browsers may keep them forever, and shared caches
+        too where anyone may fetch them (no API keys, default namespace); else `private`."""
         match = IMAGE_NAME.fullmatch(name)
         if match is None:
             return JSONResponse({"detail": "expected /images/<64 hex key>.<png|jpeg|webp>"}, status_code=404)
@@ -262,8 +329,14 @@ def create_api(
             return JSONResponse(
                 {"detail": "no such image in the cache (evicted, or never made)"}, status_code=404
             )
-        headers = {"ETag": etag, "Cache-Control": IMMUTABLE, "X-Cache": hit.tier}
-        if request.headers.get("if-none-match") == etag:
+        shared = not access.api_keys and namespace == DEFAULT_NAMESPACE
+        headers = {
+            "ETag": etag,
+            "Cache-Control": PUBLIC_IMMUTABLE if shared else PRIVATE_IMMUTABLE,
+            "Vary": IMAGE_VARY,
+            "X-Cache": hit.tier,
+        }
+        if etag_matches(request.headers.get("if-none-match"), etag):
             return Response(status_code=304, headers=headers)
         return Response(hit.entry.data, media_type=hit.entry.media_type, headers=headers)
 
@@ -329,6 +402,17 @@ def create_api(
     return app
 
 
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """RFC 9110 If-None-Match: `*`, or a list of tags compared weakly (`W/"k"` matches `"k"`)."""
+    if if_none_match is None:
+        return False
+    for candidate in if_none_match.split(","):
+        tag = candidate.strip()
+        if tag == "*" or tag.removeprefix("W/") == etag:
+            return True
+    return False
+
+
 def _image_url(result: GenerationResult) -> str | None:
     # A bypassed result is not stored, so there is nothing to fetch later.
     return None if result.cache == BYPASS_TIER else f"/images/{result.key}.{result.entry.ext}"
@@ -382,6 +466,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         where = "header" if exc.field == "x-namespace" else "body" if request.method == "POST" else "query"
         detail = [{"type": "value_error", "loc": [where, exc.field], "msg": exc.message}]
         return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, exc: ClientGone) -> Response:
+        return Response(status_code=CLIENT_GONE)  # nobody reads it (uvicorn drops it)
 
     @app.exception_handler(QueueFull)
     async def queue_full(request: Request, exc: QueueFull) -> JSONResponse:
