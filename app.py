@@ -10,8 +10,10 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ MiB = 1 << 20
 Size = Annotated[int, BeforeValidator(parse_size)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 STATIC = Path(__file__).resolve().parent / "static"
+ORIGIN = re.compile(r"https?://(\[[0-9a-fA-F:.]+\]|[^/\s:,\[\]]+)(:\d{1,5})?")
 
 
 class Settings(BaseSettings):
@@ -44,8 +47,20 @@ class Settings(BaseSettings):
     port: int = Field(7860, ge=1, le=65535, description="TCP port for the UI and the API.")
     model: str = Field(
         "auto",
-        description="auto (the real model on CUDA, else the tiny demo model), tiny, a local "
-        "diffusers directory, or a Hugging Face hub id.",
+        description="auto (the real model on CUDA, else the tiny demo model; refused where an NVIDIA driver "
+        "is installed but torch cannot use CUDA), tiny, a local diffusers directory, or a Hugging Face hub id.",
+    )
+    # How the model sits on a CUDA device (pipeline/placement.py).
+    offload: Literal["auto", "none", "text-encoder", "model", "sequential"] = Field(
+        "auto",
+        description="Where the model's parts live on a CUDA GPU: none (all on the GPU), text-encoder (the text "
+        "encoder on the CPU), model or sequential (accelerate's offload, slower); auto picks the first that "
+        "fits the free GPU memory. Ignored on the CPU.",
+    )
+    quantize: Literal["none", "fp8"] = Field(
+        "none",
+        description="fp8: the transformer in torchao float8 (compute capability 8.9+, e.g. H100, L40S, RTX 4090; "
+        "needs the fp8 extra); halves its memory. Part of the cache key. Refused on other devices.",
     )
     cache_dir: Path = Field(
         Path("~/.cache/z-image-turbo"),
@@ -67,6 +82,12 @@ class Settings(BaseSettings):
         "redis+cluster://host:6379[,host:6379...] (Redis Cluster); also read from REDIS_URL. Off when unset.",
     )
     redis_ttl: Duration = Field("7d", description="How long an image lives in Redis (e.g. 7d, 24h).")
+    cache_secret: str | None = Field(
+        None,
+        description="Secret (16+ characters) that signs every disk and Redis entry (HMAC-SHA256): entries "
+        "written without it are rejected, so a shared Redis cannot be forged into. Every process sharing "
+        "a cache needs the same one; prefer the environment variable.",
+    )
     embedding_cache_mb: float = Field(
         256,
         ge=0,
@@ -86,6 +107,12 @@ class Settings(BaseSettings):
         None,
         description="Bearer token for admin routes (DELETE /api/cache); admin routes are off when unset.",
     )
+    cors_origins: str = Field(
+        "",
+        description="Web origins allowed to call the API from a browser script, comma-separated "
+        "(e.g. https://chat.example.com,http://localhost:3000), or * for any; empty (the default) "
+        "allows no cross-origin calls, to any route, the UI's included.",
+    )
     max_queue: int = Field(
         64, ge=1, description="Generations allowed to wait; past this the API answers 503."
     )
@@ -93,6 +120,11 @@ class Settings(BaseSettings):
         "1024x1024",
         description="Sizes warmed up (one short generation each) before /ready turns 200, "
         "comma-separated WIDTHxHEIGHT; list the sizes your users ask for.",
+    )
+    header_timeout: Duration = Field(
+        "10s",
+        description="A connection that has not sent a whole request head (request line and headers) "
+        "this long after connecting, or after starting its next request, is closed.",
     )
     shutdown_timeout: Duration = Field(
         "60s",
@@ -151,6 +183,22 @@ class Settings(BaseSettings):
             raise ValueError(f"use at least {MIN_TOKEN_CHARS} characters")
         return v or None
 
+    @field_validator("cache_secret")
+    @classmethod
+    def _cache_secret(cls, v: str | None) -> str | None:
+        from web.auth import MIN_TOKEN_CHARS
+
+        if v is not None and len(v) < MIN_TOKEN_CHARS:
+            raise ValueError(f"use at least {MIN_TOKEN_CHARS} characters")
+        return v or None
+
+    @field_validator("header_timeout")
+    @classmethod
+    def _header_timeout(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("must be more than 0 (e.g. 10s)")
+        return v
+
     @field_validator("warmup_sizes")
     @classmethod
     def _warmup_sizes(cls, v: str) -> str:
@@ -163,6 +211,22 @@ class Settings(BaseSettings):
         from prewarm import parse_sizes
 
         return parse_sizes(self.warmup_sizes)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _cors_origins(cls, v: str) -> str:
+        origins = [o.strip() for o in v.split(",") if o.strip()]
+        for origin in origins:
+            if origin != "*" and not ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin; write scheme://host[:port] with no path, "
+                    "e.g. https://chat.example.com, or *"
+                )
+        return ",".join(origins)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return self.cors_origins.split(",") if self.cors_origins else []
 
     @field_validator("no_cache_patterns")
     @classmethod
@@ -238,6 +302,7 @@ class Runtime:
     app: Any  # fastapi.FastAPI with the Gradio UI mounted
     engine: Any  # pipeline.engine.Engine
     pruner: Any  # cache.maintenance.Pruner
+    ui_dir: Path  # this process's own Gradio temp directory, removed on close
 
     def start(self) -> None:
         self.engine.start()
@@ -247,6 +312,7 @@ class Runtime:
         """Stop the pruner and the engine; True unless a generation is still running
         after `timeout_s` (then the caller abandons it)."""
         self.pruner.stop()
+        shutil.rmtree(self.ui_dir, ignore_errors=True)
         return self.engine.close(timeout_s)
 
 
@@ -256,6 +322,7 @@ def build_service(settings: Settings, on_fatal: Any = None) -> ServiceParts:
 
     from cache import DiskTier, LayeredCache, MemoryTier
     from pipeline.engine import Engine
+    from pipeline.loading import ModelOptions
     from pipeline.service import GenerationService
     from prewarm import warm_up
 
@@ -266,14 +333,16 @@ def build_service(settings: Settings, on_fatal: Any = None) -> ServiceParts:
         embedding_cache_bytes=int(settings.embedding_cache_mb * MiB),
         warmup=partial(warm_up, sizes=settings.warmup_size_list),
         on_fatal=on_fatal,
+        options=ModelOptions(offload=settings.offload, quantize=settings.quantize),
     )
-    disk = DiskTier(settings.cache_dir / "images")
+    secret = settings.cache_secret.encode() if settings.cache_secret else None
+    disk = DiskTier(settings.cache_dir / "images", secret=secret)
     tiers: list[Any] = [MemoryTier(int(settings.memory_cache_mb * MiB)), disk]
     locks = None
     if settings.redis_url:
         from cache.redis_tier import RedisTier
 
-        locks = RedisTier(settings.redis_url, ttl_s=settings.redis_ttl)
+        locks = RedisTier(settings.redis_url, ttl_s=settings.redis_ttl, secret=secret)
         tiers.append(locks)
     service = GenerationService(
         engine,
@@ -295,6 +364,7 @@ def build_app(settings: Settings, on_fatal: Any = None) -> Runtime:
     from web.api import create_api
     from web.auth import Access, read_api_keys
     from web.ui import create_ui
+    from web.ui_images import UiImageRoute, UiImages, gradio_user
     from web.ui_text import I18N
 
     parts = build_service(settings, on_fatal)
@@ -303,8 +373,16 @@ def build_app(settings: Settings, on_fatal: Any = None) -> Runtime:
         api_keys=read_api_keys(settings.api_keys) if settings.api_keys else {},
         admin_token=settings.admin_token,
     )
-    api = create_api(service, engine, access=access, info=describe(settings))
-    ui = create_ui(service, engine, demo_model=is_demo_spec(settings.model))
+    # Gradio serves its temp directory to every user: each process gets a private
+    # one (mode 0700, under GRADIO_TEMP_DIR if set), so no two servers share one.
+    # Gradio reads the variable as its Blocks are built, just below.
+    ui_dir = Path(tempfile.mkdtemp(prefix="zimage-ui-", dir=os.environ.get("GRADIO_TEMP_DIR"))).resolve()
+    os.environ["GRADIO_TEMP_DIR"] = str(ui_dir)
+    images = UiImages(service, ui_dir / "results")
+    api = create_api(
+        service, engine, access=access, info=describe(settings), cors_origins=settings.cors_origin_list
+    )
+    ui = create_ui(service, engine, images, demo_model=is_demo_spec(settings.model))
     app = gr.mount_gradio_app(
         api,
         ui,
@@ -316,8 +394,15 @@ def build_app(settings: Settings, on_fatal: Any = None) -> Runtime:
         auth=access.ui_login if access.api_keys else None,
         auth_message="Log in with your namespace as user name and its API token as password.",
     )
+    # Without API keys every UI user is in the default namespace; with them, the
+    # Gradio login session says whose the UI's images are.
+    app.add_middleware(
+        UiImageRoute,
+        images=images,
+        namespace_of=gradio_user(app) if access.api_keys else (lambda request: "public"),
+    )
     pruner = Pruner(disk, max_age_s=settings.disk_cache_max_age, max_bytes=settings.disk_cache_size)
-    return Runtime(app=app, engine=engine, pruner=pruner)
+    return Runtime(app=app, engine=engine, pruner=pruner, ui_dir=ui_dir)
 
 
 def describe(settings: Settings) -> dict[str, Any]:
@@ -347,6 +432,7 @@ def describe(settings: Settings) -> dict[str, Any]:
                 "kind": parse_redis_url(settings.redis_url).kind if settings.redis_url else None,
                 "ttl_s": settings.redis_ttl,
             },
+            "signed": bool(settings.cache_secret),
             "embedding_cache_mb": settings.embedding_cache_mb,
             "prompt_normalization": settings.prompt_normalization,
             "no_cache_patterns": bool(settings.no_cache_patterns),
@@ -363,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from web.access_log import RedactPrompts
+    from web.http_protocol import with_header_timeout
 
     log = logging.getLogger("app")
     logging.getLogger("uvicorn.access").addFilter(RedactPrompts())
@@ -396,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         runtime.app,
         host=settings.host,
         port=settings.port,
+        http=with_header_timeout(settings.header_timeout),
         log_level=settings.log_level,
         timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout)),
     )

@@ -49,10 +49,20 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def build_full_pipeline(configs: Path, device: str, models_dir: Path) -> Any:
-    """The real architecture with random weights, allocated on `device` in bfloat16 from
-    the start (never first in float32 on the CPU: 10B parameters would take minutes and
-    40 GB). The tokenizer is the tiny model's: prompts of the same length, same template."""
+def build_full_pipeline(
+    configs: Path,
+    device: str,
+    models_dir: Path,
+    offload: str = "none",
+    quantize: str = "none",
+    save_to: Path | None = None,
+) -> Any:
+    """The real architecture with random weights, allocated in bfloat16 from the start
+    (never first in float32 on the CPU: 10B parameters would take minutes and 40 GB), each
+    component where the service's placement plan for `--offload` puts it, quantized and
+    offloaded by the service's own code; saved to `save_to` (for the cold start) before
+    quantization and offload hooks change it. The tokenizer is the tiny model's: prompts
+    of the same length, same template."""
     import torch
     from diffusers import (
         AutoencoderKL,
@@ -62,15 +72,27 @@ def build_full_pipeline(configs: Path, device: str, models_dir: Path) -> Any:
     )
     from transformers import AutoTokenizer, Qwen3Config, Qwen3Model
 
+    from pipeline.loading import check_quantize
+    from pipeline.meta_memory import memory_needs
+    from pipeline.placement import Placement, finish_placement, plan_placement, quantize_fp8
     from pipeline.tiny_model import ensure_tiny_model
 
+    check_quantize(quantize, device)
+    if device == "cuda":
+        plan = plan_placement(offload, device, memory_needs(configs, torch.bfloat16, quantize))
+    else:
+        plan = Placement("none", device, "not a CUDA device")
+    print(plan.describe(), file=sys.stderr)
+    on = plan.component_devices()
     read = lambda part: json.loads((configs / part / "config.json").read_text())  # noqa: E731
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
-        with torch.device(device):
+        with torch.device(on["transformer"]):
             transformer = ZImageTransformer2DModel.from_config(read("transformer"))
+        with torch.device(on["text_encoder"]):
             text_encoder = Qwen3Model(Qwen3Config(**read("text_encoder")))
+        with torch.device(on["vae"]):
             vae = AutoencoderKL.from_config(read("vae"))
     finally:
         torch.set_default_dtype(previous)
@@ -81,15 +103,21 @@ def build_full_pipeline(configs: Path, device: str, models_dir: Path) -> Any:
     pipe = ZImagePipeline(
         scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
     )
+    if save_to is not None:
+        pipe.save_pretrained(save_to, safe_serialization=True)
+    if quantize == "fp8":
+        quantize_fp8(pipe.transformer, on["transformer"])
+    finish_placement(pipe, plan)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def build_tiny_pipeline(models_dir: Path) -> Any:
+def build_tiny_pipeline(models_dir: Path, offload: str = "auto", quantize: str = "none") -> Any:
     """The service's own loading path with the tiny model."""
-    from pipeline.loading import load_pipeline, resolve_model
+    from pipeline.loading import ModelOptions, load_pipeline, resolve_model
 
-    return load_pipeline(resolve_model("tiny", models_dir))
+    options = ModelOptions(offload=offload, quantize=quantize)  # type: ignore[arg-type]
+    return load_pipeline(resolve_model("tiny", models_dir, options), options)[0]
 
 
 def transformer_flops(transformer: Any, size: int, caption_tokens: int) -> float:
@@ -134,14 +162,17 @@ def one_image(pipe: Any, device: str, size: int, steps: int, batch: int, tokens:
     """One generation, stage by stage, the way the engine runs it: encode, denoise, decode."""
     import torch
 
+    from pipeline.placement import text_encoder_device
+
     timings: dict[str, float] = {}
     started = time.perf_counter()
     embeds, _ = pipe.encode_prompt(
         prompt=PROMPT,
-        device=torch.device(device),
+        device=text_encoder_device(pipe),  # the CPU under --offload text-encoder
         do_classifier_free_guidance=False,
         max_sequence_length=tokens,
     )
+    embeds = [e.to(device) for e in embeds]
     sync(device)
     timings["text_encoder"] = time.perf_counter() - started
 
@@ -171,7 +202,7 @@ def one_image(pipe: Any, device: str, size: int, steps: int, batch: int, tokens:
     return timings
 
 
-def cold_start(model_dir: Path, size: int, timeout_s: float) -> dict[str, float]:
+def cold_start(model_dir: Path, size: int, timeout_s: float, *flags: str) -> dict[str, float]:
     """`app.py --model model_dir` from process start to /ready and to a first image, twice
     (the second start finds whatever the first left on disk: compile caches and the like)."""
     from bench.procs import Server
@@ -181,7 +212,14 @@ def cold_start(model_dir: Path, size: int, timeout_s: float) -> dict[str, float]
     for label in ("first_start", "restart"):
         started = time.perf_counter()
         srv = Server(
-            cache, "--model", str(model_dir), "--warmup-sizes", f"{size}x{size}", "--log-level", "warning"
+            cache,
+            "--model",
+            str(model_dir),
+            "--warmup-sizes",
+            f"{size}x{size}",
+            "--log-level",
+            "warning",
+            *flags,
         )
         try:
             srv.wait_ready(timeout_s)
@@ -206,8 +244,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     models_dir = Path(args.models_dir).expanduser()
 
     started = time.perf_counter()
-    pipe = build_tiny_pipeline(models_dir) if args.tiny else build_full_pipeline(CONFIGS, device, models_dir)
-    pipe.to(device)
+    weights = Path(tempfile.mkdtemp(prefix="zimage-weights-")) if args.cold_start else None
+    if args.tiny:
+        pipe = build_tiny_pipeline(models_dir, args.offload, args.quantize)
+        if weights is not None:
+            pipe.save_pretrained(weights, safe_serialization=True)
+    else:
+        pipe = build_full_pipeline(CONFIGS, device, models_dir, args.offload, args.quantize, weights)
     build_s = time.perf_counter() - started
     params = {
         name: sum(p.numel() for p in getattr(pipe, name).parameters())
@@ -238,6 +281,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "dtype": str(dtype).removeprefix("torch."),
         "model": "tiny" if args.tiny else "full-size Z-Image-Turbo architecture, random weights",
+        "offload": args.offload,
+        "quantize": args.quantize,
         "parameters": params,
         "size": args.size,
         "steps": args.steps,
@@ -252,13 +297,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "mfu_end_to_end": flops_per_image / p50["total"] / peak,
         "versions": {"torch": torch.__version__},
     }
-    if args.cold_start:
-        model_dir = Path(tempfile.mkdtemp(prefix="zimage-weights-"))
-        pipe.save_pretrained(model_dir, safe_serialization=True)
+    if weights is not None:
         del pipe
         if device == "cuda":
             torch.cuda.empty_cache()
-        report["cold_start"] = cold_start(model_dir, args.size, args.cold_timeout)
+        flags = ("--offload", args.offload, "--quantize", args.quantize)
+        report["cold_start"] = cold_start(weights, args.size, args.cold_timeout, *flags)
     return report
 
 
@@ -316,6 +360,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=10, help="timed runs for the p50 (default 10)")
     parser.add_argument("--batches", type=lambda s: [int(b) for b in s.split(",")], default=[1, 2, 4])
     parser.add_argument("--batch-runs", type=int, default=3, help="timed runs per batch size (default 3)")
+    parser.add_argument(
+        "--offload",
+        choices=["auto", "none", "text-encoder", "model", "sequential"],
+        default="auto",
+        help="placement, as app.py --offload (default auto: what this GPU's free memory allows)",
+    )
+    parser.add_argument(
+        "--quantize", choices=["none", "fp8"], default="none", help="as app.py --quantize (default none)"
+    )
     parser.add_argument("--cold-start", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--cold-timeout", type=float, default=600.0, help="seconds allowed per cold start")
     parser.add_argument(

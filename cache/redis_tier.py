@@ -17,7 +17,7 @@ from redis.exceptions import ClusterError, RedisClusterException
 from redis.lock import Lock
 from redis.retry import Retry
 
-from cache.entry import MISS, CorruptEntry, Entry, _Miss, decode_record, encode_record
+from cache.entry import MISS, CorruptEntry, Entry, UnverifiableEntry, _Miss, decode_record, encode_record
 from cache.keys import SCHEMA_VERSION
 from cache.layered import TierUnavailable
 from cache.redis_url import parse_redis_url
@@ -43,8 +43,9 @@ class RedisTier:
     """Entries as Redis strings `zimage:v<schema>:<namespace>:<key>` with a TTL.
 
     The value is the same checked record as on disk (header with key, size and
-    SHA-256, then the bytes), written with one SET, so a reader sees all of it or
-    nothing. `url` is one server, a Sentinel-watched master or a Cluster
+    encoding, the bytes, then a SHA-256 or, with `secret`, an HMAC over both), written
+    with one SET, so a reader sees all of it or nothing; with a secret, a writer
+    without it cannot make an entry this tier accepts. `url` is one server, a Sentinel-watched master or a Cluster
     (cache.redis_url); no command touches two keys but the DEL of `clear`, which
     redis-py's cluster client splits by slot, so entries and locks need not share
     a slot. Guarantees: short socket timeouts and no retries inside a call; after
@@ -61,8 +62,17 @@ class RedisTier:
     name = "redis"
     blocking = True
 
-    def __init__(self, url: str, *, ttl_s: float, timeout_s: float = 0.5, lock_ttl_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        ttl_s: float,
+        timeout_s: float = 0.5,
+        lock_ttl_s: float = 30.0,
+        secret: bytes | None = None,
+    ) -> None:
         self.ttl_ms = int(ttl_s * 1000)
+        self.secret = secret
         self.lock_ttl_s = lock_ttl_s
         self.prefix = f"zimage:v{SCHEMA_VERSION}:"
         self.corrupt_dropped = 0
@@ -99,7 +109,9 @@ class RedisTier:
         if blob is None:
             return MISS
         try:
-            return decode_record(blob, namespace, key)
+            return decode_record(blob, namespace, key, self.secret)
+        except UnverifiableEntry:
+            return MISS  # another replica's, signed with a secret this one lacks
         except CorruptEntry as exc:
             self._drop_corrupt(name, exc)
             self._call(lambda r: r.delete(name))
@@ -114,8 +126,10 @@ class RedisTier:
             return MISS
         try:
             if len(blob) > INLINE_VERIFY_MAX_BYTES:
-                return await asyncio.to_thread(decode_record, blob, namespace, key)
-            return decode_record(blob, namespace, key)
+                return await asyncio.to_thread(decode_record, blob, namespace, key, self.secret)
+            return decode_record(blob, namespace, key, self.secret)
+        except UnverifiableEntry:
+            return MISS
         except CorruptEntry as exc:
             self._drop_corrupt(name, exc)
             await self._acall(lambda r: r.delete(name))
@@ -126,7 +140,7 @@ class RedisTier:
         self.corrupt_dropped += 1
 
     def put(self, namespace: str, key: str, entry: Entry) -> None:
-        record = encode_record(namespace, key, entry)
+        record = encode_record(namespace, key, entry, self.secret)
         self._call(lambda r: r.set(self.redis_key(namespace, key), record, px=self.ttl_ms))
 
     def discard(self, namespace: str, key: str) -> None:
@@ -172,7 +186,10 @@ class RedisTier:
 
     def try_lock(self, namespace: str, key: str) -> Lease | None:
         """Take the generation lock for this entry (SET NX PX with a random token), or None
-        if another replica holds it. Raises TierUnavailable when Redis is unreachable."""
+        if another replica holds it. A lock key that never expires (no TTL, whatever its
+        type) was not written by a replica, whose locks always expire: it is ignored, and
+        the lease returned holds nothing, so the caller generates at once instead of
+        waiting forever. Raises TierUnavailable when Redis is unreachable."""
         name = self.redis_key(namespace, key) + ":lock"
 
         def take(r: Any) -> Lock | None:
@@ -180,7 +197,12 @@ class RedisTier:
             return lock if lock.acquire() else None
 
         lock = self._call(take)
-        return Lease(self, lock) if lock is not None else None
+        if lock is not None:
+            return Lease(self, lock)
+        if self._call(lambda r: r.pttl(name)) == -1:
+            log.warning("redis: ignoring %s: a lock key without a TTL was not set by a replica", name)
+            return Lease(self, None)
+        return None
 
     def lock_held(self, namespace: str, key: str) -> bool:
         name = self.redis_key(namespace, key) + ":lock"
@@ -264,23 +286,28 @@ class RedisTier:
 
 class Lease:
     """A held generation lock. The token check (redis-py's Lua scripts) means only
-    the holder can refresh or release it; if the holder dies, it expires."""
+    the holder can refresh or release it; if the holder dies, it expires. A lease
+    on no lock (`lock` None) is what generating without single flight holds."""
 
-    def __init__(self, tier: RedisTier, lock: Lock) -> None:
+    def __init__(self, tier: RedisTier, lock: Lock | None) -> None:
         self._tier, self._lock = tier, lock
         self.refresh_every_s = tier.lock_ttl_s / 3
 
     def refresh(self) -> bool:
         """Reset the TTL; False if the lock was lost (expired, or Redis unreachable)."""
+        lock = self._lock
+        if lock is None:
+            return True
         try:
-            return bool(
-                self._tier._call(lambda _: self._lock.extend(self._tier.lock_ttl_s, replace_ttl=True))
-            )
+            return bool(self._tier._call(lambda _: lock.extend(self._tier.lock_ttl_s, replace_ttl=True)))
         except (TierUnavailable, redis.exceptions.LockError):
             return False
 
     def release(self) -> None:
+        lock = self._lock
+        if lock is None:
+            return
         try:
-            self._tier._call(lambda _: self._lock.release())
+            self._tier._call(lambda _: lock.release())
         except (TierUnavailable, redis.exceptions.LockError) as exc:
             log.debug("generation lock not released (it will expire): %s", exc)

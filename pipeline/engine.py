@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.embeddings import MAX_SEQUENCE_LENGTH, EmbeddingCache
-from pipeline.loading import ModelIdentity, load_pipeline, resolve_model
+from pipeline.loading import NOISE_DEVICE, ModelIdentity, ModelOptions, load_pipeline, resolve_model
+from pipeline.placement import Placement, text_encoder_device
 from pipeline.request import CanonicalRequest
 
 log = logging.getLogger(__name__)
@@ -94,9 +95,12 @@ class Engine:
         embedding_cache_bytes: int = 256 << 20,
         warmup: Warmup | None = None,
         on_fatal: Callable[[str], None] | None = None,
+        options: ModelOptions | None = None,
     ) -> None:
         self.model_spec = model_spec
         self.models_dir = models_dir
+        self.options = options or ModelOptions()
+        self.placement: Placement | None = None  # known once loaded
         self.max_queue = max_queue
         self.embeddings = EmbeddingCache(embedding_cache_bytes)
         self.encoder_runs = 0
@@ -131,12 +135,18 @@ class Engine:
         self._executor.submit(self._prepare, load)
 
     def submit(
-        self, requests: list[CanonicalRequest], progress: Progress | None = None
+        self,
+        requests: list[CanonicalRequest],
+        progress: Progress | None = None,
+        *,
+        embedding_scope: str | None = "public",
     ) -> Future[list[GeneratedImage]]:
         """Queue one generation job: the images of `requests` (same prompt and settings,
         different seeds) made in one batched pipeline call. `progress(step, steps)` is
-        called from the engine thread after each denoising step. Raises QueueFull when
-        `max_queue` jobs are already waiting to start."""
+        called from the engine thread after each denoising step. Prompt embeddings are
+        looked up and kept under `embedding_scope` (the namespace); None neither looks
+        them up nor keeps them (prompts that must not be kept anywhere). Raises
+        QueueFull when `max_queue` jobs are already waiting to start."""
         if not self.accepting:
             raise ShuttingDown("the service is shutting down; retry shortly or on another replica")
         if self.state == FAILED:
@@ -148,7 +158,7 @@ class Engine:
             if self._waiting >= self.max_queue:
                 raise QueueFull(self._waiting)
             self._waiting += 1
-        future = self._executor.submit(self._generate, requests, progress)
+        future = self._executor.submit(self._generate, requests, progress, embedding_scope)
         future.add_done_callback(self._cancelled)
         return future
 
@@ -161,9 +171,10 @@ class Engine:
         return self._idle.wait(timeout_s)
 
     def run_now(self, requests: list[CanonicalRequest]) -> list[GeneratedImage]:
-        """Generate on the calling thread, which must be the engine's (for `warmup`)."""
+        """Generate on the calling thread, which must be the engine's (for `warmup`);
+        keeps no prompt embeddings."""
         assert threading.current_thread().name.startswith("zimage-engine"), "run_now off the engine thread"
-        return self._run(requests, self.identity_future.result())
+        return self._run(requests, self.identity_future.result(), embedding_scope=None)
 
     def _cancelled(self, future: Future[list[GeneratedImage]]) -> None:
         if future.cancelled():  # never started, so never counted out in _generate
@@ -173,7 +184,7 @@ class Engine:
     def _prepare(self, load: bool) -> None:
         self._idle.clear()
         try:
-            identity = resolve_model(self.model_spec, self.models_dir)
+            identity = resolve_model(self.model_spec, self.models_dir, self.options)
             self.identity_future.set_result(identity)
             if identity.demo:
                 log.warning("DEMO MODEL: serving the tiny random-weight model; images are noise")
@@ -192,7 +203,7 @@ class Engine:
         try:
             started = time.perf_counter()
             log.info("loading %s on %s (%s)", identity.model_id, identity.device, identity.dtype)
-            self._pipe = load_pipeline(identity)
+            self._pipe, self.placement = load_pipeline(identity, self.options)
             log.info("model loaded in %.1f s; warming up", time.perf_counter() - started)
             self.state = WARMING
             if self.warmup is not None:
@@ -208,7 +219,9 @@ class Engine:
                 self.state = FAILED
             log.exception("model failed to load")
 
-    def _generate(self, requests: list[CanonicalRequest], progress: Progress | None) -> list[GeneratedImage]:
+    def _generate(
+        self, requests: list[CanonicalRequest], progress: Progress | None, embedding_scope: str | None
+    ) -> list[GeneratedImage]:
         with self._lock:
             self._waiting -= 1
         self._idle.clear()
@@ -217,7 +230,7 @@ class Engine:
                 self._load(self.identity_future.result())  # started with load=False
             if self.state == FAILED or self._pipe is None:
                 raise ModelUnavailable(f"the model failed: {self.error}")
-            return self._run(requests, self.identity_future.result(), progress)
+            return self._run(requests, self.identity_future.result(), progress, embedding_scope)
         finally:
             self._idle.set()
 
@@ -232,7 +245,11 @@ class Engine:
             self.on_fatal(self.error)
 
     def _run(
-        self, requests: list[CanonicalRequest], identity: ModelIdentity, progress: Progress | None = None
+        self,
+        requests: list[CanonicalRequest],
+        identity: ModelIdentity,
+        progress: Progress | None = None,
+        embedding_scope: str | None = None,
     ) -> list[GeneratedImage]:
         import numpy as np
         import torch
@@ -248,17 +265,21 @@ class Engine:
             # 1. Encode the prompt(s), or reuse the encoder's earlier output.
             started = time.perf_counter()
             device = torch.device(identity.device)
-            prompt_embeds = self._embed(request.prompt, identity, device) * batch
+            prompt_embeds = self._embed(request.prompt, identity, device, embedding_scope) * batch
             negative_embeds = None
             if request.guidance_scale > 0:
-                negative_embeds = self._embed(request.negative_prompt, identity, device) * batch
+                negative_embeds = (
+                    self._embed(request.negative_prompt, identity, device, embedding_scope) * batch
+                )
             text_s = time.perf_counter() - started
 
             # 2. Denoise and decode, always with explicit Turbo-style settings: the
             #    pipeline's own defaults (50 steps, CFG 5) are for the base model.
-            #    One generator per image keeps each equal to itself made alone.
+            #    One generator per image keeps each equal to itself made alone; on the
+            #    CPU, so a seed's noise is the same whatever the GPU (the pipeline draws
+            #    it there and moves it to the device).
             started = time.perf_counter()
-            generators = [torch.Generator(device=identity.device).manual_seed(r.seed) for r in requests]
+            generators = [torch.Generator(device=NOISE_DEVICE).manual_seed(r.seed) for r in requests]
             pixels = self._pipe(
                 prompt_embeds=prompt_embeds,
                 negative_prompt_embeds=negative_embeds,
@@ -287,8 +308,8 @@ class Engine:
             if batch > 1:
                 log.warning("out of memory on a batch of %d; generating it in two halves", batch)
                 half = batch // 2
-                return self._run(requests[:half], identity, progress) + self._run(
-                    requests[half:], identity, progress
+                return self._run(requests[:half], identity, progress, embedding_scope) + self._run(
+                    requests[half:], identity, progress, embedding_scope
                 )
             raise OutOfMemory(
                 f"the GPU ran out of memory for a {request.width}x{request.height} image; "
@@ -311,8 +332,9 @@ class Engine:
             out.append(GeneratedImage(data=data, ext=req.format, timings=timings))
         return out
 
-    def _embed(self, text: str, identity: ModelIdentity, device: Any) -> list[Any]:
-        """The text encoder's output for `text` on `device`, from the cache when known."""
+    def _embed(self, text: str, identity: ModelIdentity, device: Any, scope: str | None = None) -> list[Any]:
+        """The text encoder's output for `text` on `device`, from the cache of `scope`
+        when known; with no scope, encoded and kept nowhere."""
 
         def encode() -> list[Any]:
             import torch
@@ -324,13 +346,16 @@ class Engine:
             with torch.no_grad():
                 embeds, _ = self._pipe.encode_prompt(
                     prompt=text,
-                    device=device,
+                    device=text_encoder_device(self._pipe),  # the CPU in text-encoder mode
                     do_classifier_free_guidance=False,
                     max_sequence_length=MAX_SEQUENCE_LENGTH,
                 )
             return [t.detach().to("cpu") for t in embeds]
 
-        key = (text, MAX_SEQUENCE_LENGTH, identity.fingerprint, identity.dtype)
+        if scope is None:
+            self.embeddings.count_miss()
+            return [t.to(device) for t in encode()]
+        key = (scope, text, MAX_SEQUENCE_LENGTH, identity.fingerprint, identity.dtype)
         return [t.to(device) for t in self.embeddings.get_or_encode(key, encode)]
 
 
@@ -346,36 +371,35 @@ def free_device_memory(device: str) -> None:
 
 
 def is_fatal_device_error(exc: BaseException) -> bool:
-    """Whether `exc` leaves the CUDA context broken (so only a new process can recover);
-    out-of-memory errors are not fatal."""
+    """Whether `exc` leaves the CUDA context broken (so only a new process can recover):
+    only the errors FATAL_DEVICE_ERRORS lists, whatever the exception's class (an
+    AcceleratorError can be a plain "out of memory" from outside the caching allocator).
+    Out-of-memory errors are never fatal."""
     import torch
 
     if isinstance(exc, torch.OutOfMemoryError):
         return False
-    if isinstance(exc, getattr(torch, "AcceleratorError", ())):
-        return True
     text = str(exc).lower()
     return any(marker in text for marker in FATAL_DEVICE_ERRORS)
 
 
 def generation_parameters(request: CanonicalRequest, identity: ModelIdentity) -> dict[str, Any]:
-    return {**request.as_dict(), "model": identity.model_id, "fingerprint": identity.fingerprint}
+    quantized = {"quantize": identity.quantize} if identity.quantize != "none" else {}
+    return {**request.as_dict(), "model": identity.model_id, "fingerprint": identity.fingerprint, **quantized}
 
 
 def encode_image(pixels: Any, request: CanonicalRequest, identity: ModelIdentity) -> bytes:
-    """Encode an HxWx3 uint8 array; PNGs carry the parameters as text chunks
-    (`parameters` in the A1111 style tools read, `zimage` as JSON), JPEG and WebP
-    in the EXIF image description."""
+    """Encode an HxWx3 uint8 array with its generation parameters inside: the A1111
+    `parameters` text that image tools read (a PNG text chunk; in JPEG and WebP the
+    EXIF UserComment, as A1111 writes it), and `zimage` JSON (a PNG text chunk; the
+    EXIF image description in JPEG and WebP)."""
     from PIL import Image, PngImagePlugin
+
+    from pipeline.image_metadata import a1111_exif, a1111_parameters
 
     img = Image.fromarray(pixels, "RGB")
     params = generation_parameters(request, identity)
-    readable = (
-        f"{request.prompt}\n"
-        + (f"Negative prompt: {request.negative_prompt}\n" if request.negative_prompt else "")
-        + f"Steps: {request.steps}, CFG scale: {request.guidance_scale}, Seed: {request.seed}, "
-        f"Size: {request.width}x{request.height}, Model: {identity.model_id}"
-    )
+    readable = a1111_parameters(request, identity)
     buf = io.BytesIO()
     if request.format == "png":
         info = PngImagePlugin.PngInfo()
@@ -383,7 +407,6 @@ def encode_image(pixels: Any, request: CanonicalRequest, identity: ModelIdentity
         info.add_itxt("zimage", json.dumps(params, ensure_ascii=False))
         img.save(buf, "PNG", pnginfo=info, compress_level=4)
     else:
-        exif = Image.Exif()
-        exif[0x010E] = json.dumps(params, ensure_ascii=True)  # ImageDescription
-        img.save(buf, request.format.upper(), quality=92, exif=exif.tobytes())
+        exif = a1111_exif(readable, json.dumps(params, ensure_ascii=True))
+        img.save(buf, request.format.upper(), quality=92, exif=exif)
     return buf.getvalue()

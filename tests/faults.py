@@ -9,6 +9,8 @@ ZIMAGE_FAULT_DEVICE_ERROR=PATH  while PATH exists, the transformer raises the er
                                 CUDA raises after an illegal memory access
 ZIMAGE_FAULT_OOM=PATH           while PATH exists, the transformer runs out of memory
 ZIMAGE_FAULT_OOM_BATCH_OVER=N   the transformer runs out of memory on batches over N images
+ZIMAGE_FAULT_NVIDIA_DRIVER=PATH an NVIDIA driver seems installed (PATH stands for
+                                /proc/driver/nvidia/version) beside this CPU-only torch
 """
 
 from __future__ import annotations
@@ -54,8 +56,16 @@ def broken_transformer(device_error: str | None, oom: str | None, oom_batch_over
     ZImageTransformer2DModel.forward = broken
 
 
+def nvidia_driver(sign: str) -> None:
+    import pipeline.loading
+
+    pipeline.loading.NVIDIA_DRIVER_FILES = (Path(sign),)
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
+    if path := os.environ.get("ZIMAGE_FAULT_NVIDIA_DRIVER"):
+        nvidia_driver(path)
     if path := os.environ.get("ZIMAGE_FAULT_GATE_WARMUP"):
         gate_warmup(path)
     over = os.environ.get("ZIMAGE_FAULT_OOM_BATCH_OVER")

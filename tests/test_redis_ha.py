@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from cache import MISS, Entry, Hit, LayeredCache, MemoryTier, TierUnavailable, make_key
+from cache import MISS, SCHEMA_VERSION, Entry, Hit, LayeredCache, MemoryTier, TierUnavailable, make_key
 from cache.redis_tier import RedisTier
 from cache.redis_url import parse_redis_url
 from tests.conftest import Server
@@ -144,7 +144,7 @@ def test_a_failover_under_load_loses_no_answered_image(
         made = a.client.post("/generate", json=body(f"after the failover {n}"))
         hit = b.client.post("/generate", json=body(f"after the failover {n}")).headers["x-cache"]
         found = hit == "redis" and sentinel.node(new_master).exists(
-            f"zimage:v1:public:{made.headers['x-key']}"
+            f"zimage:v{SCHEMA_VERSION}:public:{made.headers['x-key']}"
         )
 
     # Every answered image is still served by the replica that made it (its disk), and
