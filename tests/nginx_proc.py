@@ -126,6 +126,7 @@ class Nginx:
                 return self
             except httpx.TransportError:
                 if time.monotonic() > deadline:
+                    self.stop()
                     raise
                 time.sleep(0.05)
 

@@ -53,6 +53,14 @@ class SentinelGroup:
         return f"redis+sentinel://{nodes}/{MASTER_NAME}"
 
     def start(self) -> SentinelGroup:
+        """Start every process and wait until they work together; on failure none is left."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> SentinelGroup:
         master, replica = self.ports["master"], self.ports["replica"]
         self.procs.append(_spawn(self.workdir / "master", *_server_args(master)))
         self.procs.append(
@@ -142,6 +150,14 @@ class ClusterGroup:
         return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
 
     def start(self) -> ClusterGroup:
+        """Start the nodes and join them into one cluster; on failure none is left."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> ClusterGroup:
         for port in self.ports:
             self.procs.append(
                 _spawn(
