@@ -44,8 +44,20 @@ class Settings(BaseSettings):
     port: int = Field(7860, ge=1, le=65535, description="TCP port for the UI and the API.")
     model: str = Field(
         "auto",
-        description="auto (the real model on CUDA, else the tiny demo model), tiny, a local "
-        "diffusers directory, or a Hugging Face hub id.",
+        description="auto (the real model on CUDA, else the tiny demo model; refused where an NVIDIA driver "
+        "is installed but torch cannot use CUDA), tiny, a local diffusers directory, or a Hugging Face hub id.",
+    )
+    # How the model sits on a CUDA device (pipeline/placement.py).
+    offload: Literal["auto", "none", "text-encoder", "model", "sequential"] = Field(
+        "auto",
+        description="Where the model's parts live on a CUDA GPU: none (all on the GPU), text-encoder (the text "
+        "encoder on the CPU), model or sequential (accelerate's offload, slower); auto picks the first that "
+        "fits the free GPU memory. Ignored on the CPU.",
+    )
+    quantize: Literal["none", "fp8"] = Field(
+        "none",
+        description="fp8: the transformer in torchao float8 (compute capability 8.9+, e.g. H100, L40S, RTX 4090; "
+        "needs the fp8 extra); halves its memory. Part of the cache key. Refused on other devices.",
     )
     cache_dir: Path = Field(
         Path("~/.cache/z-image-turbo"),
@@ -273,6 +285,7 @@ def build_service(settings: Settings, on_fatal: Any = None) -> ServiceParts:
 
     from cache import DiskTier, LayeredCache, MemoryTier
     from pipeline.engine import Engine
+    from pipeline.loading import ModelOptions
     from pipeline.service import GenerationService
     from prewarm import warm_up
 
@@ -283,6 +296,7 @@ def build_service(settings: Settings, on_fatal: Any = None) -> ServiceParts:
         embedding_cache_bytes=int(settings.embedding_cache_mb * MiB),
         warmup=partial(warm_up, sizes=settings.warmup_size_list),
         on_fatal=on_fatal,
+        options=ModelOptions(offload=settings.offload, quantize=settings.quantize),
         attention_backend=settings.attention_backend,
         compile=settings.compile,
         compile_cache_dir=settings.cache_dir / "compile",

@@ -6,6 +6,8 @@ without and with guidance, with the service's speed levers chosen by flags.
                                    directly on the GPU; speed does not depend on weight values
     python bench/gpu.py --tiny     the same code on the CPU with the tiny model (the suite runs it)
     python bench/gpu.py --compile off --attention-backend native    one lever against another
+                                   (--offload, --quantize, --compile, --attention-backend:
+                                   the service's levers, as app.py names them)
 
 Measures, in one run: warm latency p50 per size and guidance scale with the text
 encoder (at the service's 512-token length), the transformer (all steps) and the
@@ -58,10 +60,20 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def build_full_pipeline(configs: Path, device: str, models_dir: Path) -> Any:
-    """The real architecture with random weights, allocated on `device` in bfloat16 from
-    the start (never first in float32 on the CPU: 10B parameters would take minutes and
-    40 GB). The tokenizer is the tiny model's: prompts of the same length, same template."""
+def build_full_pipeline(
+    configs: Path,
+    device: str,
+    models_dir: Path,
+    offload: str = "none",
+    quantize: str = "none",
+    save_to: Path | None = None,
+) -> Any:
+    """The real architecture with random weights, allocated in bfloat16 from the start
+    (never first in float32 on the CPU: 10B parameters would take minutes and 40 GB), each
+    component where the service's placement plan for `--offload` puts it, quantized and
+    offloaded by the service's own code; saved to `save_to` (for the cold start) before
+    quantization and offload hooks change it. The tokenizer is the tiny model's: prompts
+    of the same length, same template."""
     import torch
     from diffusers import (
         AutoencoderKL,
@@ -71,15 +83,27 @@ def build_full_pipeline(configs: Path, device: str, models_dir: Path) -> Any:
     )
     from transformers import AutoTokenizer, Qwen3Config, Qwen3Model
 
+    from pipeline.loading import check_quantize
+    from pipeline.meta_memory import memory_needs
+    from pipeline.placement import Placement, finish_placement, plan_placement, quantize_fp8
     from pipeline.tiny_model import ensure_tiny_model
 
+    check_quantize(quantize, device)
+    if device == "cuda":
+        plan = plan_placement(offload, device, memory_needs(configs, torch.bfloat16, quantize))
+    else:
+        plan = Placement("none", device, "not a CUDA device")
+    print(plan.describe(), file=sys.stderr)
+    on = plan.component_devices()
     read = lambda part: json.loads((configs / part / "config.json").read_text())  # noqa: E731
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
-        with torch.device(device):
+        with torch.device(on["transformer"]):
             transformer = ZImageTransformer2DModel.from_config(read("transformer"))
+        with torch.device(on["text_encoder"]):
             text_encoder = Qwen3Model(Qwen3Config(**read("text_encoder")))
+        with torch.device(on["vae"]):
             vae = AutoencoderKL.from_config(read("vae"))
     finally:
         torch.set_default_dtype(previous)
@@ -90,15 +114,21 @@ def build_full_pipeline(configs: Path, device: str, models_dir: Path) -> Any:
     pipe = ZImagePipeline(
         scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
     )
+    if save_to is not None:
+        pipe.save_pretrained(save_to, safe_serialization=True)
+    if quantize == "fp8":
+        quantize_fp8(pipe.transformer, on["transformer"])
+    finish_placement(pipe, plan)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def build_tiny_pipeline(models_dir: Path) -> Any:
+def build_tiny_pipeline(models_dir: Path, offload: str = "auto", quantize: str = "none") -> Any:
     """The service's own loading path with the tiny model."""
-    from pipeline.loading import load_pipeline, resolve_model
+    from pipeline.loading import ModelOptions, load_pipeline, resolve_model
 
-    return load_pipeline(resolve_model("tiny", models_dir))
+    options = ModelOptions(offload=offload, quantize=quantize)  # type: ignore[arg-type]
+    return load_pipeline(resolve_model("tiny", models_dir, options), options)[0]
 
 
 def transformer_flops(transformer: Any, size: int, caption_tokens: int) -> float:
@@ -147,15 +177,19 @@ def one_image(
 
     from pipeline.embeddings import MAX_SEQUENCE_LENGTH
     from pipeline.engine import decode_latents
+    from pipeline.placement import text_encoder_device
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    encode = lambda text: pipe.encode_prompt(  # noqa: E731
-        prompt=text,
-        device=torch.device(device),
-        do_classifier_free_guidance=False,
-        max_sequence_length=MAX_SEQUENCE_LENGTH,
-    )[0]
+    encode = lambda text: [  # noqa: E731
+        e.to(device)
+        for e in pipe.encode_prompt(
+            prompt=text,
+            device=text_encoder_device(pipe),  # the CPU under --offload text-encoder
+            do_classifier_free_guidance=False,
+            max_sequence_length=MAX_SEQUENCE_LENGTH,
+        )[0]
+    ]
     embeds = [e[:tokens] for e in encode(PROMPT)]
     negative = encode("") if guidance > 0 else None
     sync(device)
@@ -229,8 +263,8 @@ def apply_levers(pipe: Any, device: str, args: argparse.Namespace) -> dict[str, 
     from pipeline.attention import apply_backend, choose_backend, model_attention_shape
     from pipeline.compile import compile_transformer, should_compile
 
-    # Placement (--offload) and --quantize (issue 13, part A) apply here, first: the
-    # attention backend and compilation act on the transformer as placed and quantised.
+    # After placement (--offload) and --quantize, which the builders apply: the attention
+    # backend and compilation act on the transformer as placed and quantised.
     transformer = pipe.transformer
     heads, head_dim = model_attention_shape(transformer)
     backend = choose_backend(args.attention_backend, device, transformer.dtype, heads, head_dim)
@@ -241,7 +275,10 @@ def apply_levers(pipe: Any, device: str, args: argparse.Namespace) -> dict[str, 
 
 def lever_flags(args: argparse.Namespace) -> list[str]:
     """The same levers as app.py flags, for the cold start."""
-    return ["--compile", args.compile, "--attention-backend", args.attention_backend]
+    return [
+        *("--offload", args.offload, "--quantize", args.quantize),
+        *("--compile", args.compile, "--attention-backend", args.attention_backend),
+    ]
 
 
 def cold_start(
@@ -286,9 +323,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("bench/gpu.py: no CUDA device here; run with --tiny for the CPU version")
     models_dir = Path(args.models_dir).expanduser()
 
+    work = Path(tempfile.mkdtemp(prefix="zimage-bench-"))  # weights, caches: deleted at the end
+    try:
+        return measure(args, device, dtype, models_dir, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(
+    args: argparse.Namespace, device: str, dtype: Any, models_dir: Path, work: Path
+) -> dict[str, Any]:
+    import torch
+
     started = time.perf_counter()
-    pipe = build_tiny_pipeline(models_dir) if args.tiny else build_full_pipeline(CONFIGS, device, models_dir)
-    pipe.to(device)
+    weights = work / "weights" if args.cold_start else None  # saved before quantization and hooks
+    if args.tiny:
+        pipe = build_tiny_pipeline(models_dir, args.offload, args.quantize)
+        if weights is not None:
+            pipe.save_pretrained(weights, safe_serialization=True)
+    else:
+        pipe = build_full_pipeline(CONFIGS, device, models_dir, args.offload, args.quantize, weights)
     build_s = time.perf_counter() - started
     params = {
         name: sum(p.numel() for p in getattr(pipe, name).parameters())
@@ -340,42 +394,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     p50 = main["latency_p50_s"]
     flops = transformer_flops(pipe.transformer, size, int(p50["caption_tokens"]))
     flops_per_image = flops * args.steps
-    work = Path(tempfile.mkdtemp(prefix="zimage-bench-"))  # weights, caches: deleted below
-    try:
-        report: dict[str, Any] = {
-            "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-            "dtype": str(dtype).removeprefix("torch."),
-            "model": "tiny" if args.tiny else "full-size Z-Image-Turbo architecture, random weights",
-            "levers": {**levers, "offload": None, "quantize": None},  # the last two: part A
-            "parameters": params,
-            "size": size,
-            "steps": args.steps,
-            "build_s": build_s,
-            "latency_p50_s": p50,
-            "cases": cases,
-            "service_overheads": {
-                str(s): service_overheads(s, args.overhead_runs, work / "overheads") for s in args.sizes
-            },
-            "peak_memory_bytes": peak_memory,
-            "images_per_s": throughput,
-            "transformer_forward_tflop": flops / 1e12,
-            "tflop_per_image": flops_per_image / 1e12,
-            "matmul_peak_tflops": peak / 1e12,
-            "mfu_transformer": flops_per_image / p50["transformer"] / peak,
-            "mfu_end_to_end": flops_per_image / p50["total"] / peak,
-            "versions": {"torch": torch.__version__},
-        }
-        if args.cold_start:
-            model_dir = work / "weights"
-            pipe.save_pretrained(model_dir, safe_serialization=True)
-            del pipe
-            if device == "cuda":
-                torch.cuda.empty_cache()
-            report["cold_start"] = cold_start(
-                model_dir, work / "cache", size, args.cold_timeout, lever_flags(args)
-            )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    report: dict[str, Any] = {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "dtype": str(dtype).removeprefix("torch."),
+        "model": "tiny" if args.tiny else "full-size Z-Image-Turbo architecture, random weights",
+        "levers": {"offload": args.offload, "quantize": args.quantize, **levers},
+        "parameters": params,
+        "size": size,
+        "steps": args.steps,
+        "build_s": build_s,
+        "latency_p50_s": p50,
+        "cases": cases,
+        "service_overheads": {
+            str(s): service_overheads(s, args.overhead_runs, work / "overheads") for s in args.sizes
+        },
+        "peak_memory_bytes": peak_memory,
+        "images_per_s": throughput,
+        "transformer_forward_tflop": flops / 1e12,
+        "tflop_per_image": flops_per_image / 1e12,
+        "matmul_peak_tflops": peak / 1e12,
+        "mfu_transformer": flops_per_image / p50["transformer"] / peak,
+        "mfu_end_to_end": flops_per_image / p50["total"] / peak,
+        "versions": {"torch": torch.__version__},
+    }
+    if weights is not None:
+        del pipe
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        report["cold_start"] = cold_start(weights, work / "cache", size, args.cold_timeout, lever_flags(args))
     return report
 
 
@@ -492,7 +538,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--attention-backend", default="auto", help="auto or a diffusers attention backend name"
     )
-    # Part A of issue 13 adds --offload and --quantize here (and to apply_levers).
+    parser.add_argument(
+        "--offload",
+        choices=["auto", "none", "text-encoder", "model", "sequential"],
+        default="auto",
+        help="placement, as app.py --offload (default auto: what this GPU's free memory allows)",
+    )
+    parser.add_argument(
+        "--quantize", choices=["none", "fp8"], default="none", help="as app.py --quantize (default none)"
+    )
     parser.add_argument(
         "--out", type=Path, default=None, help="JSON path (default bench/results/gpu-<device>.json)"
     )

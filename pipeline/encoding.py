@@ -118,7 +118,8 @@ class EncodePool:
 
 
 def generation_parameters(request: CanonicalRequest, identity: ModelIdentity) -> dict[str, Any]:
-    return {**request.as_dict(), "model": identity.model_id, "fingerprint": identity.fingerprint}
+    quantized = {"quantize": identity.quantize} if identity.quantize != "none" else {}
+    return {**request.as_dict(), "model": identity.model_id, "fingerprint": identity.fingerprint, **quantized}
 
 
 def encode_image(pixels: Any, request: CanonicalRequest, identity: ModelIdentity) -> bytes:

@@ -21,7 +21,8 @@ from pipeline.compile import (
 from pipeline.embeddings import MAX_SEQUENCE_LENGTH, EmbeddingCache
 from pipeline.encoding import EncodePool, GeneratedImage, GenerationFailed, Rendered, finish_images
 from pipeline.fit import FitRecord
-from pipeline.loading import ModelIdentity, load_pipeline, resolve_model
+from pipeline.loading import NOISE_DEVICE, ModelIdentity, ModelOptions, load_pipeline, resolve_model
+from pipeline.placement import Placement, text_encoder_device
 from pipeline.request import CanonicalRequest
 
 log = logging.getLogger(__name__)
@@ -95,12 +96,15 @@ class Engine:
         embedding_cache_bytes: int = 256 << 20,
         warmup: Warmup | None = None,
         on_fatal: Callable[[str], None] | None = None,
+        options: ModelOptions | None = None,
         attention_backend: str = "auto",
         compile: CompileSetting = "auto",
         compile_cache_dir: Path | None = None,
     ) -> None:
         self.model_spec = model_spec
         self.models_dir = models_dir
+        self.options = options or ModelOptions()
+        self.placement: Placement | None = None  # known once loaded
         self.max_queue = max_queue
         self.embeddings = EmbeddingCache(embedding_cache_bytes)
         self.encoder_runs = 0
@@ -206,7 +210,7 @@ class Engine:
     def _prepare(self, load: bool) -> None:
         self._work_started()
         try:
-            identity = resolve_model(self.model_spec, self.models_dir)
+            identity = resolve_model(self.model_spec, self.models_dir, self.options)
             self.identity_future.set_result(identity)
             if identity.demo:
                 log.warning("DEMO MODEL: serving the tiny random-weight model; images are noise")
@@ -225,7 +229,7 @@ class Engine:
         try:
             started = time.perf_counter()
             log.info("loading %s on %s (%s)", identity.model_id, identity.device, identity.dtype)
-            self._pipe = load_pipeline(identity)
+            self._pipe, self.placement = load_pipeline(identity, self.options)
             self._apply_levers(identity)
             log.info("model loaded in %.1f s; warming up", time.perf_counter() - started)
             self.state = WARMING
@@ -338,9 +342,11 @@ class Engine:
 
             # 2. Denoise, always with explicit Turbo-style settings: the pipeline's own
             #    defaults (50 steps, CFG 5) are for the base model. One generator per
-            #    image keeps each equal to itself made alone.
+            #    image keeps each equal to itself made alone; on the CPU, so a seed's
+            #    noise is the same whatever the GPU (the pipeline draws it there and
+            #    moves it to the device).
             started = time.perf_counter()
-            generators = [torch.Generator(device=identity.device).manual_seed(r.seed) for r in requests]
+            generators = [torch.Generator(device=NOISE_DEVICE).manual_seed(r.seed) for r in requests]
             latents = self._pipe(
                 prompt_embeds=prompt_embeds,
                 negative_prompt_embeds=negative_embeds,
@@ -457,7 +463,7 @@ class Engine:
             with torch.no_grad():
                 embeds, _ = self._pipe.encode_prompt(
                     prompt=text,
-                    device=device,
+                    device=text_encoder_device(self._pipe),  # the CPU in text-encoder mode
                     do_classifier_free_guidance=False,
                     max_sequence_length=MAX_SEQUENCE_LENGTH,
                 )
@@ -490,13 +496,13 @@ def free_device_memory(device: str) -> None:
 
 
 def is_fatal_device_error(exc: BaseException) -> bool:
-    """Whether `exc` leaves the CUDA context broken (so only a new process can recover);
-    out-of-memory errors are not fatal."""
+    """Whether `exc` leaves the CUDA context broken (so only a new process can recover):
+    only the errors FATAL_DEVICE_ERRORS lists, whatever the exception's class (an
+    AcceleratorError can be a plain "out of memory" from outside the caching allocator).
+    Out-of-memory errors are never fatal."""
     import torch
 
     if isinstance(exc, torch.OutOfMemoryError):
         return False
-    if isinstance(exc, getattr(torch, "AcceleratorError", ())):
-        return True
     text = str(exc).lower()
     return any(marker in text for marker in FATAL_DEVICE_ERRORS)

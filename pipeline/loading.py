@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
+import json
 import logging
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pipeline.placement import Offload, Placement
 from pipeline.tiny_model import TINY_MODEL_ID, ensure_tiny_model
 
 log = logging.getLogger(__name__)
@@ -18,6 +22,36 @@ HUB_ID = "Tongyi-MAI/Z-Image-Turbo"
 # name and size, so fingerprinting 30 GB of weights stays instant.
 _HASH_CONTENT_LIMIT = 1 << 20
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+# Files download tools keep beside a model, none of which the pipeline reads:
+# `hf download --local-dir` writes .cache/huggingface/download/*.metadata (with
+# timestamps) and *.lock files; hashing them would change every key on re-download.
+_BOOKKEEPING = ("*.metadata", "*.lock", "*.incomplete")
+# Weight formats the pipeline does not load (it reads safetensors): not downloaded.
+_UNUSED_WEIGHTS = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.gguf"]
+# Where the initial noise is drawn. On the CPU a seed gives the same noise on every
+# machine (x86-64 with AVX2 or better), whatever its GPU; a CUDA generator's noise
+# differs from the CPU's. Part of every cache key, so a change here changes keys.
+NOISE_DEVICE = "cpu"
+# Signs of an installed NVIDIA driver: a torch that cannot use it must not quietly
+# serve the demo model on a GPU box.
+NVIDIA_DRIVER_FILES = (Path("/proc/driver/nvidia/version"), Path("/dev/nvidiactl"))
+
+Quantize = Literal["none", "fp8"]
+# float8 matmuls (torch._scaled_mm) need Ada (8.9), Hopper (9.0) or later.
+FP8_MIN_CAPABILITY = (8, 9)
+
+
+class CudaUnavailable(RuntimeError):
+    """An NVIDIA driver is installed but torch cannot use CUDA: `--model auto` refuses
+    to serve the demo model there."""
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """How the model is laid out on the device: `--offload` and `--quantize`."""
+
+    offload: Offload = "auto"
+    quantize: Quantize = "none"
 
 
 @dataclass(frozen=True)
@@ -33,6 +67,18 @@ class ModelIdentity:
     demo: bool
     min_size: int
     max_size: int = 2048
+    quantize: Quantize = "none"
+
+    def key_fields(self) -> dict[str, str]:
+        """What of the model goes into every cache key: whatever changes its pixels for a
+        given request (weights, dtype, quantization, where the noise is drawn), and not
+        where the parts live (placement changes no more than kernel numerics do)."""
+        return {
+            "model": self.fingerprint,
+            "dtype": self.dtype,
+            "quantize": self.quantize,
+            "noise": NOISE_DEVICE,
+        }
 
 
 def pick_device() -> tuple[str, str]:
@@ -45,26 +91,80 @@ def pick_device() -> tuple[str, str]:
     return "cpu", "float32"
 
 
-def resolve_model(spec: str, models_dir: Path) -> ModelIdentity:
+def nvidia_driver() -> str | None:
+    """Evidence that an NVIDIA driver is installed (a path), or None."""
+    for path in NVIDIA_DRIVER_FILES:
+        if path.exists():
+            return str(path)
+    return shutil.which("nvidia-smi")
+
+
+def cuda_unusable_reason(driver: str) -> str:
+    """Why torch cannot use the GPU whose driver `driver` shows, and how to fix it."""
+    import torch
+
+    if torch.version.cuda is None:
+        why = f"torch {torch.__version__} is a CPU-only build"
+        fix = "install a CUDA build of torch"
+    else:
+        why = f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no usable GPU"
+        fix = "check CUDA_VISIBLE_DEVICES and that the driver supports this CUDA version"
+    return (
+        f"an NVIDIA driver is installed ({driver}) but {why}, so --model auto would serve the "
+        f"random-weight demo model; {fix}, or pass --model tiny to serve the demo model on purpose"
+    )
+
+
+def check_quantize(quantize: str, device: str) -> None:
+    """Raise ValueError saying why, unless `device` can run `--quantize quantize`."""
+    if quantize == "none":
+        return
+    need = ".".join(map(str, FP8_MIN_CAPABILITY))
+    if device != "cuda":
+        raise ValueError(
+            f"--quantize fp8 needs a CUDA GPU of compute capability {need} or newer (Ada, Hopper, "
+            "Blackwell); this machine serves on the CPU. Use --quantize none"
+        )
+    import torch
+
+    capability = torch.cuda.get_device_capability()
+    if capability < FP8_MIN_CAPABILITY:
+        name = torch.cuda.get_device_name()
+        raise ValueError(
+            f"--quantize fp8 needs compute capability {need} or newer (Ada, Hopper, Blackwell); "
+            f"{name} is {capability[0]}.{capability[1]}. Use --quantize none"
+        )
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        raise ValueError("--quantize fp8 needs torchao: pip install 'z-image-turbo-service[fp8]'") from None
+
+
+def resolve_model(spec: str, models_dir: Path, options: ModelOptions | None = None) -> ModelIdentity:
     """Turn `--model` (auto | tiny | <dir> | <hub id>) into local files and an identity.
 
-    auto: the real model when CUDA is present, else the tiny demo model. A hub id
-    is fetched into the Hugging Face cache (or found there when offline).
-    Raises ValueError naming the setting when the spec leads nowhere.
+    auto: the real model when CUDA is present, else the tiny demo model; but with an
+    NVIDIA driver installed and a torch that cannot use it, CudaUnavailable (a GPU
+    box must not quietly serve noise). A hub id is fetched into the Hugging Face
+    cache (only the files the pipeline reads), or found there when offline.
+    Raises ValueError naming the setting when the spec leads nowhere or the device
+    cannot do `options.quantize`.
     """
+    options = options or ModelOptions()
     device, dtype = pick_device()
     if spec == "auto":
+        if device != "cuda" and (driver := nvidia_driver()):
+            raise CudaUnavailable(cuda_unusable_reason(driver))
         spec = HUB_ID if device == "cuda" else "tiny"
     check_model_spec(spec)
+    check_quantize(options.quantize, device)
     local = Path(spec).expanduser()
     if spec == "tiny":
         path, model_id, fingerprint = ensure_tiny_model(models_dir), TINY_MODEL_ID, None
     elif local.is_dir():
         path, model_id, fingerprint = local, str(local.resolve()), None
     else:
-        from huggingface_hub import snapshot_download
-
-        path, model_id = Path(snapshot_download(spec)), spec
+        path, model_id = download(spec), spec
         fingerprint = f"{spec}@{path.name}"  # the snapshot directory is named by commit
     demo = spec == "tiny"
     return ModelIdentity(
@@ -75,6 +175,7 @@ def resolve_model(spec: str, models_dir: Path) -> ModelIdentity:
         dtype=dtype,
         demo=demo,
         min_size=64 if demo else 256,
+        quantize=options.quantize,
     )
 
 
@@ -93,11 +194,52 @@ def check_model_spec(spec: str) -> None:
         )
 
 
+def pipeline_patterns(model_index: Path) -> list[str]:
+    """The files ZImagePipeline.from_pretrained reads, as glob patterns relative to the
+    model directory: model_index.json and each component's folder (config, weights,
+    tokenizer files); not the README, sample images or other repositories' extras."""
+    index = json.loads(model_index.read_text())
+    components = [name for name, value in index.items() if isinstance(value, list) and value[0] is not None]
+    return ["model_index.json", *(f"{name}/*" for name in sorted(components))]
+
+
+def download(hub_id: str) -> Path:
+    """Fetch the files of `hub_id` the pipeline reads (no other weight formats, no
+    README assets) into the Hugging Face cache, or find them there when offline;
+    returns the snapshot directory (named by the commit)."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    index = Path(hf_hub_download(hub_id, "model_index.json"))
+    revision = index.parent.name  # the snapshot's commit: both calls see the same files
+    return Path(
+        snapshot_download(
+            hub_id,
+            revision=revision,
+            allow_patterns=pipeline_patterns(index),
+            ignore_patterns=_UNUSED_WEIGHTS,
+        )
+    )
+
+
+def is_bookkeeping(rel: str) -> bool:
+    """Whether a path (relative to the model directory) is a download tool's or a hidden file."""
+    parts = rel.split("/")
+    return any(part.startswith(".") for part in parts) or any(
+        fnmatch.fnmatch(parts[-1], pattern) for pattern in _BOOKKEEPING
+    )
+
+
 def fingerprint_dir(path: Path) -> str:
-    """SHA-256 over the model directory: small files by content, large ones by name and size."""
+    """SHA-256 over the files of the model directory the pipeline reads (pipeline_patterns),
+    small ones by content, large ones (weights) by name and size. Download tools'
+    bookkeeping (.cache/, *.metadata, *.lock) and hidden files are left out, so
+    downloading the same model again keeps every key."""
+    patterns = pipeline_patterns(path / "model_index.json")
     digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
         rel = file.relative_to(path).as_posix()
+        if is_bookkeeping(rel) or not any(fnmatch.fnmatch(rel, pattern) for pattern in patterns):
+            continue
         size = file.stat().st_size
         digest.update(f"{rel}\0{size}\0".encode())
         if size <= _HASH_CONTENT_LIMIT:
@@ -105,22 +247,30 @@ def fingerprint_dir(path: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def load_pipeline(identity: ModelIdentity) -> Any:
-    """Load the diffusers ZImagePipeline from local files onto the device."""
+def load_pipeline(identity: ModelIdentity, options: ModelOptions | None = None) -> tuple[Any, Placement]:
+    """Load the diffusers ZImagePipeline from local files, placed by `options.offload`
+    (placement.py) and quantized as the identity says; returns it with the plan.
+    Raises placement.DoesNotFit when no mode fits the GPU's free memory."""
     import torch
-    from diffusers import ZImagePipeline
 
+    from pipeline.meta_memory import memory_needs
+    from pipeline.placement import load_placed, plan_placement
+
+    options = options or ModelOptions()
     quiet_progress_bars()
     dtype = getattr(torch, identity.dtype)
-    pipe = ZImagePipeline.from_pretrained(identity.path, dtype=dtype)
-    pipe.to(identity.device)
+    needs = memory_needs(identity.path, dtype, identity.quantize) if identity.device == "cuda" else None
+    plan = plan_placement(options.offload, identity.device, needs)
+    log.info("%s", plan.describe())
+    pipe = load_placed(identity.path, dtype, plan, identity.quantize)
     pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return pipe, plan
 
 
 def is_demo_spec(spec: str) -> bool:
-    """Whether `--model spec` will serve the tiny demo model (known before loading)."""
-    return spec == "tiny" or (spec == "auto" and pick_device()[0] != "cuda")
+    """Whether `--model spec` will serve the tiny demo model (known before loading): not
+    under auto on a machine with an NVIDIA driver, where auto refuses instead."""
+    return spec == "tiny" or (spec == "auto" and pick_device()[0] != "cuda" and nvidia_driver() is None)
 
 
 def quiet_progress_bars() -> None:

@@ -224,9 +224,7 @@ class GenerationService:
 
     @staticmethod
     def key_for(request: CanonicalRequest, identity: ModelIdentity) -> str:
-        return make_key(
-            {"request": request.as_dict(), "model": identity.fingerprint, "dtype": identity.dtype}
-        )
+        return make_key({"request": request.as_dict(), **identity.key_fields()})
 
     def stats(self) -> dict[str, Any]:
         """Requests (images asked for), generations (pipeline runs), images generated,

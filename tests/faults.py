@@ -11,6 +11,8 @@ ZIMAGE_FAULT_OOM=PATH           while PATH exists, the transformer runs out of m
 ZIMAGE_FAULT_OOM_BATCH_OVER=N   the transformer runs out of memory on batches over N images
 ZIMAGE_FAULT_OOM_PIXELS_OVER=N  the transformer runs out of memory on images over N pixels
 ZIMAGE_FAULT_DECODE_OOM_BATCH_OVER=N  the VAE runs out of memory decoding over N images at once
+ZIMAGE_FAULT_NVIDIA_DRIVER=PATH an NVIDIA driver seems installed (PATH stands for
+                                /proc/driver/nvidia/version) beside this CPU-only torch
 """
 
 from __future__ import annotations
@@ -77,8 +79,16 @@ def broken_vae(decode_oom_batch_over: int) -> None:
     AutoencoderKL.decode = broken
 
 
+def nvidia_driver(sign: str) -> None:
+    import pipeline.loading
+
+    pipeline.loading.NVIDIA_DRIVER_FILES = (Path(sign),)
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
+    if path := os.environ.get("ZIMAGE_FAULT_NVIDIA_DRIVER"):
+        nvidia_driver(path)
     if path := os.environ.get("ZIMAGE_FAULT_GATE_WARMUP"):
         gate_warmup(path)
     over = os.environ.get("ZIMAGE_FAULT_OOM_BATCH_OVER")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -135,3 +136,28 @@ def test_chinese_browser_sees_chinese_labels(browser: Browser, server: Server) -
     expect(page.locator("#demo-banner")).to_contain_text("演示模型")
     expect(page.get_by_role("tab", name="统计")).to_be_visible()
     context.close()
+
+
+def test_a_gpu_box_whose_torch_cannot_use_cuda_says_so_instead_of_serving_noise(
+    browser: Browser, tmp_path: Path
+) -> None:
+    sign = tmp_path / "proc-driver-nvidia-version"  # stands for /proc/driver/nvidia/version
+    sign.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  570.86.15\n")
+    env = {"ZIMAGE_MODEL": "auto", "ZIMAGE_FAULT_NVIDIA_DRIVER": str(sign)}
+    srv = Server(tmp_path / "cache", env=env, faults=True)
+    try:
+        srv.wait_model("failed")
+        ready = srv.client.get("/ready")
+        assert ready.status_code == 503 and "is a CPU-only build" in ready.json()["reason"]
+        run = srv.client.get("/run", params={"prompt": "a red fox", "width": 256, "height": 256})
+        assert run.status_code == 503 and "CudaUnavailable" in run.json()["detail"]
+        context = browser.new_context(locale="en-US")
+        page = context.new_page()
+        page.goto(srv.url)
+        state = page.locator("#model-state")
+        expect(state).to_contain_text("The model failed to load", timeout=TIMEOUT_MS)
+        expect(state).to_contain_text("install a CUDA build of torch, or pass --model tiny")
+        expect(page.locator("#demo-banner")).to_be_hidden()  # it is no demo: it is broken
+        context.close()
+    finally:
+        srv.stop()

@@ -58,10 +58,10 @@ def test_the_gpu_benchmark_runs_on_the_cpu_with_the_tiny_model(tmp_path: Path) -
     )
     assert p50["caption_tokens"] == 128  # a realistic prompt length, whatever the tokenizer
     assert report["levers"] == {
+        "offload": "auto",
+        "quantize": "none",
         "attention_backend": "_native_flash",
         "compile": False,
-        "offload": None,
-        "quantize": None,
     }
     cases = report["cases"]
     assert set(cases) == {"256x256 guidance 0", "256x256 guidance 3"}

@@ -204,6 +204,9 @@ def test_an_unrecoverable_device_error_ends_the_process(tmp_path: Path) -> None:
         (RuntimeError("CUDA error: device-side assert triggered"), True),
         (RuntimeError("CUBLAS_STATUS_EXECUTION_FAILED when calling cublasGemmEx"), True),
         (torch.AcceleratorError("CUDA error: unspecified launch failure"), True),
+        # Not every AcceleratorError breaks the context: only the listed ones end the process.
+        (torch.AcceleratorError("CUDA error: out of memory"), False),
+        (torch.AcceleratorError("CUDA error: invalid argument"), False),
         (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), False),
         (RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x3 and 5x6)"), False),
         (ValueError("bad value"), False),

@@ -225,6 +225,8 @@ def create_api(
                 "fingerprint": identity.fingerprint,
                 "device": identity.device,
                 "dtype": identity.dtype,
+                "quantize": identity.quantize,
+                "placement": engine.placement.as_dict() if engine.placement else None,
                 "demo": identity.demo,
                 "sizes": [identity.min_size, identity.max_size],
             }

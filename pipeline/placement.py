@@ -1,0 +1,202 @@
+"""Where each part of the model lives on a CUDA machine, and loading it there.
+
+The plan weighs the model's device bytes (meta_memory.py, from the configs) against
+`torch.cuda.mem_get_info()`. Modes, from fastest to smallest:
+
+- none: everything on the GPU.
+- text-encoder: the transformer and the VAE on the GPU, the text encoder (7.5 GiB
+  of the full model) on the CPU; the prompt-embedding cache keeps it off the path
+  of every repeated prompt, and a new prompt costs one text-encoder pass on the CPU.
+- model: accelerate's model offload; each component is moved to the GPU whole
+  when it runs (the transformer's 11.5 GiB cross PCIe on every generation).
+- sequential: accelerate's sequential offload; weights stream to the GPU module
+  by module on every forward (slowest; fits any card with a few GiB).
+
+`auto` takes the first that fits. Weights go from the files straight to their
+device (`device_map` in `from_pretrained`), never first whole into CPU memory.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pipeline.meta_memory import MemoryNeeds
+
+log = logging.getLogger(__name__)
+
+Offload = Literal["auto", "none", "text-encoder", "model", "sequential"]
+OFFLOAD_MODES: tuple[str, ...] = ("none", "text-encoder", "model", "sequential")
+GiB = 1 << 30
+# Device memory the tensor counts cannot see: cuBLAS/cuDNN workspaces, the caching
+# allocator's rounding and fragmentation, torch.compile's graphs. A guess to be
+# checked on a GPU (bench/gpu.py reports the peak); mem_get_info already excludes
+# the CUDA context, which exists by the time it answers.
+MARGIN = 1 * GiB
+
+
+class DoesNotFit(RuntimeError):
+    """Even sequential offload needs more device memory than the GPU has free."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The plan: a mode, where each component's weights are loaded, the VAE's memory
+    savers, and the figures it was chosen from (bytes; absent on the CPU)."""
+
+    mode: str
+    device: str
+    reason: str
+    free_bytes: int | None = None
+    total_bytes: int | None = None
+    needs: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def vae_slicing(self) -> bool:
+        """A batch is decoded one image at a time: its peak is one image's, whatever the batch."""
+        return self.device == "cuda"
+
+    @property
+    def vae_tiling(self) -> bool:
+        """Sides over the VAE's tile (1024 px for the real model) are decoded in overlapping
+        tiles. Set by the image size alone, never by the card, so replicas with different
+        GPUs decode a key's image the same way; a 2048² decode then peaks like a 1024² one."""
+        return self.device == "cuda"
+
+    def component_devices(self) -> dict[str, str]:
+        """Where `from_pretrained` puts each component's weights (offload hooks move
+        them later in the model and sequential modes)."""
+        if self.mode == "none":
+            return {"transformer": self.device, "text_encoder": self.device, "vae": self.device}
+        if self.mode == "text-encoder":
+            return {"transformer": self.device, "text_encoder": "cpu", "vae": self.device}
+        return {"transformer": "cpu", "text_encoder": "cpu", "vae": "cpu"}
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"vae_slicing": self.vae_slicing, "vae_tiling": self.vae_tiling}
+
+    def describe(self) -> str:
+        if self.device != "cuda":
+            return f"placement: {self.reason}"
+        needs = ", ".join(f"{mode} {gib(b)}" for mode, b in self.needs.items())
+        free = gib(self.free_bytes or 0)
+        return f"placement: {self.mode} ({self.reason}); {free} free of {gib(self.total_bytes or 0)}; needs: {needs}"
+
+
+def gib(n: int) -> str:
+    return f"{n / GiB:.1f} GiB"
+
+
+def mode_needs(needs: MemoryNeeds) -> dict[str, int]:
+    """Device bytes each mode needs: resident weights + peak activations + MARGIN."""
+    w = needs.weights
+    resident = {
+        "none": sum(w.values()),
+        "text-encoder": w["transformer"] + w["vae"],
+        "model": max(w.values()),
+        "sequential": needs.largest_module,
+    }
+    return {mode: b + needs.work + MARGIN for mode, b in resident.items()}
+
+
+def plan_placement(requested: str, device: str, needs: MemoryNeeds | None) -> Placement:
+    """Choose the mode for `--offload requested` on `device`.
+
+    On the CPU everything stays in RAM ("none"). On CUDA, `auto` takes the first mode
+    whose need fits the free memory (raises DoesNotFit when none does); an explicit
+    mode is obeyed, with a warning when the estimate says it will not fit.
+    """
+    if device != "cuda":
+        return Placement("none", device, "on the CPU, every component in RAM")
+    import torch
+
+    assert needs is not None, "a CUDA plan needs the model's memory needs"
+    free, total = torch.cuda.mem_get_info()
+    by_mode = mode_needs(needs)
+    if requested != "auto":
+        if by_mode[requested] > free:
+            log.warning(
+                "--offload %s needs about %s but the GPU has %s free: expect out-of-memory errors; "
+                "--offload auto picks a mode that fits",
+                requested,
+                gib(by_mode[requested]),
+                gib(free),
+            )
+        return Placement(requested, device, "chosen by --offload", free, total, by_mode)
+    for mode in OFFLOAD_MODES:
+        if by_mode[mode] <= free:
+            return Placement(mode, device, "auto: the fastest mode that fits", free, total, by_mode)
+    raise DoesNotFit(
+        f"the GPU has {gib(free)} free of {gib(total)}; even --offload sequential needs about "
+        f"{gib(by_mode['sequential'])} (free GPU memory, or use a larger card)"
+    )
+
+
+def load_placed(model_dir: Path, dtype: Any, plan: Placement, quantize: str = "none") -> Any:
+    """Load the pipeline from `model_dir` by `plan`: each weight-bearing component with
+    `from_pretrained(..., device_map=<its device>)` (straight from the safetensors to
+    the GPU), the rest (scheduler, tokenizer) by the pipeline; then the offload hooks
+    and the VAE's memory savers. With fp8 the transformer is read to the CPU and
+    quantized layer by layer onto its device, so its bfloat16 form never sits whole
+    on the GPU.
+
+    Per component rather than the pipeline's own `device_map`: diffusers 0.42.1
+    takes only a string there ("cuda", "cpu", "balanced"), so it cannot keep the text
+    encoder on the CPU, and a device-mapped pipeline refuses `.to()` and offload."""
+    from diffusers import ZImagePipeline
+
+    index = json.loads((model_dir / "model_index.json").read_text())
+    components = {}
+    for name, device in plan.component_devices().items():
+        library, class_name = index[name]
+        cls = getattr(importlib.import_module(library), class_name)
+        fp8 = quantize == "fp8" and name == "transformer"
+        target = "cpu" if fp8 else device
+        # The CPU is from_pretrained's own default; a device map there only adds hooks.
+        kwargs = {"dtype": dtype} if target == "cpu" else {"dtype": dtype, "device_map": target}
+        components[name] = cls.from_pretrained(model_dir / name, **kwargs)
+        if fp8:
+            quantize_fp8(components[name], device)
+    pipe = ZImagePipeline.from_pretrained(model_dir, dtype=dtype, **components)
+    finish_placement(pipe, plan)
+    return pipe
+
+
+def finish_placement(pipe: Any, plan: Placement) -> None:
+    """Offload hooks for the model and sequential modes, and the VAE's slicing and tiling."""
+    if plan.mode == "model":
+        pipe.enable_model_cpu_offload(device=plan.device)
+    elif plan.mode == "sequential":
+        pipe.enable_sequential_cpu_offload(device=plan.device)
+    if plan.vae_slicing:
+        pipe.vae.enable_slicing()
+    if plan.vae_tiling:
+        pipe.vae.enable_tiling()
+
+
+def quantize_fp8(transformer: Any, device: str) -> None:
+    """torchao float8: weights and activations in e4m3 with a scale per row, on Ada,
+    Hopper and later (check_fp8 refuses other devices first). Quantizes each linear
+    layer on `device`, then moves the rest of the transformer there."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+    quantize_(transformer, config, device=None if device == "cpu" else device)
+    transformer.to(device)
+
+
+def text_encoder_device(pipe: Any) -> Any:
+    """Where the text encoder runs: the execution device of accelerate's offload hooks
+    when it has them (model and sequential modes), else where its weights are (the
+    CPU in text-encoder mode). Its inputs must be put there."""
+    for module in pipe.text_encoder.modules():
+        hook = getattr(module, "_hf_hook", None)
+        if getattr(hook, "execution_device", None) is not None:
+            import torch
+
+            return torch.device(hook.execution_device)
+    return pipe.text_encoder.device

@@ -1,0 +1,245 @@
+"""Placement by memory budget, without a GPU: the full-size model's bytes from the meta
+device, torch.cuda.mem_get_info mocked as 8/12/16/24/80 GB cards, and spies on the
+diffusers/accelerate calls that load and place the tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from bench.gpu import CONFIGS
+from pipeline.loading import load_pipeline, resolve_model
+from pipeline.meta_memory import MemoryNeeds, memory_needs
+from pipeline.placement import (
+    MARGIN,
+    DoesNotFit,
+    GiB,
+    Placement,
+    load_placed,
+    mode_needs,
+    plan_placement,
+    text_encoder_device,
+)
+
+# (total GiB as mem_get_info reports it, the card); free = total - 0.5 GiB for the
+# CUDA context and a display, as on a desktop card.
+CARDS = {8: 8.0, 12: 12.0, 16: 15.99, 24: 23.99, 80: 79.65}
+
+
+@pytest.fixture(scope="module")
+def full_size() -> dict[str, MemoryNeeds]:
+    return {q: memory_needs(CONFIGS, torch.bfloat16, q) for q in ("none", "fp8")}
+
+
+def card(monkeypatch: pytest.MonkeyPatch, gb: int) -> None:
+    total = int(CARDS[gb] * GiB)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (total - GiB // 2, total))
+
+
+def test_the_full_size_model_needs_19_gib_of_weights_measured_on_meta(full_size: dict) -> None:
+    needs = full_size["none"]
+    weights = {name: round(b / GiB, 2) for name, b in needs.weights.items()}
+    assert weights == {"transformer": 11.46, "text_encoder": 7.49, "vae": 0.16}
+    # fp8 stores the transformer's linear weights in one byte: about half.
+    assert 5.6 * GiB < full_size["fp8"].weights["transformer"] < 5.9 * GiB
+    assert full_size["fp8"].weights["text_encoder"] == needs.weights["text_encoder"]
+    # Activations of one 1024² image with guidance, and of its decode (fused attention).
+    assert 0.9 * GiB < needs.transformer_work < 1.2 * GiB
+    assert 1.4 * GiB < needs.decode_work < 1.6 * GiB
+    assert needs.largest_module < GiB  # the text encoder's token embedding, 0.72 GiB
+
+
+@pytest.mark.parametrize(
+    ("gb", "quantize", "mode"),
+    [
+        (80, "none", "none"),
+        (24, "none", "none"),
+        (16, "none", "text-encoder"),  # a 16 GB card starts: the transformer stays resident
+        (12, "none", "sequential"),
+        (8, "none", "sequential"),
+        (16, "fp8", "text-encoder"),
+        (12, "fp8", "text-encoder"),
+        (8, "fp8", "sequential"),
+    ],
+)
+def test_auto_placement_by_card(
+    monkeypatch: pytest.MonkeyPatch, full_size: dict, gb: int, quantize: str, mode: str
+) -> None:
+    card(monkeypatch, gb)
+    plan = plan_placement("auto", "cuda", full_size[quantize])
+    assert plan.mode == mode, plan.describe()
+    assert plan.needs[mode] <= plan.free_bytes
+    print(f"{gb} GB, --quantize {quantize}: {plan.describe()}")
+
+
+def test_what_each_mode_needs_for_the_full_size_model(full_size: dict) -> None:
+    needs = {mode: round(b / GiB, 1) for mode, b in mode_needs(full_size["none"]).items()}
+    assert needs == {"none": 21.6, "text-encoder": 14.1, "model": 14.0, "sequential": 3.2}
+    assert GiB == MARGIN
+
+
+def test_a_card_too_small_for_anything_is_refused_naming_the_need(
+    monkeypatch: pytest.MonkeyPatch, full_size: dict
+) -> None:
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * GiB, 4 * GiB))
+    with pytest.raises(
+        DoesNotFit, match=r"2.0 GiB free of 4.0 GiB; even --offload sequential needs about 3.2"
+    ):
+        plan_placement("auto", "cuda", full_size["none"])
+
+
+def test_an_explicit_mode_is_obeyed_with_a_warning_when_it_will_not_fit(
+    monkeypatch: pytest.MonkeyPatch, full_size: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    card(monkeypatch, 16)
+    plan = plan_placement("none", "cuda", full_size["none"])
+    assert plan.mode == "none" and plan.reason == "chosen by --offload"
+    assert "expect out-of-memory errors" in caplog.text
+    assert plan_placement("model", "cuda", full_size["none"]).mode == "model"
+
+
+def test_the_cpu_keeps_everything_in_ram_whatever_the_setting() -> None:
+    plan = plan_placement("sequential", "cpu", None)
+    assert plan.mode == "none" and plan.component_devices() == dict.fromkeys(
+        ("transformer", "text_encoder", "vae"), "cpu"
+    )
+    assert not plan.vae_slicing and not plan.vae_tiling
+
+
+class Spy:
+    """Records the calls it wraps; can drop CUDA-only arguments before calling the real thing."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, *, run: bool = True) -> None:
+        self.calls: list[dict[str, Any]] = []
+        original = getattr(owner, name)
+
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(dict(kwargs))
+            if run:
+                kwargs.pop("device_map", None)  # no GPU here: load to the CPU instead
+                return original(*args, **kwargs)
+            return None
+
+        monkeypatch.setattr(owner, name, spy)
+
+
+def spies(monkeypatch: pytest.MonkeyPatch) -> dict[str, Spy]:
+    from diffusers import AutoencoderKL, ZImagePipeline, ZImageTransformer2DModel
+    from transformers import Qwen3Model
+
+    return {
+        "transformer": Spy(monkeypatch, ZImageTransformer2DModel, "from_pretrained"),
+        "text_encoder": Spy(monkeypatch, Qwen3Model, "from_pretrained"),
+        "vae": Spy(monkeypatch, AutoencoderKL, "from_pretrained"),
+        "model_offload": Spy(monkeypatch, ZImagePipeline, "enable_model_cpu_offload", run=False),
+        "sequential_offload": Spy(monkeypatch, ZImagePipeline, "enable_sequential_cpu_offload", run=False),
+    }
+
+
+@pytest.mark.parametrize(
+    ("mode", "device_maps", "offload"),
+    [
+        ("none", {"transformer": "cuda", "text_encoder": "cuda", "vae": "cuda"}, None),
+        ("text-encoder", {"transformer": "cuda", "text_encoder": None, "vae": "cuda"}, None),
+        ("model", {"transformer": None, "text_encoder": None, "vae": None}, "model_offload"),
+        ("sequential", {"transformer": None, "text_encoder": None, "vae": None}, "sequential_offload"),
+    ],
+)
+def test_loading_puts_each_component_straight_on_its_device(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, mode: str, device_maps: dict, offload: str | None
+) -> None:
+    model_dir = resolve_model("tiny", tmp_path / "models").path
+    calls = spies(monkeypatch)
+    pipe = load_placed(model_dir, torch.float32, Placement(mode, "cuda", "test"))
+    for name, device_map in device_maps.items():
+        (kwargs,) = calls[name].calls
+        assert kwargs.get("device_map") == device_map, name  # None: from_pretrained's CPU default
+        assert kwargs["dtype"] == torch.float32
+    for hook in ("model_offload", "sequential_offload"):
+        assert calls[hook].calls == ([{"device": "cuda"}] if hook == offload else [])
+    # Batches decode an image at a time; sides over the VAE's tile are decoded in tiles.
+    assert pipe.vae.use_slicing and pipe.vae.use_tiling
+
+
+def test_the_cpu_path_loads_without_device_maps_or_vae_changes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    calls = spies(monkeypatch)
+    pipe, plan = load_pipeline(resolve_model("tiny", tmp_path / "models"))
+    assert plan.mode == "none" and plan.device == "cpu"
+    assert all("device_map" not in calls[name].calls[0] for name in ("transformer", "text_encoder", "vae"))
+    assert not pipe.vae.use_slicing and not pipe.vae.use_tiling  # CPU images stay as they were
+
+
+def test_the_text_encoder_runs_where_it_lives_and_its_output_goes_to_the_transformer(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from accelerate import cpu_offload_with_hook
+
+    from pipeline.engine import Engine
+
+    engine = Engine("tiny", tmp_path / "models", embedding_cache_bytes=0)
+    engine.start()
+    assert engine.identity_future.result(timeout=120)
+    engine.close(120)
+    pipe, identity = engine._pipe, engine.identity
+    assert text_encoder_device(pipe) == torch.device("cpu")  # text-encoder mode: weights on the CPU
+
+    seen: list[Any] = []
+    encode = pipe.encode_prompt
+    monkeypatch.setattr(pipe, "encode_prompt", lambda **kw: seen.append(kw["device"]) or encode(**kw))
+    # The transformer's device stands in for CUDA: meta takes any tensor without a GPU.
+    embeds = engine._embed("a lighthouse", identity, torch.device("meta"))
+    assert seen == [torch.device("cpu")] and {t.device.type for t in embeds} == {"meta"}
+
+    # Under accelerate's offload hooks the encoder runs on the hooks' execution device.
+    cpu_offload_with_hook(pipe.text_encoder, execution_device="cuda")
+    assert text_encoder_device(pipe) == torch.device("cuda")
+
+
+def test_a_16_gb_card_loads_the_transformer_on_the_gpu_and_the_text_encoder_on_the_cpu(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, full_size: dict
+) -> None:
+    # The whole start-up path on a mocked 16 GB card: the full-size model's needs
+    # (computed on meta) decide; the tiny model's files stand in for its weights.
+    import dataclasses
+
+    from pipeline import meta_memory
+
+    identity = dataclasses.replace(
+        resolve_model("tiny", tmp_path / "models"), device="cuda", dtype="bfloat16"
+    )
+    card(monkeypatch, 16)
+    monkeypatch.setattr(meta_memory, "memory_needs", lambda path, dtype, quantize: full_size[quantize])
+    calls = spies(monkeypatch)
+    pipe, plan = load_pipeline(identity)
+    assert plan.mode == "text-encoder" and plan.device == "cuda"
+    assert [calls[name].calls[0].get("device_map") for name in ("transformer", "text_encoder", "vae")] == [
+        "cuda",
+        None,
+        "cuda",
+    ]
+    assert calls["model_offload"].calls == [] and calls["sequential_offload"].calls == []
+    assert text_encoder_device(pipe) == torch.device("cpu")
+    assert pipe.vae.use_slicing and pipe.vae.use_tiling
+
+
+def test_the_meta_peak_counts_tensors_alive_at_once_and_attention_as_a_fused_kernel() -> None:
+    from pipeline.meta_memory import peak_bytes
+
+    with torch.device("meta"):
+        net = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 64))
+        x = torch.empty(8, 64)
+    with peak_bytes(net, x) as peak:
+        net(x)
+    # The GELU's output and its input (8x256 float32 each) live together; the last
+    # linear's output is smaller; the weights and the input are not counted.
+    assert peak.value == 2 * 8 * 256 * 4
+
+    q = torch.empty(1, 30, 4096, 128, device="meta", dtype=torch.bfloat16)
+    with peak_bytes(torch.nn.Identity(), q) as peak:
+        torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    assert peak.value == q.numel() * 2  # the output, not a 4096x4096 score matrix per head
