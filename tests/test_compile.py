@@ -103,3 +103,16 @@ def test_after_the_warm_up_nothing_recompiles_or_breaks_the_graph_and_a_restart_
     restarted.close()
     inductor = counters["inductor"]
     assert inductor["fxgraph_cache_hit"] >= graphs - 1 and inductor["fxgraph_cache_miss"] == 0
+
+
+def test_blocks_offloaded_module_by_module_are_not_compiled(tmp_path: Path) -> None:
+    from accelerate.hooks import ModelHook, add_hook_to_module
+
+    from pipeline.compile import compile_transformer
+    from pipeline.loading import load_pipeline, resolve_model
+
+    pipe, _ = load_pipeline(resolve_model("tiny", tmp_path))
+    block = pipe.transformer.layers[0]
+    add_hook_to_module(block.attention.to_q, ModelHook())  # as sequential CPU offload does
+    assert compile_transformer(pipe.transformer) is False
+    assert block._compiled_call_impl is None
