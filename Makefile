@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test bench load lint venv system-deps clean
+.PHONY: run test bench load lint venv system-deps promtool clean
 
 venv: $(STAMP)
 
@@ -26,12 +26,25 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) app.py $(ARGS)
 
-# The tests run a real redis-server and a real headless Chromium (Debian packages).
-system-deps:
+# The tests run a real redis-server, a real headless Chromium and a real Squid
+# (Debian packages), and lint /metrics with promtool.
+system-deps: promtool
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	command -v squid >/dev/null 2>&1 || test -x /usr/sbin/squid || missing="$$missing squid"; \
 	if [ -n "$$missing" ]; then $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q $$missing; fi
+
+# promtool, the Prometheus metrics linter, taken out of Debian's prometheus package
+# into /usr/local/bin without installing the package (which would add a system
+# user and start a Prometheus server).
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+		set -e; tmp=$$(mktemp -d); chmod 755 $$tmp; cd $$tmp; \
+		apt-get download prometheus 2>/dev/null || { $(SUDO) apt-get update -q && apt-get download prometheus; }; \
+		dpkg-deb --fsys-tarfile prometheus_*.deb | tar -xO ./usr/bin/promtool > promtool; \
+		$(SUDO) install -m 0755 promtool /usr/local/bin/promtool; \
+		cd /; rm -rf $$tmp; promtool --version | head -1; }
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -10,8 +10,10 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ MiB = 1 << 20
 Size = Annotated[int, BeforeValidator(parse_size)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 STATIC = Path(__file__).resolve().parent / "static"
+ORIGIN = re.compile(r"https?://(\[[0-9a-fA-F:.]+\]|[^/\s:,\[\]]+)(:\d{1,5})?")
 
 
 class Settings(BaseSettings):
@@ -78,6 +81,12 @@ class Settings(BaseSettings):
         "(also read from REDIS_URL). Off when unset.",
     )
     redis_ttl: Duration = Field("7d", description="How long an image lives in Redis (e.g. 7d, 24h).")
+    cache_secret: str | None = Field(
+        None,
+        description="Secret (16+ characters) that signs every disk and Redis entry (HMAC-SHA256): entries "
+        "written without it are rejected, so a shared Redis cannot be forged into. Every process sharing "
+        "a cache needs the same one; prefer the environment variable.",
+    )
     embedding_cache_mb: float = Field(
         256,
         ge=0,
@@ -97,6 +106,12 @@ class Settings(BaseSettings):
         None,
         description="Bearer token for admin routes (DELETE /api/cache); admin routes are off when unset.",
     )
+    cors_origins: str = Field(
+        "",
+        description="Web origins allowed to call the API from a browser script, comma-separated "
+        "(e.g. https://chat.example.com,http://localhost:3000), or * for any; empty (the default) "
+        "allows no cross-origin calls, to any route, the UI's included.",
+    )
     max_queue: int = Field(
         64, ge=1, description="Generations allowed to wait; past this the API answers 503."
     )
@@ -104,6 +119,11 @@ class Settings(BaseSettings):
         "1024x1024",
         description="Sizes warmed up (one short generation each) before /ready turns 200, "
         "comma-separated WIDTHxHEIGHT; list the sizes your users ask for.",
+    )
+    header_timeout: Duration = Field(
+        "10s",
+        description="A connection that has not sent a whole request head (request line and headers) "
+        "this long after connecting, or after starting its next request, is closed.",
     )
     shutdown_timeout: Duration = Field(
         "60s",
@@ -180,6 +200,22 @@ class Settings(BaseSettings):
             raise ValueError(f"use at least {MIN_TOKEN_CHARS} characters")
         return v or None
 
+    @field_validator("cache_secret")
+    @classmethod
+    def _cache_secret(cls, v: str | None) -> str | None:
+        from web.auth import MIN_TOKEN_CHARS
+
+        if v is not None and len(v) < MIN_TOKEN_CHARS:
+            raise ValueError(f"use at least {MIN_TOKEN_CHARS} characters")
+        return v or None
+
+    @field_validator("header_timeout")
+    @classmethod
+    def _header_timeout(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("must be more than 0 (e.g. 10s)")
+        return v
+
     @field_validator("warmup_sizes")
     @classmethod
     def _warmup_sizes(cls, v: str) -> str:
@@ -192,6 +228,22 @@ class Settings(BaseSettings):
         from prewarm import parse_sizes
 
         return parse_sizes(self.warmup_sizes)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _cors_origins(cls, v: str) -> str:
+        origins = [o.strip() for o in v.split(",") if o.strip()]
+        for origin in origins:
+            if origin != "*" and not ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin; write scheme://host[:port] with no path, "
+                    "e.g. https://chat.example.com, or *"
+                )
+        return ",".join(origins)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return self.cors_origins.split(",") if self.cors_origins else []
 
     @field_validator("no_cache_patterns")
     @classmethod
@@ -267,6 +319,7 @@ class Runtime:
     app: Any  # fastapi.FastAPI with the Gradio UI mounted
     engine: Any  # pipeline.engine.Engine
     pruner: Any  # cache.maintenance.Pruner
+    ui_dir: Path  # this process's own Gradio temp directory, removed on close
 
     def start(self) -> None:
         self.engine.start()
@@ -276,6 +329,7 @@ class Runtime:
         """Stop the pruner and the engine; True unless a generation is still running
         after `timeout_s` (then the caller abandons it)."""
         self.pruner.stop()
+        shutil.rmtree(self.ui_dir, ignore_errors=True)
         return self.engine.close(timeout_s)
 
 
@@ -301,13 +355,14 @@ def build_service(settings: Settings, on_fatal: Any = None) -> ServiceParts:
         compile=settings.compile,
         compile_cache_dir=settings.cache_dir / "compile",
     )
-    disk = DiskTier(settings.cache_dir / "images")
+    secret = settings.cache_secret.encode() if settings.cache_secret else None
+    disk = DiskTier(settings.cache_dir / "images", secret=secret)
     tiers: list[Any] = [MemoryTier(int(settings.memory_cache_mb * MiB)), disk]
     locks = None
     if settings.redis_url:
         from cache.redis_tier import RedisTier
 
-        locks = RedisTier(settings.redis_url, ttl_s=settings.redis_ttl)
+        locks = RedisTier(settings.redis_url, ttl_s=settings.redis_ttl, secret=secret)
         tiers.append(locks)
     service = GenerationService(
         engine,
@@ -329,6 +384,7 @@ def build_app(settings: Settings, on_fatal: Any = None) -> Runtime:
     from web.api import create_api
     from web.auth import Access, read_api_keys
     from web.ui import create_ui
+    from web.ui_images import UiImageRoute, UiImages, gradio_user
     from web.ui_text import I18N
 
     parts = build_service(settings, on_fatal)
@@ -337,8 +393,16 @@ def build_app(settings: Settings, on_fatal: Any = None) -> Runtime:
         api_keys=read_api_keys(settings.api_keys) if settings.api_keys else {},
         admin_token=settings.admin_token,
     )
-    api = create_api(service, engine, access=access, info=describe(settings))
-    ui = create_ui(service, engine, demo_model=is_demo_spec(settings.model))
+    # Gradio serves its temp directory to every user: each process gets a private
+    # one (mode 0700, under GRADIO_TEMP_DIR if set), so no two servers share one.
+    # Gradio reads the variable as its Blocks are built, just below.
+    ui_dir = Path(tempfile.mkdtemp(prefix="zimage-ui-", dir=os.environ.get("GRADIO_TEMP_DIR"))).resolve()
+    os.environ["GRADIO_TEMP_DIR"] = str(ui_dir)
+    images = UiImages(service, ui_dir / "results")
+    api = create_api(
+        service, engine, access=access, info=describe(settings), cors_origins=settings.cors_origin_list
+    )
+    ui = create_ui(service, engine, images, demo_model=is_demo_spec(settings.model))
     app = gr.mount_gradio_app(
         api,
         ui,
@@ -350,8 +414,15 @@ def build_app(settings: Settings, on_fatal: Any = None) -> Runtime:
         auth=access.ui_login if access.api_keys else None,
         auth_message="Log in with your namespace as user name and its API token as password.",
     )
+    # Without API keys every UI user is in the default namespace; with them, the
+    # Gradio login session says whose the UI's images are.
+    app.add_middleware(
+        UiImageRoute,
+        images=images,
+        namespace_of=gradio_user(app) if access.api_keys else (lambda request: "public"),
+    )
     pruner = Pruner(disk, max_age_s=settings.disk_cache_max_age, max_bytes=settings.disk_cache_size)
-    return Runtime(app=app, engine=engine, pruner=pruner)
+    return Runtime(app=app, engine=engine, pruner=pruner, ui_dir=ui_dir)
 
 
 def describe(settings: Settings) -> dict[str, Any]:
@@ -375,6 +446,7 @@ def describe(settings: Settings) -> dict[str, Any]:
                 "max_age_s": settings.disk_cache_max_age,
             },
             "redis": {"enabled": bool(settings.redis_url), "ttl_s": settings.redis_ttl},
+            "signed": bool(settings.cache_secret),
             "embedding_cache_mb": settings.embedding_cache_mb,
             "prompt_normalization": settings.prompt_normalization,
             "no_cache_patterns": bool(settings.no_cache_patterns),
@@ -392,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from web.access_log import RedactPrompts
+    from web.http_protocol import with_header_timeout
 
     log = logging.getLogger("app")
     logging.getLogger("uvicorn.access").addFilter(RedactPrompts())
@@ -425,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         runtime.app,
         host=settings.host,
         port=settings.port,
+        http=with_header_timeout(settings.header_timeout),
         log_level=settings.log_level,
         timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout)),
     )

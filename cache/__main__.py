@@ -1,7 +1,8 @@
 """`python -m cache`: maintain the disk cache (prune, stats, verify, clear).
 
 Safe to run while servers use the same directory (see cache.maintenance).
-Exit status: 0 on success, 1 when verify found corrupt entries, 2 on bad arguments.
+Exit status: 0 on success, 1 when verify found corrupt entries, 2 on bad arguments
+or when verify met entries signed with a cache secret it was not given.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -35,6 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("stats", help="entries and bytes, per namespace")
     v = commands.add_parser("verify", help="check every entry's checksum; remove corrupt ones")
     v.add_argument("--dry-run", action="store_true", help="report corrupt entries, remove nothing")
+    # This CLI is its own composition root: like app.py it reads the service's
+    # environment variable, so the secret need not appear on a command line.
+    v.add_argument(
+        "--cache-secret",
+        default=os.environ.get("ZIMAGE_CACHE_SECRET") or None,
+        help="the service's --cache-secret, when it has one (default: $ZIMAGE_CACHE_SECRET)",
+    )
     c = commands.add_parser("clear", help="remove every entry, or those of one namespace")
     c.add_argument("--namespace", type=_namespace, default=None)
     c.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")
@@ -47,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     if not root.is_dir():
         print(f"python -m cache: no disk cache at {root} (check --cache-dir)", file=sys.stderr)
         return 2
-    disk = DiskTier(root)
+    secret = getattr(args, "cache_secret", None)
+    disk = DiskTier(root, secret=secret.encode() if secret else None)
     report: dict
     status = 0
     if args.command == "prune":
@@ -77,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         if r.problems:
             text += " (" + ", ".join(f"{k}: {n}" for k, n in r.problems.items()) + ")"
         status = 1 if r.corrupt else 0
+        if r.unverifiable:
+            text += (
+                f"; {r.unverifiable} signed with a cache secret were not checked (and kept): "
+                "pass --cache-secret or set ZIMAGE_CACHE_SECRET"
+            )
+            status = status or 2
     else:
         count, size = clear(disk, namespace=args.namespace, dry_run=args.dry_run)
         report = {"removed": count, "bytes": size, "namespace": args.namespace}

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cache.entry import MISS, CorruptEntry, Entry, _Miss, decode_record, encode_record
+from cache.entry import MISS, CorruptEntry, Entry, UnverifiableEntry, _Miss, decode_record, encode_record
 from cache.keys import is_key, is_namespace
 
 log = logging.getLogger(__name__)
@@ -41,18 +41,22 @@ class DiskTier:
     directory, is fsynced and renamed over the final name, so readers in any
     thread or process see a whole old entry, a whole new one, or none; a failed
     write (disk full, ...) removes its temp file and raises OSError for the
-    caller to count. Every read verifies the checksum; a corrupt file is removed
-    and reported as a miss. Survives restarts. Size and age bounds are enforced
+    caller to count. Every read verifies the record's tag (a SHA-256, or with
+    `secret` an HMAC, over header and payload); a corrupt file is removed and
+    reported as a miss, one signed with a secret this tier lacks is a miss left
+    in place. Survives restarts. Size and age bounds are enforced
     by `cache.maintenance.prune`, which evicts least recently used first.
     """
 
     name = "disk"
     blocking = True
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, secret: bytes | None = None) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
+        self.secret = secret
         self.corrupt_dropped = 0
+        self._warned_unverifiable = False
 
     def path_for(self, namespace: str, key: str) -> Path:
         return self.root / namespace / key[:2] / key[2:4] / key
@@ -66,7 +70,12 @@ class DiskTier:
         except FileNotFoundError:
             return MISS
         try:
-            entry = decode_record(blob, namespace, key)
+            entry = decode_record(blob, namespace, key, self.secret)
+        except UnverifiableEntry as exc:
+            if not self._warned_unverifiable:
+                self._warned_unverifiable = True
+                log.warning("disk cache: %s (%s); treated as misses", exc, path)
+            return MISS
         except CorruptEntry as exc:
             log.warning("disk cache: dropping corrupt entry %s (%s)", path, exc)
             self.corrupt_dropped += 1
@@ -83,7 +92,7 @@ class DiskTier:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=TEMP_SUFFIX)
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(encode_record(namespace, key, entry))
+                f.write(encode_record(namespace, key, entry, self.secret))
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)

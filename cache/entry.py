@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import struct
 import time
@@ -54,38 +55,58 @@ class Entry:
         """Bytes this entry costs in memory, roughly: the payload dominates."""
         return len(self.data) + 256
 
-    def checksum(self) -> str:
-        return hashlib.sha256(self.data).hexdigest()
 
-
-# Record layout, on disk and in Redis: MAGIC | u32 header length | header JSON | payload.
-# The header carries the key, namespace, size and SHA-256 of the payload, so a
-# record that was truncated, overwritten or stored under the wrong name is detected.
-MAGIC = b"ZIMGC\x00\x01\n"
+# Record layout, on disk and in Redis: MAGIC | u32 header length | header JSON | payload | tag.
+# The header carries the key, namespace, encoding and size, so a record that was
+# truncated, overwritten or stored under the wrong name is detected; the 32-byte
+# tag covers everything before it, header included (an edited "ext" would serve
+# PNG bytes as image/jpeg): SHA-256, or HMAC-SHA256 keyed by the cache secret.
+MAGIC = b"ZIMGC\x00\x02\n"
 _LEN = struct.Struct(">I")
 _PREFIX = len(MAGIC) + _LEN.size
+_TAG = hashlib.sha256().digest_size
+SIGNED, UNSIGNED = "hmac-sha256", "sha256"
 
 
 class CorruptEntry(Exception):
     """A stored record that does not hold a valid entry for its key."""
 
 
-def encode_record(namespace: str, key: str, entry: Entry) -> bytes:
+class UnverifiableEntry(CorruptEntry):
+    """A record signed with a cache secret, read without one: it cannot be checked,
+    but it may be sound (a process with the secret wrote it), so it is not removed."""
+
+
+def _tag(body: bytes, secret: bytes | None) -> bytes:
+    if secret is None:
+        return hashlib.sha256(body).digest()
+    return hmac.new(secret, body, hashlib.sha256).digest()
+
+
+def encode_record(namespace: str, key: str, entry: Entry, secret: bytes | None = None) -> bytes:
+    """The stored form of `entry`; with `secret`, only holders of the secret can make
+    a record that `decode_record` accepts."""
     header = {
         "key": key,
         "namespace": namespace,
         "ext": entry.ext,
         "size": len(entry.data),
-        "sha256": entry.checksum(),
+        "auth": UNSIGNED if secret is None else SIGNED,  # informative only: readers never trust it
         "created": time.time(),
         "meta": entry.meta,
     }
     raw = json.dumps(header, separators=(",", ":")).encode()
-    return MAGIC + _LEN.pack(len(raw)) + raw + entry.data
+    body = MAGIC + _LEN.pack(len(raw)) + raw + entry.data
+    return body + _tag(body, secret)
 
 
-def decode_record(blob: bytes, namespace: str, key: str) -> Entry:
-    """Parse and verify a stored record; raises CorruptEntry naming what is wrong."""
+def decode_record(blob: bytes, namespace: str, key: str, secret: bytes | None = None) -> Entry:
+    """Parse and verify a stored record; raises CorruptEntry naming what is wrong.
+
+    With `secret`, only a record whose HMAC was made with that secret is accepted,
+    whatever its header says. Without one, a record that says it is signed raises
+    UnverifiableEntry, any other must match its SHA-256.
+    """
     if len(blob) < _PREFIX or not blob.startswith(MAGIC):
         raise CorruptEntry("bad magic")
     (header_len,) = _LEN.unpack_from(blob, len(MAGIC))
@@ -93,15 +114,24 @@ def decode_record(blob: bytes, namespace: str, key: str) -> Entry:
         header = json.loads(blob[_PREFIX : _PREFIX + header_len])
     except ValueError as exc:
         raise CorruptEntry(f"unreadable header: {exc}") from None
-    if not isinstance(header, dict):
+    if not isinstance(header, dict) or not isinstance(header.get("size"), int):
         raise CorruptEntry("unreadable header")
-    data = blob[_PREFIX + header_len :]
+    # The header is not trusted until the tag checks out; its size only names the
+    # commonest damage (a short write) in the report.
+    expected = _PREFIX + header_len + header["size"] + _TAG
+    if len(blob) != expected:
+        what = "truncated" if len(blob) < expected else "size mismatch"
+        raise CorruptEntry(f"{what}: {len(blob)} of {expected} bytes")
+    if secret is None and header.get("auth") == SIGNED:
+        raise UnverifiableEntry("signed with a cache secret: pass the same --cache-secret to read it")
+    body, tag = blob[:-_TAG], blob[-_TAG:]
+    if not hmac.compare_digest(tag, _tag(body, secret)):
+        if secret is None:
+            raise CorruptEntry("checksum mismatch")
+        raise CorruptEntry("checksum mismatch: damaged, or not written with this --cache-secret")
     if header.get("key") != key or header.get("namespace") != namespace:
         raise CorruptEntry("key or namespace does not match where it is stored")
     if header.get("ext") not in MEDIA_TYPES:
         raise CorruptEntry("unknown encoding")
-    if header.get("size") != len(data):
-        raise CorruptEntry(f"truncated: {len(data)} of {header.get('size')} bytes")
-    if hashlib.sha256(data).hexdigest() != header.get("sha256"):
-        raise CorruptEntry("checksum mismatch")
+    data = body[_PREFIX + header_len :]
     return Entry(data=data, ext=header["ext"], meta=header.get("meta") or {})

@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from typing import Any
 
 # Bumped whenever what a key covers or how an entry is stored changes, so old
-# entries are simply never found again instead of being misread.
-SCHEMA_VERSION = 1
+# entries are simply never found again instead of being misread. 2: the record's
+# tag covers its header too (and can be an HMAC).
+SCHEMA_VERSION = 2
 
 _KEY_RE = re.compile(r"[0-9a-f]{64}")
 _NAMESPACE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")

@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from cache.disk import DiskTier, remove_if_unchanged
-from cache.entry import CorruptEntry, decode_record
+from cache.entry import CorruptEntry, UnverifiableEntry, decode_record
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ class VerifyReport:
     ok: int = 0
     corrupt: int = 0
     removed: int = 0
+    unverifiable: int = 0  # signed with a cache secret that was not given: kept
     problems: Counter[str] = field(default_factory=Counter)
 
 
@@ -93,16 +94,21 @@ def prune(
 
 
 def verify(disk: DiskTier, *, dry_run: bool = False) -> VerifyReport:
-    """Read and check every entry; remove those that fail (unless `dry_run`)."""
+    """Read and check every entry with the disk tier's secret; remove those that fail
+    (unless `dry_run`). Entries signed with a secret the tier lacks are counted as
+    `unverifiable` and kept: forgetting the secret must not empty the cache."""
     report = VerifyReport()
     for stored in disk.files():
         report.checked += 1
         try:
             with open(stored.path, "rb") as f:
                 inode = os.fstat(f.fileno()).st_ino
-                decode_record(f.read(), stored.namespace, stored.key)
+                decode_record(f.read(), stored.namespace, stored.key, disk.secret)
         except FileNotFoundError:
             report.checked -= 1  # pruned or replaced under us: nothing to judge
+            continue
+        except UnverifiableEntry:
+            report.unverifiable += 1
             continue
         except CorruptEntry as exc:
             report.corrupt += 1

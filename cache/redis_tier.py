@@ -13,7 +13,7 @@ from redis.backoff import NoBackoff
 from redis.lock import Lock
 from redis.retry import Retry
 
-from cache.entry import MISS, CorruptEntry, Entry, _Miss, decode_record, encode_record
+from cache.entry import MISS, CorruptEntry, Entry, UnverifiableEntry, _Miss, decode_record, encode_record
 from cache.keys import SCHEMA_VERSION
 from cache.layered import TierUnavailable
 
@@ -30,8 +30,9 @@ class RedisTier:
     """Entries as Redis strings `zimage:v<schema>:<namespace>:<key>` with a TTL.
 
     The value is the same checked record as on disk (header with key, size and
-    SHA-256, then the bytes), written with one SET, so a reader sees all of it or
-    nothing. Guarantees: short socket timeouts and no retries inside a call; after
+    encoding, the bytes, then a SHA-256 or, with `secret`, an HMAC over both), written
+    with one SET, so a reader sees all of it or nothing; with a secret, a writer
+    without it cannot make an entry this tier accepts. Guarantees: short socket timeouts and no retries inside a call; after
     a failure the tier fails fast (TierUnavailable) for a growing back-off, then
     tries again, so it reconnects by itself when Redis returns. A record that
     fails its check is deleted and reported as a miss. Thread-safe (redis-py's
@@ -41,8 +42,17 @@ class RedisTier:
     name = "redis"
     blocking = True
 
-    def __init__(self, url: str, *, ttl_s: float, timeout_s: float = 0.5, lock_ttl_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        ttl_s: float,
+        timeout_s: float = 0.5,
+        lock_ttl_s: float = 30.0,
+        secret: bytes | None = None,
+    ) -> None:
         self.ttl_ms = int(ttl_s * 1000)
+        self.secret = secret
         self.lock_ttl_s = lock_ttl_s
         self.prefix = f"zimage:v{SCHEMA_VERSION}:"
         self.corrupt_dropped = 0
@@ -66,7 +76,9 @@ class RedisTier:
         if blob is None:
             return MISS
         try:
-            return decode_record(blob, namespace, key)
+            return decode_record(blob, namespace, key, self.secret)
+        except UnverifiableEntry:
+            return MISS  # another replica's, signed with a secret this one lacks
         except CorruptEntry as exc:
             log.warning("redis cache: dropping corrupt entry %s (%s)", name, exc)
             self.corrupt_dropped += 1
@@ -74,7 +86,7 @@ class RedisTier:
             return MISS
 
     def put(self, namespace: str, key: str, entry: Entry) -> None:
-        record = encode_record(namespace, key, entry)
+        record = encode_record(namespace, key, entry, self.secret)
         self._call(lambda r: r.set(self.redis_key(namespace, key), record, px=self.ttl_ms))
 
     def discard(self, namespace: str, key: str) -> None:
@@ -120,15 +132,18 @@ class RedisTier:
 
     def try_lock(self, namespace: str, key: str) -> Lease | None:
         """Take the generation lock for this entry (SET NX PX with a random token), or None
-        if another replica holds it. Raises TierUnavailable when Redis is unreachable."""
-        lock = Lock(
-            self._client,
-            self.redis_key(namespace, key) + ":lock",
-            timeout=self.lock_ttl_s,
-            blocking=False,
-            thread_local=False,
-        )
-        return Lease(self, lock) if self._call(lambda _: lock.acquire()) else None
+        if another replica holds it. A lock key that never expires (no TTL, whatever its
+        type) was not written by a replica, whose locks always expire: it is ignored, and
+        the lease returned holds nothing, so the caller generates at once instead of
+        waiting forever. Raises TierUnavailable when Redis is unreachable."""
+        name = self.redis_key(namespace, key) + ":lock"
+        lock = Lock(self._client, name, timeout=self.lock_ttl_s, blocking=False, thread_local=False)
+        if self._call(lambda _: lock.acquire()):
+            return Lease(self, lock)
+        if self._call(lambda r: r.pttl(name)) == -1:
+            log.warning("redis: ignoring %s: a lock key without a TTL was not set by a replica", name)
+            return Lease(self, None)
+        return None
 
     def lock_held(self, namespace: str, key: str) -> bool:
         name = self.redis_key(namespace, key) + ":lock"
@@ -157,23 +172,28 @@ class RedisTier:
 
 class Lease:
     """A held generation lock. The token check (redis-py's Lua scripts) means only
-    the holder can refresh or release it; if the holder dies, it expires."""
+    the holder can refresh or release it; if the holder dies, it expires. A lease
+    on no lock (`lock` None) is what generating without single flight holds."""
 
-    def __init__(self, tier: RedisTier, lock: Lock) -> None:
+    def __init__(self, tier: RedisTier, lock: Lock | None) -> None:
         self._tier, self._lock = tier, lock
         self.refresh_every_s = tier.lock_ttl_s / 3
 
     def refresh(self) -> bool:
         """Reset the TTL; False if the lock was lost (expired, or Redis unreachable)."""
+        lock = self._lock
+        if lock is None:
+            return True
         try:
-            return bool(
-                self._tier._call(lambda _: self._lock.extend(self._tier.lock_ttl_s, replace_ttl=True))
-            )
+            return bool(self._tier._call(lambda _: lock.extend(self._tier.lock_ttl_s, replace_ttl=True)))
         except (TierUnavailable, redis.exceptions.LockError):
             return False
 
     def release(self) -> None:
+        lock = self._lock
+        if lock is None:
+            return
         try:
-            self._tier._call(lambda _: self._lock.release())
+            self._tier._call(lambda _: lock.release())
         except (TierUnavailable, redis.exceptions.LockError) as exc:
             log.debug("generation lock not released (it will expire): %s", exc)

@@ -11,7 +11,8 @@ from cachetools import LRUCache
 # What the pipeline's encode_prompt pads and truncates to.
 MAX_SEQUENCE_LENGTH = 512
 
-EmbeddingKey = tuple[str, int, str, str]  # prompt, max sequence length, model fingerprint, dtype
+# scope (the namespace), prompt, max sequence length, model fingerprint, dtype
+EmbeddingKey = tuple[str, str, int, str, str]
 
 
 def tensors_nbytes(tensors: list[Any]) -> int:
@@ -21,10 +22,13 @@ def tensors_nbytes(tensors: list[Any]) -> int:
 class EmbeddingCache:
     """LRU of prompt embeddings (lists of CPU tensors), bounded in bytes.
 
-    Keyed by (canonical prompt, max sequence length, model fingerprint, dtype),
-    so a new seed or size for a known prompt reuses the encoder's output; the
-    pipeline gives bit-identical images for `prompt_embeds` and for the text.
-    Thread-safe. `max_bytes=0` disables it (every call encodes).
+    Keyed by (scope, canonical prompt, max sequence length, model fingerprint,
+    dtype), so a new seed or size for a known prompt reuses the encoder's output;
+    the pipeline gives bit-identical images for `prompt_embeds` and for the text.
+    The scope is the caller's namespace: a hit is only ever one's own earlier
+    prompt, so how fast the encoder step was (Server-Timing, hit counters) tells
+    no one about another namespace's prompts. Thread-safe. `max_bytes=0`
+    disables it (every call encodes).
     """
 
     def __init__(self, max_bytes: int) -> None:
@@ -47,6 +51,11 @@ class EmbeddingCache:
             with self._lock:
                 self._lru[key] = tensors
         return tensors
+
+    def count_miss(self) -> None:
+        """Count an encoding done outside the cache (a prompt that must not be kept)."""
+        with self._lock:
+            self.misses += 1
 
     def stats(self) -> dict[str, int]:
         with self._lock:

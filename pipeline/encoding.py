@@ -123,19 +123,17 @@ def generation_parameters(request: CanonicalRequest, identity: ModelIdentity) ->
 
 
 def encode_image(pixels: Any, request: CanonicalRequest, identity: ModelIdentity) -> bytes:
-    """Encode an HxWx3 uint8 array; PNGs carry the parameters as text chunks
-    (`parameters` in the A1111 style tools read, `zimage` as JSON), JPEG and WebP
-    in the EXIF image description."""
+    """Encode an HxWx3 uint8 array with its generation parameters inside: the A1111
+    `parameters` text that image tools read (a PNG text chunk; in JPEG and WebP the
+    EXIF UserComment, as A1111 writes it), and `zimage` JSON (a PNG text chunk; the
+    EXIF image description in JPEG and WebP)."""
     from PIL import Image, PngImagePlugin
+
+    from pipeline.image_metadata import a1111_exif, a1111_parameters
 
     img = Image.fromarray(pixels, "RGB")
     params = generation_parameters(request, identity)
-    readable = (
-        f"{request.prompt}\n"
-        + (f"Negative prompt: {request.negative_prompt}\n" if request.negative_prompt else "")
-        + f"Steps: {request.steps}, CFG scale: {request.guidance_scale}, Seed: {request.seed}, "
-        f"Size: {request.width}x{request.height}, Model: {identity.model_id}"
-    )
+    readable = a1111_parameters(request, identity)
     buf = io.BytesIO()
     if request.format == "png":
         info = PngImagePlugin.PngInfo()
@@ -143,7 +141,6 @@ def encode_image(pixels: Any, request: CanonicalRequest, identity: ModelIdentity
         info.add_itxt("zimage", json.dumps(params, ensure_ascii=False))
         img.save(buf, "PNG", pnginfo=info, compress_level=4)
     else:
-        exif = Image.Exif()
-        exif[0x010E] = json.dumps(params, ensure_ascii=True)  # ImageDescription
-        img.save(buf, request.format.upper(), quality=92, exif=exif.tobytes())
+        exif = a1111_exif(readable, json.dumps(params, ensure_ascii=True))
+        img.save(buf, request.format.upper(), quality=92, exif=exif)
     return buf.getvalue()

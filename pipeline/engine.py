@@ -147,14 +147,20 @@ class Engine:
         self._executor.submit(self._prepare, load)
 
     def submit(
-        self, requests: list[CanonicalRequest], progress: Progress | None = None
+        self,
+        requests: list[CanonicalRequest],
+        progress: Progress | None = None,
+        *,
+        embedding_scope: str | None = "public",
     ) -> Future[list[GeneratedImage]]:
         """Queue one generation job: the images of `requests` (same prompt and settings,
         different seeds) made in one batched pipeline call. `progress(step, steps)` is
-        called from the engine thread after each denoising step. Raises QueueFull when
-        `max_queue` jobs are already waiting to start, ImageTooLarge for a size at least
-        as large as one that did not fit before. The future resolves once the images
-        are encoded; cancelling it before the job starts drops the job."""
+        called from the engine thread after each denoising step. Prompt embeddings are
+        looked up and kept under `embedding_scope` (the namespace); None neither looks
+        them up nor keeps them (prompts that must not be kept anywhere). Raises
+        QueueFull when `max_queue` jobs are already waiting to start, ImageTooLarge for
+        a size at least as large as one that did not fit before. The future resolves
+        once the images are encoded; cancelling it before the job starts drops the job."""
         if not self.accepting:
             raise ShuttingDown("the service is shutting down; retry shortly or on another replica")
         if self.state == FAILED:
@@ -168,7 +174,7 @@ class Engine:
                 raise QueueFull(self._waiting)
             self._waiting += 1
         result: Future[list[GeneratedImage]] = Future()
-        job = self._executor.submit(self._generate, requests, progress, result)
+        job = self._executor.submit(self._generate, requests, progress, embedding_scope, result)
         job.add_done_callback(lambda job: self._cancelled(job, result))
         return result
 
@@ -186,10 +192,11 @@ class Engine:
         return quiet
 
     def run_now(self, requests: list[CanonicalRequest]) -> list[GeneratedImage]:
-        """Generate and encode on the calling thread, which must be the engine's (for `warmup`)."""
+        """Generate and encode on the calling thread, which must be the engine's (for
+        `warmup`); keeps no prompt embeddings."""
         assert threading.current_thread().name.startswith("zimage-engine"), "run_now off the engine thread"
         identity = self.identity_future.result()
-        return finish_images(self._run(requests, identity), requests, identity)
+        return finish_images(self._run(requests, identity, embedding_scope=None), requests, identity)
 
     def _cancelled(self, job: Future[None], result: Future[list[GeneratedImage]]) -> None:
         if job.cancelled():  # never started, so never counted out in _generate
@@ -269,6 +276,7 @@ class Engine:
         self,
         requests: list[CanonicalRequest],
         progress: Progress | None,
+        embedding_scope: str | None,
         result: Future[list[GeneratedImage]],
     ) -> None:
         with self._lock:
@@ -283,7 +291,7 @@ class Engine:
                 if self.state == FAILED or self._pipe is None:
                     raise ModelUnavailable(f"the model failed: {self.error}")
                 identity = self.identity_future.result()
-                rendered = self._run(requests, identity, progress)
+                rendered = self._run(requests, identity, progress, embedding_scope)
             except BaseException as exc:
                 result.set_exception(exc)
                 return
@@ -314,6 +322,7 @@ class Engine:
         requests: list[CanonicalRequest],
         identity: ModelIdentity,
         progress: Progress | None = None,
+        embedding_scope: str | None = None,
         *,
         retried: bool = False,
     ) -> Rendered:
@@ -334,10 +343,12 @@ class Engine:
             # 1. Encode the prompt(s), or reuse the encoder's earlier output.
             started = time.perf_counter()
             device = torch.device(identity.device)
-            prompt_embeds = self._embed(request.prompt, identity, device) * batch
+            prompt_embeds = self._embed(request.prompt, identity, device, embedding_scope) * batch
             negative_embeds = None
             if request.guidance_scale > 0:
-                negative_embeds = self._embed(request.negative_prompt, identity, device) * batch
+                negative_embeds = (
+                    self._embed(request.negative_prompt, identity, device, embedding_scope) * batch
+                )
             timings["text"] = time.perf_counter() - started
 
             # 2. Denoise, always with explicit Turbo-style settings: the pipeline's own
@@ -365,7 +376,7 @@ class Engine:
         except Exception as exc:
             raise self._failure(exc) from exc
         if latents is None:
-            return self._denoise_out_of_memory(requests, identity, progress, retried)
+            return self._denoise_out_of_memory(requests, identity, progress, embedding_scope, retried)
 
         # 3. Decode to pixels on the CPU (checked and encoded by the pool).
         started = time.perf_counter()
@@ -377,10 +388,10 @@ class Engine:
             raise self._failure(exc) from exc
         if pixels is None:
             if batch == 1:
-                return self._single_out_of_memory(requests, identity, progress, retried)
+                return self._single_out_of_memory(requests, identity, progress, embedding_scope, retried)
             pixels = self._decode_one_at_a_time(latents, identity)
             if pixels is None:
-                return self._denoise_out_of_memory(requests, identity, progress, retried)
+                return self._denoise_out_of_memory(requests, identity, progress, embedding_scope, retried)
         timings["decode"] = time.perf_counter() - started
         self.fits.made(request.width, request.height)
         return Rendered(pixels=pixels, timings=timings)
@@ -407,6 +418,7 @@ class Engine:
         requests: list[CanonicalRequest],
         identity: ModelIdentity,
         progress: Progress | None,
+        embedding_scope: str | None,
         retried: bool,
     ) -> Rendered:
         """Free what the failed call held, then make a batch in two halves (recursively)."""
@@ -414,11 +426,11 @@ class Engine:
 
         free_device_memory(identity.device)
         if len(requests) == 1:
-            return self._single_out_of_memory(requests, identity, progress, retried)
+            return self._single_out_of_memory(requests, identity, progress, embedding_scope, retried)
         log.warning("out of memory on a batch of %d; generating it in two halves", len(requests))
         half = len(requests) // 2
-        first = self._run(requests[:half], identity, progress)
-        second = self._run(requests[half:], identity, progress)
+        first = self._run(requests[:half], identity, progress, embedding_scope)
+        second = self._run(requests[half:], identity, progress, embedding_scope)
         timings = {k: first.timings.get(k, 0.0) + second.timings.get(k, 0.0) for k in first.timings}
         return Rendered(pixels=np.concatenate([first.pixels, second.pixels]), timings=timings)
 
@@ -427,6 +439,7 @@ class Engine:
         requests: list[CanonicalRequest],
         identity: ModelIdentity,
         progress: Progress | None,
+        embedding_scope: str | None,
         retried: bool,
     ) -> Rendered:
         """One image did not fit. No larger than one made before: memory is held
@@ -445,13 +458,14 @@ class Engine:
                 request.width,
                 request.height,
             )
-            return self._run(requests, identity, progress, retried=True)
+            return self._run(requests, identity, progress, embedding_scope, retried=True)
         error = self.fits.refuse(request.width, request.height)
         log.warning("%s; refusing images of this size or larger until restart", error.message)
         raise error
 
-    def _embed(self, text: str, identity: ModelIdentity, device: Any) -> list[Any]:
-        """The text encoder's output for `text` on `device`, from the cache when known."""
+    def _embed(self, text: str, identity: ModelIdentity, device: Any, scope: str | None = None) -> list[Any]:
+        """The text encoder's output for `text` on `device`, from the cache of `scope`
+        when known; with no scope, encoded and kept nowhere."""
 
         def encode() -> list[Any]:
             import torch
@@ -469,7 +483,10 @@ class Engine:
                 )
             return [t.detach().to("cpu") for t in embeds]
 
-        key = (text, MAX_SEQUENCE_LENGTH, identity.fingerprint, identity.dtype)
+        if scope is None:
+            self.embeddings.count_miss()
+            return [t.to(device) for t in encode()]
+        key = (scope, text, MAX_SEQUENCE_LENGTH, identity.fingerprint, identity.dtype)
         return [t.to(device) for t in self.embeddings.get_or_encode(key, encode)]
 
 

@@ -42,8 +42,8 @@ class GenerationRequest(BaseModel):
     )
     negative_prompt: str = Field(
         "",
-        max_length=MAX_PROMPT_CHARS,
-        description="What to avoid; only used when guidance_scale > 0.",
+        description=f"What to avoid; only used when guidance_scale > 0; up to {MAX_PROMPT_CHARS} characters.",
+        json_schema_extra={"maxLength": MAX_PROMPT_CHARS},
     )
     seed: int = Field(
         42,
@@ -75,12 +75,15 @@ class GenerationRequest(BaseModel):
     @field_validator("prompt")
     @classmethod
     def _prompt(cls, v: str) -> str:
-        if "\x00" in v:
-            raise ValueError("prompt must not contain NUL characters; remove them")
+        check_text("prompt", v)
         if not v.strip():
             raise ValueError("prompt is empty; describe the image you want")
-        if len(v) > MAX_PROMPT_CHARS:
-            raise ValueError(f"prompt is {len(v)} characters; shorten it to at most {MAX_PROMPT_CHARS}")
+        return v
+
+    @field_validator("negative_prompt")
+    @classmethod
+    def _negative_prompt(cls, v: str) -> str:
+        check_text("negative_prompt", v)
         return v
 
     @field_validator("seed")
@@ -118,8 +121,18 @@ class GenerationRequest(BaseModel):
         prompt = normalize_prompt(self.prompt, normalization)
         if not prompt:
             raise RequestInvalid("prompt", "prompt is empty after normalization; describe the image you want")
-        guidance = float(self.guidance_scale)
+        # abs: -0.0 passes the 0..20 check and must be the same request (and key) as 0.
+        guidance = abs(float(self.guidance_scale))
         negative = normalize_prompt(self.negative_prompt, normalization) if guidance > 0 else ""
+        # The limit holds for what is hashed and generated: NFKC can expand a character
+        # many times (U+FDFA is 18 characters), so check again after normalising.
+        for field, text in (("prompt", prompt), ("negative_prompt", negative)):
+            if len(text) > MAX_PROMPT_CHARS:
+                raise RequestInvalid(
+                    field,
+                    f"{field} is {len(text)} characters after {normalization} normalization; "
+                    f"shorten it to at most {MAX_PROMPT_CHARS}",
+                )
         seed = secrets.randbelow(MAX_SEED + 1) if self.seed == -1 else self.seed
         return CanonicalRequest(
             prompt=prompt,
@@ -150,6 +163,23 @@ class CanonicalRequest:
         return asdict(self)
 
 
+def check_text(field: str, text: str) -> None:
+    """Raise ValueError naming `field` for text that cannot be hashed, stored or shown:
+    over MAX_PROMPT_CHARS, a NUL, or an unpaired UTF-16 surrogate (valid in JSON as
+    `"\\ud800"`, but not Unicode text, so it has no UTF-8 encoding)."""
+    if len(text) > MAX_PROMPT_CHARS:
+        raise ValueError(f"{field} is {len(text)} characters; shorten it to at most {MAX_PROMPT_CHARS}")
+    if "\x00" in text:
+        raise ValueError(f"{field} must not contain NUL characters; remove them")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{field} contains an unpaired surrogate (U+{ord(text[exc.start]):04X}) at character "
+            f"{exc.start}; send valid Unicode text"
+        ) from None
+
+
 def check_size(field: str, value: int, low: int, high: int) -> None:
     """Raise ValueError/RequestInvalid with the nearest valid sizes when `value` is not one."""
     if value % SIZE_MULTIPLE:
@@ -158,6 +188,13 @@ def check_size(field: str, value: int, low: int, high: int) -> None:
         raise RequestInvalid(field, f"{field} must be a multiple of 16 (got {value}); use {down} or {up}")
     if not low <= value <= high:
         raise RequestInvalid(field, f"{field} must be between {low} and {high} for this model (got {value})")
+
+
+def snap_size(value: int, low: int, high: int) -> int:
+    """The valid size nearest to `value`: rounded to a multiple of 16 (halves up), then
+    clamped to `low..high`. For protocols whose clients do not know our sizes
+    (OpenAI's `size`, A1111's multiples of 8); our own routes refuse invalid sizes."""
+    return min(high, max(low, (value + SIZE_MULTIPLE // 2) // SIZE_MULTIPLE * SIZE_MULTIPLE))
 
 
 def normalize_prompt(text: str, mode: Normalization = "basic") -> str:

@@ -36,6 +36,8 @@ MISS_TIER, BYPASS_TIER = "miss", "bypass"
 POLL_START_S, POLL_MAX_S = 0.02, 0.5
 # A replica stops waiting for another after this and generates itself.
 WAIT_LIMIT_S = 600.0
+# What waiting for another replica ends in when nobody waits for the result any more.
+_ABANDONED = object()
 # Recent durations kept for the p50/p95 in stats.
 LATENCY_WINDOW = 1000
 
@@ -52,7 +54,9 @@ class Lease(Protocol):
 class FlightLocks(Protocol):
     """Cross-replica single flight: one lock per entry (the Redis tier provides it)."""
 
-    def try_lock(self, namespace: str, key: str) -> Lease | None: ...
+    def try_lock(self, namespace: str, key: str) -> Lease | None:
+        """A lease on the entry's lock, or None while another replica holds it."""
+
     def lock_held(self, namespace: str, key: str) -> bool: ...
 
 
@@ -80,8 +84,11 @@ class GenerationService:
     generation — in this process always, across replicas when `locks` is given
     (a Redis lock; if Redis is down each replica generates for itself); that
     generation finishes and is stored even if every caller gives up waiting.
-    `no_cache`, and prompts matching `no_store_patterns`, neither read nor write
-    the cache. Observers see every result (for metrics).
+    Waiting for another replica's generation is bounded by `replica_wait_s`
+    (then this replica generates itself) and ends as soon as no caller waits for
+    the result. `no_cache`, and prompts matching `no_store_patterns`, neither read
+    nor write the cache, the prompt-embedding cache included. Observers see every
+    result (for metrics).
     """
 
     def __init__(
@@ -93,6 +100,7 @@ class GenerationService:
         normalization: Normalization = "basic",
         no_store_patterns: Iterable[re.Pattern[str]] = (),
         model_wait_s: float = 600.0,
+        replica_wait_s: float = WAIT_LIMIT_S,
         log_prompts: bool = False,
     ) -> None:
         self.engine = engine
@@ -101,10 +109,12 @@ class GenerationService:
         self.normalization = normalization
         self.no_store_patterns = list(no_store_patterns)
         self.model_wait_s = model_wait_s
+        self.replica_wait_s = replica_wait_s
         self.log_prompts = log_prompts
         self.observers: list[Callable[[GenerationResult], None]] = []
         self._flights: dict[tuple[str, str], asyncio.Future[Outcome]] = {}
         self._fills: set[asyncio.Task[None]] = set()
+        self._waiters: Counter[tuple[str, str]] = Counter()  # callers awaiting each flight
         self._counts: Counter[str] = Counter()
         self._latency = {"generation": deque(maxlen=LATENCY_WINDOW), "hit": deque(maxlen=LATENCY_WINDOW)}
         self._lock = threading.Lock()
@@ -155,7 +165,7 @@ class GenerationService:
 
         # 2. Bypass (asked for, or a do-not-cache prompt): generate, store nothing.
         if no_cache or self.must_not_store(base):
-            generated = await self._generate(canonicals, progress)
+            generated = await self._generate(canonicals, progress, embedding_scope=None)
             return self._results(keys, canonicals, [(BYPASS_TIER, e, t) for e, t in generated], started)
 
         # 3. Look up the tiers, fastest first: memory on the event loop (no thread
@@ -188,12 +198,21 @@ class GenerationService:
                 self._flights[(namespace, key)] = flight
                 new[key] = canonicals[i]
             waits[i] = flight
-        if new:
-            fill = asyncio.ensure_future(self._fill(namespace, new, progress))
-            self._fills.add(fill)
-            fill.add_done_callback(self._fills.discard)
-        for i, flight in waits.items():
-            outcomes[i] = await asyncio.shield(flight)
+        #    Counting the waiters lets a wait for another replica end once all have left.
+        waiting = [(namespace, keys[i]) for i in waits]
+        self._waiters.update(waiting)
+        try:
+            if new:
+                fill = asyncio.ensure_future(self._fill(namespace, new, progress))
+                self._fills.add(fill)
+                fill.add_done_callback(self._fills.discard)
+            for i, flight in waits.items():
+                outcomes[i] = await asyncio.shield(flight)
+        finally:
+            self._waiters.subtract(waiting)
+            for name in waiting:
+                if self._waiters[name] <= 0:
+                    del self._waiters[name]
 
         return self._results(keys, canonicals, [outcomes[i] for i in range(batch_size)], started)
 
@@ -254,14 +273,17 @@ class GenerationService:
     ) -> None:
         """Produce the entries of missed keys and resolve their flights: generate and
         store them, or, for keys another replica holds the lock of, wait for its result."""
+        flights = {key: self._flights[(namespace, key)] for key in items}
         try:
             outcomes = await self._produce(namespace, items, progress)
-            for key, outcome in outcomes.items():
-                self._flights[(namespace, key)].set_result(outcome)
+            for key, flight in flights.items():
+                if key in outcomes:
+                    flight.set_result(outcomes[key])
+                else:  # abandoned while waiting for another replica: nobody awaits it
+                    flight.cancel()
         except BaseException as exc:
-            for key in items:
-                flight = self._flights.get((namespace, key))
-                if flight is not None and not flight.done():
+            for flight in flights.values():
+                if not flight.done():
                     flight.set_exception(
                         exc
                         if isinstance(exc, Exception)
@@ -270,22 +292,27 @@ class GenerationService:
             if not isinstance(exc, Exception):
                 raise
         finally:
-            for key in items:
-                self._flights.pop((namespace, key), None)
+            for key, flight in flights.items():
+                if self._flights.get((namespace, key)) is flight:
+                    del self._flights[(namespace, key)]
 
     async def _produce(
         self, namespace: str, items: dict[str, CanonicalRequest], progress: Progress | None
     ) -> dict[str, Outcome]:
+        """Outcomes of the keys in `items`, leaving out those whose callers all left
+        while another replica was making them."""
         started = time.perf_counter()
+        deadline = time.monotonic() + self.replica_wait_s
         done: dict[str, Outcome] = {}
         pending = dict(items)
         while pending:
             # 1. Take the cross-replica lock of each key we can; the rest are another's.
+            #    Past the deadline nobody is waited for any more: generate them here.
             mine: dict[str, tuple[CanonicalRequest, Lease | None]] = {}
             theirs: dict[str, CanonicalRequest] = {}
             for key, canonical in pending.items():
                 lease = None
-                if self.locks is not None and time.perf_counter() - started < WAIT_LIMIT_S:
+                if self.locks is not None and time.monotonic() < deadline:
                     try:
                         lease = await asyncio.to_thread(self.locks.try_lock, namespace, key)
                     except TierUnavailable:
@@ -301,13 +328,15 @@ class GenerationService:
                 done.update(await self._generate_and_store(namespace, mine, progress))
 
             # 3. Wait for the other replicas' results; a key whose holder let go
-            #    without storing goes round again.
-            waited = await asyncio.gather(*(self._await_other_replica(namespace, key) for key in theirs))
+            #    without storing, or that took past the deadline, goes round again.
+            waited = await asyncio.gather(
+                *(self._await_other_replica(namespace, key, deadline) for key in theirs)
+            )
             pending = {}
             for (key, canonical), hit in zip(theirs.items(), waited, strict=True):
                 if isinstance(hit, Hit):
                     done[key] = (hit.tier, hit.entry, {"wait": time.perf_counter() - started})
-                else:
+                elif hit is not _ABANDONED:
                     pending[key] = canonical
         return done
 
@@ -327,7 +356,7 @@ class GenerationService:
                 done = {k: (h.tier, h.entry, {}) for k, h in found.items() if isinstance(h, Hit)}
             todo = {k: c for k, (c, _) in mine.items() if k not in done}
             if todo:
-                generated = await self._generate(list(todo.values()), progress)
+                generated = await self._generate(list(todo.values()), progress, embedding_scope=namespace)
                 stored = time.perf_counter()
                 await asyncio.to_thread(
                     lambda: [
@@ -344,13 +373,26 @@ class GenerationService:
             for lease in leases:
                 await asyncio.to_thread(lease.release)
 
-    async def _await_other_replica(self, namespace: str, key: str) -> Hit | Any:
-        """Poll, with back-off, until the entry appears (Hit) or its lock is gone (MISS)."""
+    async def _await_other_replica(self, namespace: str, key: str, deadline: float) -> Hit | Any:
+        """Poll, with back-off, until the entry appears (Hit), its lock is gone or the
+        deadline passes (MISS), or no caller waits for it any more (_ABANDONED)."""
         assert self.locks is not None
         delay = POLL_START_S
         while True:
-            await asyncio.sleep(delay)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning(
+                    "waited %.0f s for another replica's image; generating it here", self.replica_wait_s
+                )
+                return MISS
+            await asyncio.sleep(min(delay, left))
             delay = min(delay * 1.5, POLL_MAX_S)
+            if not self._waiters[(namespace, key)]:
+                # Unlisted at once, in this step, so that no new caller joins a
+                # flight that is about to end without a result: it starts its own.
+                self._flights.pop((namespace, key), None)
+                log.info("stopped waiting for another replica's image: its callers left")
+                return _ABANDONED
             hit = await asyncio.to_thread(self.cache.get, namespace, key)
             if isinstance(hit, Hit):
                 return hit
@@ -371,10 +413,10 @@ class GenerationService:
                 return
 
     async def _generate(
-        self, canonicals: list[CanonicalRequest], progress: Progress | None
+        self, canonicals: list[CanonicalRequest], progress: Progress | None, *, embedding_scope: str | None
     ) -> list[tuple[Entry, dict[str, float]]]:
         queued = time.perf_counter()
-        future = self.engine.submit(canonicals, progress)
+        future = self.engine.submit(canonicals, progress, embedding_scope=embedding_scope)
         self._count("generations")
         self._count("generated_images", len(canonicals))
         generated = await asyncio.wrap_future(future)

@@ -2,14 +2,52 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from bench.procs import ROOT, RedisServer, Server, free_port
 
-__all__ = ["ROOT", "RedisServer", "Server", "free_port"]
+__all__ = ["ROOT", "RedisServer", "Server", "free_port", "ui_call"]
+
+UI_FIELDS = {  # the UI's generate event, its inputs in order, with the UI's defaults
+    "prompt": "",
+    "negative_prompt": "",
+    "seed": 42,
+    "width": 64,
+    "height": 64,
+    "steps": 8,
+    "guidance_scale": 0.0,
+    "batch_size": 1,
+    "no_cache": False,
+    "prompt_normalization": "basic",
+}
+
+
+def ui_call(client: httpx.Client, **fields: Any) -> tuple[str, Any]:
+    """Call the UI's generate event through Gradio's REST API as a raw client would
+    (`/gradio_api/call/generate`, with Python's JSON, so NaN and lone surrogates go
+    through as sent); returns the final message: ("complete", outputs) or ("error", ...)."""
+    data = list((UI_FIELDS | fields).values())
+    posted = client.post(
+        "/gradio_api/call/generate",
+        content=json.dumps({"data": data}),
+        headers={"Content-Type": "application/json"},
+    )
+    assert posted.status_code == 200, posted.text
+    stream = client.get(f"/gradio_api/call/generate/{posted.json()['event_id']}")
+    event = payload = None
+    for line in stream.text.splitlines():
+        if line.startswith("event: "):
+            event = line.removeprefix("event: ")
+        elif line.startswith("data: ") and event in ("complete", "error"):
+            payload = json.loads(line.removeprefix("data: "))
+    assert event in ("complete", "error"), stream.text
+    return event, payload
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +62,19 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     srv = RedisServer(tmp_path).start()
     yield srv
     srv.kill()
+
+
+# A server with API keys and a CORS allow-list, shared by the protocol tests that
+# need either (one start for all of them).
+KEYED_TOKEN, KEYED_NAMESPACE = "proto-token-0123456789", "proto"
+ALLOWED_ORIGIN = "https://chat.example.com"
+
+
+@pytest.fixture(scope="session")
+def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("keyed")
+    keys = root / "api-keys.txt"
+    keys.write_text(f"{KEYED_TOKEN} {KEYED_NAMESPACE}\n")
+    srv = Server(root / "cache", "--api-keys", str(keys), "--cors-origins", ALLOWED_ORIGIN).wait_ready()
+    yield srv
+    srv.stop()

@@ -81,6 +81,40 @@ def test_disk_tier_drops_damaged_files_as_misses(tmp_path: Path, damage) -> None
     assert tier.corrupt_dropped == 1
 
 
+def edit_ext(record: bytes, new: bytes) -> bytes:
+    """The record with its header's "ext" changed (and the header length fixed up),
+    as someone with write access to the disk or Redis could."""
+    edited = record.replace(b'"ext":"png"', b'"ext":"' + new + b'"')
+    grown = len(edited) - len(record)
+    length = int.from_bytes(record[len(MAGIC) : len(MAGIC) + 4], "big") + grown
+    return edited[: len(MAGIC)] + length.to_bytes(4, "big") + edited[len(MAGIC) + 4 :]
+
+
+def test_an_edited_header_is_caught_by_the_checksum(tmp_path: Path) -> None:
+    tier = DiskTier(tmp_path)
+    key = make_key({"x": "ext"})
+    tier.put("public", key, entry(4))
+    path = tier.path_for("public", key)
+    path.write_bytes(edit_ext(path.read_bytes(), b"jpeg"))  # PNG bytes labelled JPEG
+    assert tier.get("public", key) is MISS
+    assert not path.exists() and tier.corrupt_dropped == 1
+
+
+def test_with_a_secret_only_records_signed_with_it_are_accepted(tmp_path: Path) -> None:
+    signed = DiskTier(tmp_path, secret=b"the-cache-secret-0123")
+    plain, other = DiskTier(tmp_path), DiskTier(tmp_path, secret=b"another-secret-012345")
+    a, b = make_key({"x": "signed"}), make_key({"x": "plain"})
+    signed.put("public", a, entry(1))
+    plain.put("public", b, entry(2))
+    assert signed.get("public", a) == entry(1)
+    # Written without the secret (a forger's well-formed record): rejected, removed.
+    assert signed.get("public", b) is MISS and not signed.path_for("public", b).exists()
+    # Read without the secret: cannot be checked, so a miss, but left for its owners.
+    assert plain.get("public", a) is MISS and signed.path_for("public", a).exists()
+    # Read with another secret: corrupt.
+    assert other.get("public", a) is MISS and not signed.path_for("public", a).exists()
+
+
 def test_disk_tier_rejects_a_file_copied_to_another_key(tmp_path: Path) -> None:
     tier = DiskTier(tmp_path)
     a, b = make_key({"x": "a"}), make_key({"x": "b"})

@@ -16,6 +16,7 @@ from cache import DiskTier, Entry, make_key
 from cache.disk import TOUCH_INTERVAL_S
 from cache.maintenance import STALE_TEMP_S, clear, prune, verify
 from cache.units import parse_duration, parse_size
+from tests.test_cache import edit_ext
 
 ROOT = Path(__file__).resolve().parent.parent
 DAY = 86400.0
@@ -179,6 +180,40 @@ def test_cli_prune_stats_verify_clear(tmp_path: Path) -> None:
     assert bad.returncode == 1 and "1 corrupt, 1 removed" in bad.stdout
     cleared = cli(tmp_path, "clear", "--namespace", "team")
     assert cleared.returncode == 0 and "removed 1 entries" in cleared.stdout
+
+
+def test_cli_verify_catches_an_edited_header_and_takes_the_secret(tmp_path: Path) -> None:
+    secret = "the-cache-secret-0123"
+    disk = DiskTier(tmp_path / "images", secret=secret.encode())
+    keys = fill(disk, 3)
+    path = disk.path_for("public", keys[0])
+    path.write_bytes(edit_ext(path.read_bytes(), b"jpeg"))  # PNG bytes labelled JPEG
+    # Without the secret nothing signed can be judged: reported, kept, exit 2.
+    blind = cli(tmp_path, "--json", "verify")
+    assert blind.returncode == 2 and json.loads(blind.stdout)["unverifiable"] == 3
+    assert path.exists()
+    flag = cli(tmp_path, "--json", "verify", "--dry-run", "--cache-secret", secret)
+    assert flag.returncode == 1 and json.loads(flag.stdout)["corrupt"] == 1
+    env = subprocess.run(
+        [sys.executable, "-m", "cache", "--cache-dir", str(tmp_path), "--json", "verify"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "ZIMAGE_CACHE_SECRET": secret},
+    )
+    report = json.loads(env.stdout)
+    assert env.returncode == 1 and (report["ok"], report["corrupt"], report["removed"]) == (2, 1, 1)
+    assert report["problems"] == {"checksum mismatch": 1} and not path.exists()
+
+
+def test_cli_verify_catches_an_edited_header_without_a_secret(tmp_path: Path) -> None:
+    disk = DiskTier(tmp_path / "images")
+    key = fill(disk, 1)[0]
+    path = disk.path_for("public", key)
+    path.write_bytes(edit_ext(path.read_bytes(), b"jpeg"))
+    bad = cli(tmp_path, "verify")
+    assert bad.returncode == 1 and "1 corrupt, 1 removed (checksum mismatch: 1)" in bad.stdout
 
 
 @pytest.mark.parametrize(

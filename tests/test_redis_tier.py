@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from cache import MISS, Entry, Hit, LayeredCache, MemoryTier, TierUnavailable, make_key
+from cache import MISS, SCHEMA_VERSION, Entry, Hit, LayeredCache, MemoryTier, TierUnavailable, make_key
 from cache.redis_tier import RedisTier
 from tests.conftest import RedisServer
 
@@ -18,12 +18,12 @@ def test_entries_live_under_the_documented_key_with_a_ttl(redis_server: RedisSer
     key = make_key({"x": 1})
     tier.put("public", key, ENTRY)
     client = redis_server.client()
-    assert client.exists(f"zimage:v1:public:{key}")
-    assert 3500_000 < client.pttl(f"zimage:v1:public:{key}") <= 3600_000
+    assert client.exists(f"zimage:v{SCHEMA_VERSION}:public:{key}")
+    assert 3500_000 < client.pttl(f"zimage:v{SCHEMA_VERSION}:public:{key}") <= 3600_000
     assert tier.get("public", key) == ENTRY
     assert tier.get("other", key) is MISS
     assert tier.stats()["entries"] == 1
-    assert tier.stats()["bytes"] == client.strlen(f"zimage:v1:public:{key}")
+    assert tier.stats()["bytes"] == client.strlen(f"zimage:v{SCHEMA_VERSION}:public:{key}")
 
 
 def test_a_tampered_or_truncated_value_is_dropped(redis_server: RedisServer) -> None:
@@ -32,7 +32,7 @@ def test_a_tampered_or_truncated_value_is_dropped(redis_server: RedisServer) -> 
     for n, damage in enumerate([lambda b: b[:-1], lambda b: b[:-5] + b"XXXXX", lambda b: b"garbage"]):
         key = make_key({"x": n})
         tier.put("public", key, ENTRY)
-        name = f"zimage:v1:public:{key}"
+        name = f"zimage:v{SCHEMA_VERSION}:public:{key}"
         client.set(name, damage(client.get(name)))
         assert tier.get("public", key) is MISS
         assert not client.exists(name)
@@ -78,7 +78,7 @@ def test_dead_redis_is_a_fast_miss_counted_once_and_reconnects(redis_server: Red
     deadline = time.monotonic() + 15
     while True:
         layered.put("public", key, ENTRY)
-        if redis_server.client().exists(f"zimage:v1:public:{key}"):
+        if redis_server.client().exists(f"zimage:v{SCHEMA_VERSION}:public:{key}"):
             break
         assert time.monotonic() < deadline, "the Redis tier did not reconnect"
         time.sleep(0.2)

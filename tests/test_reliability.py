@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -15,19 +17,25 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cache import SCHEMA_VERSION, Entry
+from cache.entry import encode_record
 from pipeline.tiny_model import ensure_tiny_model
-from tests.conftest import ROOT, RedisServer, Server
+from tests.conftest import ROOT, RedisServer, Server, ui_call
+from web.access_log import redact_query
 
 SMALL = {"width": 128, "height": 128}
 
 
-def cache_cli(cache_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def cache_cli(
+    cache_dir: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "cache", "--cache-dir", str(cache_dir), "--json", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         check=False,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -94,6 +102,99 @@ def test_oversized_bodies_get_413_with_or_without_a_length(server: Server) -> No
     assert server.client.get("/health").status_code == 200
 
 
+def rss_bytes(server: Server) -> int:
+    status = Path(f"/proc/{server.proc.pid}/status").read_text()
+    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+    assert match
+    return int(match.group(1)) * 1024
+
+
+def post_raw(server: Server, path: str, *, declared: int | None = None, chunked: int = 0) -> bytes:
+    """POST on a raw socket: only a head declaring `declared` bytes, or `chunked` bytes
+    sent in 8 KB chunks and no end; then read the answer (b"" if the server closed)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        length = f"Content-Length: {declared}" if declared is not None else "Transfer-Encoding: chunked"
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{length}\r\n\r\n".encode()
+        )
+        piece = b'{"data": ["' + b"x" * 8181
+        for _ in range(chunked // len(piece)):
+            sock.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+        try:
+            return sock.recv(65536)
+        except TimeoutError:
+            return b"(no answer in 30 s)"
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/gradio_api/call/generate", "/gradio_api/queue/join", "/gradio_api/upload", "/login", "/generate"],
+)
+def test_every_route_refuses_oversized_bodies_before_reading_them(server: Server, path: str) -> None:
+    before = rss_bytes(server)
+    for _ in range(5):
+        assert post_raw(server, path, declared=50_000_000).startswith(b"HTTP/1.1 413")
+        assert post_raw(server, path, chunked=72 * 1024).startswith(b"HTTP/1.1 413")
+    # Nothing of a refused body is kept: 250 MB declared, 360 KB sent, no growth.
+    assert rss_bytes(server) - before < 32 << 20
+    assert server.client.get("/health").status_code == 200
+
+
+def test_the_largest_valid_ui_call_fits_the_body_limit(server: Server) -> None:
+    # Two 2,000-character prompts of astral characters, JSON-escaped as surrogate
+    # pairs (12 bytes a character): about 48 KB, the largest body a valid call makes.
+    emoji = "\U0001f98a" * 2000
+    event, outputs = ui_call(server.client, prompt=emoji, negative_prompt=emoji, guidance_scale=1.0, steps=1)
+    assert event == "complete", outputs
+
+
+@pytest.mark.parametrize("field", ["prompt", "negative_prompt"])
+def test_lone_surrogates_get_422_naming_the_field_on_every_route(server: Server, field: str) -> None:
+    body = '{"prompt": "a fox", "width": 64, "height": 64, "' + field + '": "a \\ud800 fox"}'
+    for path in ("/generate", "/api/generate"):
+        resp = server.client.post(path, content=body, headers={"Content-Type": "application/json"})
+        assert resp.status_code == 422, (path, resp.text)
+        assert resp.json()["detail"][0]["loc"][-1] == field
+        assert "unpaired surrogate" in resp.json()["detail"][0]["msg"]
+    event, message = ui_call(server.client, **{"prompt": "a fox", field: "a \ud800 fox"})
+    assert event == "error" and message["error"].startswith(f"{field} contains an unpaired surrogate")
+    # A query string cannot carry one (its bytes are decoded as UTF-8, with U+FFFD
+    # for what is not): whatever is sent, no 500.
+    run = server.client.get(f"/run?width=64&height=64&prompt=a%20fox&{field}=%ED%A0%80")
+    assert run.status_code in (200, 422), run.text
+
+
+def test_the_prompt_limit_holds_after_normalization(server: Server) -> None:
+    # U+FDFA is one character; NFKC makes it 18.
+    event, message = ui_call(server.client, prompt="\ufdfa" * 2000, prompt_normalization="aggressive")
+    assert event == "error"
+    assert (
+        message["error"]
+        == "prompt is 36000 characters after aggressive normalization; shorten it to at most 2000"
+    )
+    event, _ = ui_call(server.client, prompt="\ufdfa" * 111, prompt_normalization="aggressive")
+    assert event == "complete"  # 1,998 characters
+
+
+def test_negative_zero_guidance_is_the_same_request_as_zero(server: Server) -> None:
+    keys = {
+        server.client.get("/run", params={"prompt": "a signed zero", **SMALL, "guidance_scale": g}).json()[
+            "key"
+        ]
+        for g in ("0", "-0.0", "0.0")
+    }
+    assert len(keys) == 1
+
+
+@pytest.mark.parametrize("field", ["steps", "batch_size"])
+def test_nan_steps_or_batch_through_the_gradio_api_get_a_clear_message(server: Server, field: str) -> None:
+    # (Infinities are out of the sliders' bounds, which Gradio itself says.)
+    value = float("nan")
+    event, message = ui_call(server.client, prompt="a fox", **{field: value})
+    assert event == "error"
+    assert message["error"].startswith(f"{field} must be")
+
+
 # -- leaks -----------------------------------------------------------------------------
 
 
@@ -144,6 +245,84 @@ def test_prompts_stay_out_of_the_log_unless_asked(tmp_path: Path) -> None:
         loud.stop()
 
 
+@pytest.mark.parametrize(
+    ("target", "shown"),
+    [
+        ("/run?prompt=a%20secret&width=64", "/run?prompt=<redacted>&width=64"),
+        ("/run?%70rompt=a%20secret&x=1", "/run?%70rompt=<redacted>&x=1"),
+        (
+            "/run?x=1&PROMPT=secret&Negative%5FPrompt=s2",
+            "/run?x=1&PROMPT=<redacted>&Negative%5FPrompt=<redacted>",
+        ),
+        (
+            "/run?pr%6Fmpt=a+secret&prompt=b&prompt=c",
+            "/run?pr%6Fmpt=<redacted>&prompt=<redacted>&prompt=<redacted>",
+        ),
+        ("/health", "/health"),
+        ("/run?width=64", "/run?width=64"),
+    ],
+)
+def test_access_log_redaction_judges_names_as_the_server_reads_them(target: str, shown: str) -> None:
+    assert redact_query(target) == shown
+
+
+def test_percent_encoded_prompt_names_are_redacted_in_the_access_log(server: Server) -> None:
+    for query in ("%70rompt=lighthouse%20keeper%20Oswin", "prom%70t=Oswin%27s+boat", "PROMPT=Oswin"):
+        resp = server.client.get(f"/run?{query}&width=64&height=64")
+        assert resp.status_code in (200, 422)
+    log = server.log_path.read_text()
+    assert "Oswin" not in log
+    assert "%70rompt=<redacted>" in log
+
+
+def test_a_cache_secret_rejects_forged_and_edited_records(tmp_path: Path, redis_server: RedisServer) -> None:
+    secret = "a-cache-secret-0123456789"
+    srv = Server(
+        tmp_path / "cache",
+        "--memory-cache-mb",
+        "0",
+        "--redis-url",
+        redis_server.url,
+        "--cache-secret",
+        secret,
+    ).wait_ready()
+    client = redis_server.client()
+    try:
+        body = {"prompt": "a signed vase", **SMALL}
+        made = srv.client.post("/generate", json=body)
+        key = made.headers["x-key"]
+        name = f"zimage:v{SCHEMA_VERSION}:public:{key}"
+
+        def only_in_redis(value: bytes) -> None:
+            for path in (tmp_path / "cache" / "images").rglob(key):
+                path.unlink()
+            client.set(name, value)
+
+        # Someone with write access to Redis but not the secret stores another image,
+        # as a well-formed record with a valid SHA-256 ...
+        forged = encode_record("public", key, Entry(data=b"\x89PNG forged", ext="png"))
+        only_in_redis(forged)
+        again = srv.client.post("/generate", json=body)
+        assert again.headers["x-cache"] == "miss" and again.content == made.content
+        assert client.get(name) != forged
+        # ... or edits the header of a real one: the same bytes, served as JPEG.
+        signed = client.get(name)
+        edited = signed.replace(b'"ext":"png"', b'"ext":"jpeg"')
+        edited = edited[:8] + (int.from_bytes(edited[8:12], "big") + 1).to_bytes(4, "big") + edited[12:]
+        only_in_redis(edited)
+        assert srv.client.get(f"/images/{key}.jpeg").status_code == 404
+        again = srv.client.post("/generate", json=body)
+        assert again.headers["x-cache"] == "miss" and again.headers["content-type"] == "image/png"
+        assert srv.log_path.read_text().count("redis cache: dropping corrupt entry") == 2
+        # Verifying the disk without the secret reports the signed entry and keeps it.
+        verified = cache_cli(tmp_path / "cache", "verify")
+        assert verified.returncode == 2 and json.loads(verified.stdout)["unverifiable"] == 1
+        verified = cache_cli(tmp_path / "cache", "verify", env={"ZIMAGE_CACHE_SECRET": secret})
+        assert verified.returncode == 0 and json.loads(verified.stdout)["ok"] == 1
+    finally:
+        srv.stop()
+
+
 def test_a_tampered_redis_value_is_rejected_and_regenerated(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
@@ -154,7 +333,7 @@ def test_a_tampered_redis_value_is_rejected_and_regenerated(
         for path in (tmp_path / "cache" / "images").rglob(key):
             path.unlink()  # only Redis has it now
         client = redis_server.client()
-        name = f"zimage:v1:public:{key}"
+        name = f"zimage:v{SCHEMA_VERSION}:public:{key}"
         value = bytearray(client.get(name))
         value[-100] ^= 0xFF  # one flipped byte in the image
         client.set(name, bytes(value))

@@ -8,8 +8,10 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 
+from cache import SCHEMA_VERSION
 from tests.conftest import RedisServer, Server
 
 SECRET = "classified falcon"
@@ -104,11 +106,32 @@ def test_do_not_cache_prompts_are_never_stored_or_logged(
     assert run["cache"] == "bypass" and run["image_url"] is None
     key = first.headers["x-key"]
     assert a.client.get(f"/images/{key}.png").status_code == 404
-    assert not redis_srv.client().exists(f"zimage:v1:public:{key}")
+    assert not redis_srv.client().exists(f"zimage:v{SCHEMA_VERSION}:public:{key}")
     assert not list(Path(a.cache_dir / "images").rglob(key))
     for server in (a, b):
         assert SECRET not in server.log_path.read_text()
     assert "prompt=<redacted>" in a.log_path.read_text()
+
+
+def test_a_replica_stops_waiting_for_another_when_its_client_disconnects(
+    replicas: tuple[Server, Server], redis_srv: RedisServer
+) -> None:
+    a, _ = replicas
+    params = {"prompt": "a harbour nobody waits for", "width": 64, "height": 64}
+    key = a.client.get("/run", params={**params, "no_cache": True}).json()["key"]
+    before = generations(a)
+    lock = f"zimage:v{SCHEMA_VERSION}:public:{key}:lock"
+    redis_srv.client().set(lock, "another replica, making it for minutes", px=120_000)
+    try:
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up and hangs up
+            httpx.get(f"{a.url}/run", params=params, timeout=1.5)
+        deadline = time.monotonic() + 30
+        while "stopped waiting for another replica's image: its callers left" not in a.log():
+            assert time.monotonic() < deadline, "the server kept polling Redis for a client that left"
+            time.sleep(0.2)
+        assert generations(a) == before  # it waited for the other replica, then for nobody
+    finally:
+        redis_srv.client().delete(lock)
 
 
 def test_replicas_keep_answering_while_redis_is_down_and_reconnect(

@@ -55,3 +55,27 @@ def test_size_errors_suggest_the_nearest_valid_sizes() -> None:
 def test_nul_in_prompt_is_refused() -> None:
     with pytest.raises(ValidationError, match="NUL"):
         GenerationRequest(prompt="a\x00b")
+
+
+@pytest.mark.parametrize("field", ["prompt", "negative_prompt"])
+def test_unpaired_surrogates_are_refused_naming_the_field(field: str) -> None:
+    with pytest.raises(ValidationError, match=f"{field} contains an unpaired surrogate \\(U\\+DC00\\)"):
+        GenerationRequest(**{"prompt": "a fox", field: "a \udc00 fox"})
+
+
+def test_the_length_limit_holds_after_normalization() -> None:
+    GenerationRequest(prompt="\ufdfa" * 2000).canonical("basic")  # NFC keeps it one character
+    with pytest.raises(RequestInvalid, match="36000 characters after aggressive normalization") as info:
+        GenerationRequest(prompt="\ufdfa" * 2000).canonical("aggressive")
+    assert info.value.field == "prompt"
+    with pytest.raises(RequestInvalid) as info:
+        GenerationRequest(prompt="x", negative_prompt="\ufdfa" * 200, guidance_scale=2).canonical(
+            "aggressive"
+        )
+    assert info.value.field == "negative_prompt"
+
+
+def test_negative_zero_guidance_is_zero() -> None:
+    minus = GenerationRequest(prompt="x", guidance_scale=-0.0, negative_prompt="blur").canonical()
+    assert minus == GenerationRequest(prompt="x").canonical()
+    assert str(minus.guidance_scale) == "0.0"

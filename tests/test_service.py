@@ -114,6 +114,77 @@ def test_concurrent_identical_requests_in_one_process_generate_once(engine: Engi
     asyncio.run(scenario())
 
 
+# A request that should not wait at all, or about a second, fails after this instead
+# of hanging (and so fails on a service that would wait for ever).
+BOUND_S = 30
+
+
+def planted_lock_service(
+    engine: Engine, redis_server: RedisServer, **kw: object
+) -> tuple[GenerationService, RedisTier]:
+    tier = RedisTier(redis_server.url, ttl_s=60, lock_ttl_s=5)
+    return GenerationService(engine, LayeredCache([MemoryTier(1 << 20), tier]), locks=tier, **kw), tier  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("plant", ["string", "hash"])
+def test_a_lock_key_without_a_ttl_does_not_hold_a_request(
+    engine: Engine, redis_server: RedisServer, plant: str
+) -> None:
+    async def scenario() -> None:
+        service, tier = planted_lock_service(engine, redis_server)
+        req = request(f"a stuck lantern ({plant})")
+        key = service.key_for(req.canonical(), await service.model_identity())
+        name = tier.redis_key("public", key) + ":lock"
+        client = redis_server.client()
+        if plant == "string":
+            client.set(name, "left by hand")  # no TTL: no replica's lock ever lacks one
+        else:
+            client.hset(name, "a", "b")  # the wrong type, no TTL
+        result = await asyncio.wait_for(service.generate(req), BOUND_S)
+        assert result.cache == "miss" and tier.get("public", key) != MISS
+        assert client.exists(name)  # not ours to remove
+
+    asyncio.run(scenario())
+
+
+def test_waiting_for_another_replica_is_bounded(engine: Engine, redis_server: RedisServer) -> None:
+    async def scenario() -> None:
+        service, tier = planted_lock_service(engine, redis_server, replica_wait_s=1.0)
+        req = request("a lantern somebody else is making")
+        key = service.key_for(req.canonical(), await service.model_identity())
+        # A lock that looks alive for ten minutes (a TTL, though of the wrong type).
+        redis_server.client().hset(tier.redis_key("public", key) + ":lock", "a", "b")
+        redis_server.client().pexpire(tier.redis_key("public", key) + ":lock", 600_000)
+        result = await asyncio.wait_for(service.generate(req), BOUND_S)
+        assert result.cache == "miss" and service.stats()["generations"] == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_replica_stops_waiting_when_its_caller_leaves(engine: Engine, redis_server: RedisServer) -> None:
+    async def scenario() -> None:
+        service, _ = planted_lock_service(engine, redis_server)
+        req = request("a lantern nobody waits for")
+        key = service.key_for(req.canonical(), await service.model_identity())
+        other = RedisTier(redis_server.url, ttl_s=60, lock_ttl_s=600).try_lock("public", key)
+        assert other is not None  # another replica is making it, for a long time
+        caller = asyncio.ensure_future(service.generate(req))
+        await asyncio.sleep(0.3)  # polling by now
+        assert service._fills and not caller.done()
+        caller.cancel()  # the client went away
+        await asyncio.wait(set(service._fills), timeout=BOUND_S)
+        assert not service._fills and not service._flights  # the wait ended with it
+        assert service.stats()["generations"] == 0
+        # A new caller starts afresh (and waits, as the lock is still held).
+        again = asyncio.ensure_future(service.generate(req))
+        await asyncio.sleep(0.1)
+        assert service._flights
+        other.release()
+        assert (await asyncio.wait_for(again, BOUND_S)).cache == "miss"
+
+    asyncio.run(scenario())
+
+
 # -- the prompt-embedding cache ----------------------------------------------------------
 
 

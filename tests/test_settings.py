@@ -33,6 +33,7 @@ def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: P
         (["--attention-backend", "flash4"], {}, "--attention-backend (ZIMAGE_ATTENTION_BACKEND)"),
         ([], {"ZIMAGE_COMPILE": "yes"}, "--compile (ZIMAGE_COMPILE)"),
         (["--cache-dir", "/proc/forbidden"], {}, "--cache-dir (ZIMAGE_CACHE_DIR)"),
+        (["--cors-origins", "https://chat.example.com/app"], {}, "--cors-origins (ZIMAGE_CORS_ORIGINS)"),
     ],
 )
 def test_bad_settings_fail_at_start_naming_the_setting(

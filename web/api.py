@@ -3,67 +3,154 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from pydantic import Field
+from starlette.routing import Route
 
 from cache import Hit, is_namespace
 from pipeline.engine import READY, Engine, GenerationFailed, ModelUnavailable, QueueFull
 from pipeline.request import GenerationRequest, RequestInvalid
 from pipeline.service import BYPASS_TIER, GenerationResult, GenerationService
 from web.auth import Access
+from web.http_semantics import CORSMiddleware, HeadAsGet, cors_options
 from web.metrics import Metrics
+from web.schemas import (
+    BatchResult,
+    CacheStats,
+    ClearResult,
+    Health,
+    Info,
+    Readiness,
+    RunResult,
+    error_responses,
+    image_response,
+)
+
+T = TypeVar("T")
 
 IMAGE_NAME = re.compile(r"([0-9a-f]{64})\.(png|jpeg|webp)")
-IMMUTABLE = "public, max-age=31536000, immutable"
+# A stored image never changes under its URL. Shared caches (a proxy, a CDN) may keep
+# it only when anyone may fetch it: without API keys, in the default namespace.
+# Otherwise only the caller's browser may, and Vary keeps a cache that ignores
+# `private` from answering one caller with another's response.
+PUBLIC_IMMUTABLE = "public, max-age=31536000, immutable"
+PRIVATE_IMMUTABLE = "private, max-age=31536000, immutable"
+IMAGE_VARY = "Authorization, X-Namespace"
+DEFAULT_NAMESPACE = "public"
 RETRY_AFTER_S = 5
+METRICS_TYPES = ("text/plain", "application/openmetrics-text")
 MAX_API_BATCH = 8
-# The largest valid request (two 2,000-character prompts of 4-byte characters,
-# in JSON) is about 17 KB; anything much larger is a mistake or an attack.
+# The largest valid request is two 2,000-character prompts of characters outside
+# the BMP: 16 KB as UTF-8, 48 KB if a client escapes each as a `\ud83d\ude00` pair;
+# a Gradio event carries the same fields plus a few hundred bytes. Anything larger
+# is a mistake or an attack.
 MAX_BODY_BYTES = 64 * 1024
-LIMITED_PATHS = ("/generate", "/api/")
+CLIENT_GONE = 499  # nginx's code for a request whose client closed the connection
+# Documents the bearer scheme in OpenAPI; Access does the checking (and knows
+# whether keys are on at all).
+BEARER = HTTPBearer(
+    auto_error=False, description="An API token from the --api-keys file (needed only when it is set)."
+)
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for a body over `max_bytes` on the API's routes, judged by
-    Content-Length and by counting what arrives (a chunked body has no length)."""
+    """ASGI middleware: 413 for a request body over `max_bytes`, on every route (the
+    API's, Gradio's and any other), judged by Content-Length and by counting what
+    arrives (a chunked body has no length).
+
+    The body is read whole before the route runs (it is at most `max_bytes`), so a
+    refused request never reaches a route and nothing of it is kept; the route
+    then reads it from memory, and later `receive` calls (to see a disconnect) go
+    to the server as before.
+    """
 
     def __init__(self, app: Any, max_bytes: int = MAX_BODY_BYTES) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(LIMITED_PATHS):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            await self._too_large(send)
+            await self._too_large(send, scope["path"])
             return
+        chunks: list[bytes] = []
         seen = 0
-
-        async def counted() -> dict:
-            nonlocal seen
+        while True:
             message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:  # raised where the route reads its body: a 413
-                raise HTTPException(413, self.message)
-            return message
+            if message["type"] == "http.disconnect":
+                return  # gone before its body arrived: nobody to answer
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_bytes:
+                await self._too_large(send, scope["path"])
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body: dict | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
-        await self.app(scope, counted, send)
+        async def replay() -> dict:
+            nonlocal body
+            if body is not None:
+                message, body = body, None
+                return message
+            return await receive()
+
+        await self.app(scope, replay, send)
 
     @property
     def message(self) -> str:
         return f"request body over {self.max_bytes} bytes; a generation request is a few KB"
 
-    async def _too_large(self, send: Any) -> None:
-        body = JSONResponse({"detail": self.message}, status_code=413)
+    async def _too_large(self, send: Any, path: str) -> None:
+        error: dict[str, Any] = {"detail": self.message}
+        if path.startswith("/v1/"):  # OpenAI's clients read OpenAI's error shape
+            error = {"error": {"message": self.message, "type": "invalid_request_error", "param": None}}
+            error["error"]["code"] = "request_too_large"
+        body = JSONResponse(error, status_code=413)
         await send({"type": "http.response.start", "status": 413, "headers": body.raw_headers})
         await send({"type": "http.response.body", "body": body.body})
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its answer was ready."""
+
+
+async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
+    """The result of `work`, or ClientGone as soon as the client disconnects, `work`
+    then cancelled: a wait for another replica ends with it. A generation it started
+    goes on and is stored (GenerationService shields it), so nothing is lost."""
+    task = asyncio.ensure_future(work)
+    await asyncio.sleep(0)  # its first step: a memory hit is done here, with no watcher to start
+    if task.done():
+        return task.result()
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watch = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not task.done():
+            task.cancel()
+    if not task.done() or task.cancelled():
+        raise ClientGone
+    return task.result()
 
 
 class RunQuery(GenerationRequest):
@@ -90,6 +177,7 @@ async def caller_namespace(  # async: FastAPI would run a plain def on a worker 
         str | None,
         Header(description="Cache namespace (default `public`); with API keys, the token's namespace."),
     ] = None,
+    _token: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)] = None,
 ) -> str:
     """The namespace a request acts in (and, with API keys, its authentication)."""
     if x_namespace is not None and not is_namespace(x_namespace):
@@ -106,28 +194,55 @@ def create_api(
     *,
     access: Access | None = None,
     info: dict[str, Any] | None = None,
+    cors_origins: Sequence[str] = (),
 ) -> FastAPI:
+    """The HTTP API: our routes, the OpenAI, A1111 and MCP protocols, local /docs;
+    HEAD on every GET route and the CORS policy of `cors_origins` (none: no
+    cross-origin access) apply to whatever is mounted on it later (the UI)."""
+    from web.a1111 import create_a1111_router
+    from web.mcp_server import MCP_PATH, McpEndpoint, create_mcp_server
+    from web.openai_api import create_openai_router
+
     access = access or Access()
     metrics = Metrics(service)
-    app = FastAPI(
+    mcp = McpEndpoint(create_mcp_server(service))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with mcp.running():
+            yield
+
+    # FastAPIOffline serves Swagger UI's files itself: /docs works without a CDN.
+    app = FastAPIOffline(
         title="Z-Image-Turbo",
         summary="Z-Image-Turbo text-to-image behind a layered result cache.",
         description="Every image route answers from the cache when it can (`X-Cache` says which tier) "
-        "and generates otherwise. With API keys configured, send `Authorization: Bearer <token>`.",
+        "and generates otherwise. With API keys configured, send `Authorization: Bearer <token>`. "
+        "Also spoken: OpenAI's Images API under `/v1`, A1111's under `/sdapi/v1`, and MCP at `/mcp`.",
         docs_url="/docs",
         redoc_url=None,
+        static_url="/docs-assets",
+        lifespan=lifespan,
     )
     app.state.access = access
+    # Last added runs first: CORS answers preflights before anything else.
     app.add_middleware(BodyLimit)
+    app.add_middleware(HeadAsGet)
+    app.add_middleware(CORSMiddleware, **cors_options(cors_origins))
     _install_error_handlers(app)
+    _finish_openapi(app)
 
-    @app.get("/health")
+    @app.get("/health", response_model=Health)
     async def health() -> dict[str, Any]:
         """Liveness; always fast, whatever the model is doing."""
         identity = engine.identity
         return {"status": "ok", "model": engine.state, "device": identity.device if identity else None}
 
-    @app.get("/ready")
+    @app.get(
+        "/ready",
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "Not ready: loading, warming or failed."}},
+    )
     async def ready() -> JSONResponse:
         """200 once the model is loaded and has produced an image, else 503 with its state."""
         if engine.state == READY:
@@ -137,12 +252,17 @@ def create_api(
             body["reason"] = engine.error
         return JSONResponse(body, status_code=503)
 
-    @app.get("/run")
-    async def run(params: Annotated[RunQuery, Query()], namespace: Namespace) -> JSONResponse:
+    @app.get("/run", response_model=RunResult, responses=error_responses(401, 403, 422, 500, 503))
+    async def run(
+        params: Annotated[RunQuery, Query()], namespace: Namespace, response: Response, raw: Request
+    ) -> dict[str, Any]:
         """Generate or hit; returns JSON with the key, the tier and a URL for the image."""
         request = GenerationRequest(**params.model_dump(exclude={"no_cache"}))
-        result = await service.generate(request, namespace=namespace, no_cache=params.no_cache)
-        body = {
+        result = await unless_client_leaves(
+            raw, service.generate(request, namespace=namespace, no_cache=params.no_cache)
+        )
+        response.headers.update(_result_headers(result))
+        return {
             "key": result.key,
             "cache": result.cache,
             "duration": round(result.duration, 6),
@@ -152,36 +272,53 @@ def create_api(
             "steps": result.request.steps,
             "image_url": _image_url(result),
         }
-        return JSONResponse(body, headers=_result_headers(result))
 
-    @app.post("/generate", response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    @app.post(
+        "/generate",
+        response_class=Response,
+        responses={
+            200: image_response("The image, in the requested format."),
+            **error_responses(401, 403, 413, 422, 500, 503),
+        },
+    )
     async def generate(
         body: GenerationRequest,
         namespace: Namespace,
+        raw: Request,
         no_cache: Annotated[bool, Query(description="Neither read nor write the cache.")] = False,
     ) -> Response:
         """The official Z-Image `api.py` shape: JSON in, image bytes out."""
-        result = await service.generate(body, namespace=namespace, no_cache=no_cache)
+        result = await unless_client_leaves(
+            raw, service.generate(body, namespace=namespace, no_cache=no_cache)
+        )
         return Response(
             result.entry.data, media_type=result.entry.media_type, headers=_result_headers(result)
         )
 
-    @app.post("/api/generate")
-    async def generate_batch(body: BatchRequest, namespace: Namespace) -> JSONResponse:
+    @app.post(
+        "/api/generate", response_model=BatchResult, responses=error_responses(401, 403, 413, 422, 500, 503)
+    )
+    async def generate_batch(body: BatchRequest, namespace: Namespace, raw: Request) -> dict[str, Any]:
         """Up to 8 images of one prompt, each with its own seed; hits and misses mixed."""
         request = GenerationRequest(**body.model_dump(exclude={"batch_size", "no_cache"}))
-        results = await service.generate_batch(
-            request, body.batch_size, namespace=namespace, no_cache=body.no_cache
+        results = await unless_client_leaves(
+            raw,
+            service.generate_batch(request, body.batch_size, namespace=namespace, no_cache=body.no_cache),
         )
         images = [
             {"key": r.key, "cache": r.cache, "seed": r.seed, "image_url": _image_url(r)} for r in results
         ]
         duration = max(r.duration for r in results)
-        return JSONResponse({"images": images, "duration": round(duration, 6)})
+        return {"images": images, "duration": round(duration, 6)}
 
-    @app.get("/images/{name}", response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    @app.get(
+        "/images/{name}",
+        response_class=Response,
+        responses={200: image_response("The stored image."), **error_responses(304, 401, 403, 404, 422)},
+    )
     async def image(name: str, request: Request, namespace: Namespace) -> Response:
-        """Stored bytes by key; immutable, so browsers and proxies may keep them forever."""
+        """Stored bytes by key. Immutable: browsers may keep them forever, and shared caches
+        too where anyone may fetch them (no API keys, default namespace); else `private`."""
         match = IMAGE_NAME.fullmatch(name)
         if match is None:
             return JSONResponse({"detail": "expected /images/<64 hex key>.<png|jpeg|webp>"}, status_code=404)
@@ -192,19 +329,27 @@ def create_api(
             return JSONResponse(
                 {"detail": "no such image in the cache (evicted, or never made)"}, status_code=404
             )
-        headers = {"ETag": etag, "Cache-Control": IMMUTABLE, "X-Cache": hit.tier}
-        if request.headers.get("if-none-match") == etag:
+        shared = not access.api_keys and namespace == DEFAULT_NAMESPACE
+        headers = {
+            "ETag": etag,
+            "Cache-Control": PUBLIC_IMMUTABLE if shared else PRIVATE_IMMUTABLE,
+            "Vary": IMAGE_VARY,
+            "X-Cache": hit.tier,
+        }
+        if etag_matches(request.headers.get("if-none-match"), etag):
             return Response(status_code=304, headers=headers)
         return Response(hit.entry.data, media_type=hit.entry.media_type, headers=headers)
 
-    @app.get("/api/cache/stats")
+    @app.get("/api/cache/stats", response_model=CacheStats, responses=error_responses(401, 403, 422))
     async def cache_stats(_: Namespace) -> dict[str, Any]:
         """Requests, generations (pipeline runs), hit rate, and per-tier hits, entries and bytes."""
         return await asyncio.to_thread(service.stats)
 
-    @app.delete("/api/cache")
+    @app.delete("/api/cache", response_model=ClearResult, responses=error_responses(401, 403, 422))
     async def clear_cache(
-        request: Request, namespace: Annotated[str, Query(description="The namespace to empty.")]
+        request: Request,
+        namespace: Annotated[str, Query(description="The namespace to empty.")],
+        _token: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)] = None,
     ) -> dict[str, Any]:
         """Remove every entry of a namespace from every tier. Needs the admin token."""
         access.require_admin(request)
@@ -213,7 +358,7 @@ def create_api(
         removed = await asyncio.to_thread(service.cache.clear, namespace)
         return {"namespace": namespace, "removed": removed}
 
-    @app.get("/api/info")
+    @app.get("/api/info", response_model=Info, responses=error_responses(401, 403, 422))
     async def api_info(_: Namespace) -> dict[str, Any]:
         """Versions, the model and its fingerprint, device, dtype, and the cache configuration."""
         identity = engine.identity
@@ -237,13 +382,36 @@ def create_api(
             "auth": {"api_keys": bool(access.api_keys), "admin": bool(access.admin_token)},
         }
 
-    @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
-    async def prometheus() -> Response:
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "Prometheus text format, or OpenMetrics when the Accept header asks for it.",
+                "content": {media: {"schema": {"type": "string"}} for media in METRICS_TYPES},
+            }
+        },
+    )
+    async def prometheus(request: Request) -> Response:
         """Prometheus exposition: requests by tier, latency histograms, queue depth, cache sizes."""
-        body = await asyncio.to_thread(metrics.render)
-        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+        body, media_type = await asyncio.to_thread(metrics.render, request.headers.get("accept"))
+        return Response(body, media_type=media_type)
 
+    app.include_router(create_openai_router(service))
+    app.include_router(create_a1111_router(service))
+    app.router.routes.append(Route(MCP_PATH, mcp))  # an ASGI app: every method, not in OpenAPI
     return app
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """RFC 9110 If-None-Match: `*`, or a list of tags compared weakly (`W/"k"` matches `"k"`)."""
+    if if_none_match is None:
+        return False
+    for candidate in if_none_match.split(","):
+        tag = candidate.strip()
+        if tag == "*" or tag.removeprefix("W/") == etag:
+            return True
+    return False
 
 
 def _image_url(result: GenerationResult) -> str | None:
@@ -262,6 +430,27 @@ def _result_headers(result: GenerationResult) -> dict[str, str]:
     }
 
 
+def _finish_openapi(app: FastAPI) -> None:
+    """Finish the OpenAPI document: the bearer token is optional
+    (`security: [{HTTPBearer: []}, {}]`), since routes need it only when the server
+    has --api-keys, so a generated client may call them with or without one; and the
+    /v1 routes, which answer bad input with OpenAI's 400, lose FastAPI's stock 422."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            for path, operations in schema["paths"].items():
+                for operation in operations.values():
+                    if {} not in operation.get("security", [{}]):
+                        operation["security"].append({})
+                    if path.startswith("/v1/"):
+                        operation["responses"].pop("422", None)
+        return build()
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def unprocessable(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -278,6 +467,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         where = "header" if exc.field == "x-namespace" else "body" if request.method == "POST" else "query"
         detail = [{"type": "value_error", "loc": [where, exc.field], "msg": exc.message}]
         return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, exc: ClientGone) -> Response:
+        return Response(status_code=CLIENT_GONE)  # nobody reads it (uvicorn drops it)
 
     @app.exception_handler(QueueFull)
     async def queue_full(request: Request, exc: QueueFull) -> JSONResponse:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,14 +62,19 @@ class Access:
 
     def caller_namespace(self, request: Request, header_namespace: str | None) -> str:
         """The namespace a request acts in; 401 without a valid token when keys are set,
-        403 when X-Namespace names another namespace than the token's."""
+        403 when X-Namespace names another namespace than the token's. HTTP Basic with
+        the namespace as user name and the token as password counts as that token (the
+        API auth that A1111 clients send, and the UI's login)."""
         if not self.api_keys:
             return header_namespace or "public"
         token = bearer_token(request)
+        basic = basic_credentials(request) if token is None else None
+        if basic is not None:
+            token = basic[1]
         if token is None:
             raise _unauthorized("this API needs `Authorization: Bearer <token>`")
         namespace = self.namespace_for(token)
-        if namespace is None:
+        if namespace is None or (basic is not None and basic[0] != namespace):
             raise _unauthorized("unknown API token")
         if header_namespace not in (None, namespace):
             raise HTTPException(
@@ -92,6 +99,18 @@ class Access:
 def bearer_token(request: Request) -> str | None:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def basic_credentials(request: Request) -> tuple[str, str] | None:
+    """(user, password) of an `Authorization: Basic` header, or None."""
+    scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, colon, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return (user, password) if colon and password else None
 
 
 def _unauthorized(message: str) -> HTTPException:

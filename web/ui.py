@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import os
+import math
 import secrets
-import tempfile
 import threading
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -19,6 +17,7 @@ from pydantic import ValidationError
 from pipeline.engine import READY, Engine, GenerationFailed, ModelUnavailable, QueueFull
 from pipeline.request import MAX_SEED, GenerationRequest, RequestInvalid
 from pipeline.service import BYPASS_TIER, MISS_TIER, GenerationResult, GenerationService
+from web.ui_images import UiImages
 from web.ui_text import EXAMPLES, I18N
 
 PRESETS = [
@@ -37,12 +36,12 @@ PRESETS = [
 CUSTOM = "Custom"
 MAX_UI_BATCH = 4
 HISTORY_LIMIT = 48
-# Files handed to the browser are kept this long in Gradio's cache.
+# Gradio's own temp files (none of ours: see web/ui_images.py) are kept this long.
 UI_FILE_TTL_S = 3600
 STATS_REFRESH_S = 3.0
 
 
-def create_ui(service: GenerationService, engine: Engine, *, demo_model: bool) -> gr.Blocks:
+def create_ui(service: GenerationService, engine: Engine, images: UiImages, *, demo_model: bool) -> gr.Blocks:
     t = I18N
     stats_history = _StatsHistory()
     with gr.Blocks(title="Z-Image-Turbo", delete_cache=(UI_FILE_TTL_S, UI_FILE_TTL_S)) as ui:
@@ -112,6 +111,13 @@ def create_ui(service: GenerationService, engine: Engine, *, demo_model: bool) -
             past = gr.Gallery(
                 label=t("history"), columns=6, height="auto", allow_preview=False, elem_id="history"
             )
+            # Gradio copies a file it is handed into the component's cache dir, and
+            # keeps the path (to delete it later) when it is already there. Our paths
+            # are not files (web/ui_images.py): with a cache dir of their own that
+            # holds none of them, Gradio passes them through untouched and tracks
+            # nothing for ever.
+            for shown in (gallery, past):
+                shown.GRADIO_CACHE = str(images.root.parent / "untracked")
 
         with gr.Tab(t("tab_stats"), id="stats"):
             hit_plot = gr.LinePlot(
@@ -149,20 +155,21 @@ def create_ui(service: GenerationService, engine: Engine, *, demo_model: bool) -
                     lambda: progress((done, total), desc="denoising", unit="steps"), context=context
                 )
 
+            namespace = getattr(request, "username", None) or "public"
             try:
                 req = GenerationRequest(
                     prompt=prompt or "",
                     negative_prompt=negative_prompt or "",
-                    seed=int(seed if seed is not None else 42),
-                    width=int(width or 0),
-                    height=int(height or 0),
-                    steps=int(steps or 0),
+                    seed=_whole("seed", seed, 42),
+                    width=_whole("width", width, 0),
+                    height=_whole("height", height, 0),
+                    steps=_whole("steps", steps, 0),
                     guidance_scale=float(guidance_scale or 0.0),
                 )
                 results = await service.generate_batch(
                     req,
-                    max(1, min(MAX_UI_BATCH, int(batch_size or 1))),
-                    namespace=getattr(request, "username", None) or "public",
+                    max(1, min(MAX_UI_BATCH, _whole("batch_size", batch_size, 1))),
+                    namespace=namespace,
                     no_cache=bool(no_cache),
                     normalization=prompt_normalization or None,  # type: ignore[arg-type]
                     progress=on_step,
@@ -175,8 +182,7 @@ def create_ui(service: GenerationService, engine: Engine, *, demo_model: bool) -
                 ) from None
             except (RequestInvalid, ModelUnavailable, GenerationFailed) as exc:
                 raise gr.Error(str(exc)) from None
-            paths = await asyncio.to_thread(lambda: [_publish(Path(ui.GRADIO_CACHE), r) for r in results])
-            items = [(str(path), caption(r)) for path, r in zip(paths, results, strict=True)]
+            items = [(images.path_for(namespace, r), caption(r)) for r in results]
             params = {
                 "prompt": prompt,
                 "negative_prompt": negative_prompt or "",
@@ -303,17 +309,14 @@ def _size_preset(width: float | None, height: float | None) -> str:
     return size if size in PRESETS else CUSTOM
 
 
-def _publish(cache_dir: Path, result: GenerationResult) -> Path:
-    """Write the image where Gradio serves files from (no copy, no re-encoding): the
-    browser downloads the stored PNG, generation parameters included."""
-    target = cache_dir / "zimage" / f"{result.key}.{result.entry.ext}"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".")
-        with os.fdopen(fd, "wb") as f:
-            f.write(result.entry.data)
-        os.replace(tmp, target)
-    return target
+def _whole(field: str, value: float | None, default: int) -> int:
+    """A whole number from a Gradio number or slider (floats, or NaN and infinities
+    from an API caller); RequestInvalid naming the field for those."""
+    if value is None:
+        return default
+    if not math.isfinite(value):
+        raise RequestInvalid(field, f"{field} must be a finite whole number (got {value})")
+    return int(value)
 
 
 def _error_text(error: Any) -> str:

@@ -1,0 +1,95 @@
+"""The MCP server at /mcp, with the `mcp` package's own client over Streamable HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+from typing import Any
+
+import httpx
+import httpx2
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from PIL import Image
+
+from tests.conftest import KEYED_TOKEN, Server
+
+
+def mcp_session(server: Server, token: str | None = None) -> Client:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    transport = streamable_http_client(
+        f"{server.url}/mcp", http_client=httpx2.AsyncClient(headers=headers, timeout=120)
+    )
+    return Client(transport)
+
+
+async def list_and_call(server: Server, calls: list[dict[str, Any]], token: str | None = None) -> tuple:
+    async with mcp_session(server, token) as client:
+        tools = await client.list_tools()
+        results = [await client.call_tool("generate_image", arguments) for arguments in calls]
+    return tools.tools, results
+
+
+def test_the_tool_is_listed_with_a_schema_a_model_can_use(server: Server) -> None:
+    tools, _ = asyncio.run(list_and_call(server, []))
+    (tool,) = tools
+    assert tool.name == "generate_image"
+    assert tool.description.startswith("Generate an image from a text prompt")
+    schema = tool.input_schema
+    assert schema["required"] == ["prompt"]
+    assert set(schema["properties"]) == {
+        "prompt",
+        "negative_prompt",
+        "width",
+        "height",
+        "seed",
+        "steps",
+        "guidance_scale",
+    }
+    assert all(prop.get("description") for prop in schema["properties"].values())
+    assert schema["properties"]["width"]["default"] == 1024
+
+
+def test_a_call_returns_the_url_and_a_thumbnail_and_shares_the_cache(server: Server) -> None:
+    arguments = {"prompt": "an mcp lighthouse", "width": 320, "height": 192, "seed": 8}
+    _, (first, again, bad) = asyncio.run(
+        list_and_call(server, [arguments, arguments, {"prompt": "   ", "width": 64, "height": 64}])
+    )
+    assert not first.is_error
+    text, preview = first.content
+    facts = first.structured_content
+    assert facts["url"].startswith(f"{server.url}/images/") and facts["url"] in text.text
+    assert (facts["seed"], facts["width"], facts["height"], facts["cache"]) == (8, 320, 192, "miss")
+    full = httpx.get(facts["url"])
+    assert full.status_code == 200 and Image.open(io.BytesIO(full.content)).size == (320, 192)
+    assert preview.mime_type == "image/jpeg"
+    thumb = Image.open(io.BytesIO(base64.b64decode(preview.data)))
+    assert (thumb.format, thumb.size) == ("JPEG", (256, 154))
+
+    assert again.structured_content["cache"] == "memory"
+    assert again.structured_content["url"] == facts["url"]
+    run = server.client.get(
+        "/run", params={"prompt": "an mcp lighthouse", "width": 320, "height": 192, "seed": 8}
+    )
+    assert run.json()["cache"] == "memory"  # one cache for MCP and HTTP
+
+    assert bad.is_error
+    assert "prompt" in bad.content[0].text and "empty" in bad.content[0].text
+
+
+def test_with_api_keys_mcp_needs_the_token_and_uses_its_namespace(keyed_server: Server) -> None:
+    refused = httpx.post(
+        f"{keyed_server.url}/mcp",
+        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+        headers={"Accept": "application/json, text/event-stream"},
+    )
+    assert refused.status_code == 401
+    assert refused.headers["www-authenticate"] == "Bearer"
+
+    arguments = {"prompt": "a keyed mcp owl", "width": 64, "height": 64, "seed": 2}
+    tools, (result,) = asyncio.run(list_and_call(keyed_server, [arguments], token=KEYED_TOKEN))
+    assert [tool.name for tool in tools] == ["generate_image"]
+    url = result.structured_content["url"]
+    assert httpx.get(url).status_code == 401
+    assert httpx.get(url, headers={"Authorization": f"Bearer {KEYED_TOKEN}"}).status_code == 200

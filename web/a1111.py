@@ -1,0 +1,195 @@
+"""The part of AUTOMATIC1111's web UI API that image clients use: `POST
+/sdapi/v1/txt2img`, and the look-ups they make when connecting (options,
+sd-models, samplers, schedulers).
+
+Tools with an "A1111 backend" setting (Open WebUI, SillyTavern, ...) work with
+`<server>` as the A1111 URL. Generation goes through
+`GenerationService.generate_batch`, with the same cache, namespaces and API
+keys; A1111's HTTP Basic API auth is accepted as `namespace:token`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.image_metadata import SAMPLER, SCHEDULE_TYPE, a1111_parameters, model_hash, model_name
+from pipeline.loading import ModelIdentity
+from pipeline.request import GenerationRequest, RequestInvalid, snap_size
+from pipeline.service import GenerationService
+from web.api import Namespace
+from web.schemas import error_responses
+
+MAX_IMAGES = 8
+MAX_CFG_SCALE = 21.0  # guidance_scale 20 in A1111's convention
+# A1111's names for our request fields, for error locations.
+A1111_FIELD = {"guidance_scale": "cfg_scale"}
+
+
+class Txt2ImgRequest(BaseModel):
+    """A1111's txt2img body. The fields below are used; any other A1111 field
+    (`sampler_name`, `scheduler`, `restore_faces`, `override_settings`, ...) is
+    accepted and ignored: this server has one model and one sampler."""
+
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str = Field("", description="What to draw; 1 to 2000 characters.")
+    negative_prompt: str = Field("", description="What to avoid; only used when cfg_scale > 1.")
+    seed: int = Field(-1, description="Random seed, 0..4294967295; -1 (the default) draws one.")
+    steps: int = Field(8, description="Denoising steps, 1..50 (Turbo is distilled for 8).")
+    cfg_scale: float = Field(
+        1.0,
+        description="A1111's CFG scale: 1 or less turns guidance off (Turbo's setting); c above 1 is our "
+        f"guidance_scale c - 1, up to {MAX_CFG_SCALE:g}.",
+    )
+    width: int = Field(1024, description="Snapped to the nearest multiple of 16 within the model's range.")
+    height: int = Field(1024, description="Snapped to the nearest multiple of 16 within the model's range.")
+    batch_size: int = Field(
+        1, ge=1, le=MAX_IMAGES, description=f"Images per batch; batch_size x n_iter <= {MAX_IMAGES}."
+    )
+    n_iter: int = Field(1, ge=1, le=MAX_IMAGES, description="Batches; image i has seed `seed + i`.")
+
+
+class Txt2ImgResponse(BaseModel):
+    images: list[str] = Field(description="The PNG images, base64-encoded.")
+    parameters: dict[str, Any] = Field(description="The request as served (sizes snapped, defaults filled).")
+    info: str = Field(description="JSON text: seeds, infotexts, model, and `cache` (the tier of each image).")
+
+
+class Options(BaseModel):
+    sd_model_checkpoint: str = Field(description="The served model, as `name [hash]`.")
+
+
+class SdModel(BaseModel):
+    title: str
+    model_name: str
+    hash: str
+    sha256: str | None = None
+    filename: str
+    config: str | None = None
+
+
+class Sampler(BaseModel):
+    name: str
+    aliases: list[str]
+    options: dict[str, Any]
+
+
+class Scheduler(BaseModel):
+    name: str
+    label: str
+    aliases: list[str] | None = None
+
+
+def create_a1111_router(service: GenerationService) -> APIRouter:
+    router = APIRouter(prefix="/sdapi/v1", tags=["A1111-compatible"])
+
+    @router.post(
+        "/txt2img", response_model=Txt2ImgResponse, responses=error_responses(401, 403, 413, 422, 500, 503)
+    )
+    async def txt2img(body: Txt2ImgRequest, namespace: Namespace) -> Txt2ImgResponse:
+        """A1111's text-to-image: `batch_size` x `n_iter` PNG images of one prompt."""
+        identity = await service.model_identity()
+        if not math.isfinite(body.cfg_scale) or body.cfg_scale > MAX_CFG_SCALE:
+            raise RequestInvalid(
+                "cfg_scale",
+                f"cfg_scale must be a finite number up to {MAX_CFG_SCALE:g}; 1 turns guidance off",
+            )
+        count = body.batch_size * body.n_iter
+        if count > MAX_IMAGES:
+            raise RequestInvalid("batch_size", f"batch_size x n_iter is {count}; at most {MAX_IMAGES} images")
+        width = snap_size(body.width, identity.min_size, identity.max_size)
+        height = snap_size(body.height, identity.min_size, identity.max_size)
+        try:
+            request = GenerationRequest(
+                prompt=body.prompt,
+                negative_prompt=body.negative_prompt,
+                seed=body.seed,
+                width=width,
+                height=height,
+                steps=body.steps,
+                guidance_scale=max(0.0, body.cfg_scale - 1.0),
+            )
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [{**e, "loc": ("body", A1111_FIELD.get(str(e["loc"][0]), e["loc"][0]))} for e in exc.errors()]
+            ) from None
+        results = await service.generate_batch(request, count, namespace=namespace)
+        served = {**body.model_dump(), "width": width, "height": height, "seed": results[0].seed}
+        served |= {"batch_size": body.batch_size, "sampler_name": SAMPLER, "scheduler": SCHEDULE_TYPE}
+        infotexts = [a1111_parameters(r.request, identity) for r in results]
+        info = {
+            "prompt": results[0].request.prompt,
+            "all_prompts": [r.request.prompt for r in results],
+            "negative_prompt": results[0].request.negative_prompt,
+            "all_negative_prompts": [r.request.negative_prompt for r in results],
+            "seed": results[0].seed,
+            "all_seeds": [r.seed for r in results],
+            "subseed": -1,
+            "all_subseeds": [-1] * len(results),
+            "width": width,
+            "height": height,
+            "sampler_name": SAMPLER,
+            "scheduler": SCHEDULE_TYPE,
+            "cfg_scale": body.cfg_scale,
+            "steps": request.steps,
+            "batch_size": body.batch_size,
+            "sd_model_name": model_name(identity),
+            "sd_model_hash": model_hash(identity),
+            "index_of_first_image": 0,
+            "infotexts": infotexts,
+            "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
+            "cache": [r.cache for r in results],
+            "keys": [r.key for r in results],
+        }
+        return Txt2ImgResponse(
+            images=[base64.b64encode(r.entry.data).decode() for r in results],
+            parameters=served,
+            info=json.dumps(info, ensure_ascii=False),
+        )
+
+    @router.get("/options", response_model=Options, responses=error_responses(401, 403, 422, 503))
+    async def options(_: Namespace) -> Options:
+        """The setting clients read when connecting: the loaded checkpoint."""
+        return Options(sd_model_checkpoint=_checkpoint(await service.model_identity()).title)
+
+    @router.post(
+        "/options",
+        responses={
+            200: {
+                "description": "null, as A1111 answers.",
+                "content": {"application/json": {"schema": {"type": "null"}}},
+            },
+            **error_responses(401, 403, 413, 422),
+        },
+    )
+    async def set_options(_: Namespace, settings: Annotated[dict[str, Any], Body()]) -> None:
+        """Accepted and ignored (clients post the checkpoint they chose; there is one)."""
+        return None
+
+    @router.get("/sd-models", response_model=list[SdModel], responses=error_responses(401, 403, 422, 503))
+    async def sd_models(_: Namespace) -> list[SdModel]:
+        """The one model this server serves, as an A1111 checkpoint."""
+        return [_checkpoint(await service.model_identity())]
+
+    @router.get("/samplers", response_model=list[Sampler], responses=error_responses(401, 403, 422))
+    async def samplers(_: Namespace) -> list[Sampler]:
+        return [Sampler(name=SAMPLER, aliases=["k_euler"], options={})]
+
+    @router.get("/schedulers", response_model=list[Scheduler], responses=error_responses(401, 403, 422))
+    async def schedulers(_: Namespace) -> list[Scheduler]:
+        return [Scheduler(name=SCHEDULE_TYPE.lower(), label=SCHEDULE_TYPE)]
+
+    return router
+
+
+def _checkpoint(identity: ModelIdentity) -> SdModel:
+    name, short = model_name(identity), model_hash(identity)
+    return SdModel(title=f"{name} [{short}]", model_name=name, hash=short, filename=identity.model_id)

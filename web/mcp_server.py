@@ -1,0 +1,172 @@
+"""MCP (Model Context Protocol) server at `/mcp`: one tool, `generate_image`.
+
+Streamable HTTP, stateless, JSON responses: every call is one POST, so it works
+behind any proxy and across replicas without sticky sessions. The same API keys
+guard it as the rest of the API (`Authorization: Bearer <token>`, the token
+deciding the namespace), and the tool goes through `GenerationService.generate`,
+so it shares the cache. A call returns the image's URL and a small thumbnail
+(not the full image: it would fill a model's context).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import io
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import HTTPException, Request
+from fastapi.responses import JSONResponse
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp_types import CallToolResult, ImageContent, TextContent
+from pydantic import Field, ValidationError
+
+from pipeline.engine import GenerationFailed, ModelUnavailable, QueueFull
+from pipeline.request import MAX_PROMPT_CHARS, MAX_SEED, GenerationRequest, RequestInvalid
+from pipeline.service import BYPASS_TIER, GenerationService
+from web.api import caller_namespace
+
+MCP_PATH = "/mcp"
+THUMBNAIL_SIDE = 256
+NAMESPACE_STATE = "zimage_namespace"
+INSTRUCTIONS = (
+    "Text-to-image with Z-Image-Turbo. Call generate_image with an English or Chinese prompt; it "
+    "returns a URL of the full image and a small preview. The same arguments (seed included) return "
+    "the same image from the cache at once; change the seed for a variation."
+)
+
+
+def create_mcp_server(service: GenerationService) -> MCPServer:
+    """The MCP server and its tool (transport-agnostic; see `McpEndpoint` for HTTP)."""
+    mcp = MCPServer("z-image-turbo", instructions=INSTRUCTIONS)
+
+    @mcp.tool(name="generate_image", title="Generate an image")
+    async def generate_image(
+        prompt: Annotated[
+            str,
+            Field(description=f"What to draw, in English or Chinese; up to {MAX_PROMPT_CHARS} characters."),
+        ],
+        ctx: Context,
+        negative_prompt: Annotated[
+            str, Field(description="What to avoid; only used when guidance_scale > 0.")
+        ] = "",
+        width: Annotated[
+            int, Field(description="Width in pixels, a multiple of 16, 256..2048 (64.. on the demo model).")
+        ] = 1024,
+        height: Annotated[int, Field(description="Height in pixels, a multiple of 16, like width.")] = 1024,
+        seed: Annotated[
+            int, Field(description=f"Random seed 0..{MAX_SEED}; -1 draws one. Same seed, same image.")
+        ] = -1,
+        steps: Annotated[int, Field(description="Denoising steps, 1..50; the model is made for 8.")] = 8,
+        guidance_scale: Annotated[
+            float, Field(description="Classifier-free guidance 0..20; 0 (off) suits this model best.")
+        ] = 0.0,
+    ) -> CallToolResult:
+        """Generate an image from a text prompt with Z-Image-Turbo (photorealistic, bilingual
+        text rendering). Returns the image's URL, its seed and size, and a small preview."""
+        request = ctx.request_context.request
+        namespace = request.scope["state"][NAMESPACE_STATE]
+        try:
+            generation = GenerationRequest(
+                prompt=prompt,
+                negative_prompt=negative_prompt,
+                width=width,
+                height=height,
+                seed=seed,
+                steps=steps,
+                guidance_scale=guidance_scale,
+            )
+            result = await service.generate(generation, namespace=namespace)
+        except ValidationError as exc:
+            return _error(
+                "; ".join(f"{e['loc'][0]}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+            )
+        except RequestInvalid as exc:
+            return _error(f"{exc.field}: {exc.message}")
+        except (QueueFull, ModelUnavailable, GenerationFailed) as exc:
+            return _error(str(exc))
+        url = None
+        if result.cache != BYPASS_TIER:  # a never-stored image has no URL
+            url = f"{request.base_url}images/{result.key}.{result.entry.ext}"
+        preview = await asyncio.to_thread(thumbnail, result.entry.data)
+        facts: dict[str, Any] = {
+            "url": url,
+            "seed": result.seed,
+            "width": result.request.width,
+            "height": result.request.height,
+            "format": result.entry.ext,
+            "cache": result.cache,
+            "key": result.key,
+        }
+        text = (
+            f"Image ({result.request.width}x{result.request.height}, seed {result.seed}): {url}"
+            if url
+            else f"Image ({result.request.width}x{result.request.height}, seed {result.seed}); "
+            "not stored (a do-not-cache prompt), so only the preview below exists"
+        )
+        return CallToolResult(
+            content=[
+                TextContent(type="text", text=text),
+                ImageContent(type="image", data=base64.b64encode(preview).decode(), mime_type="image/jpeg"),
+            ],
+            structured_content=facts,
+        )
+
+    return mcp
+
+
+class McpEndpoint:
+    """ASGI app for `/mcp`: authenticates like every API route (401/403/422 before any
+    MCP message is read), then hands the request to the MCP session manager."""
+
+    def __init__(self, mcp: MCPServer) -> None:
+        # API keys protect it; a Host check would refuse every deployment behind a
+        # proxy that passes its own Host, so the SDK's DNS-rebinding guard stays off.
+        mcp.streamable_http_app(
+            streamable_http_path=MCP_PATH,
+            stateless_http=True,
+            json_response=True,
+            transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+        )
+        self.manager = mcp.session_manager
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        request = Request(scope, receive)
+        try:
+            namespace = await caller_namespace(request, request.headers.get("x-namespace"))
+        except HTTPException as exc:
+            answer = JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+            await answer(scope, receive, send)
+            return
+        except RequestInvalid as exc:
+            detail = [{"type": "value_error", "loc": ["header", exc.field], "msg": exc.message}]
+            await JSONResponse({"detail": detail}, status_code=422)(scope, receive, send)
+            return
+        scope.setdefault("state", {})[NAMESPACE_STATE] = namespace
+        await self.manager.handle_request(scope, receive, send)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """The session manager's task group; must wrap the server's lifetime."""
+        async with self.manager.run():
+            yield
+
+
+def thumbnail(data: bytes, side: int = THUMBNAIL_SIDE) -> bytes:
+    """A JPEG at most `side` pixels on its longer edge."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        img = img.convert("RGB")
+        img.thumbnail((side, side))
+        out = io.BytesIO()
+        img.save(out, "JPEG", quality=85)
+    return out.getvalue()
+
+
+def _error(message: str) -> CallToolResult:
+    # A tool error goes back to the model as a result it can read and act on.
+    return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True)

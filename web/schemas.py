@@ -1,0 +1,164 @@
+"""Response models of the HTTP API and the error answers each route documents.
+
+FastAPI validates every JSON response against its model and publishes the
+models in /openapi.json, so a generated client parses what the server sends.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+Tier = Literal["memory", "disk", "redis", "miss", "bypass"]
+ModelState = Literal["loading", "warming", "ready", "failed"]
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="What kind of problem, e.g. `value_error`, `missing`, `int_parsing`.")
+    loc: list[str | int] = Field(description="Where: `body`, `query` or `header`, then the field.")
+    msg: str = Field(description="What is wrong and how to fix it.")
+
+
+class ErrorResponse(BaseModel):
+    """Every error of the service's own routes (the /v1 routes answer in OpenAI's shape)."""
+
+    detail: str | list[ErrorDetail] = Field(
+        description="A message, or for bad input (422) one entry per field at fault."
+    )
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    model: ModelState
+    device: str | None = Field(description="`cuda` or `cpu`; null until the model is resolved.")
+
+
+class Readiness(BaseModel):
+    status: ModelState
+    reason: str | None = Field(None, description="Why the model failed, when it did.")
+
+
+class RunResult(BaseModel):
+    key: str = Field(description="The cache key (SHA-256, hex).")
+    cache: Tier = Field(description="The tier that answered; `miss` and `bypass` were generated.")
+    duration: float = Field(description="Seconds spent in the service.")
+    seed: int
+    width: int
+    height: int
+    steps: int
+    image_url: str | None = Field(description="Where to fetch the image; null for `bypass` (nothing stored).")
+
+
+class BatchImage(BaseModel):
+    key: str
+    cache: Tier
+    seed: int
+    image_url: str | None
+
+
+class BatchResult(BaseModel):
+    images: list[BatchImage]
+    duration: float = Field(description="Seconds spent in the service for the slowest image.")
+
+
+class TierStats(BaseModel):
+    hits: int
+    entries: int | None = Field(description="null when the tier could not be counted (Redis down).")
+    bytes: int | None
+    errors: int
+
+
+class EmbeddingStats(BaseModel):
+    hits: int
+    misses: int
+    entries: int
+    bytes: int
+
+
+class Percentiles(BaseModel):
+    p50: float | None
+    p95: float | None
+    count: int
+
+
+class CacheStats(BaseModel):
+    requests: int = Field(description="Images asked for.")
+    generations: int = Field(description="Pipeline runs of this process (a batch is one).")
+    generated_images: int
+    hit_rate: float
+    tiers: dict[str, TierStats]
+    embeddings: EmbeddingStats
+    queue_depth: int
+    latency: dict[str, Percentiles]
+
+
+class ClearResult(BaseModel):
+    namespace: str
+    removed: dict[str, int | None] = Field(
+        description="Entries removed per tier; null where the tier failed."
+    )
+
+
+class ModelInfo(BaseModel):
+    spec: str
+    state: ModelState
+    error: str | None
+    id: str | None = None
+    fingerprint: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    demo: bool | None = None
+    sizes: list[int] | None = Field(None, description="[smallest, largest] width and height.")
+
+
+class QueueInfo(BaseModel):
+    max: int
+    waiting: int
+
+
+class AuthInfo(BaseModel):
+    api_keys: bool
+    admin: bool
+
+
+class Info(BaseModel):
+    versions: dict[str, str | None] = Field(default_factory=dict)
+    cache: dict[str, Any] = Field(default_factory=dict, description="The cache settings in force.")
+    model: ModelInfo
+    queue: QueueInfo
+    auth: AuthInfo
+
+
+ERROR_MEANINGS = {
+    304: "Not modified: the `If-None-Match` ETag is current.",
+    400: "Bad request.",
+    401: "No or unknown API token (only when the server has `--api-keys`).",
+    403: "The token is not allowed this (another namespace, or not the admin token).",
+    404: "No such image in this namespace (evicted, never made, or another namespace's).",
+    413: "Request body too large; a generation request is a few KB.",
+    422: "Bad input: `detail` names each field at fault and how to fix it.",
+    500: "The model produced no usable image (NaN or all black).",
+    503: "Queue full, model not available, or shutting down; retry after `Retry-After` seconds.",
+}
+RETRY_AFTER_HEADER = {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}}
+
+
+def error_responses(*codes: int, model: type[BaseModel] = ErrorResponse) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` of a route: each status it can answer besides 200."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        entry: dict[str, Any] = {"description": ERROR_MEANINGS[code]}
+        if code != 304:
+            entry["model"] = model
+        if code == 503:
+            entry["headers"] = RETRY_AFTER_HEADER
+        out[code] = entry
+    return out
+
+
+def image_response(description: str) -> dict[str, Any]:
+    """A 200 of image bytes in any of the three formats (`format: binary`)."""
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    return {"description": description, "content": {media: binary for media in IMAGE_TYPES}}

@@ -1,0 +1,178 @@
+"""The UI's result images: served from the cache to their own namespace only, never
+copied to disk.
+
+Gradio shows an image by its server path, fetched through `/gradio_api/file=<path>`,
+which serves any file of Gradio's temp directory to any logged-in user. So the UI
+writes no file at all: its gallery paths point into a directory that does not
+exist (`<private temp dir>/results/<namespace>/...`), and `UiImageRoute` answers
+the file route for that directory itself, from the cache, after checking that
+the caller's namespace is the one in the path. Images that must not be stored
+(bypass, do-not-cache prompts) are held in memory for a few minutes, long enough
+for the browser to fetch them, and never written anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from cache import Entry, Hit, is_namespace
+from pipeline.service import BYPASS_TIER, GenerationResult, GenerationService
+
+# Gradio's file routes (gradio/routes.py: `/file={path_or_url:path}` and the older
+# `/file/{path:path}`, under API_PREFIX).
+FILE_ROUTES = ("/gradio_api/file=", "/gradio_api/file/")
+# Unstored images wait this long, within this many bytes, for their first fetch.
+UNSTORED_TTL_S = 300.0
+UNSTORED_MAX_BYTES = 64 << 20
+# <namespace>/<64-hex key>.<ext> for a stored entry, <32-hex token>.<ext> for an unstored one.
+_NAME = re.compile(r"(?P<ns>[^/]+)/(?:(?P<key>[0-9a-f]{64})|(?P<token>[0-9a-f]{32}))\.(?P<ext>png|jpeg|webp)")
+
+NamespaceOf = Callable[[Request], "str | None"]
+
+
+class UiImages:
+    """Paths for the UI's gallery, and the images behind them.
+
+    Guarantees: `path_for` writes nothing; `fetch` returns an image only to its own
+    namespace, and answers "not yours" exactly like "not there" (None). Stored
+    images are looked up in the cache (so they live as long as the entry);
+    unstored ones are kept in memory only, at most `max_unstored_bytes` and
+    `unstored_ttl_s`, oldest dropped first. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        service: GenerationService,
+        root: Path,
+        *,
+        unstored_ttl_s: float = UNSTORED_TTL_S,
+        max_unstored_bytes: int = UNSTORED_MAX_BYTES,
+    ) -> None:
+        self.service = service
+        self.root = Path(os.path.abspath(root))
+        self.unstored_ttl_s = unstored_ttl_s
+        self.max_unstored_bytes = max_unstored_bytes
+        self._unstored: OrderedDict[str, tuple[str, Entry, float]] = (
+            OrderedDict()
+        )  # token -> ns, entry, expiry
+        self._unstored_bytes = 0
+        self._lock = threading.Lock()
+
+    def path_for(self, namespace: str, result: GenerationResult) -> str:
+        """The gallery path of a result: by key for a stored one, by a fresh random
+        token for one that must not be stored."""
+        ext = result.entry.ext
+        if result.cache != BYPASS_TIER:
+            return str(self.root / namespace / f"{result.key}.{ext}")
+        token = secrets.token_hex(16)
+        with self._lock:
+            self._expire(time.monotonic())
+            self._unstored[token] = (namespace, result.entry, time.monotonic() + self.unstored_ttl_s)
+            self._unstored_bytes += len(result.entry.data)
+            while self._unstored_bytes > self.max_unstored_bytes and len(self._unstored) > 1:
+                self._drop_oldest()
+        return str(self.root / namespace / f"{token}.{ext}")
+
+    def owns(self, path: str) -> bool:
+        """Whether `path` (as Gradio's file route reads it) is in this directory."""
+        target = os.path.abspath(path)
+        return target.startswith(str(self.root) + os.sep)
+
+    async def fetch(self, caller_namespace: str | None, path: str) -> Entry | None:
+        """The image at `path` if it exists and belongs to `caller_namespace`, else None."""
+        match = _NAME.fullmatch(os.path.relpath(os.path.abspath(path), self.root))
+        if caller_namespace is None or match is None or match["ns"] != caller_namespace:
+            return None
+        if not is_namespace(caller_namespace):
+            return None
+        if match["token"]:
+            with self._lock:
+                self._expire(time.monotonic())
+                found = self._unstored.get(match["token"])
+            if found is None or found[0] != caller_namespace or found[1].ext != match["ext"]:
+                return None
+            return found[1]
+        hit = await self.service.lookup(caller_namespace, match["key"])
+        if not isinstance(hit, Hit) or hit.entry.ext != match["ext"]:
+            return None
+        return hit.entry
+
+    def unstored_stats(self) -> dict[str, int]:
+        with self._lock:
+            self._expire(time.monotonic())
+            return {"entries": len(self._unstored), "bytes": self._unstored_bytes}
+
+    def _expire(self, now: float) -> None:
+        while self._unstored and next(iter(self._unstored.values()))[2] <= now:
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        _, (_, entry, _) = self._unstored.popitem(last=False)
+        self._unstored_bytes -= len(entry.data)
+
+
+class UiImageRoute:
+    """ASGI middleware in front of Gradio: answers its file route for paths in the
+    `UiImages` directory (anything else passes through to Gradio).
+
+    The answer for an image that is missing, evicted, or another namespace's is
+    Gradio's own for a missing file (403 "File not allowed: <path>."), so the
+    route tells nobody whether someone else made an image.
+    """
+
+    def __init__(self, app: Any, images: UiImages, namespace_of: NamespaceOf) -> None:
+        self.app = app
+        self.images = images
+        self.namespace_of = namespace_of
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        path = scope["path"] if scope["type"] == "http" else ""
+        prefix = next((p for p in FILE_ROUTES if path.startswith(p)), None)
+        if prefix is None or not self.images.owns(path[len(prefix) :]):
+            await self.app(scope, receive, send)
+            return
+        target = path[len(prefix) :]
+        request = Request(scope, receive)
+        entry = await self.images.fetch(self.namespace_of(request), target)
+        if entry is None:
+            response: Response = JSONResponse({"detail": f"File not allowed: {target}."}, status_code=403)
+        else:
+            headers = {"Cache-Control": "private, max-age=3600", "Content-Disposition": "inline"}
+            body = b"" if scope["method"] == "HEAD" else entry.data
+            response = Response(body, media_type=entry.media_type, headers=headers)
+            if scope["method"] == "HEAD":
+                response.headers["content-length"] = str(len(entry.data))
+        await response(scope, receive, send)
+
+
+def gradio_user(app: Any) -> NamespaceOf:
+    """The user name of the Gradio login session a request carries, or None.
+
+    Mirrors gradio/routes.py `get_current_user` (the session cookie
+    `access-token[-unsecure]-<cookie_id>` mapped to a user in `app.tokens`) for the
+    Gradio app mounted in `app`, so the UI's file route knows its caller as the
+    UI's events do (`gr.Request.username`).
+    """
+    from starlette.routing import Mount
+
+    gradio_app = next(r.app for r in app.routes if isinstance(r, Mount) and hasattr(r.app, "tokens"))
+
+    def user(request: Request) -> str | None:
+        cookie = gradio_app.cookie_id
+        token = request.cookies.get(f"access-token-{cookie}") or request.cookies.get(
+            f"access-token-unsecure-{cookie}"
+        )
+        return gradio_app.tokens.get(token) if token else None
+
+    return user
