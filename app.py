@@ -136,6 +136,19 @@ class Settings(BaseSettings):
         description="Prompt canonicalisation before hashing and generating: basic (NFC, trim, collapse "
         "whitespace), none, or aggressive (also NFKC and lower case).",
     )
+    # CUDA speed levers (pipeline/compile.py, pipeline/attention.py).
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="torch.compile the transformer's repeated blocks: auto (on with CUDA, off on the CPU), "
+        "on, off. The warm-up compiles every shape before /ready; the compiled kernels are kept under "
+        "--cache-dir/compile, so a restart warms up faster.",
+    )
+    attention_backend: str = Field(
+        "auto",
+        description="Attention kernel, through diffusers' dispatcher: auto (FlashAttention-3 on Hopper when "
+        "installed, then flash-attn, cuDNN, PyTorch native) or a diffusers backend name (native, flash, "
+        "_flash_3, _native_cudnn, ...). Calls that need a mask use native when the kernel takes none.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Logging level.")
     log_prompts: bool = Field(
         False,
@@ -155,6 +168,13 @@ class Settings(BaseSettings):
 
         check_model_spec(v)
         return v
+
+    @field_validator("attention_backend")
+    @classmethod
+    def _attention_backend(cls, v: str) -> str:
+        from pipeline.attention import check_backend_name
+
+        return check_backend_name(v)
 
     @field_validator("redis_url")
     @classmethod
@@ -334,6 +354,9 @@ def build_service(settings: Settings, on_fatal: Any = None) -> ServiceParts:
         warmup=partial(warm_up, sizes=settings.warmup_size_list),
         on_fatal=on_fatal,
         options=ModelOptions(offload=settings.offload, quantize=settings.quantize),
+        attention_backend=settings.attention_backend,
+        compile=settings.compile,
+        compile_cache_dir=settings.cache_dir / "compile",
     )
     secret = settings.cache_secret.encode() if settings.cache_secret else None
     disk = DiskTier(settings.cache_dir / "images", secret=secret)
@@ -437,6 +460,7 @@ def describe(settings: Settings) -> dict[str, Any]:
             "prompt_normalization": settings.prompt_normalization,
             "no_cache_patterns": bool(settings.no_cache_patterns),
         },
+        "speed": {"compile": settings.compile, "attention_backend": settings.attention_backend},
     }
 
 
