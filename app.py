@@ -77,8 +77,9 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(
         None,
-        description="Shared Redis tier and cross-replica single flight, e.g. redis://host:6379/0 "
-        "(also read from REDIS_URL). Off when unset.",
+        description="Shared Redis tier and cross-replica single flight: redis://host:6379/0, "
+        "redis+sentinel://host:26379[,host:26379...]/MASTER[/db] (Sentinel failover) or "
+        "redis+cluster://host:6379[,host:6379...] (Redis Cluster); also read from REDIS_URL. Off when unset.",
     )
     redis_ttl: Duration = Field("7d", description="How long an image lives in Redis (e.g. 7d, 24h).")
     cache_secret: str | None = Field(
@@ -178,8 +179,10 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"{v!r} is not a Redis URL; write e.g. redis://localhost:6379/0")
+        if v:
+            from cache.redis_url import parse_redis_url
+
+            parse_redis_url(v)
         return v or None
 
     @field_validator("api_keys")
@@ -429,6 +432,8 @@ def describe(settings: Settings) -> dict[str, Any]:
     """What `/api/info` says about this build and its configuration (no secrets)."""
     from importlib.metadata import PackageNotFoundError, version
 
+    from cache.redis_url import parse_redis_url
+
     def ver(name: str) -> str | None:
         try:
             return version(name)
@@ -445,7 +450,11 @@ def describe(settings: Settings) -> dict[str, Any]:
                 "max_bytes": settings.disk_cache_size,
                 "max_age_s": settings.disk_cache_max_age,
             },
-            "redis": {"enabled": bool(settings.redis_url), "ttl_s": settings.redis_ttl},
+            "redis": {
+                "enabled": bool(settings.redis_url),
+                "kind": parse_redis_url(settings.redis_url).kind if settings.redis_url else None,
+                "ttl_s": settings.redis_ttl,
+            },
             "signed": bool(settings.cache_secret),
             "embedding_cache_mb": settings.embedding_cache_mb,
             "prompt_normalization": settings.prompt_normalization,
