@@ -14,12 +14,11 @@ import os
 import sys
 from pathlib import Path
 
+from cache.defaults import DEFAULT_CACHE_DIR, images_dir
 from cache.disk import DiskTier
-from cache.keys import is_namespace
-from cache.maintenance import clear, namespace_stats, prune, verify
+from cache.keys import bad_namespace, is_namespace
+from cache.maintenance import namespace_stats, prune, verify
 from cache.units import format_duration, format_size, parse_duration, parse_size
-
-DEFAULT_CACHE_DIR = Path("~/.cache/z-image-turbo")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    root = args.cache_dir.expanduser() / "images"
+    root = images_dir(args.cache_dir)
     if not root.is_dir():
         print(f"python -m cache: no disk cache at {root} (check --cache-dir)", file=sys.stderr)
         return 2
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             status = status or 2
     else:
-        count, size = clear(disk, namespace=args.namespace, dry_run=args.dry_run)
+        count, size = disk.remove_all(args.namespace, dry_run=args.dry_run)
         report = {"removed": count, "bytes": size, "namespace": args.namespace}
         verb = "would remove" if args.dry_run else "removed"
         text = f"{verb} {count} entries ({format_size(size)})" + (
@@ -120,7 +119,7 @@ def _duration(text: str) -> float:
 
 def _namespace(text: str) -> str:
     if not is_namespace(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a namespace (1-64 of a-z, 0-9, _ and -)")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a namespace: {bad_namespace(text)}")
     return text
 
 

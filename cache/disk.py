@@ -56,7 +56,6 @@ class DiskTier:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.secret = secret
-        self.corrupt_dropped = 0
         self._warned_unverifiable = False
 
     def path_for(self, namespace: str, key: str) -> Path:
@@ -79,7 +78,6 @@ class DiskTier:
             return MISS
         except CorruptEntry as exc:
             log.warning("disk cache: dropping corrupt entry %s (%s)", path, exc)
-            self.corrupt_dropped += 1
             remove_if_unchanged(path, st.st_ino)
             return MISS
         if time.time() - st.st_mtime > TOUCH_INTERVAL_S:
@@ -116,35 +114,39 @@ class DiskTier:
             os.unlink(self.path_for(namespace, key))
 
     def clear(self, namespace: str) -> int:
-        """Remove every entry of `namespace`; returns how many. Writes in progress land whole."""
-        return sum(remove_if_unchanged(f.path, f.inode) for f in self.files(namespace))
+        """Remove every entry of `namespace`; returns how many (the Tier form of `remove_all`)."""
+        return self.remove_all(namespace)[0]
+
+    def remove_all(self, namespace: str | None = None, *, dry_run: bool = False) -> tuple[int, int]:
+        """Remove every entry (of one namespace, or all); returns (entries, bytes) removed,
+        or with `dry_run` what would be. Writes in progress are not disturbed: their temp
+        files stay and land whole."""
+        count = size = 0
+        for stored in self.files(namespace):
+            if self.remove(stored, dry_run=dry_run):
+                count += 1
+                size += stored.size
+        return count, size
+
+    def remove(self, stored: StoredFile, *, dry_run: bool = False) -> bool:
+        """Remove one entry file if it is still the one judged (see remove_if_unchanged)."""
+        return True if dry_run else remove_if_unchanged(stored.path, stored.inode)
 
     def files(self, namespace: str | None = None) -> Iterator[StoredFile]:
         """Every committed entry file (of one namespace, or all), in no particular order.
         Temp files and anything not shaped like an entry are skipped."""
-        for ns_dir in _subdirs(self.root):
-            if not is_namespace(ns_dir.name) or namespace not in (None, ns_dir.name):
-                continue
-            for shard1 in _subdirs(ns_dir.path):
-                for shard2 in _subdirs(shard1.path):
-                    for item in _scan(shard2.path):
-                        if not is_key(item.name):
-                            continue
-                        with contextlib.suppress(FileNotFoundError):
-                            st = item.stat()
-                            yield StoredFile(
-                                ns_dir.name, item.name, Path(item.path), st.st_size, st.st_mtime, st.st_ino
-                            )
+        for ns, item in self._walk(namespace):
+            if is_key(item.name):
+                with contextlib.suppress(FileNotFoundError):
+                    st = item.stat()
+                    yield StoredFile(ns, item.name, Path(item.path), st.st_size, st.st_mtime, st.st_ino)
 
     def temp_files(self) -> Iterator[tuple[Path, float]]:
         """(path, mtime) of every temp file: writes in progress, or left by a crash."""
-        for ns_dir in _subdirs(self.root):
-            for shard1 in _subdirs(ns_dir.path):
-                for shard2 in _subdirs(shard1.path):
-                    for item in _scan(shard2.path):
-                        if item.name.startswith(".") and item.name.endswith(TEMP_SUFFIX):
-                            with contextlib.suppress(FileNotFoundError):
-                                yield Path(item.path), item.stat().st_mtime
+        for _, item in self._walk(None):
+            if item.name.startswith(".") and item.name.endswith(TEMP_SUFFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    yield Path(item.path), item.stat().st_mtime
 
     def stats(self) -> dict[str, int]:
         entries = size = 0
@@ -152,6 +154,17 @@ class DiskTier:
             entries += 1
             size += stored.size
         return {"entries": entries, "bytes": size}
+
+    def _walk(self, namespace: str | None) -> Iterator[tuple[str, os.DirEntry[str]]]:
+        """The one walk of the layout: (namespace, item) for every item of every shard
+        directory, of one namespace or of all; directories that vanish meanwhile are skipped."""
+        for ns_dir in _subdirs(self.root):
+            if not is_namespace(ns_dir.name) or namespace not in (None, ns_dir.name):
+                continue
+            for shard1 in _subdirs(ns_dir.path):
+                for shard2 in _subdirs(shard1.path):
+                    for item in _scan(shard2.path):
+                        yield ns_dir.name, item
 
 
 def remove_if_unchanged(path: Path, inode: int) -> bool:

@@ -18,6 +18,10 @@ from typing import Any
 # tag covers its header too (and can be an HMAC).
 SCHEMA_VERSION = 2
 
+# The namespace of callers who name none (no API keys, no X-Namespace header).
+DEFAULT_NAMESPACE = "public"
+NAMESPACE_RULE = "1-64 of a-z, 0-9, _ and -"
+
 _KEY_RE = re.compile(r"[0-9a-f]{64}")
 _NAMESPACE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
@@ -45,3 +49,8 @@ def is_key(value: str) -> bool:
 def is_namespace(value: str) -> bool:
     """True for a namespace that is safe as a path segment and a Redis key part."""
     return _NAMESPACE_RE.fullmatch(value) is not None
+
+
+def bad_namespace(value: str, label: str = "namespace") -> str:
+    """The one message for a value that is not a namespace: what (`label`), the value, the rule."""
+    return f"{label} {value!r} must be {NAMESPACE_RULE}"

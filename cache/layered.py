@@ -76,14 +76,11 @@ class LayeredCache:
     def get(self, namespace: str, key: str) -> Hit | _Miss:
         for depth, tier in enumerate(self.tiers):
             try:
-                entry = tier.get(namespace, key)
+                entry: Entry | _Miss | None = tier.get(namespace, key)
             except Exception as exc:
-                self._count_error(tier, "get", exc)
-                continue
-            self._count_success(tier)
-            if entry is not MISS:
-                assert isinstance(entry, Entry)
-                return self._found(depth, namespace, key, entry)
+                entry = self._read_failed(tier, exc)
+            if hit := self._found(depth, namespace, key, entry):
+                return hit
         return MISS
 
     async def aget(self, namespace: str, key: str) -> Hit | _Miss:
@@ -93,6 +90,7 @@ class LayeredCache:
         for depth, tier in enumerate(self.tiers):
             try:
                 read = getattr(tier, "aget", None)
+                entry: Entry | _Miss | None
                 if read is not None:
                     entry = await read(namespace, key)
                 elif not getattr(tier, "blocking", True):
@@ -100,16 +98,24 @@ class LayeredCache:
                 else:
                     entry = await asyncio.to_thread(tier.get, namespace, key)
             except Exception as exc:
-                self._count_error(tier, "get", exc)
-                continue
-            self._count_success(tier)
-            if entry is not MISS:
-                assert isinstance(entry, Entry)
-                return self._found(depth, namespace, key, entry)
+                entry = self._read_failed(tier, exc)
+            if hit := self._found(depth, namespace, key, entry):
+                return hit
         return MISS
 
-    def _found(self, depth: int, namespace: str, key: str, entry: Entry) -> Hit:
-        """Copy a hit at `depth` into the tiers above it, then hand it out."""
+    def _read_failed(self, tier: Tier, exc: Exception) -> None:
+        """A failed read: counted, and then treated as a miss (None: not counted as a success)."""
+        self._count_error(tier, "get", exc)
+
+    def _found(self, depth: int, namespace: str, key: str, entry: Entry | _Miss | None) -> Hit | None:
+        """What the tier at `depth` answered (None: it failed): None for a miss; for a hit,
+        copy it into the tiers above it, then hand it out."""
+        if entry is None:
+            return None
+        self._count_success(self.tiers[depth])
+        if entry is MISS:
+            return None
+        assert isinstance(entry, Entry)
         for upper in self.tiers[:depth]:
             if getattr(upper, "blocking", True):
                 self._promote_later(upper, namespace, key, entry)
@@ -132,12 +138,18 @@ class LayeredCache:
             try:
                 self._put_one(tier, namespace, key, entry)
             finally:
-                with self._lock:
-                    self._pending -= 1
-                    if not self._pending:
-                        self._idle.set()
+                self._promotion_done()
 
-        self._promoter.submit(write)
+        try:
+            self._promoter.submit(write)
+        except RuntimeError:  # closed: the process is stopping, and the copy only saves a lookup
+            self._promotion_done()
+
+    def _promotion_done(self) -> None:
+        with self._lock:
+            self._pending -= 1
+            if not self._pending:
+                self._idle.set()
 
     def put(self, namespace: str, key: str, entry: Entry) -> None:
         # Slowest (most durable) first: once the memory tier has it, readers
@@ -174,6 +186,15 @@ class LayeredCache:
                 sizes = {"entries": None, "bytes": None}
             out[tier.name] = {**sizes, "errors": self.errors[tier.name]}
         return out
+
+    def close(self) -> None:
+        """Write the promotions already queued, stop the promotion thread, and close every
+        tier that holds connections or threads (the Redis tier). Idempotent."""
+        self._promoter.shutdown(wait=True)
+        for tier in self.tiers:
+            close = getattr(tier, "close", None)
+            if close is not None:
+                close()
 
     def _put_one(self, tier: Tier, namespace: str, key: str, entry: Entry) -> None:
         try:

@@ -1,4 +1,4 @@
-"""Disk-cache maintenance: prune to size and age bounds, verify, clear, stats.
+"""Disk-cache maintenance: prune to size and age bounds, verify, stats (clear: DiskTier.remove_all).
 
 Everything here is safe while servers write to the same directory: writes go
 to temp files that are renamed into place, so an entry file is always whole;
@@ -15,9 +15,9 @@ import os
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from cache.disk import DiskTier, remove_if_unchanged
+from cache.disk import DiskTier
 from cache.entry import CorruptEntry, UnverifiableEntry, decode_record
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def prune(
     kept = []
     for stored in files:
         if max_age_s is not None and now - stored.mtime > max_age_s:
-            if _remove(stored.path, stored.inode, dry_run):
+            if disk.remove(stored, dry_run=dry_run):
                 report.removed_expired += 1
                 report.removed_bytes += stored.size
         else:
@@ -76,7 +76,7 @@ def prune(
     for stored in kept:
         if max_bytes is None or total <= max_bytes:
             break
-        if _remove(stored.path, stored.inode, dry_run):
+        if disk.remove(stored, dry_run=dry_run):
             report.removed_for_size += 1
             report.removed_bytes += stored.size
             total -= stored.size
@@ -114,22 +114,11 @@ def verify(disk: DiskTier, *, dry_run: bool = False) -> VerifyReport:
             report.corrupt += 1
             report.problems[str(exc).split(":")[0]] += 1
             log.warning("corrupt entry %s: %s", stored.path, exc)
-            if _remove(stored.path, inode, dry_run):
+            if disk.remove(replace(stored, inode=inode), dry_run=dry_run):
                 report.removed += 1
             continue
         report.ok += 1
     return report
-
-
-def clear(disk: DiskTier, *, namespace: str | None = None, dry_run: bool = False) -> tuple[int, int]:
-    """Remove every entry (of one namespace); returns (entries, bytes) removed.
-    Writes in progress are not disturbed: their temp files stay and land whole."""
-    count = size = 0
-    for stored in disk.files(namespace):
-        if _remove(stored.path, stored.inode, dry_run):
-            count += 1
-            size += stored.size
-    return count, size
 
 
 def namespace_stats(disk: DiskTier) -> dict[str, dict[str, int]]:
@@ -156,8 +145,11 @@ class Pruner:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the thread; waits up to `timeout_s` for a prune in progress to end."""
         self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -175,9 +167,3 @@ class Pruner:
                     report.removed_temp,
                     report.kept_entries,
                 )
-
-
-def _remove(path: os.PathLike[str] | str, inode: int, dry_run: bool) -> bool:
-    if dry_run:
-        return True
-    return remove_if_unchanged(path, inode)  # type: ignore[arg-type]

@@ -48,14 +48,7 @@ class RedisTarget:
         from redis.cluster import ClusterNode, RedisCluster
         from redis.sentinel import Sentinel
 
-        if self.kind == "single":
-            return redis.Redis.from_url(self.url, **kwargs)
-        auth = {"username": self.username, "password": self.password}
-        if self.kind == "cluster":
-            nodes = [ClusterNode(host, port) for host, port in self.nodes]
-            return RedisCluster(startup_nodes=nodes, **auth, **kwargs)
-        sentinel = Sentinel(list(self.nodes), sentinel_kwargs=self._sentinel_kwargs(kwargs), **kwargs)
-        return sentinel.master_for(self.service, db=self.db, **auth)
+        return self._build(redis.Redis, RedisCluster, ClusterNode, Sentinel, kwargs)
 
     def async_client(self, **kwargs: Any) -> Any:
         """The same as `client`, from `redis.asyncio`: bound to the event loop that first uses it."""
@@ -63,14 +56,17 @@ class RedisTarget:
         from redis.asyncio.cluster import ClusterNode, RedisCluster
         from redis.asyncio.sentinel import Sentinel
 
+        return self._build(aredis.Redis, RedisCluster, ClusterNode, Sentinel, kwargs)
+
+    def _build(self, single: Any, cluster: Any, node: Any, sentinel: Any, kwargs: dict[str, Any]) -> Any:
+        """A client of one flavour (blocking or asyncio: redis-py's classes of that flavour)."""
         if self.kind == "single":
-            return aredis.Redis.from_url(self.url, **kwargs)
+            return single.from_url(self.url, **kwargs)
         auth = {"username": self.username, "password": self.password}
         if self.kind == "cluster":
-            nodes = [ClusterNode(host, port) for host, port in self.nodes]
-            return RedisCluster(startup_nodes=nodes, **auth, **kwargs)
-        sentinel = Sentinel(list(self.nodes), sentinel_kwargs=self._sentinel_kwargs(kwargs), **kwargs)
-        return sentinel.master_for(self.service, db=self.db, **auth)
+            return cluster(startup_nodes=[node(host, port) for host, port in self.nodes], **auth, **kwargs)
+        watcher = sentinel(list(self.nodes), sentinel_kwargs=self._sentinel_kwargs(kwargs), **kwargs)
+        return watcher.master_for(self.service, db=self.db, **auth)
 
     def _sentinel_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         # The sentinels get the same short timeouts as the data connections, so a

@@ -41,8 +41,11 @@ class FailoverWatch:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 3.0) -> None:
+        """Stop listening; waits up to `timeout_s` for the thread (it checks every second)."""
         self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
 
     def _run(self) -> None:
         backoff = BACKOFF_START_S

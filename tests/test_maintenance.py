@@ -14,7 +14,7 @@ import pytest
 
 from cache import DiskTier, Entry, make_key
 from cache.disk import TOUCH_INTERVAL_S
-from cache.maintenance import STALE_TEMP_S, clear, prune, verify
+from cache.maintenance import STALE_TEMP_S, prune, verify
 from cache.units import parse_duration, parse_size
 from tests.test_cache import edit_ext
 
@@ -81,7 +81,7 @@ def test_dry_run_reports_without_removing(tmp_path: Path) -> None:
     report = prune(disk, max_age_s=DAY, max_bytes=0, dry_run=True)
     assert report.removed_expired == 5
     assert disk.stats()["entries"] == 5
-    assert clear(disk, dry_run=True)[0] == 5
+    assert disk.remove_all(dry_run=True)[0] == 5
     assert disk.stats()["entries"] == 5
 
 
@@ -117,9 +117,9 @@ def test_clear_one_namespace_leaves_the_others(tmp_path: Path) -> None:
     disk = DiskTier(tmp_path)
     fill(disk, 3, namespace="alice")
     bob = fill(disk, 2, namespace="bob")
-    assert clear(disk, namespace="alice")[0] == 3
+    assert disk.remove_all("alice")[0] == 3
     assert {f.key for f in disk.files()} == set(bob)
-    assert clear(disk)[0] == 2
+    assert disk.remove_all()[0] == 2
     assert disk.stats()["entries"] == 0
 
 
@@ -150,7 +150,7 @@ def test_maintenance_is_safe_while_a_writer_runs(tmp_path: Path) -> None:
     while time.monotonic() < deadline:
         prune(disk, max_age_s=None, max_bytes=2_000_000)
         corrupt_seen += verify(disk).corrupt
-        clear(disk, namespace="public")
+        disk.remove_all("public")
     stop.set()
     for t in threads:
         t.join()
