@@ -1,11 +1,11 @@
 """GPU benchmark: the full-size Z-Image-Turbo pipeline, 8 steps, at 1024x1024 and 2048x2048,
 without and with guidance, with the service's speed levers chosen by flags.
 
-    python bench/gpu.py            on CUDA: the real architecture (bench/data/
+    python -m bench.gpu            on CUDA: the real architecture (bench/data/
                                    z-image-turbo-configs) with random bf16 weights, built
                                    directly on the GPU; speed does not depend on weight values
-    python bench/gpu.py --tiny     the same code on the CPU with the tiny model (the suite runs it)
-    python bench/gpu.py --compile off --attention-backend native    one lever against another
+    python -m bench.gpu --tiny     the same code on the CPU with the tiny model (the suite runs it)
+    python -m bench.gpu --compile off --attention-backend native    one lever against another
                                    (--offload, --quantize, --compile, --attention-backend:
                                    the service's levers, as app.py names them)
 
@@ -35,8 +35,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 CONFIGS = ROOT / "bench" / "data" / "z-image-turbo-configs"
 RESULTS = ROOT / "bench" / "results"
@@ -320,7 +318,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     elif torch.cuda.is_available():
         device, dtype = "cuda", torch.bfloat16
     else:
-        raise SystemExit("bench/gpu.py: no CUDA device here; run with --tiny for the CPU version")
+        raise SystemExit("python -m bench.gpu: no CUDA device here; run with --tiny for the CPU version")
     models_dir = Path(args.models_dir).expanduser()
 
     work = Path(tempfile.mkdtemp(prefix="zimage-bench-"))  # weights, caches: deleted at the end
@@ -500,7 +498,7 @@ def overhead_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench/gpu.py", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="the tiny model on the CPU (for the test suite)")
     ints = lambda text: [int(v) for v in text.split(",")]  # noqa: E731
     floats = lambda text: [float(v) for v in text.split(",")]  # noqa: E731

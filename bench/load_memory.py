@@ -1,6 +1,6 @@
 """Peak CPU memory (RSS) of loading the model into RAM, as the service does it.
 
-    python bench/load_memory.py [--layers 2]
+    python -m bench.load_memory [--layers 2]
 
 Builds a slim model with the real architecture's widths (bench/data/z-image-turbo-
 configs, with `--layers` transformer and text-encoder layers instead of 30 and 36, so
@@ -22,11 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from bench.gpu import CONFIGS  # noqa: E402
+from bench.gpu import CONFIGS, ROOT
 
 MEASURE = """
 import json, sys, torch

@@ -1,5 +1,6 @@
 """Real processes on free ports, for the tests and the benchmarks: the server
-(`python app.py`) and a `redis-server`."""
+(`python app.py`) and a `redis-server`, and the one way to wait for a process
+to be ready (`wait_until`)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,44 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 120
+
+
+class NotReady(RuntimeError):
+    """A process did not become ready in time, or exited while starting."""
+
+
+def wait_until(
+    ready: Callable[[], bool],
+    what: str,
+    *,
+    timeout_s: float,
+    interval_s: float = 0.05,
+    retry_on: tuple[type[BaseException], ...] = (),
+    exited: Callable[[], str | None] = lambda: None,
+) -> None:
+    """Poll `ready()` every `interval_s` until it is true. An exception of `retry_on`
+    from it means "not yet"; `exited()` returning a message means the process died,
+    which raises NotReady with that message at once rather than at the deadline.
+    Raises NotReady naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if ready():
+                return
+        except retry_on:
+            pass
+        if (why := exited()) is not None:
+            raise NotReady(f"{what}: {why}")
+        if time.monotonic() > deadline:
+            raise NotReady(f"{what}: not ready after {timeout_s} s")
+        time.sleep(interval_s)
 
 
 def free_port() -> int:
@@ -23,17 +56,21 @@ def free_port() -> int:
 
 
 class Server:
-    """`python app.py` in a subprocess, with its own port and cache directory; with
-    `faults`, started through tests/faults.py (faults chosen by ZIMAGE_FAULT_* in `env`)."""
+    """`python app.py` in a subprocess, with its own port and cache directory, run
+    from the repository root; `launcher` goes between the interpreter and app.py
+    (e.g. `-m tests.faults`, which injects faults and then runs app.py)."""
 
     def __init__(
-        self, cache_dir: Path, *args: str, env: dict[str, str] | None = None, faults: bool = False
+        self,
+        cache_dir: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        launcher: Sequence[str] = (),
     ) -> None:
         self.cache_dir = cache_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = cache_dir.parent / f"server-{self.port}.log"
-        launcher = ["tests/faults.py"] if faults else []
         cmd = [sys.executable, *launcher, "app.py", "--port", str(self.port), "--cache-dir", str(cache_dir)]
         cmd += args
         # The tiny model, warmed at one small size: a start costs what loading costs.
@@ -48,17 +85,18 @@ class Server:
 
     def wait_model(self, state: str, timeout_s: float = START_TIMEOUT_S) -> Server:
         """Wait until /health reports the model `state` (loading, warming, ready, failed)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if self.client.get("/health").json()["model"] == state:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"server's model not {state} after {timeout_s} s:\n{self.log()}")
+        try:
+            wait_until(
+                lambda: self.client.get("/health").json()["model"] == state,
+                f"the server's model {state}",
+                timeout_s=timeout_s,
+                interval_s=0.1,
+                retry_on=(httpx.TransportError,),
+                exited=lambda: None if self.proc.poll() is None else f"exited with {self.proc.returncode}",
+            )
+        except NotReady as exc:
+            raise NotReady(f"{exc}:\n{self.log()}") from None
+        return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:]
@@ -103,16 +141,15 @@ class RedisServer:
         import redis
 
         client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        client.close()
+        try:
+            wait_until(
+                client.ping,
+                f"redis-server on port {self.port}",
+                timeout_s=10,
+                retry_on=(redis.ConnectionError,),
+            )
+        finally:
+            client.close()
         return self
 
     def kill(self) -> None:

@@ -10,9 +10,19 @@ from typing import Any
 import httpx
 import pytest
 
-from bench.procs import ROOT, RedisServer, Server, free_port
+from bench import procs
+from bench.procs import ROOT, RedisServer, free_port
 
 __all__ = ["ROOT", "RedisServer", "Server", "free_port", "ui_call"]
+
+
+class Server(procs.Server):
+    """The server process of bench/procs.py; with `faults`, started through
+    tests/faults.py (the faults chosen by ZIMAGE_FAULT_* in `env`)."""
+
+    def __init__(self, cache_dir: Path, *args: str, env: dict[str, str] | None = None, faults: bool = False):
+        super().__init__(cache_dir, *args, env=env, launcher=("-m", "tests.faults") if faults else ())
+
 
 UI_FIELDS = {  # the UI's generate event, its inputs in order, with the UI's defaults
     "prompt": "",

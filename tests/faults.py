@@ -2,7 +2,7 @@
 GPU) or cannot time (a warm-up that lasts until the test says so). Test-only: the
 app never imports it.
 
-    python tests/faults.py app.py [ARGS...]
+    python -m tests.faults app.py [ARGS...]      (from the repository root)
 
 ZIMAGE_FAULT_GATE_WARMUP=PATH   the warm-up waits while PATH exists
 ZIMAGE_FAULT_DEVICE_ERROR=PATH  while PATH exists, the transformer raises the error
@@ -86,7 +86,6 @@ def nvidia_driver(sign: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     if path := os.environ.get("ZIMAGE_FAULT_NVIDIA_DRIVER"):
         nvidia_driver(path)
     if path := os.environ.get("ZIMAGE_FAULT_GATE_WARMUP"):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.procs import ROOT, free_port
+from bench.procs import ROOT, NotReady, free_port, wait_until
 
 TEMPLATE = ROOT / "deploy" / "nginx" / "z-image-turbo.conf"
 NGINX = "/usr/sbin/nginx"
@@ -117,18 +117,21 @@ class Nginx:
         self.check()
         with open(self.workdir / "stderr.log", "wb") as stderr:
             self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=stderr)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nginx exited:\n{self.error_log.read_text(errors='replace')}")
-            try:
-                httpx.get(self.url + "/health", timeout=5)
-                return self
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise
-                time.sleep(0.05)
+        proc = self.proc
+        try:
+            wait_until(
+                lambda: httpx.get(self.url + "/health", timeout=5) is not None,
+                "nginx",
+                timeout_s=timeout_s,
+                retry_on=(httpx.TransportError,),
+                exited=lambda: (
+                    None if proc.poll() is None else f"exited:\n{self.error_log.read_text(errors='replace')}"
+                ),
+            )
+        except NotReady:
+            self.stop()
+            raise
+        return self
 
     def log(self) -> list[LogLine]:
         """The access log so far, parsed."""

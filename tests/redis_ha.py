@@ -5,12 +5,12 @@ a directory of its own and is killed at `stop()`."""
 from __future__ import annotations
 
 import subprocess
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
 
-from bench.procs import free_port
+from bench.procs import free_port, wait_until
 
 MASTER_NAME = "zimage"
 
@@ -21,17 +21,8 @@ def _spawn(workdir: Path, *args: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(["redis-server", *args], cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
 
 
-def _wait(what: str, condition: object, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if condition():  # type: ignore[operator]
-                return
-        except redis.RedisError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+def _wait(what: str, condition: Callable[[], object], timeout_s: float = 30) -> None:
+    wait_until(lambda: bool(condition()), what, timeout_s=timeout_s, retry_on=(redis.RedisError,))
 
 
 def _server_args(port: int) -> list[str]:

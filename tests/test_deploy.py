@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.procs import NotReady, wait_until
 from cache import DiskTier, Entry
 from tests.conftest import ROOT, free_port
 
@@ -65,16 +66,21 @@ class Supervised:
         return int(self.ctl("pid", PROGRAM).stdout.strip() or 0)
 
     def wait_running(self, timeout: float = 150) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if "RUNNING" in self.ctl("status", PROGRAM).stdout:
-                try:
-                    if httpx.get(f"{self.url}/ready", timeout=5).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-            time.sleep(0.5)
-        raise AssertionError(f"not running and ready:\n{self.ctl('status').stdout}\n{self.app_log()}")
+        try:
+            wait_until(
+                lambda: (
+                    "RUNNING" in self.ctl("status", PROGRAM).stdout
+                    and httpx.get(f"{self.url}/ready", timeout=5).status_code == 200
+                ),
+                "the supervised service",
+                timeout_s=timeout,
+                interval_s=0.5,
+                retry_on=(httpx.TransportError,),
+            )
+        except NotReady:
+            raise AssertionError(
+                f"not running and ready:\n{self.ctl('status').stdout}\n{self.app_log()}"
+            ) from None
 
     def app_log(self) -> str:
         return (self.dir / "log" / "app.log").read_text(errors="replace")[-4000:]

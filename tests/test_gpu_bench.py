@@ -38,7 +38,7 @@ def test_the_gpu_benchmark_runs_on_the_cpu_with_the_tiny_model(tmp_path: Path) -
     ]
     args += ["--models-dir", str(tmp_path / "models"), "--out", str(out), "--cold-timeout", "240"]
     result = subprocess.run(
-        [sys.executable, "bench/gpu.py", *args],
+        [sys.executable, "-m", "bench.gpu", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -11,7 +11,6 @@ import re
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.procs import NotReady, wait_until
 from cache import Entry
 from pipeline.request import GenerationRequest
 from pipeline.service import GenerationResult
@@ -62,17 +62,22 @@ class Squid:
         conf.write_text("\n".join(lines) + "\n")
         squid = shutil.which("squid") or "/usr/sbin/squid"
         self.proc = subprocess.Popen([squid, "-N", "-f", str(conf)], stderr=subprocess.PIPE)
-        deadline = time.monotonic() + SQUID_START_S
-        while True:
-            try:
-                for port in self.ports:
+        proc = self.proc
+        try:
+            wait_until(
+                lambda: all(
                     httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).raise_for_status()
-                break
-            except httpx.HTTPError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"squid did not start: {self.proc.stderr.read()[-2000:]!r}") from None
-                time.sleep(0.1)
+                    for port in self.ports
+                ),
+                "squid",
+                timeout_s=SQUID_START_S,
+                interval_s=0.1,
+                retry_on=(httpx.HTTPError,),
+                exited=lambda: None if proc.poll() is None else "exited",
+            )
+        except NotReady:
+            self.stop()
+            raise RuntimeError(f"squid did not start: {proc.stderr.read()[-2000:]!r}") from None
 
     def url(self, i: int) -> str:
         return f"http://127.0.0.1:{self.ports[i]}"
