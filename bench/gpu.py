@@ -18,7 +18,10 @@ memory and disk tiers); peak device memory; images/s at each batch size; cold st
 -> first image, then the same again as a restart; the weights are deleted after);
 the FLOPs of the transformer (counted by torch's FlopCounterMode on the meta device,
 so they are known before anything runs) and the measured matmul peak of the device in
-the same run, hence MFU. Writes JSON and prints a table.
+the same run, hence MFU. Writes JSON and prints a table (bench/gpu_report.py).
+
+One benchmark run, its measurements side by side, is one concept here, which is
+why this module runs past 300 lines; the model it builds is bench/full_model.py's.
 """
 
 from __future__ import annotations
@@ -28,15 +31,14 @@ import hashlib
 import json
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.full_model import CONFIGS, ROOT, build_full_pipeline, build_tiny_pipeline, transformer_flops
+from bench.gpu_report import render
 
-CONFIGS = ROOT / "bench" / "data" / "z-image-turbo-configs"
 RESULTS = ROOT / "bench" / "results"
 # A long prompt. The text encoder runs it at the service's length (512 tokens, padded,
 # as encode_prompt does); the transformer gets its first --caption-tokens tokens
@@ -56,94 +58,6 @@ def sync(device: str) -> None:
 
     if device == "cuda":
         torch.cuda.synchronize()
-
-
-def build_full_pipeline(
-    configs: Path,
-    device: str,
-    models_dir: Path,
-    offload: str = "none",
-    quantize: str = "none",
-    save_to: Path | None = None,
-) -> Any:
-    """The real architecture with random weights, allocated in bfloat16 from the start
-    (never first in float32 on the CPU: 10B parameters would take minutes and 40 GB), each
-    component where the service's placement plan for `--offload` puts it, quantized and
-    offloaded by the service's own code; saved to `save_to` (for the cold start) before
-    quantization and offload hooks change it. The tokenizer is the tiny model's: prompts
-    of the same length, same template."""
-    import torch
-    from diffusers import (
-        AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
-        ZImagePipeline,
-        ZImageTransformer2DModel,
-    )
-    from transformers import AutoTokenizer, Qwen3Config, Qwen3Model
-
-    from pipeline.loading import check_quantize
-    from pipeline.meta_memory import memory_needs
-    from pipeline.placement import Placement, finish_placement, plan_placement, quantize_fp8
-    from pipeline.tiny_model import ensure_tiny_model
-
-    check_quantize(quantize, device)
-    if device == "cuda":
-        plan = plan_placement(offload, device, memory_needs(configs, torch.bfloat16, quantize))
-    else:
-        plan = Placement("none", device, "not a CUDA device")
-    print(plan.describe(), file=sys.stderr)
-    on = plan.component_devices()
-    read = lambda part: json.loads((configs / part / "config.json").read_text())  # noqa: E731
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device(on["transformer"]):
-            transformer = ZImageTransformer2DModel.from_config(read("transformer"))
-        with torch.device(on["text_encoder"]):
-            text_encoder = Qwen3Model(Qwen3Config(**read("text_encoder")))
-        with torch.device(on["vae"]):
-            vae = AutoencoderKL.from_config(read("vae"))
-    finally:
-        torch.set_default_dtype(previous)
-    scheduler = FlowMatchEulerDiscreteScheduler.from_config(
-        json.loads((configs / "scheduler" / "scheduler_config.json").read_text())
-    )
-    tokenizer = AutoTokenizer.from_pretrained(ensure_tiny_model(models_dir) / "tokenizer")
-    pipe = ZImagePipeline(
-        scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
-    )
-    if save_to is not None:
-        pipe.save_pretrained(save_to, safe_serialization=True)
-    if quantize == "fp8":
-        quantize_fp8(pipe.transformer, on["transformer"])
-    finish_placement(pipe, plan)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def build_tiny_pipeline(models_dir: Path, offload: str = "auto", quantize: str = "none") -> Any:
-    """The service's own loading path with the tiny model."""
-    from pipeline.loading import ModelOptions, load_pipeline, resolve_model
-
-    options = ModelOptions(offload=offload, quantize=quantize)  # type: ignore[arg-type]
-    return load_pipeline(resolve_model("tiny", models_dir, options), options)[0]
-
-
-def transformer_flops(transformer: Any, size: int, caption_tokens: int) -> float:
-    """FLOPs of one forward at `size`x`size` with `caption_tokens` caption tokens, counted
-    on a copy of the architecture on the meta device (no memory, no compute)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.device("meta"):
-        meta = type(transformer).from_config(transformer.config)
-    channels = transformer.config.in_channels
-    latent = size // 8
-    x = [torch.empty(channels, 1, latent, latent, device="meta")]
-    cap = [torch.empty(caption_tokens, transformer.config.cap_feat_dim, device="meta")]
-    with FlopCounterMode(display=False) as counter:
-        meta(x, torch.tensor([0.5], device="meta"), cap, return_dict=False)
-    return float(counter.get_total_flops())
 
 
 def matmul_peak(device: str, dtype: Any) -> float:
@@ -174,8 +88,8 @@ def one_image(
     import torch
 
     from pipeline.embeddings import MAX_SEQUENCE_LENGTH
-    from pipeline.engine import decode_latents
     from pipeline.placement import text_encoder_device
+    from pipeline.rendering import decode_latents
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -258,17 +172,14 @@ def service_overheads(size: int, runs: int, work_dir: Path) -> dict[str, float]:
 
 def apply_levers(pipe: Any, device: str, args: argparse.Namespace) -> dict[str, Any]:
     """The service's speed levers, applied as the engine applies them after loading."""
-    from pipeline.attention import apply_backend, choose_backend, model_attention_shape
-    from pipeline.compile import compile_transformer, should_compile
+    from pipeline.speed import apply_speed_levers
 
     # After placement (--offload) and --quantize, which the builders apply: the attention
     # backend and compilation act on the transformer as placed and quantised.
-    transformer = pipe.transformer
-    heads, head_dim = model_attention_shape(transformer)
-    backend = choose_backend(args.attention_backend, device, transformer.dtype, heads, head_dim)
-    apply_backend(transformer, backend)
-    compiled = should_compile(args.compile, device) and compile_transformer(transformer)
-    return {"attention_backend": backend, "compile": compiled}
+    levers = apply_speed_levers(
+        pipe.transformer, device, attention_backend=args.attention_backend, compile=args.compile
+    )
+    return {"attention_backend": levers.attention, "compile": levers.compiled}
 
 
 def lever_flags(args: argparse.Namespace) -> list[str]:
@@ -421,80 +332,6 @@ def measure(
             torch.cuda.empty_cache()
         report["cold_start"] = cold_start(weights, work / "cache", size, args.cold_timeout, lever_flags(args))
     return report
-
-
-def count(n: int) -> str:
-    return f"{n / 1e9:.3f}B" if n >= 1e8 else f"{n / 1e6:.2f}M"
-
-
-def render(r: dict[str, Any]) -> str:
-    p50 = r["latency_p50_s"]
-    rows = [
-        ("device", f"{r['device']} ({r['dtype']})"),
-        ("model", r["model"]),
-        (
-            "levers",
-            ", ".join(f"{k} {'-' if v is None else v}" for k, v in r["levers"].items()),
-        ),
-        ("parameters", ", ".join(f"{k} {count(v)}" for k, v in r["parameters"].items())),
-        (
-            "image",
-            f"{r['size']}x{r['size']}, {r['steps']} steps, {int(p50['caption_tokens'])} caption tokens",
-        ),
-        ("warm latency p50", f"{p50['total']:.3f} s"),
-        ("  text encoder", f"{p50['text_encoder'] * 1000:.1f} ms"),
-        (
-            "  transformer",
-            f"{p50['transformer'] * 1000:.1f} ms ({p50['transformer'] / r['steps'] * 1000:.1f} ms/step)",
-        ),
-        ("  VAE decode", f"{p50['vae_decode'] * 1000:.1f} ms"),
-        (
-            "peak memory",
-            f"{r['peak_memory_bytes'] / 2**30:.2f} GiB" if r["peak_memory_bytes"] else "n/a (CPU)",
-        ),
-        *case_rows(r),
-        *overhead_rows(r),
-        ("images/s by batch", ", ".join(f"b{b}: {v:.3f}" for b, v in r["images_per_s"].items())),
-        (
-            "FLOPs",
-            f"{r['transformer_forward_tflop']:.3g} TFLOP/forward, {r['tflop_per_image']:.3g} TFLOP/image",
-        ),
-        ("matmul peak (measured)", f"{r['matmul_peak_tflops']:.3g} TFLOP/s"),
-        (
-            "MFU",
-            f"transformer {r['mfu_transformer'] * 100:.1f}%, end to end {r['mfu_end_to_end'] * 100:.1f}%",
-        ),
-    ]
-    for name, value in r.get("cold_start", {}).items():
-        rows.append((f"cold start: {name.replace('_', ' ')}", f"{value:.1f} s"))
-    width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
-
-
-def case_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
-    rows = []
-    for name, case in r["cases"].items():
-        p50 = case["latency_p50_s"]
-        rows.append(
-            (
-                f"{name}: p50",
-                f"{p50['total']:.3f} s (text {p50['text_encoder'] * 1000:.0f} ms, transformer "
-                f"{p50['transformer'] * 1000:.0f} ms, VAE {p50['vae_decode'] * 1000:.0f} ms; "
-                f"MFU {case['mfu_transformer'] * 100:.1f}%; first run {case['first_run_s']:.1f} s)",
-            )
-        )
-    return rows
-
-
-def overhead_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
-    return [
-        (
-            f"service overheads {size}x{size}",
-            f"PNG encode {o['encode_png_s'] * 1000:.1f} ms ({o['png_bytes'] / 2**20:.1f} MiB), "
-            f"store memory {o['store_memory_s'] * 1000:.2f} ms, disk {o['store_disk_s'] * 1000:.1f} ms",
-        )
-        for size, o in r["service_overheads"].items()
-    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.gpu import CONFIGS, ROOT
+from bench.full_model import CONFIGS, ROOT
 
 MEASURE = """
 import json, sys, torch
@@ -51,7 +51,7 @@ print(json.dumps({"before": before, "loaded": loaded, "used": used}))
 
 def build(layers: int, out: Path) -> int:
     """Save a slim full-width model with random bfloat16 weights to `out`; its weight bytes."""
-    from bench.gpu import build_full_pipeline
+    from bench.full_model import build_full_pipeline
 
     slim = out / "configs"
     shutil.copytree(CONFIGS, slim)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import http.client
 import json
 import platform
 import random
@@ -36,126 +35,17 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlencode
 
+from bench.http_client import Client, Reply, server_timing, summarize, throughput, timed
 from bench.procs import ROOT, RedisServer, Server
+from bench.serving_report import plot, render_table
 
 RESULTS = ROOT / "bench" / "results"
 PARTI = ROOT / "bench" / "data" / "PartiPrompts.tsv"
 SIZE = {"width": 256, "height": 256}
 HIT_STEPS = 1  # entries for hit measurements: cheap to make, same size as any 256x256 PNG
 KEYS_PER_ROUTE = 100  # distinct keys per route for the one-shot Redis hits
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-    seconds: float
-
-    def json(self) -> dict:
-        return json.loads(self.body)
-
-
-class Client:
-    """One keep-alive HTTP/1.1 connection, timed per request; light enough that the
-    client adds little to what is measured (and the same to every route)."""
-
-    def __init__(self, port: int, namespace: str = "bench") -> None:
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-        self.namespace = namespace
-
-    def request(self, method: str, path: str, body: dict | None = None) -> Reply:
-        headers = {"X-Namespace": self.namespace}
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        for attempt in (1, 2):
-            started = time.perf_counter()
-            try:
-                self.conn.request(method, path, body=data, headers=headers)
-                response = self.conn.getresponse()
-                payload = response.read()
-                break
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                # The server closed an idle keep-alive connection (uvicorn: after 5 s).
-                self.conn.close()
-                if attempt == 2:
-                    raise
-        seconds = time.perf_counter() - started
-        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, payload, seconds)
-
-    def run(self, **params: object) -> Reply:
-        return self.request("GET", "/run?" + urlencode(params))
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-def summarize(seconds: list[float]) -> dict[str, float]:
-    ordered = sorted(seconds)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
-    return {
-        "n": len(ordered),
-        "p50_ms": pick(0.50) * 1000,
-        "p99_ms": pick(0.99) * 1000,
-        "mean_ms": statistics.fmean(ordered) * 1000,
-    }
-
-
-def timed(call: Callable[[], Reply], n: int, expect: str | None = None, warmup: int = 20) -> dict:
-    """Latency of `n` calls after `warmup`; with `expect`, every reply must carry that X-Cache."""
-    for _ in range(warmup):
-        call()
-    seconds, wrong = [], Counter()
-    for _ in range(n):
-        reply = call()
-        if reply.status != 200 or (expect and reply.headers.get("x-cache") != expect):
-            wrong[f"{reply.status}:{reply.headers.get('x-cache')}"] += 1
-        seconds.append(reply.seconds)
-    out = summarize(seconds)
-    if wrong:
-        out["unexpected"] = dict(wrong)
-    return out
-
-
-def throughput(port: int, make_call: Callable[[Client], Reply], concurrency: int, seconds: float) -> float:
-    """Requests per second with `concurrency` clients each sending back to back."""
-    counts = [0] * concurrency
-    deadline = time.perf_counter() + seconds
-    barrier = threading.Barrier(concurrency + 1)
-
-    def worker(i: int) -> None:
-        client = Client(port)
-        make_call(client)  # connect before the clock starts
-        barrier.wait()
-        while time.perf_counter() < deadline:
-            make_call(client)
-            counts[i] += 1
-        client.close()
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for t in threads:
-        t.join()
-    return sum(counts) / (time.perf_counter() - started)
-
-
-def server_timing(reply: Reply) -> dict[str, float]:
-    """`Server-Timing: total;dur=1.2, store;dur=0.3` -> {"total": 1.2, "store": 0.3} (ms)."""
-    out = {}
-    for part in reply.headers.get("server-timing", "").split(","):
-        name, _, dur = part.strip().partition(";dur=")
-        if dur:
-            out[name] = float(dur)
-    return out
 
 
 def populate(client: Client, prompt: str, count: int) -> list[dict]:
@@ -294,14 +184,13 @@ def main() -> int:
         report["hits"] = hits
 
         # 3. Misses, and what the cache adds to one: interleaved, with and without.
-        cached, bypass, store_ms, lookup_ms = [], [], [], []
+        cached, bypass, store_ms = [], [], []
         for i in range(30):
             reply = ca.run(prompt=f"bench miss {i}", **SIZE)
             assert reply.headers.get("x-cache") == "miss", reply.headers
             cached.append(reply.seconds)
             timing = server_timing(reply)
             store_ms.append(timing.get("store", 0.0))
-            lookup_ms.append(timing.get("lookup", 0.0))
             reply = ca.run(prompt=f"bench bypass {i}", no_cache="true", **SIZE)
             assert reply.headers.get("x-cache") == "bypass", reply.headers
             bypass.append(reply.seconds)
@@ -388,141 +277,6 @@ def main() -> int:
     plot(report, RESULTS / "serving-latest.png")
     print(f"\nwrote {RESULTS / f'serving-{stamp}.json'} and serving-latest.{{json,png}}")
     return 0
-
-
-def render_table(r: dict) -> str:
-    floor = r["floor"]["p50_ms"]
-    rows = [("measurement", "p50 ms", "p99 ms", "x floor p50", "target")]
-    rows.append(("GET /health (the floor)", f"{floor:.3f}", f"{r['floor']['p99_ms']:.3f}", "1.00", ""))
-    for name, s in r["hits"].items():
-        target = "<= 2x" if name.startswith("L1") else "<= 3x"
-        flag = "" if s["p50_ms"] / floor <= float(target[3:-1]) else "  MISSED"
-        rows.append(
-            (name, f"{s['p50_ms']:.3f}", f"{s['p99_ms']:.3f}", f"{s['p50_ms'] / floor:.2f}", target + flag)
-        )
-    m = r["miss"]
-    rows.append(
-        (
-            "miss (with cache)",
-            f"{m['cached']['p50_ms']:.1f}",
-            f"{m['cached']['p99_ms']:.1f}",
-            f"{m['cached']['p50_ms'] / floor:.0f}",
-            "",
-        )
-    )
-    rows.append(
-        (
-            "miss (no_cache)",
-            f"{m['no_cache']['p50_ms']:.1f}",
-            f"{m['no_cache']['p99_ms']:.1f}",
-            f"{m['no_cache']['p50_ms'] / floor:.0f}",
-            "",
-        )
-    )
-    rows.append(
-        (
-            "caching cost on a miss",
-            f"{m['overhead_p50'] * 100:+.2f}%",
-            "",
-            f"store {m['store_ms_p50']:.2f} ms",
-            "<= 2%",
-        )
-    )
-    c = r["contention"]
-    ratio = c["during_generation"]["p50_ms"] / c["idle"]["p50_ms"]
-    rows.append(
-        (
-            "L1 hit while generating",
-            f"{c['during_generation']['p50_ms']:.3f}",
-            f"{c['during_generation']['p99_ms']:.3f}",
-            f"{c['during_generation']['p50_ms'] / floor:.2f}",
-            f"{ratio:.2f}x idle (<= 2x)",
-        )
-    )
-    for conc, t in r["throughput"].items():
-        rows.append(
-            (
-                f"L1 hits/s, concurrency {conc}",
-                f"{t['hit_rps']:.0f}/s",
-                "",
-                f"{t['ratio']:.2f} of floor",
-                f"floor {t['floor_rps']:.0f}/s",
-            )
-        )
-    t = r["trace"]
-    rows.append(
-        (
-            "trace: requests / distinct prompts",
-            f"{t['requests']}",
-            "",
-            f"{t['distinct_prompts']} prompts",
-            f"{t['unique_keys']} keys",
-        )
-    )
-    rows.append(
-        ("trace: generations vs unique keys", f"{t['generations']}", "", f"{t['unique_keys']}", "equal")
-    )
-    rows.append(
-        (
-            "trace: served without own generation",
-            f"{t['served_without_own_generation']:.4f}",
-            "",
-            f"expected {t['expected_hit_rate']:.4f}",
-            f"tier hits {t['hit_rate']:.4f}, coalesced {t['coalesced']}",
-        )
-    )
-    for tier, s in t["by_tier"].items():
-        rows.append(
-            (
-                f"trace: {tier} (n={s['n']})",
-                f"{s['p50_ms']:.3f}",
-                f"{s['p99_ms']:.3f}",
-                f"{s['p50_ms'] / floor:.2f}",
-                "",
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def plot(r: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    floor = r["floor"]["p50_ms"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5))
-    names = ["/health (floor)", *r["hits"], "L1 /run while generating"]
-    values = [1.0, *(s["p50_ms"] / floor for s in r["hits"].values())]
-    values.append(r["contention"]["during_generation"]["p50_ms"] / floor)
-    colors = (
-        ["#888"]
-        + [{"L1": "#2a9d8f", "L2": "#e9c46a", "L3": "#e76f51"}[n[:2]] for n in r["hits"]]
-        + ["#264653"]
-    )
-    left.barh(names[::-1], values[::-1], color=colors[::-1])
-    left.axvline(2, color="#2a9d8f", ls="--", lw=1, label="L1 target (2x)")
-    left.axvline(3, color="#e76f51", ls="--", lw=1, label="L2/L3 target (3x)")
-    left.set_xlabel(f"p50 latency / floor p50 ({floor:.2f} ms)")
-    left.set_title("Hits against the HTTP floor")
-    left.legend(loc="lower right")
-    tiers = r["trace"]["by_tier"]
-    x = range(len(tiers))
-    right.bar([i - 0.2 for i in x], [s["p50_ms"] for s in tiers.values()], 0.4, color="#2a9d8f", label="p50")
-    right.bar([i + 0.2 for i in x], [s["p99_ms"] for s in tiers.values()], 0.4, color="#e9c46a", label="p99")
-    right.set_xticks(list(x), [f"{tier}\n(n={s['n']})" for tier, s in tiers.items()])
-    right.set_yscale("log")
-    right.set_ylabel("ms")
-    t = r["trace"]
-    right.set_title(
-        f"Trace: {t['requests']} Zipf requests, {t['unique_keys']} keys, {t['generations']} generations"
-    )
-    right.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

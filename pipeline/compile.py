@@ -9,7 +9,7 @@ image size) and in whether an attention mask is passed (guidance > 0 with a
 prompt and a negative prompt of different lengths), so the blocks are compiled
 with dynamic shapes: a few graphs cover every request instead of one per shape.
 What still makes separate graphs, all of them compiled by the warm-up
-(prewarm.warm_up, `compile_variants`): caption blocks (no modulation) and image
+(pipeline.warmup, `compile_variants`): caption blocks (no modulation) and image
 blocks; a batch of 1 (size-1 dimensions are always specialised) and a larger
 batch; with and without a mask. That is 6-8 graphs, under RECOMPILE_LIMIT.
 """

@@ -10,7 +10,10 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
+
+from pipeline.errors import GenerationFailed
 
 if TYPE_CHECKING:
     from pipeline.loading import ModelIdentity
@@ -23,10 +26,6 @@ ENCODE_THREADS = 2
 # starts another generation (decoded pixels are 12 MB per 1024² image, and a CPU
 # slower than the GPU must not let them pile up).
 ENCODE_BACKLOG = 4
-
-
-class GenerationFailed(Exception):
-    """The model ran but produced no usable image (an error, NaN or a black frame)."""
 
 
 @dataclass(frozen=True)
@@ -90,26 +89,21 @@ class EncodePool:
         result: Future[list[GeneratedImage]],
     ) -> None:
         """Finish `rendered` and set `result` (which must be running) when done."""
+        job = partial(finish_images, rendered, requests, identity)
         self._slots.acquire()
         self._on_start()
         try:
-            self._pool.submit(self._finish, rendered, requests, identity, result)
+            self._pool.submit(self._finish, job, result)
         except RuntimeError:  # shut down: the process is stopping; finish here
-            self._finish(rendered, requests, identity, result)
+            self._finish(job, result)
 
     def shutdown(self) -> None:
         """Take no new jobs; those queued still finish."""
         self._pool.shutdown(wait=False)
 
-    def _finish(
-        self,
-        rendered: Rendered,
-        requests: list[CanonicalRequest],
-        identity: ModelIdentity,
-        result: Future[list[GeneratedImage]],
-    ) -> None:
+    def _finish(self, job: Callable[[], list[GeneratedImage]], result: Future[list[GeneratedImage]]) -> None:
         try:
-            result.set_result(finish_images(rendered, requests, identity))
+            result.set_result(job())
         except BaseException as exc:
             result.set_exception(exc)
         finally:

@@ -7,67 +7,39 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from pipeline.attention import apply_backend, choose_backend, model_attention_shape
-from pipeline.compile import (
-    CompileSetting,
-    compile_transformer,
-    compiled_graphs,
-    should_compile,
-    use_cache_dir,
-)
-from pipeline.embeddings import MAX_SEQUENCE_LENGTH, EmbeddingCache
-from pipeline.encoding import EncodePool, GeneratedImage, GenerationFailed, Rendered, finish_images
+from pipeline.compile import CompileSetting, compiled_graphs
+from pipeline.embeddings import EmbeddingCache
+from pipeline.encoding import EncodePool, GeneratedImage, Rendered, finish_images
+from pipeline.errors import FatalDeviceError, ModelUnavailable, QueueFull, ShuttingDown
 from pipeline.fit import FitRecord
-from pipeline.loading import NOISE_DEVICE, ModelIdentity, ModelOptions, load_pipeline, resolve_model
-from pipeline.placement import Placement, text_encoder_device
+from pipeline.limits import DEFAULT_MAX_QUEUE
+from pipeline.loading import ModelIdentity, ModelOptions, load_pipeline, resolve_model
+from pipeline.placement import Placement
+from pipeline.rendering import Progress, Render
 from pipeline.request import CanonicalRequest
+from pipeline.speed import apply_speed_levers
 
 log = logging.getLogger(__name__)
 
-LOADING, WARMING, READY, FAILED = "loading", "warming", "ready", "failed"
-Progress = Callable[[int, int], None]  # (denoising steps done, steps in all)
 Warmup = Callable[["Engine", ModelIdentity], None]  # runs on the engine thread after loading
-# Errors after which the CUDA context is unusable: every later call fails too, so
-# the process must end and be restarted (out of memory is not one of them).
-FATAL_DEVICE_ERRORS = (
-    "illegal memory access",
-    "illegal instruction",
-    "device-side assert",
-    "unspecified launch failure",
-    "misaligned address",
-    "uncorrectable ecc error",
-    "cublas_status_execution_failed",
-    "cudnn_status_execution_failed",
-    "cuda error: unknown error",
-    "cuda driver error",
-    "device not ready",
-    "gpu has fallen off the bus",
-)
 
 
-class QueueFull(Exception):
-    """More generations are waiting than `max_queue` allows; retry later."""
+class EngineState(str, Enum):
+    """Where the engine is: loading -> warming -> ready, or failed (for good) from any."""
 
-    def __init__(self, depth: int) -> None:
-        super().__init__(f"the generation queue is full ({depth} waiting); retry shortly")
-        self.depth = depth
+    LOADING = "loading"
+    WARMING = "warming"
+    READY = "ready"
+    FAILED = "failed"
 
+    def __str__(self) -> str:  # the value, in logs, f-strings and JSON alike
+        return self.value
 
-class ModelUnavailable(Exception):
-    """The model could not be loaded; nothing can be generated until a restart."""
-
-
-class ShuttingDown(ModelUnavailable):
-    """The process is stopping (SIGTERM): it finishes what it has and takes no new generations."""
-
-
-class OutOfMemory(ModelUnavailable):
-    """One image no larger than one made before did not fit in device memory (after
-    freeing what could be freed): something else holds memory, so it is answered 503
-    and may fit later."""
+    __format__ = str.__format__  # type: ignore[assignment]
 
 
 class Engine:
@@ -80,8 +52,9 @@ class Engine:
     generations submitted meanwhile wait for them; ready means an image was made.
     The worker hands decoded pixels to a small encoding pool (pipeline.encoding)
     and starts the next job while they are checked and encoded. After `close`
-    every submit raises ShuttingDown. A fatal device error marks the engine failed
-    and calls `on_fatal` (the app ends the process, for Supervisor to restart it).
+    every submit raises ShuttingDown. A fatal device error (pipeline.device_errors)
+    marks the engine failed and calls `on_fatal` (the app ends the process, for
+    Supervisor to restart it).
 
     Speed levers, applied after loading: `attention_backend` (pipeline.attention)
     and `compile` (pipeline.compile; its caches under `compile_cache_dir`).
@@ -92,7 +65,7 @@ class Engine:
         model_spec: str,
         models_dir: Path,
         *,
-        max_queue: int = 64,
+        max_queue: int = DEFAULT_MAX_QUEUE,
         embedding_cache_bytes: int = 256 << 20,
         warmup: Warmup | None = None,
         on_fatal: Callable[[str], None] | None = None,
@@ -107,7 +80,6 @@ class Engine:
         self.placement: Placement | None = None  # known once loaded
         self.max_queue = max_queue
         self.embeddings = EmbeddingCache(embedding_cache_bytes)
-        self.encoder_runs = 0
         self.warmup = warmup
         self.on_fatal = on_fatal
         self.attention_backend = attention_backend
@@ -116,11 +88,12 @@ class Engine:
         self.attention_in_use: str | None = None  # the backend chosen at load
         self.compiled = False
         self.fits = FitRecord()
-        self.state = LOADING
         self.error: str | None = None
         self.fatal = False
         self.accepting = True
         self.identity_future: Future[ModelIdentity] = Future()
+        self._state = EngineState.LOADING
+        self._settled = threading.Event()  # set once ready or failed
         self._pipe: Any = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zimage-engine")
         self._waiting = 0
@@ -129,6 +102,20 @@ class Engine:
         self._busy = 0
         self._quiet = threading.Condition()
         self._encoder = EncodePool(on_start=self._work_started, on_done=self._work_done)
+
+    @property
+    def state(self) -> EngineState:
+        return self._state
+
+    def _set_state(self, state: EngineState) -> None:
+        self._state = state
+        if state in (EngineState.READY, EngineState.FAILED):
+            self._settled.set()
+
+    def wait_settled(self, timeout_s: float | None = None) -> EngineState:
+        """Wait until the model is ready or has failed (or `timeout_s` passes); the state then."""
+        self._settled.wait(timeout_s)
+        return self._state
 
     @property
     def identity(self) -> ModelIdentity | None:
@@ -163,7 +150,7 @@ class Engine:
         once the images are encoded; cancelling it before the job starts drops the job."""
         if not self.accepting:
             raise ShuttingDown("the service is shutting down; retry shortly or on another replica")
-        if self.state == FAILED:
+        if self._state == EngineState.FAILED:
             raise ModelUnavailable(f"the model failed: {self.error}")
         first = requests[0]
         if any(r.as_dict() | {"seed": 0} != first.as_dict() | {"seed": 0} for r in requests):
@@ -180,9 +167,9 @@ class Engine:
 
     def close(self, timeout_s: float = 0.0) -> bool:
         """Cancel the jobs that have not started and wait up to `timeout_s` for the one
-        running and the images being encoded. True when nothing is left running; False
-        otherwise, which the caller may abandon (a job writes nothing; storing is the
-        service's)."""
+        running and the images being encoded. True when nothing is left running (the
+        encoding pool is then shut down too); False otherwise, which the caller may
+        abandon (a job writes nothing; storing is the service's)."""
         self.accepting = False
         self._executor.shutdown(wait=False, cancel_futures=True)
         with self._quiet:
@@ -196,7 +183,30 @@ class Engine:
         `warmup`); keeps no prompt embeddings."""
         assert threading.current_thread().name.startswith("zimage-engine"), "run_now off the engine thread"
         identity = self.identity_future.result()
-        return finish_images(self._run(requests, identity, embedding_scope=None), requests, identity)
+        return finish_images(self._run(requests, identity), requests, identity)
+
+    def _run(
+        self,
+        requests: list[CanonicalRequest],
+        identity: ModelIdentity,
+        progress: Progress | None = None,
+        embedding_scope: str | None = None,
+    ) -> Rendered:
+        """One model call (pipeline.rendering) on the engine thread; a fatal device error
+        fails the engine for good before it is raised."""
+        render = Render(
+            self._pipe,
+            identity,
+            embeddings=self.embeddings,
+            fits=self.fits,
+            progress=progress,
+            embedding_scope=embedding_scope,
+        )
+        try:
+            return render(requests)
+        except FatalDeviceError as exc:
+            self._fail_fatally(str(exc))
+            raise
 
     def _cancelled(self, job: Future[None], result: Future[list[GeneratedImage]]) -> None:
         if job.cancelled():  # never started, so never counted out in _generate
@@ -214,6 +224,10 @@ class Engine:
             if self._busy == 0:
                 self._quiet.notify_all()
 
+    def _fail(self, error: str) -> None:
+        self.error = error
+        self._set_state(EngineState.FAILED)
+
     def _prepare(self, load: bool) -> None:
         self._work_started()
         try:
@@ -222,8 +236,7 @@ class Engine:
             if identity.demo:
                 log.warning("DEMO MODEL: serving the tiny random-weight model; images are noise")
         except Exception as exc:
-            self.error = f"{type(exc).__name__}: {exc}"
-            self.state = FAILED
+            self._fail(f"{type(exc).__name__}: {exc}")
             self.identity_future.set_exception(ModelUnavailable(self.error))
             log.exception("model not found")
         else:
@@ -237,9 +250,16 @@ class Engine:
             started = time.perf_counter()
             log.info("loading %s on %s (%s)", identity.model_id, identity.device, identity.dtype)
             self._pipe, self.placement = load_pipeline(identity, self.options)
-            self._apply_levers(identity)
+            levers = apply_speed_levers(
+                self._pipe.transformer,
+                identity.device,
+                attention_backend=self.attention_backend,
+                compile=self.compile,
+                compile_cache_dir=self.compile_cache_dir,
+            )
+            self.attention_in_use, self.compiled = levers.attention, levers.compiled
             log.info("model loaded in %.1f s; warming up", time.perf_counter() - started)
-            self.state = WARMING
+            self._set_state(EngineState.WARMING)
             if self.warmup is not None:
                 self.warmup(self, identity)
             else:  # the least that proves the model makes an image
@@ -247,30 +267,12 @@ class Engine:
                 self.run_now([CanonicalRequest("warm-up", "", 0, size, size, 1, 0.0, "png")])
             if self.compiled:
                 log.info("compile: %d graphs compiled by the warm-up", compiled_graphs())
-            self.state = READY
+            self._set_state(EngineState.READY)
             log.info("model ready in %.1f s", time.perf_counter() - started)
         except Exception as exc:
-            if self.state != FAILED:
-                self.error = f"{type(exc).__name__}: {exc}"
-                self.state = FAILED
+            if self._state != EngineState.FAILED:
+                self._fail(f"{type(exc).__name__}: {exc}")
             log.exception("model failed to load")
-
-    def _apply_levers(self, identity: ModelIdentity) -> None:
-        """The attention backend, then compilation (compiled graphs bake the backend in)."""
-        transformer = self._pipe.transformer
-        heads, head_dim = model_attention_shape(transformer)
-        backend = choose_backend(self.attention_backend, identity.device, transformer.dtype, heads, head_dim)
-        fallback = apply_backend(transformer, backend)
-        self.attention_in_use = backend
-        log.info("attention: %s%s", backend, "; calls with a mask: native" if fallback else "")
-        if should_compile(self.compile, identity.device):
-            if self.compile_cache_dir is not None:
-                use_cache_dir(self.compile_cache_dir)
-            self.compiled = compile_transformer(transformer)
-            log.info(
-                "compile: %s; the warm-up compiles every shape",
-                "transformer blocks compiled" if self.compiled else "off",
-            )
 
     def _generate(
         self,
@@ -286,9 +288,9 @@ class Engine:
         self._work_started()
         try:
             try:
-                if self._pipe is None and self.state == LOADING:
+                if self._pipe is None and self._state == EngineState.LOADING:
                     self._load(self.identity_future.result())  # started with load=False
-                if self.state == FAILED or self._pipe is None:
+                if self._state == EngineState.FAILED or self._pipe is None:
                     raise ModelUnavailable(f"the model failed: {self.error}")
                 identity = self.identity_future.result()
                 rendered = self._run(requests, identity, progress, embedding_scope)
@@ -300,226 +302,11 @@ class Engine:
         finally:
             self._work_done()
 
-    def _fail_fatally(self, exc: BaseException) -> None:
+    def _fail_fatally(self, error: str) -> None:
         """The device is unusable: refuse everything and let the process end."""
-        self.error = f"unrecoverable device error: {type(exc).__name__}: {exc}"
-        self.state = FAILED
+        self._fail(error)
         self.fatal = True
         self.accepting = False
         log.critical("%s; the process must restart", self.error)
         if self.on_fatal is not None:
             self.on_fatal(self.error)
-
-    def _failure(self, exc: Exception) -> Exception:
-        """The exception to raise for a model call that failed (other than out of memory)."""
-        if is_fatal_device_error(exc):
-            self._fail_fatally(exc)
-            return ModelUnavailable(self.error)
-        return GenerationFailed(f"the model failed: {type(exc).__name__}: {exc}")
-
-    def _run(
-        self,
-        requests: list[CanonicalRequest],
-        identity: ModelIdentity,
-        progress: Progress | None = None,
-        embedding_scope: str | None = None,
-        *,
-        retried: bool = False,
-    ) -> Rendered:
-        """Encode the prompt, denoise and decode, on the engine thread. Out of memory:
-        a batch decodes one image at a time, then denoises in halves; a single image
-        is retried once, then refused (OutOfMemory or ImageTooLarge)."""
-        import torch
-
-        request, batch = requests[0], len(requests)
-        timings: dict[str, float] = {}
-
-        def step_done(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            if progress is not None:
-                progress(step + 1, request.steps)
-            return {}
-
-        try:
-            # 1. Encode the prompt(s), or reuse the encoder's earlier output.
-            started = time.perf_counter()
-            device = torch.device(identity.device)
-            prompt_embeds = self._embed(request.prompt, identity, device, embedding_scope) * batch
-            negative_embeds = None
-            if request.guidance_scale > 0:
-                negative_embeds = (
-                    self._embed(request.negative_prompt, identity, device, embedding_scope) * batch
-                )
-            timings["text"] = time.perf_counter() - started
-
-            # 2. Denoise, always with explicit Turbo-style settings: the pipeline's own
-            #    defaults (50 steps, CFG 5) are for the base model. One generator per
-            #    image keeps each equal to itself made alone; on the CPU, so a seed's
-            #    noise is the same whatever the GPU (the pipeline draws it there and
-            #    moves it to the device).
-            started = time.perf_counter()
-            generators = [torch.Generator(device=NOISE_DEVICE).manual_seed(r.seed) for r in requests]
-            latents = self._pipe(
-                prompt_embeds=prompt_embeds,
-                negative_prompt_embeds=negative_embeds,
-                max_sequence_length=MAX_SEQUENCE_LENGTH,
-                height=request.height,
-                width=request.width,
-                num_inference_steps=request.steps,
-                guidance_scale=request.guidance_scale,
-                generator=generators,
-                output_type="latent",
-                callback_on_step_end=step_done,
-            ).images
-            timings["inference"] = time.perf_counter() - started
-        except torch.OutOfMemoryError:
-            latents = None  # handled below, once the traceback no longer pins the tensors
-        except Exception as exc:
-            raise self._failure(exc) from exc
-        if latents is None:
-            return self._denoise_out_of_memory(requests, identity, progress, embedding_scope, retried)
-
-        # 3. Decode to pixels on the CPU (checked and encoded by the pool).
-        started = time.perf_counter()
-        try:
-            pixels = decode_latents(self._pipe, latents)
-        except torch.OutOfMemoryError:
-            pixels = None
-        except Exception as exc:
-            raise self._failure(exc) from exc
-        if pixels is None:
-            if batch == 1:
-                return self._single_out_of_memory(requests, identity, progress, embedding_scope, retried)
-            pixels = self._decode_one_at_a_time(latents, identity)
-            if pixels is None:
-                return self._denoise_out_of_memory(requests, identity, progress, embedding_scope, retried)
-        timings["decode"] = time.perf_counter() - started
-        self.fits.made(request.width, request.height)
-        return Rendered(pixels=pixels, timings=timings)
-
-    def _decode_one_at_a_time(self, latents: Any, identity: ModelIdentity) -> Any:
-        """Decode a batch that ran out of memory decoding, one latent at a time, keeping
-        its denoising; None if even that runs out of memory."""
-        import numpy as np
-        import torch
-
-        free_device_memory(identity.device)
-        log.warning("out of memory decoding a batch of %d; decoding it one image at a time", len(latents))
-        try:
-            return np.concatenate(
-                [decode_latents(self._pipe, latents[i : i + 1]) for i in range(len(latents))]
-            )
-        except torch.OutOfMemoryError:
-            pass
-        free_device_memory(identity.device)
-        return None
-
-    def _denoise_out_of_memory(
-        self,
-        requests: list[CanonicalRequest],
-        identity: ModelIdentity,
-        progress: Progress | None,
-        embedding_scope: str | None,
-        retried: bool,
-    ) -> Rendered:
-        """Free what the failed call held, then make a batch in two halves (recursively)."""
-        import numpy as np
-
-        free_device_memory(identity.device)
-        if len(requests) == 1:
-            return self._single_out_of_memory(requests, identity, progress, embedding_scope, retried)
-        log.warning("out of memory on a batch of %d; generating it in two halves", len(requests))
-        half = len(requests) // 2
-        first = self._run(requests[:half], identity, progress, embedding_scope)
-        second = self._run(requests[half:], identity, progress, embedding_scope)
-        timings = {k: first.timings.get(k, 0.0) + second.timings.get(k, 0.0) for k in first.timings}
-        return Rendered(pixels=np.concatenate([first.pixels, second.pixels]), timings=timings)
-
-    def _single_out_of_memory(
-        self,
-        requests: list[CanonicalRequest],
-        identity: ModelIdentity,
-        progress: Progress | None,
-        embedding_scope: str | None,
-        retried: bool,
-    ) -> Rendered:
-        """One image did not fit. No larger than one made before: memory is held
-        elsewhere, a 503 (it may fit later). Larger: retried once with memory freed,
-        then refused with ImageTooLarge, and so is every size as large from then on."""
-        request = requests[0]
-        free_device_memory(identity.device)
-        if self.fits.known_to_fit(request.width, request.height):
-            raise OutOfMemory(
-                f"the GPU ran out of memory for a {request.width}x{request.height} image; "
-                "retry shortly, or ask for a smaller size"
-            )
-        if not retried:
-            log.warning(
-                "out of memory on a %dx%d image, larger than any made here; trying once more",
-                request.width,
-                request.height,
-            )
-            return self._run(requests, identity, progress, embedding_scope, retried=True)
-        error = self.fits.refuse(request.width, request.height)
-        log.warning("%s; refusing images of this size or larger until restart", error.message)
-        raise error
-
-    def _embed(self, text: str, identity: ModelIdentity, device: Any, scope: str | None = None) -> list[Any]:
-        """The text encoder's output for `text` on `device`, from the cache of `scope`
-        when known; with no scope, encoded and kept nowhere."""
-
-        def encode() -> list[Any]:
-            import torch
-
-            self.encoder_runs += 1
-            # encode_prompt is not under no_grad (only the pipeline's __call__ is):
-            # without it each cached embedding would keep the text encoder's whole
-            # autograd graph alive, megabytes the cache's byte count never sees.
-            with torch.no_grad():
-                embeds, _ = self._pipe.encode_prompt(
-                    prompt=text,
-                    device=text_encoder_device(self._pipe),  # the CPU in text-encoder mode
-                    do_classifier_free_guidance=False,
-                    max_sequence_length=MAX_SEQUENCE_LENGTH,
-                )
-            return [t.detach().to("cpu") for t in embeds]
-
-        if scope is None:
-            self.embeddings.count_miss()
-            return [t.to(device) for t in encode()]
-        key = (scope, text, MAX_SEQUENCE_LENGTH, identity.fingerprint, identity.dtype)
-        return [t.to(device) for t in self.embeddings.get_or_encode(key, encode)]
-
-
-def decode_latents(pipe: Any, latents: Any) -> Any:
-    """The pipeline's own last step (ZImagePipeline.__call__ after its denoising loop):
-    latents -> VAE decode -> float pixels in [0, 1] on the CPU, batch x H x W x 3."""
-    import torch
-
-    with torch.no_grad():
-        latents = latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
-        image = pipe.vae.decode(latents, return_dict=False)[0]
-        return pipe.image_processor.postprocess(image, output_type="np")
-
-
-def free_device_memory(device: str) -> None:
-    """Drop what a failed call left behind: Python references, then the CUDA cache."""
-    import gc
-
-    import torch
-
-    gc.collect()
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
-
-
-def is_fatal_device_error(exc: BaseException) -> bool:
-    """Whether `exc` leaves the CUDA context broken (so only a new process can recover):
-    only the errors FATAL_DEVICE_ERRORS lists, whatever the exception's class (an
-    AcceleratorError can be a plain "out of memory" from outside the caching allocator).
-    Out-of-memory errors are never fatal."""
-    import torch
-
-    if isinstance(exc, torch.OutOfMemoryError):
-        return False
-    text = str(exc).lower()
-    return any(marker in text for marker in FATAL_DEVICE_ERRORS)

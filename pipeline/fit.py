@@ -5,13 +5,7 @@ from __future__ import annotations
 
 import threading
 
-from pipeline.request import RequestInvalid
-
-
-class ImageTooLarge(RequestInvalid):
-    """An image larger than any made here did not fit in device memory even alone and
-    after freeing what could be freed: answered 422 naming the largest size known to
-    fit, since asking again cannot help on this device."""
+from pipeline.errors import ImageTooLarge
 
 
 class FitRecord:

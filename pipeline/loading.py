@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.placement import Offload, Placement
+from pipeline.placement import Offload, Placement, quiet_progress_bars
 from pipeline.tiny_model import TINY_MODEL_ID, ensure_tiny_model
 
 log = logging.getLogger(__name__)
@@ -271,12 +271,3 @@ def is_demo_spec(spec: str) -> bool:
     """Whether `--model spec` will serve the tiny demo model (known before loading): not
     under auto on a machine with an NVIDIA driver, where auto refuses instead."""
     return spec == "tiny" or (spec == "auto" and pick_device()[0] != "cuda" and nvidia_driver() is None)
-
-
-def quiet_progress_bars() -> None:
-    """diffusers and transformers draw tqdm bars while loading; they only clutter service logs."""
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()

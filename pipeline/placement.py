@@ -200,3 +200,12 @@ def text_encoder_device(pipe: Any) -> Any:
 
             return torch.device(hook.execution_device)
     return pipe.text_encoder.device
+
+
+def quiet_progress_bars() -> None:
+    """diffusers and transformers draw tqdm bars while loading; they only clutter service logs."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()

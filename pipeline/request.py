@@ -6,27 +6,48 @@ import math
 import secrets
 import unicodedata
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-MAX_PROMPT_CHARS = 2000
-MAX_SEED = 2**32 - 1
-SIZE_MULTIPLE = 16
-# Absolute bounds; a model may narrow them (the real one starts at 256).
-MIN_SIZE, MAX_SIZE = 64, 2048
+from pipeline import limits
+from pipeline.errors import RequestInvalid
+from pipeline.limits import ImageFormat, Normalization
 
-ImageFormat = Literal["png", "jpeg", "webp"]
-Normalization = Literal["basic", "none", "aggressive"]
+# The fields that other protocols' request models share with ours (OpenAI's, A1111's):
+# one definition each, with the limits in OpenAPI and in words.
 
 
-class RequestInvalid(ValueError):
-    """A request that cannot be served as asked; `field` names the culprit."""
+def seed_field(default: int) -> Any:
+    drawn = f"{limits.RANDOM_SEED}{' (the default)' if default == limits.RANDOM_SEED else ''} draws one"
+    return Field(
+        default,
+        description=f"Random seed, 0..{limits.MAX_SEED}; {drawn} (returned in the response).",
+        json_schema_extra={"minimum": limits.RANDOM_SEED, "maximum": limits.MAX_SEED},
+    )
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
+
+def steps_field() -> Any:
+    return Field(
+        limits.DEFAULT_STEPS,
+        description=f"Denoising steps, {limits.MIN_STEPS}..{limits.MAX_STEPS} "
+        f"(Turbo is distilled for {limits.DEFAULT_STEPS}).",
+        json_schema_extra={"minimum": limits.MIN_STEPS, "maximum": limits.MAX_STEPS},
+    )
+
+
+def size_field(side: str) -> Any:
+    """The field of a width or a height: the default, the limits in OpenAPI and in words."""
+    return Field(
+        limits.DEFAULT_SIZE,
+        description=f"{side} in pixels, a multiple of {limits.SIZE_MULTIPLE}, {limits.MIN_SIZE}..{limits.MAX_SIZE} "
+        f"({limits.REAL_MODEL_MIN_SIZE}.. for the real model).",
+        json_schema_extra={
+            "minimum": limits.MIN_SIZE,
+            "maximum": limits.MAX_SIZE,
+            "multipleOf": limits.SIZE_MULTIPLE,
+        },
+    )
 
 
 class GenerationRequest(BaseModel):
@@ -37,40 +58,24 @@ class GenerationRequest(BaseModel):
     # json_schema_extra documents the limits in OpenAPI; the validators below
     # enforce them with messages that say how to fix the value.
     prompt: str = Field(
-        description=f"What to draw; 1 to {MAX_PROMPT_CHARS} characters.",
-        json_schema_extra={"minLength": 1, "maxLength": MAX_PROMPT_CHARS},
+        description=f"What to draw; 1 to {limits.MAX_PROMPT_CHARS} characters.",
+        json_schema_extra={"minLength": 1, "maxLength": limits.MAX_PROMPT_CHARS},
     )
     negative_prompt: str = Field(
         "",
-        description=f"What to avoid; only used when guidance_scale > 0; up to {MAX_PROMPT_CHARS} characters.",
-        json_schema_extra={"maxLength": MAX_PROMPT_CHARS},
+        description=f"What to avoid; only used when guidance_scale > 0; up to {limits.MAX_PROMPT_CHARS} characters.",
+        json_schema_extra={"maxLength": limits.MAX_PROMPT_CHARS},
     )
-    seed: int = Field(
-        42,
-        description=f"Random seed, 0..{MAX_SEED}; -1 draws one (returned in the response).",
-        json_schema_extra={"minimum": -1, "maximum": MAX_SEED},
-    )
-    width: int = Field(
-        1024,
-        description=f"Width in pixels, a multiple of 16, {MIN_SIZE}..{MAX_SIZE} (256.. for the real model).",
-        json_schema_extra={"minimum": MIN_SIZE, "maximum": MAX_SIZE, "multipleOf": SIZE_MULTIPLE},
-    )
-    height: int = Field(
-        1024,
-        description=f"Height in pixels, a multiple of 16, {MIN_SIZE}..{MAX_SIZE} (256.. for the real model).",
-        json_schema_extra={"minimum": MIN_SIZE, "maximum": MAX_SIZE, "multipleOf": SIZE_MULTIPLE},
-    )
-    steps: int = Field(
-        8,
-        description="Denoising steps, 1..50 (Turbo is distilled for 8).",
-        json_schema_extra={"minimum": 1, "maximum": 50},
-    )
+    seed: int = seed_field(limits.DEFAULT_SEED)
+    width: int = size_field("Width")
+    height: int = size_field("Height")
+    steps: int = steps_field()
     guidance_scale: float = Field(
-        0.0,
-        description="Classifier-free guidance, 0..20 and finite; 0 turns it off (Turbo).",
-        json_schema_extra={"minimum": 0, "maximum": 20},
+        limits.DEFAULT_GUIDANCE,
+        description=f"Classifier-free guidance, 0..{limits.MAX_GUIDANCE:g} and finite; 0 turns it off (Turbo).",
+        json_schema_extra={"minimum": 0, "maximum": limits.MAX_GUIDANCE},
     )
-    format: ImageFormat = Field("png", description="Image encoding: png, jpeg or webp.")
+    format: ImageFormat = Field(limits.DEFAULT_FORMAT, description="Image encoding: png, jpeg or webp.")
 
     @field_validator("prompt")
     @classmethod
@@ -89,33 +94,37 @@ class GenerationRequest(BaseModel):
     @field_validator("seed")
     @classmethod
     def _seed(cls, v: int) -> int:
-        if v != -1 and not 0 <= v <= MAX_SEED:
-            raise ValueError(f"seed must be -1 (random) or between 0 and {MAX_SEED} (got {v})")
+        if v != limits.RANDOM_SEED and not 0 <= v <= limits.MAX_SEED:
+            raise ValueError(
+                f"seed must be {limits.RANDOM_SEED} (random) or between 0 and {limits.MAX_SEED} (got {v})"
+            )
         return v
 
     @field_validator("width", "height")
     @classmethod
     def _size(cls, v: int, info: Any) -> int:
-        check_size(info.field_name, v, MIN_SIZE, MAX_SIZE)
+        check_size(info.field_name, v, limits.MIN_SIZE, limits.MAX_SIZE)
         return v
 
     @field_validator("steps")
     @classmethod
     def _steps(cls, v: int) -> int:
-        if not 1 <= v <= 50:
-            raise ValueError(f"steps must be between 1 and 50 (got {v}); Turbo is made for 8")
+        if not limits.MIN_STEPS <= v <= limits.MAX_STEPS:
+            raise ValueError(
+                f"steps must be between {limits.MIN_STEPS} and {limits.MAX_STEPS} (got {v}); Turbo is made for {limits.DEFAULT_STEPS}"
+            )
         return v
 
     @field_validator("guidance_scale")
     @classmethod
     def _guidance(cls, v: float) -> float:
-        if not math.isfinite(v) or not 0.0 <= v <= 20.0:
+        if not math.isfinite(v) or not 0.0 <= v <= limits.MAX_GUIDANCE:
             raise ValueError(
-                f"guidance_scale must be a finite number between 0 and 20 (got {v}); use 0 for Turbo"
+                f"guidance_scale must be a finite number between 0 and {limits.MAX_GUIDANCE:g} (got {v}); use 0 for Turbo"
             )
         return v
 
-    def canonical(self, normalization: Normalization = "basic") -> CanonicalRequest:
+    def canonical(self, normalization: Normalization = limits.DEFAULT_NORMALIZATION) -> CanonicalRequest:
         """The request as it is hashed and generated: prompt normalised, seed drawn,
         fields that cannot change the pixels dropped."""
         prompt = normalize_prompt(self.prompt, normalization)
@@ -127,13 +136,13 @@ class GenerationRequest(BaseModel):
         # The limit holds for what is hashed and generated: NFKC can expand a character
         # many times (U+FDFA is 18 characters), so check again after normalising.
         for field, text in (("prompt", prompt), ("negative_prompt", negative)):
-            if len(text) > MAX_PROMPT_CHARS:
+            if len(text) > limits.MAX_PROMPT_CHARS:
                 raise RequestInvalid(
                     field,
                     f"{field} is {len(text)} characters after {normalization} normalization; "
-                    f"shorten it to at most {MAX_PROMPT_CHARS}",
+                    f"shorten it to at most {limits.MAX_PROMPT_CHARS}",
                 )
-        seed = secrets.randbelow(MAX_SEED + 1) if self.seed == -1 else self.seed
+        seed = random_seed() if self.seed == limits.RANDOM_SEED else self.seed
         return CanonicalRequest(
             prompt=prompt,
             negative_prompt=negative,
@@ -165,10 +174,12 @@ class CanonicalRequest:
 
 def check_text(field: str, text: str) -> None:
     """Raise ValueError naming `field` for text that cannot be hashed, stored or shown:
-    over MAX_PROMPT_CHARS, a NUL, or an unpaired UTF-16 surrogate (valid in JSON as
+    over limits.MAX_PROMPT_CHARS, a NUL, or an unpaired UTF-16 surrogate (valid in JSON as
     `"\\ud800"`, but not Unicode text, so it has no UTF-8 encoding)."""
-    if len(text) > MAX_PROMPT_CHARS:
-        raise ValueError(f"{field} is {len(text)} characters; shorten it to at most {MAX_PROMPT_CHARS}")
+    if len(text) > limits.MAX_PROMPT_CHARS:
+        raise ValueError(
+            f"{field} is {len(text)} characters; shorten it to at most {limits.MAX_PROMPT_CHARS}"
+        )
     if "\x00" in text:
         raise ValueError(f"{field} must not contain NUL characters; remove them")
     try:
@@ -182,10 +193,12 @@ def check_text(field: str, text: str) -> None:
 
 def check_size(field: str, value: int, low: int, high: int) -> None:
     """Raise ValueError/RequestInvalid with the nearest valid sizes when `value` is not one."""
-    if value % SIZE_MULTIPLE:
-        down = max(low, value - value % SIZE_MULTIPLE)
-        up = min(high, down + SIZE_MULTIPLE)
-        raise RequestInvalid(field, f"{field} must be a multiple of 16 (got {value}); use {down} or {up}")
+    if value % limits.SIZE_MULTIPLE:
+        down = max(low, value - value % limits.SIZE_MULTIPLE)
+        up = min(high, down + limits.SIZE_MULTIPLE)
+        raise RequestInvalid(
+            field, f"{field} must be a multiple of {limits.SIZE_MULTIPLE} (got {value}); use {down} or {up}"
+        )
     if not low <= value <= high:
         raise RequestInvalid(field, f"{field} must be between {low} and {high} for this model (got {value})")
 
@@ -194,10 +207,17 @@ def snap_size(value: int, low: int, high: int) -> int:
     """The valid size nearest to `value`: rounded to a multiple of 16 (halves up), then
     clamped to `low..high`. For protocols whose clients do not know our sizes
     (OpenAI's `size`, A1111's multiples of 8); our own routes refuse invalid sizes."""
-    return min(high, max(low, (value + SIZE_MULTIPLE // 2) // SIZE_MULTIPLE * SIZE_MULTIPLE))
+    return min(
+        high, max(low, (value + limits.SIZE_MULTIPLE // 2) // limits.SIZE_MULTIPLE * limits.SIZE_MULTIPLE)
+    )
 
 
-def normalize_prompt(text: str, mode: Normalization = "basic") -> str:
+def random_seed() -> int:
+    """A seed drawn for a request that asked for a random one (-1)."""
+    return secrets.randbelow(limits.MAX_SEED + 1)
+
+
+def normalize_prompt(text: str, mode: Normalization = limits.DEFAULT_NORMALIZATION) -> str:
     """Canonicalise prompt text; applied before hashing and before generation alike.
 
     basic: Unicode NFC, trimmed, runs of whitespace collapsed to one space.

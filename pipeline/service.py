@@ -9,86 +9,38 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import secrets
-import threading
 import time
-from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from dataclasses import replace
+from typing import Any
 
-from cache import MISS, Entry, Hit, LayeredCache, TierUnavailable, is_namespace, make_key
-from pipeline.engine import Engine, ModelUnavailable, Progress, ShuttingDown
+from cache import DEFAULT_NAMESPACE, MISS, Entry, Hit, LayeredCache, bad_namespace, is_namespace, make_key
+from pipeline.engine import Engine
+from pipeline.errors import ModelUnavailable, RequestInvalid
+from pipeline.limits import MAX_SEED, RANDOM_SEED, Normalization
 from pipeline.loading import ModelIdentity
-from pipeline.request import (
-    MAX_SEED,
-    CanonicalRequest,
-    GenerationRequest,
-    Normalization,
-    RequestInvalid,
-    check_size,
-)
+from pipeline.rendering import Progress
+from pipeline.request import CanonicalRequest, GenerationRequest, check_size, random_seed
+from pipeline.results import BYPASS_TIER, MISS_TIER, GenerationResult, Outcome
+from pipeline.single_flight import WAIT_LIMIT_S, FlightLocks, SingleFlight
+from pipeline.statistics import ServiceStatistics
 
 log = logging.getLogger(__name__)
-
-MISS_TIER, BYPASS_TIER = "miss", "bypass"
-# How a replica waiting for another's generation polls the shared cache.
-POLL_START_S, POLL_MAX_S = 0.02, 0.5
-# A replica stops waiting for another after this and generates itself.
-WAIT_LIMIT_S = 600.0
-# What waiting for another replica ends in when nobody waits for the result any more.
-_ABANDONED = object()
-# Recent durations kept for the p50/p95 in stats.
-LATENCY_WINDOW = 1000
-
-Outcome = tuple[str, Entry, dict[str, float]]  # tier, entry, timings
-
-
-class Lease(Protocol):
-    refresh_every_s: float
-
-    def refresh(self) -> bool: ...
-    def release(self) -> None: ...
-
-
-class FlightLocks(Protocol):
-    """Cross-replica single flight: one lock per entry (the Redis tier provides it)."""
-
-    def try_lock(self, namespace: str, key: str) -> Lease | None:
-        """A lease on the entry's lock, or None while another replica holds it."""
-
-    def lock_held(self, namespace: str, key: str) -> bool: ...
-
-
-@dataclass(frozen=True)
-class GenerationResult:
-    """What a caller gets back for one image: the stored bytes and where they came from."""
-
-    key: str
-    cache: str  # memory | disk | redis | miss | bypass
-    entry: Entry
-    request: CanonicalRequest
-    duration: float  # seconds spent in the service for this call
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def seed(self) -> int:
-        return self.request.seed
 
 
 class GenerationService:
     """Looks up the cache, else generates (once per key at a time), then stores.
 
     Guarantees: a hit never waits behind a generation (lookups run on the event
-    loop or threads, the model on the engine's); concurrent identical requests share one
-    generation — in this process always, across replicas when `locks` is given
-    (a Redis lock; if Redis is down each replica generates for itself); that
-    generation finishes and is stored even if every caller gives up waiting.
-    Waiting for another replica's generation is bounded by `replica_wait_s`
-    (then this replica generates itself) and ends as soon as no caller waits for
-    the result. `no_cache`, and prompts matching `no_store_patterns`, neither read
-    nor write the cache, the prompt-embedding cache included. Observers see every
-    result (for metrics).
+    loop or threads, the model on the engine's); concurrent identical requests
+    share one generation (pipeline.single_flight) — in this process always, across
+    replicas when `locks` is given (a Redis lock; if Redis is down each replica
+    generates for itself); that generation finishes and is stored even if every
+    caller gives up waiting. Waiting for another replica's generation is bounded
+    by `replica_wait_s` (then this replica generates itself) and ends as soon as no
+    caller waits for the result. `no_cache`, and prompts matching
+    `no_store_patterns`, neither read nor write the cache, the prompt-embedding
+    cache included. Observers see every result (for metrics).
     """
 
     def __init__(
@@ -105,25 +57,19 @@ class GenerationService:
     ) -> None:
         self.engine = engine
         self.cache = cache
-        self.locks = locks
         self.normalization = normalization
         self.no_store_patterns = list(no_store_patterns)
         self.model_wait_s = model_wait_s
-        self.replica_wait_s = replica_wait_s
         self.log_prompts = log_prompts
+        self.flights = SingleFlight(cache, locks, replica_wait_s=replica_wait_s)
+        self.statistics = ServiceStatistics()
         self.observers: list[Callable[[GenerationResult], None]] = []
-        self._flights: dict[tuple[str, str], asyncio.Future[Outcome]] = {}
-        self._fills: set[asyncio.Task[None]] = set()
-        self._waiters: Counter[tuple[str, str]] = Counter()  # callers awaiting each flight
-        self._counts: Counter[str] = Counter()
-        self._latency = {"generation": deque(maxlen=LATENCY_WINDOW), "hit": deque(maxlen=LATENCY_WINDOW)}
-        self._lock = threading.Lock()
 
     async def generate(
         self,
         request: GenerationRequest,
         *,
-        namespace: str = "public",
+        namespace: str = DEFAULT_NAMESPACE,
         no_cache: bool = False,
         normalization: Normalization | None = None,
         progress: Progress | None = None,
@@ -139,7 +85,7 @@ class GenerationService:
         request: GenerationRequest,
         batch_size: int,
         *,
-        namespace: str = "public",
+        namespace: str = DEFAULT_NAMESPACE,
         no_cache: bool = False,
         normalization: Normalization | None = None,
         progress: Progress | None = None,
@@ -147,17 +93,17 @@ class GenerationService:
         """`batch_size` images of one prompt, image i with seed `seed + i` (each drawn when
         the seed is -1). Each is looked up on its own; the misses are generated together."""
         started = time.perf_counter()
-        self._count("requests", batch_size)
+        self.statistics.count("requests", batch_size)
 
         # 1. Validate what depends on the served model, and canonicalise.
         if not is_namespace(namespace):
-            raise RequestInvalid("namespace", f"namespace {namespace!r} must be 1-64 of a-z, 0-9, _ and -")
+            raise RequestInvalid("namespace", bad_namespace(namespace))
         identity = await self.model_identity()
         base = request.canonical(normalization or self.normalization)
         check_size("width", base.width, identity.min_size, identity.max_size)
         check_size("height", base.height, identity.min_size, identity.max_size)
-        if request.seed == -1:
-            seeds = [base.seed] + [secrets.randbelow(MAX_SEED + 1) for _ in range(batch_size - 1)]
+        if request.seed == RANDOM_SEED:
+            seeds = [base.seed] + [random_seed() for _ in range(batch_size - 1)]
         else:
             seeds = [(base.seed + i) % (MAX_SEED + 1) for i in range(batch_size)]
         canonicals = [replace(base, seed=seed) for seed in seeds]
@@ -176,36 +122,18 @@ class GenerationService:
             i: (hit.tier, hit.entry, {"lookup": lookup}) for i, hit in enumerate(hits) if isinstance(hit, Hit)
         }
 
-        # 4. Misses: join the fills of these keys already under way here, or start one
-        #    for the rest, which generates them in one batch.
-        waits: dict[int, asyncio.Future[Outcome]] = {}
-        new: dict[str, CanonicalRequest] = {}
-        for i, key in enumerate(keys):
-            if i in outcomes:
-                continue
-            flight = self._flights.get((namespace, key))
-            if flight is None:
-                flight = asyncio.get_running_loop().create_future()
-                flight.add_done_callback(_consume_exception)
-                self._flights[(namespace, key)] = flight
-                new[key] = canonicals[i]
-            waits[i] = flight
-        #    Counting the waiters lets a wait for another replica end once all have left.
-        waiting = [(namespace, keys[i]) for i in waits]
-        self._waiters.update(waiting)
-        try:
-            if new:
-                fill = asyncio.ensure_future(self._fill(namespace, new, progress))
-                self._fills.add(fill)
-                fill.add_done_callback(self._fills.discard)
-            for i, flight in waits.items():
-                outcomes[i] = await asyncio.shield(flight)
-        finally:
-            self._waiters.subtract(waiting)
-            for name in waiting:
-                if self._waiters[name] <= 0:
-                    del self._waiters[name]
+        # 4. Misses: one flight per key, here and across replicas; the keys nobody is
+        #    making yet are generated in one batch and stored.
+        missed = {keys[i]: canonicals[i] for i in range(batch_size) if i not in outcomes}
+        if missed:
 
+            async def produce(todo: dict[str, CanonicalRequest]) -> dict[str, Outcome]:
+                return await self._generate_and_store(namespace, todo, progress)
+
+            made = await self.flights.run(namespace, missed, produce)
+            outcomes.update({i: made[keys[i]] for i in range(batch_size) if i not in outcomes})
+
+        # 5. The results, counted and shown to the observers.
         return self._results(keys, canonicals, [outcomes[i] for i in range(batch_size)], started)
 
     async def lookup(self, namespace: str, key: str) -> Hit | Any:
@@ -238,178 +166,39 @@ class GenerationService:
 
     def stats(self) -> dict[str, Any]:
         """Requests (images asked for), generations (pipeline runs), images generated,
-        hit rate, per tier: hits, entries, bytes and errors; latency percentiles."""
-        tiers = self.cache.stats()
-        with self._lock:
-            counts = self._counts.copy()
-            latency = {name: sorted(values) for name, values in self._latency.items()}
-        hits = 0
-        for name, tier in tiers.items():
-            tier["hits"] = counts[f"hits:{name}"]
-            hits += tier["hits"]
-        requests = counts["requests"]
+        hit rate, per tier: hits, entries, bytes and errors; the prompt-embedding cache,
+        the queue, latency percentiles (pipeline.statistics)."""
+        stats = self.statistics.snapshot(self.cache.stats())
+        latency = stats.pop("latency")
         return {
-            "requests": requests,
-            "generations": counts["generations"],
-            "generated_images": counts["generated_images"],
-            "hit_rate": round(hits / requests, 4) if requests else 0.0,
-            "tiers": tiers,
+            **stats,
             "embeddings": self.engine.embeddings.stats(),
             "queue_depth": self.engine.queue_depth,
-            "latency": {name: _percentiles(values) for name, values in latency.items()},
+            "latency": latency,
         }
 
-    async def _fill(
-        self, namespace: str, items: dict[str, CanonicalRequest], progress: Progress | None
-    ) -> None:
-        """Produce the entries of missed keys and resolve their flights: generate and
-        store them, or, for keys another replica holds the lock of, wait for its result."""
-        flights = {key: self._flights[(namespace, key)] for key in items}
-        try:
-            outcomes = await self._produce(namespace, items, progress)
-            for key, flight in flights.items():
-                if key in outcomes:
-                    flight.set_result(outcomes[key])
-                else:  # abandoned while waiting for another replica: nobody awaits it
-                    flight.cancel()
-        except BaseException as exc:
-            for flight in flights.values():
-                if not flight.done():
-                    flight.set_exception(
-                        exc
-                        if isinstance(exc, Exception)
-                        else ShuttingDown("the generation was cancelled: the service is shutting down")
-                    )
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            for key, flight in flights.items():
-                if self._flights.get((namespace, key)) is flight:
-                    del self._flights[(namespace, key)]
-
-    async def _produce(
-        self, namespace: str, items: dict[str, CanonicalRequest], progress: Progress | None
-    ) -> dict[str, Outcome]:
-        """Outcomes of the keys in `items`, leaving out those whose callers all left
-        while another replica was making them."""
-        started = time.perf_counter()
-        deadline = time.monotonic() + self.replica_wait_s
-        done: dict[str, Outcome] = {}
-        pending = dict(items)
-        while pending:
-            # 1. Take the cross-replica lock of each key we can; the rest are another's.
-            #    Past the deadline nobody is waited for any more: generate them here.
-            mine: dict[str, tuple[CanonicalRequest, Lease | None]] = {}
-            theirs: dict[str, CanonicalRequest] = {}
-            for key, canonical in pending.items():
-                lease = None
-                if self.locks is not None and time.monotonic() < deadline:
-                    try:
-                        lease = await asyncio.to_thread(self.locks.try_lock, namespace, key)
-                    except TierUnavailable:
-                        lease = None  # Redis is down: generating here beats not answering
-                    else:
-                        if lease is None:
-                            theirs[key] = canonical
-                            continue
-                mine[key] = (canonical, lease)
-
-            # 2. Generate ours (one batch) and store them before the locks go.
-            if mine:
-                done.update(await self._generate_and_store(namespace, mine, progress))
-
-            # 3. Wait for the other replicas' results; a key whose holder let go
-            #    without storing, or that took past the deadline, goes round again.
-            waited = await asyncio.gather(
-                *(self._await_other_replica(namespace, key, deadline) for key in theirs)
-            )
-            pending = {}
-            for (key, canonical), hit in zip(theirs.items(), waited, strict=True):
-                if isinstance(hit, Hit):
-                    done[key] = (hit.tier, hit.entry, {"wait": time.perf_counter() - started})
-                elif hit is not _ABANDONED:
-                    pending[key] = canonical
-        return done
-
     async def _generate_and_store(
-        self,
-        namespace: str,
-        mine: dict[str, tuple[CanonicalRequest, Lease | None]],
-        progress: Progress | None,
+        self, namespace: str, todo: dict[str, CanonicalRequest], progress: Progress | None
     ) -> dict[str, Outcome]:
-        leases = [lease for _, lease in mine.values() if lease is not None]
-        keepalive = [asyncio.ensure_future(self._keep_alive(lease)) for lease in leases]
-        try:
-            # The previous holder of a lock may have stored the entry before we took it.
-            done: dict[str, Outcome] = {}
-            if leases:
-                found = await asyncio.to_thread(lambda: {k: self.cache.get(namespace, k) for k in mine})
-                done = {k: (h.tier, h.entry, {}) for k, h in found.items() if isinstance(h, Hit)}
-            todo = {k: c for k, (c, _) in mine.items() if k not in done}
-            if todo:
-                generated = await self._generate(list(todo.values()), progress, embedding_scope=namespace)
-                stored = time.perf_counter()
-                await asyncio.to_thread(
-                    lambda: [
-                        self.cache.put(namespace, k, e) for k, (e, _) in zip(todo, generated, strict=True)
-                    ]
-                )
-                store_s = time.perf_counter() - stored
-                for key, (entry, timings) in zip(todo, generated, strict=True):
-                    done[key] = (MISS_TIER, entry, {**timings, "store": store_s})
-            return done
-        finally:
-            for task in keepalive:
-                task.cancel()
-            for lease in leases:
-                await asyncio.to_thread(lease.release)
-
-    async def _await_other_replica(self, namespace: str, key: str, deadline: float) -> Hit | Any:
-        """Poll, with back-off, until the entry appears (Hit), its lock is gone or the
-        deadline passes (MISS), or no caller waits for it any more (_ABANDONED)."""
-        assert self.locks is not None
-        delay = POLL_START_S
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                log.warning(
-                    "waited %.0f s for another replica's image; generating it here", self.replica_wait_s
-                )
-                return MISS
-            await asyncio.sleep(min(delay, left))
-            delay = min(delay * 1.5, POLL_MAX_S)
-            if not self._waiters[(namespace, key)]:
-                # Unlisted at once, in this step, so that no new caller joins a
-                # flight that is about to end without a result: it starts its own.
-                self._flights.pop((namespace, key), None)
-                log.info("stopped waiting for another replica's image: its callers left")
-                return _ABANDONED
-            hit = await asyncio.to_thread(self.cache.get, namespace, key)
-            if isinstance(hit, Hit):
-                return hit
-            try:
-                held = await asyncio.to_thread(self.locks.lock_held, namespace, key)
-            except TierUnavailable:
-                return MISS
-            if not held:
-                # Stored and released between our two looks, or abandoned.
-                return await asyncio.to_thread(self.cache.get, namespace, key)
-
-    @staticmethod
-    async def _keep_alive(lease: Lease) -> None:
-        while True:
-            await asyncio.sleep(lease.refresh_every_s)
-            if not await asyncio.to_thread(lease.refresh):
-                log.warning("lost a generation lock; another replica may generate the same image")
-                return
+        """Generate the entries of `todo` in one batch and store them in every tier."""
+        generated = await self._generate(list(todo.values()), progress, embedding_scope=namespace)
+        stored = time.perf_counter()
+        await asyncio.to_thread(
+            lambda: [self.cache.put(namespace, k, e) for k, (e, _) in zip(todo, generated, strict=True)]
+        )
+        store_s = time.perf_counter() - stored
+        return {
+            key: (MISS_TIER, entry, {**timings, "store": store_s})
+            for key, (entry, timings) in zip(todo, generated, strict=True)
+        }
 
     async def _generate(
         self, canonicals: list[CanonicalRequest], progress: Progress | None, *, embedding_scope: str | None
     ) -> list[tuple[Entry, dict[str, float]]]:
         queued = time.perf_counter()
         future = self.engine.submit(canonicals, progress, embedding_scope=embedding_scope)
-        self._count("generations")
-        self._count("generated_images", len(canonicals))
+        self.statistics.count("generations")
+        self.statistics.count("generated_images", len(canonicals))
         generated = await asyncio.wrap_future(future)
         first = canonicals[0]
         # Prompts are user data: logged only when asked for, and never a do-not-cache one.
@@ -446,32 +235,8 @@ class GenerationService:
             )
             for key, canonical, (tier, entry, timings) in zip(keys, canonicals, outcomes, strict=True)
         ]
-        with self._lock:
-            for result in results:
-                if result.cache in (MISS_TIER, BYPASS_TIER):
-                    self._latency["generation"].append(result.duration)
-                else:
-                    self._counts[f"hits:{result.cache}"] += 1
-                    self._latency["hit"].append(result.duration)
+        self.statistics.served(results)
         for observer in self.observers:
             for result in results:
                 observer(result)
         return results
-
-    def _count(self, name: str, n: int = 1) -> None:
-        with self._lock:
-            self._counts[name] += n
-
-
-def _percentiles(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p95": None, "count": 0}
-    pick = lambda q: values[min(len(values) - 1, int(q * len(values)))]  # noqa: E731
-    return {"p50": round(pick(0.50), 6), "p95": round(pick(0.95), 6), "count": len(values)}
-
-
-def _consume_exception(future: asyncio.Future[Any]) -> None:
-    # Every waiter gets the exception; this keeps asyncio from reporting it as
-    # never retrieved when no waiter was left.
-    if not future.cancelled():
-        future.exception()

@@ -125,7 +125,7 @@ def _build(path: Path) -> None:
     pipe = ZImagePipeline(
         scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
     )
-    from pipeline.loading import quiet_progress_bars
+    from pipeline.placement import quiet_progress_bars
 
     quiet_progress_bars()
     pipe.save_pretrained(path)

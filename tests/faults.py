@@ -27,16 +27,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def gate_warmup(gate: str) -> None:
-    import prewarm
+    from pipeline import warmup
 
-    warm_up = prewarm.warm_up
+    warm_up = warmup.warm_up
 
     def gated(*args, **kwargs):
         while os.path.exists(gate):
             time.sleep(0.05)
         warm_up(*args, **kwargs)
 
-    prewarm.warm_up = gated
+    warmup.warm_up = gated
 
 
 def broken_transformer(

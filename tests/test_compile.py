@@ -4,7 +4,6 @@ recompiles after /ready, and a restart finds the compiled kernels under --cache-
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -16,9 +15,9 @@ import torch._dynamo
 from torch._dynamo.utils import counters
 
 from pipeline.compile import RECOMPILE_LIMIT, should_compile
-from pipeline.engine import FAILED, READY, Engine
+from pipeline.engine import Engine, EngineState
 from pipeline.request import CanonicalRequest
-from prewarm import warm_up
+from pipeline.warmup import warm_up
 
 T = TypeVar("T")
 LONG_NEGATIVE = "blurry, low quality, watermark, extra fingers, oversaturated, " * 4
@@ -26,11 +25,8 @@ LONG_NEGATIVE = "blurry, low quality, watermark, extra fingers, oversaturated, "
 
 def warmed(engine: Engine) -> Engine:
     engine.start()
-    deadline = time.monotonic() + 600
-    while engine.state not in (READY, FAILED):
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    assert engine.state == READY, engine.error
+    engine.wait_settled(600)
+    assert engine.state == EngineState.READY, engine.error
     return engine
 
 

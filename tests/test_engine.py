@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from PIL import Image
 
 import pipeline.encoding
 from pipeline import attention
-from pipeline.engine import FAILED, READY, Engine
+from pipeline.engine import Engine, EngineState
 from pipeline.request import CanonicalRequest
 
 LONG_NEGATIVE = "blurry, low quality, watermark, extra fingers, oversaturated, " * 4
@@ -24,11 +23,8 @@ LONG_NEGATIVE = "blurry, low quality, watermark, extra fingers, oversaturated, "
 
 def started(engine: Engine) -> Engine:
     engine.start()
-    deadline = time.monotonic() + 120
-    while engine.state not in (READY, FAILED):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    assert engine.state == READY, engine.error
+    engine.wait_settled(120)
+    assert engine.state == EngineState.READY, engine.error
     return engine
 
 
@@ -95,7 +91,7 @@ def test_the_next_denoising_starts_while_the_last_image_is_encoded(
 
 
 def test_nan_and_black_checks_run_on_the_encoding_threads_and_fail_the_future(engine: Engine) -> None:
-    from pipeline.engine import GenerationFailed
+    from pipeline.errors import GenerationFailed
 
     vae = engine._pipe.vae
     original = vae.decoder.conv_out.bias.detach().clone()
@@ -174,12 +170,9 @@ def test_with_a_flash_kernel_masked_calls_go_to_native_and_the_rest_to_flash(
 def test_an_explicit_backend_that_cannot_run_fails_the_model_with_the_fix(models_dir: Path) -> None:
     engine = Engine("tiny", models_dir, attention_backend="flash")  # flash-attn is not installed here
     engine.start()
-    deadline = time.monotonic() + 60
-    while engine.state not in (READY, FAILED):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    engine.wait_settled(60)
     engine.close()
-    assert engine.state == FAILED
+    assert engine.state == EngineState.FAILED
     assert "--attention-backend flash cannot run here" in (engine.error or "")
     assert "flash-attn" in (engine.error or "") and "auto" in (engine.error or "")
 

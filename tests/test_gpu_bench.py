@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from bench.gpu import CONFIGS, transformer_flops
+from bench.full_model import CONFIGS, transformer_flops
 from tests.conftest import ROOT
 
 
@@ -95,7 +95,7 @@ def test_one_full_size_transformer_forward_at_1024_is_about_57_tflop() -> None:
 
 def test_the_full_size_pipeline_builds_in_bfloat16_without_a_float32_copy(tmp_path: Path) -> None:
     # The CUDA path's builder, on the meta device: shapes and dtypes, no memory.
-    from bench.gpu import build_full_pipeline
+    from bench.full_model import build_full_pipeline
 
     pipe = build_full_pipeline(CONFIGS, "meta", tmp_path / "models")
     sizes = {

@@ -21,7 +21,7 @@ import pytest
 from bench.procs import NotReady, wait_until
 from cache import Entry
 from pipeline.request import GenerationRequest
-from pipeline.service import GenerationResult
+from pipeline.results import GenerationResult
 from tests.conftest import Server, free_port, ui_call
 from web.ui_images import UiImages
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.engine import is_fatal_device_error
+from pipeline.device_errors import is_fatal_device_error
 from tests.conftest import ROOT, Server
 
 PREWARM = [sys.executable, str(ROOT / "prewarm.py"), "--model", "tiny", "--no-progress"]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from bench.gpu import CONFIGS
+from bench.full_model import CONFIGS
 from pipeline.loading import load_pipeline, resolve_model
 from pipeline.meta_memory import MemoryNeeds, memory_needs
 from pipeline.placement import (
@@ -180,6 +180,7 @@ def test_the_text_encoder_runs_where_it_lives_and_its_output_goes_to_the_transfo
     from accelerate import cpu_offload_with_hook
 
     from pipeline.engine import Engine
+    from pipeline.rendering import Render
 
     engine = Engine("tiny", tmp_path / "models", embedding_cache_bytes=0)
     engine.start()
@@ -192,7 +193,8 @@ def test_the_text_encoder_runs_where_it_lives_and_its_output_goes_to_the_transfo
     encode = pipe.encode_prompt
     monkeypatch.setattr(pipe, "encode_prompt", lambda **kw: seen.append(kw["device"]) or encode(**kw))
     # The transformer's device stands in for CUDA: meta takes any tensor without a GPU.
-    embeds = engine._embed("a lighthouse", identity, torch.device("meta"))
+    render = Render(pipe, identity, embeddings=engine.embeddings, fits=engine.fits)
+    embeds = render.embed("a lighthouse", torch.device("meta"))
     assert seen == [torch.device("cpu")] and {t.device.type for t in embeds} == {"meta"}
 
     # Under accelerate's offload hooks the encoder runs on the hooks' execution device.

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pipeline.encoding import generation_parameters
-from pipeline.engine import FAILED, Engine
+from pipeline.engine import Engine, EngineState
 from pipeline.loading import ModelOptions, check_quantize, resolve_model
 from pipeline.meta_memory import module_bytes
 from pipeline.placement import Placement, load_placed
@@ -56,7 +56,7 @@ def test_an_engine_asked_for_fp8_on_the_cpu_fails_with_the_reason(tmp_path: Path
     engine.start()
     with pytest.raises(Exception, match="--quantize fp8 needs a CUDA GPU"):
         engine.identity_future.result(timeout=60)
-    assert engine.state == FAILED and "--quantize fp8 needs a CUDA GPU" in (engine.error or "")
+    assert engine.state == EngineState.FAILED and "--quantize fp8 needs a CUDA GPU" in (engine.error or "")
     engine.close(10)
 
 
@@ -111,7 +111,8 @@ def test_torchao_quantizes_the_transformer_to_float8_as_the_estimate_says(
 
 
 def test_the_gpu_benchmark_refuses_fp8_as_the_service_does(tmp_path: Path) -> None:
-    from bench.gpu import CONFIGS, build_full_pipeline, main
+    from bench.full_model import CONFIGS, build_full_pipeline
+    from bench.gpu import main
 
     with pytest.raises(ValueError, match="--quantize fp8 needs a CUDA GPU"):
         build_full_pipeline(CONFIGS, "meta", tmp_path / "models", quantize="fp8")

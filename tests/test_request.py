@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from pipeline.request import GenerationRequest, RequestInvalid, check_size, normalize_prompt
+from pipeline.errors import RequestInvalid
+from pipeline.request import GenerationRequest, check_size, normalize_prompt
 
 
 def test_defaults_are_the_turbo_settings() -> None:

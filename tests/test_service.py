@@ -16,7 +16,8 @@ from PIL import Image
 
 from cache import MISS, DiskTier, Hit, LayeredCache, MemoryTier
 from cache.redis_tier import RedisTier
-from pipeline.engine import FAILED, READY, Engine, GenerationFailed
+from pipeline.engine import Engine, EngineState
+from pipeline.errors import GenerationFailed
 from pipeline.request import CanonicalRequest, GenerationRequest
 from pipeline.service import GenerationService
 from pipeline.tiny_model import ensure_tiny_model
@@ -25,11 +26,8 @@ from tests.conftest import RedisServer
 
 def started(engine: Engine) -> Engine:
     engine.start()
-    deadline = time.monotonic() + 120
-    while engine.state not in (READY, FAILED):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    assert engine.state == READY, engine.error
+    engine.wait_settled(120)
+    assert engine.state == EngineState.READY, engine.error
     return engine
 
 
@@ -205,15 +203,15 @@ def test_a_replica_stops_waiting_when_its_caller_leaves(engine: Engine, redis_se
         assert other is not None  # another replica is making it, for a long time
         caller = asyncio.ensure_future(service.generate(req))
         await asyncio.sleep(0.3)  # polling by now
-        assert service._fills and not caller.done()
+        assert service.flights._fills and not caller.done()
         caller.cancel()  # the client went away
-        await asyncio.wait(set(service._fills), timeout=BOUND_S)
-        assert not service._fills and not service._flights  # the wait ended with it
+        await asyncio.wait(set(service.flights._fills), timeout=BOUND_S)
+        assert not service.flights._fills and not service.flights._flights  # the wait ended with it
         assert service.stats()["generations"] == 0
         # A new caller starts afresh (and waits, as the lock is still held).
         again = asyncio.ensure_future(service.generate(req))
         await asyncio.sleep(0.1)
-        assert service._flights
+        assert service.flights._flights
         other.release()
         assert (await asyncio.wait_for(again, BOUND_S)).cache == "miss"
 
@@ -233,9 +231,11 @@ def test_known_prompt_skips_the_text_encoder_and_images_stay_bit_identical(model
                 "a fox", seed=2, width=96, guidance_scale=guidance, negative_prompt="blur"
             ).canonical()
             cached.submit([first]).result()[0]
-            runs = cached.encoder_runs
+            runs = cached.embeddings.stats()["misses"]  # text-encoder runs
             a = cached.submit([second]).result()[0]
-            assert cached.encoder_runs == runs  # neither prompt nor negative prompt re-encoded
+            assert (
+                cached.embeddings.stats()["misses"] == runs
+            )  # neither prompt nor negative prompt re-encoded
             b = uncached.submit([second]).result()[0]
             assert a.data == b.data
         assert cached.embeddings.stats()["hits"] >= 3
@@ -278,11 +278,8 @@ def test_a_model_that_makes_nan_images_fails_its_warm_up_with_the_reason(
     save_file(tensors, weights)
     engine = Engine(str(broken), models_dir)
     engine.start()  # its warm-up fails: the model is marked failed with the reason
-    deadline = time.monotonic() + 60
-    while engine.state not in (READY, FAILED):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    assert engine.state == FAILED
+    engine.wait_settled(60)
+    assert engine.state == EngineState.FAILED
     assert "NaN" in (engine.error or "")
     engine.close()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app import Settings, load_settings
+from runtime.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,15 +20,27 @@ from fastapi import APIRouter, Body
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipeline.image_metadata import SAMPLER, SCHEDULE_TYPE, a1111_parameters, model_hash, model_name
+from pipeline import limits
+from pipeline.errors import RequestInvalid
+from pipeline.image_metadata import (
+    SAMPLER,
+    SCHEDULE_TYPE,
+    a1111_cfg_scale,
+    a1111_parameters,
+    model_hash,
+    model_name,
+)
 from pipeline.loading import ModelIdentity
-from pipeline.request import GenerationRequest, RequestInvalid, snap_size
+from pipeline.request import GenerationRequest, seed_field, snap_size, steps_field
 from pipeline.service import GenerationService
-from web.api import Namespace
+from web.auth import Namespace
 from web.schemas import error_responses
 
-MAX_IMAGES = 8
-MAX_CFG_SCALE = 21.0  # guidance_scale 20 in A1111's convention
+MAX_IMAGES = limits.MAX_API_BATCH
+MAX_CFG_SCALE = a1111_cfg_scale(limits.MAX_GUIDANCE)  # guidance_scale 20 in A1111's convention
+SNAPPED = f"Snapped to the nearest multiple of {limits.SIZE_MULTIPLE} within the model's range."
+# A1111's fields that are ours too, by name and meaning.
+SAME_FIELDS = {"prompt", "negative_prompt", "seed", "steps"}
 # A1111's names for our request fields, for error locations.
 A1111_FIELD = {"guidance_scale": "cfg_scale"}
 
@@ -40,17 +52,17 @@ class Txt2ImgRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    prompt: str = Field("", description="What to draw; 1 to 2000 characters.")
+    prompt: str = Field("", description=f"What to draw; 1 to {limits.MAX_PROMPT_CHARS} characters.")
     negative_prompt: str = Field("", description="What to avoid; only used when cfg_scale > 1.")
-    seed: int = Field(-1, description="Random seed, 0..4294967295; -1 (the default) draws one.")
-    steps: int = Field(8, description="Denoising steps, 1..50 (Turbo is distilled for 8).")
+    seed: int = seed_field(limits.RANDOM_SEED)
+    steps: int = steps_field()
     cfg_scale: float = Field(
         1.0,
         description="A1111's CFG scale: 1 or less turns guidance off (Turbo's setting); c above 1 is our "
         f"guidance_scale c - 1, up to {MAX_CFG_SCALE:g}.",
     )
-    width: int = Field(1024, description="Snapped to the nearest multiple of 16 within the model's range.")
-    height: int = Field(1024, description="Snapped to the nearest multiple of 16 within the model's range.")
+    width: int = Field(limits.DEFAULT_SIZE, description=SNAPPED)
+    height: int = Field(limits.DEFAULT_SIZE, description=SNAPPED)
     batch_size: int = Field(
         1, ge=1, le=MAX_IMAGES, description=f"Images per batch; batch_size x n_iter <= {MAX_IMAGES}."
     )
@@ -109,12 +121,9 @@ def create_a1111_router(service: GenerationService) -> APIRouter:
         height = snap_size(body.height, identity.min_size, identity.max_size)
         try:
             request = GenerationRequest(
-                prompt=body.prompt,
-                negative_prompt=body.negative_prompt,
-                seed=body.seed,
+                **body.model_dump(include=SAME_FIELDS),
                 width=width,
                 height=height,
-                steps=body.steps,
                 guidance_scale=max(0.0, body.cfg_scale - 1.0),
             )
         except ValidationError as exc:

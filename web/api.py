@@ -5,37 +5,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Awaitable, Sequence
-from typing import Annotated, Any, TypeVar
+from collections.abc import AsyncIterator, Sequence
+from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Query, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPAuthorizationCredentials
 from fastapi_offline import FastAPIOffline
-from pydantic import Field
 from starlette.routing import Route
 
-from cache import Hit, is_namespace
-from pipeline.engine import READY, Engine, GenerationFailed, ModelUnavailable, QueueFull
-from pipeline.request import GenerationRequest, RequestInvalid
-from pipeline.service import BYPASS_TIER, GenerationResult, GenerationService
-from web.auth import Access
+from cache import DEFAULT_NAMESPACE, Hit, bad_namespace, is_namespace
+from pipeline.engine import Engine, EngineState
+from pipeline.errors import RequestInvalid
+from pipeline.request import GenerationRequest
+from pipeline.results import BYPASS_TIER, GenerationResult
+from pipeline.service import GenerationService
+from web.a1111 import create_a1111_router
+from web.auth import BEARER, Access, Namespace
+from web.body_limit import BodyLimit
+from web.disconnect import unless_client_leaves
+from web.errors import install_error_handlers
 from web.http_semantics import CORSMiddleware, HeadAsGet, cors_options
+from web.mcp_server import MCP_PATH, McpEndpoint, create_mcp_server
 from web.metrics import Metrics
+from web.openai_api import create_openai_router
 from web.schemas import (
+    BatchRequest,
     BatchResult,
     CacheStats,
     ClearResult,
     Health,
     Info,
     Readiness,
+    RunQuery,
     RunResult,
     error_responses,
+    finish_openapi,
     image_response,
 )
-
-T = TypeVar("T")
 
 IMAGE_NAME = re.compile(r"([0-9a-f]{64})\.(png|jpeg|webp)")
 # A stored image never changes under its URL. Shared caches (a proxy, a CDN) may keep
@@ -45,147 +52,7 @@ IMAGE_NAME = re.compile(r"([0-9a-f]{64})\.(png|jpeg|webp)")
 PUBLIC_IMMUTABLE = "public, max-age=31536000, immutable"
 PRIVATE_IMMUTABLE = "private, max-age=31536000, immutable"
 IMAGE_VARY = "Authorization, X-Namespace"
-DEFAULT_NAMESPACE = "public"
-RETRY_AFTER_S = 5
 METRICS_TYPES = ("text/plain", "application/openmetrics-text")
-MAX_API_BATCH = 8
-# The largest valid request is two 2,000-character prompts of characters outside
-# the BMP: 16 KB as UTF-8, 48 KB if a client escapes each as a `\ud83d\ude00` pair;
-# a Gradio event carries the same fields plus a few hundred bytes. Anything larger
-# is a mistake or an attack.
-MAX_BODY_BYTES = 64 * 1024
-CLIENT_GONE = 499  # nginx's code for a request whose client closed the connection
-# Documents the bearer scheme in OpenAPI; Access does the checking (and knows
-# whether keys are on at all).
-BEARER = HTTPBearer(
-    auto_error=False, description="An API token from the --api-keys file (needed only when it is set)."
-)
-
-
-class BodyLimit:
-    """ASGI middleware: 413 for a request body over `max_bytes`, on every route (the
-    API's, Gradio's and any other), judged by Content-Length and by counting what
-    arrives (a chunked body has no length).
-
-    The body is read whole before the route runs (it is at most `max_bytes`), so a
-    refused request never reaches a route and nothing of it is kept; the route
-    then reads it from memory, and later `receive` calls (to see a disconnect) go
-    to the server as before.
-    """
-
-    def __init__(self, app: Any, max_bytes: int = MAX_BODY_BYTES) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            await self._too_large(send, scope["path"])
-            return
-        chunks: list[bytes] = []
-        seen = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return  # gone before its body arrived: nobody to answer
-            chunk = message.get("body", b"")
-            seen += len(chunk)
-            if seen > self.max_bytes:
-                await self._too_large(send, scope["path"])
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body: dict | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-
-        async def replay() -> dict:
-            nonlocal body
-            if body is not None:
-                message, body = body, None
-                return message
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    @property
-    def message(self) -> str:
-        return f"request body over {self.max_bytes} bytes; a generation request is a few KB"
-
-    async def _too_large(self, send: Any, path: str) -> None:
-        error: dict[str, Any] = {"detail": self.message}
-        if path.startswith("/v1/"):  # OpenAI's clients read OpenAI's error shape
-            error = {"error": {"message": self.message, "type": "invalid_request_error", "param": None}}
-            error["error"]["code"] = "request_too_large"
-        body = JSONResponse(error, status_code=413)
-        await send({"type": "http.response.start", "status": 413, "headers": body.raw_headers})
-        await send({"type": "http.response.body", "body": body.body})
-
-
-class ClientGone(Exception):
-    """The client closed the connection before its answer was ready."""
-
-
-async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
-    """The result of `work`, or ClientGone as soon as the client disconnects, `work`
-    then cancelled: a wait for another replica ends with it. A generation it started
-    goes on and is stored (GenerationService shields it), so nothing is lost."""
-    task = asyncio.ensure_future(work)
-    await asyncio.sleep(0)  # its first step: a memory hit is done here, with no watcher to start
-    if task.done():
-        return task.result()
-
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watch = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watch.cancel()
-        if not task.done():
-            task.cancel()
-    if not task.done() or task.cancelled():
-        raise ClientGone
-    return task.result()
-
-
-class RunQuery(GenerationRequest):
-    """The query string of `GET /run`: the request fields plus `no_cache`."""
-
-    no_cache: bool = Field(False, description="Neither read nor write the cache; always generate.")
-
-
-class BatchRequest(GenerationRequest):
-    """The body of `POST /api/generate`: the request fields plus a batch size."""
-
-    batch_size: int = Field(
-        1,
-        ge=1,
-        le=MAX_API_BATCH,
-        description=f"Images to make, 1..{MAX_API_BATCH}; image i has seed `seed + i` (each drawn when seed is -1).",
-    )
-    no_cache: bool = Field(False, description="Neither read nor write the cache; always generate.")
-
-
-async def caller_namespace(  # async: FastAPI would run a plain def on a worker thread
-    request: Request,
-    x_namespace: Annotated[
-        str | None,
-        Header(description="Cache namespace (default `public`); with API keys, the token's namespace."),
-    ] = None,
-    _token: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)] = None,
-) -> str:
-    """The namespace a request acts in (and, with API keys, its authentication)."""
-    if x_namespace is not None and not is_namespace(x_namespace):
-        raise RequestInvalid("x-namespace", f"X-Namespace {x_namespace!r} must be 1-64 of a-z, 0-9, _ and -")
-    return request.app.state.access.caller_namespace(request, x_namespace)
-
-
-Namespace = Annotated[str, Depends(caller_namespace)]
 
 
 def create_api(
@@ -199,10 +66,6 @@ def create_api(
     """The HTTP API: our routes, the OpenAI, A1111 and MCP protocols, local /docs;
     HEAD on every GET route and the CORS policy of `cors_origins` (none: no
     cross-origin access) apply to whatever is mounted on it later (the UI)."""
-    from web.a1111 import create_a1111_router
-    from web.mcp_server import MCP_PATH, McpEndpoint, create_mcp_server
-    from web.openai_api import create_openai_router
-
     access = access or Access()
     metrics = Metrics(service)
     mcp = McpEndpoint(create_mcp_server(service))
@@ -229,14 +92,14 @@ def create_api(
     app.add_middleware(BodyLimit)
     app.add_middleware(HeadAsGet)
     app.add_middleware(CORSMiddleware, **cors_options(cors_origins))
-    _install_error_handlers(app)
-    _finish_openapi(app)
+    install_error_handlers(app)
+    finish_openapi(app)
 
     @app.get("/health", response_model=Health)
     async def health() -> dict[str, Any]:
         """Liveness; always fast, whatever the model is doing."""
         identity = engine.identity
-        return {"status": "ok", "model": engine.state, "device": identity.device if identity else None}
+        return {"status": "ok", "model": engine.state.value, "device": identity.device if identity else None}
 
     @app.get(
         "/ready",
@@ -245,9 +108,9 @@ def create_api(
     )
     async def ready() -> JSONResponse:
         """200 once the model is loaded and has produced an image, else 503 with its state."""
-        if engine.state == READY:
+        if engine.state == EngineState.READY:
             return JSONResponse({"status": "ready"})
-        body = {"status": engine.state}
+        body = {"status": engine.state.value}
         if engine.error:
             body["reason"] = engine.error
         return JSONResponse(body, status_code=503)
@@ -354,7 +217,7 @@ def create_api(
         """Remove every entry of a namespace from every tier. Needs the admin token."""
         access.require_admin(request)
         if not is_namespace(namespace):
-            raise RequestInvalid("namespace", f"namespace {namespace!r} must be 1-64 of a-z, 0-9, _ and -")
+            raise RequestInvalid("namespace", bad_namespace(namespace))
         removed = await asyncio.to_thread(service.cache.clear, namespace)
         return {"namespace": namespace, "removed": removed}
 
@@ -362,7 +225,7 @@ def create_api(
     async def api_info(_: Namespace) -> dict[str, Any]:
         """Versions, the model and its fingerprint, device, dtype, and the cache configuration."""
         identity = engine.identity
-        model = {"spec": engine.model_spec, "state": engine.state, "error": engine.error}
+        model = {"spec": engine.model_spec, "state": engine.state.value, "error": engine.error}
         model |= {"attention": engine.attention_in_use, "compiled": engine.compiled}
         if identity is not None:
             model |= {
@@ -428,62 +291,3 @@ def _result_headers(result: GenerationResult) -> dict[str, str]:
         "X-Key": result.key,
         "Server-Timing": ", ".join(timing),
     }
-
-
-def _finish_openapi(app: FastAPI) -> None:
-    """Finish the OpenAPI document: the bearer token is optional
-    (`security: [{HTTPBearer: []}, {}]`), since routes need it only when the server
-    has --api-keys, so a generated client may call them with or without one; and the
-    /v1 routes, which answer bad input with OpenAI's 400, lose FastAPI's stock 422."""
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = build()
-            for path, operations in schema["paths"].items():
-                for operation in operations.values():
-                    if {} not in operation.get("security", [{}]):
-                        operation["security"].append({})
-                    if path.startswith("/v1/"):
-                        operation["responses"].pop("422", None)
-        return build()
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(RequestValidationError)
-    async def unprocessable(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI's default echoes the pydantic context objects; keep what a
-        # client needs: where, and what to change.
-        detail = [
-            {"type": e["type"], "loc": list(e["loc"]), "msg": str(e["msg"]).removeprefix("Value error, ")}
-            for e in exc.errors()
-        ]
-        return JSONResponse({"detail": detail}, status_code=422)
-
-    @app.exception_handler(RequestInvalid)
-    async def invalid(request: Request, exc: RequestInvalid) -> JSONResponse:
-        where = "header" if exc.field == "x-namespace" else "body" if request.method == "POST" else "query"
-        detail = [{"type": "value_error", "loc": [where, exc.field], "msg": exc.message}]
-        return JSONResponse({"detail": detail}, status_code=422)
-
-    @app.exception_handler(ClientGone)
-    async def client_gone(request: Request, exc: ClientGone) -> Response:
-        return Response(status_code=CLIENT_GONE)  # nobody reads it (uvicorn drops it)
-
-    @app.exception_handler(QueueFull)
-    async def queue_full(request: Request, exc: QueueFull) -> JSONResponse:
-        return JSONResponse(
-            {"detail": str(exc)}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)}
-        )
-
-    @app.exception_handler(ModelUnavailable)
-    async def unavailable(request: Request, exc: ModelUnavailable) -> JSONResponse:
-        return JSONResponse(
-            {"detail": str(exc)}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)}
-        )
-
-    @app.exception_handler(GenerationFailed)
-    async def failed(request: Request, exc: GenerationFailed) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=500)

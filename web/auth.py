@@ -1,4 +1,5 @@
-"""API keys (`token namespace` lines) and the admin token."""
+"""Who may call what: API keys (`token namespace` lines), the admin token, and the
+namespace every route acts in (the `Namespace` dependency)."""
 
 from __future__ import annotations
 
@@ -7,35 +8,36 @@ import binascii
 import hmac
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import HTTPException, Request
+from fastapi import Depends, Header, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from cache import is_namespace
+from cache import DEFAULT_NAMESPACE, bad_namespace, is_namespace
+from pipeline.errors import RequestInvalid
+from pipeline.line_files import read_lines
 
 MIN_TOKEN_CHARS = 16
+# Documents the bearer scheme in OpenAPI; Access does the checking (and knows
+# whether keys are on at all).
+BEARER = HTTPBearer(
+    auto_error=False, description="An API token from the --api-keys file (needed only when it is set)."
+)
 
 
 def read_api_keys(path: Path) -> dict[str, str]:
     """Parse an API-keys file: one `token namespace` a line, `#` comments. Raises
     ValueError naming the line for a malformed one, a short token or a duplicate."""
-    try:
-        lines = path.expanduser().read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
     keys: dict[str, str] = {}
-    for number, line in enumerate(lines, 1):
+    for number, line in read_lines(path):
         fields = line.split()
-        if not fields or fields[0].startswith("#"):
-            continue
         if len(fields) != 2:
             raise ValueError(f"{path} line {number}: expected `token namespace`, found {len(fields)} fields")
         token, namespace = fields
         if len(token) < MIN_TOKEN_CHARS:
             raise ValueError(f"{path} line {number}: tokens need at least {MIN_TOKEN_CHARS} characters")
         if not is_namespace(namespace):
-            raise ValueError(
-                f"{path} line {number}: namespace {namespace!r} must be 1-64 of a-z, 0-9, _ and -"
-            )
+            raise ValueError(f"{path} line {number}: {bad_namespace(namespace)}")
         if token in keys:
             raise ValueError(f"{path} line {number}: this token is already listed")
         keys[token] = namespace
@@ -66,7 +68,7 @@ class Access:
         the namespace as user name and the token as password counts as that token (the
         API auth that A1111 clients send, and the UI's login)."""
         if not self.api_keys:
-            return header_namespace or "public"
+            return header_namespace or DEFAULT_NAMESPACE
         token = bearer_token(request)
         basic = basic_credentials(request) if token is None else None
         if basic is not None:
@@ -94,6 +96,24 @@ class Access:
     def ui_login(self, username: str, password: str) -> bool:
         """Gradio login: the namespace as user name, its token as password."""
         return bool(self.api_keys) and self.namespace_for(password) == username
+
+
+async def caller_namespace(  # async: FastAPI would run a plain def on a worker thread
+    request: Request,
+    x_namespace: Annotated[
+        str | None,
+        Header(description="Cache namespace (default `public`); with API keys, the token's namespace."),
+    ] = None,
+    _token: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)] = None,
+) -> str:
+    """The namespace a request acts in (and, with API keys, its authentication), by the
+    `Access` in `app.state.access`."""
+    if x_namespace is not None and not is_namespace(x_namespace):
+        raise RequestInvalid("x-namespace", bad_namespace(x_namespace, "X-Namespace"))
+    return request.app.state.access.caller_namespace(request, x_namespace)
+
+
+Namespace = Annotated[str, Depends(caller_namespace)]
 
 
 def bearer_token(request: Request) -> str | None:

@@ -24,10 +24,13 @@ from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import CallToolResult, ImageContent, TextContent
 from pydantic import Field, ValidationError
 
-from pipeline.engine import GenerationFailed, ModelUnavailable, QueueFull
-from pipeline.request import MAX_PROMPT_CHARS, MAX_SEED, GenerationRequest, RequestInvalid
-from pipeline.service import BYPASS_TIER, GenerationService
-from web.api import caller_namespace
+from pipeline import limits
+from pipeline.errors import RequestInvalid
+from pipeline.request import GenerationRequest
+from pipeline.results import BYPASS_TIER
+from pipeline.service import GenerationService
+from web.auth import caller_namespace
+from web.errors import EXPECTED, user_message
 
 MCP_PATH = "/mcp"
 THUMBNAIL_SIDE = 256
@@ -47,23 +50,42 @@ def create_mcp_server(service: GenerationService) -> MCPServer:
     async def generate_image(
         prompt: Annotated[
             str,
-            Field(description=f"What to draw, in English or Chinese; up to {MAX_PROMPT_CHARS} characters."),
+            Field(
+                description=f"What to draw, in English or Chinese; up to {limits.MAX_PROMPT_CHARS} characters."
+            ),
         ],
         ctx: Context,
         negative_prompt: Annotated[
             str, Field(description="What to avoid; only used when guidance_scale > 0.")
         ] = "",
         width: Annotated[
-            int, Field(description="Width in pixels, a multiple of 16, 256..2048 (64.. on the demo model).")
-        ] = 1024,
-        height: Annotated[int, Field(description="Height in pixels, a multiple of 16, like width.")] = 1024,
+            int,
+            Field(
+                description=f"Width in pixels, a multiple of {limits.SIZE_MULTIPLE}, {limits.REAL_MODEL_MIN_SIZE}..{limits.MAX_SIZE} "
+                f"({limits.MIN_SIZE}.. on the demo model)."
+            ),
+        ] = limits.DEFAULT_SIZE,
+        height: Annotated[
+            int, Field(description=f"Height in pixels, a multiple of {limits.SIZE_MULTIPLE}, like width.")
+        ] = limits.DEFAULT_SIZE,
         seed: Annotated[
-            int, Field(description=f"Random seed 0..{MAX_SEED}; -1 draws one. Same seed, same image.")
-        ] = -1,
-        steps: Annotated[int, Field(description="Denoising steps, 1..50; the model is made for 8.")] = 8,
+            int,
+            Field(
+                description=f"Random seed 0..{limits.MAX_SEED}; {limits.RANDOM_SEED} draws one. Same seed, same image."
+            ),
+        ] = limits.RANDOM_SEED,
+        steps: Annotated[
+            int,
+            Field(
+                description=f"Denoising steps, {limits.MIN_STEPS}..{limits.MAX_STEPS}; the model is made for {limits.DEFAULT_STEPS}."
+            ),
+        ] = limits.DEFAULT_STEPS,
         guidance_scale: Annotated[
-            float, Field(description="Classifier-free guidance 0..20; 0 (off) suits this model best.")
-        ] = 0.0,
+            float,
+            Field(
+                description=f"Classifier-free guidance 0..{limits.MAX_GUIDANCE:g}; 0 (off) suits this model best."
+            ),
+        ] = limits.DEFAULT_GUIDANCE,
     ) -> CallToolResult:
         """Generate an image from a text prompt with Z-Image-Turbo (photorealistic, bilingual
         text rendering). Returns the image's URL, its seed and size, and a small preview."""
@@ -80,14 +102,8 @@ def create_mcp_server(service: GenerationService) -> MCPServer:
                 guidance_scale=guidance_scale,
             )
             result = await service.generate(generation, namespace=namespace)
-        except ValidationError as exc:
-            return _error(
-                "; ".join(f"{e['loc'][0]}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
-            )
-        except RequestInvalid as exc:
-            return _error(f"{exc.field}: {exc.message}")
-        except (QueueFull, ModelUnavailable, GenerationFailed) as exc:
-            return _error(str(exc))
+        except (ValidationError, *EXPECTED) as exc:
+            return _error(user_message(exc))
         url = None
         if result.cache != BYPASS_TIER:  # a never-stored image has no URL
             url = f"{request.base_url}images/{result.key}.{result.entry.ext}"

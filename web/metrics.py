@@ -11,8 +11,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from pipeline.engine import READY
-from pipeline.service import BYPASS_TIER, MISS_TIER, GenerationResult, GenerationService
+from pipeline.engine import EngineState
+from pipeline.results import GenerationResult
+from pipeline.service import GenerationService
 
 HIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 GENERATION_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 60.0)
@@ -47,7 +48,7 @@ class Metrics:
 
     def observe(self, result: GenerationResult) -> None:
         self.requests.labels(result.cache).inc()
-        if result.cache in (MISS_TIER, BYPASS_TIER):
+        if result.generated:
             self.generation_seconds.observe(result.duration)
         else:
             self.hit_seconds.labels(result.cache).observe(result.duration)
@@ -75,7 +76,7 @@ class _StatsCollector(Collector):
         yield GaugeMetricFamily(
             "zimage_model_ready",
             "1 once the model is loaded and warm.",
-            int(self.service.engine.state == READY),
+            int(self.service.engine.state == EngineState.READY),
         )
         entries = GaugeMetricFamily("zimage_cache_entries", "Entries per cache tier.", labels=["tier"])
         size = GaugeMetricFamily("zimage_cache_bytes", "Bytes per cache tier.", labels=["tier"])

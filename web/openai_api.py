@@ -21,15 +21,18 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipeline.engine import GenerationFailed, ModelUnavailable, QueueFull
-from pipeline.request import MAX_PROMPT_CHARS, GenerationRequest, ImageFormat, RequestInvalid, snap_size
-from pipeline.service import BYPASS_TIER, GenerationResult, GenerationService
-from web.api import Namespace
+from pipeline import limits
+from pipeline.errors import RequestInvalid, validation_message
+from pipeline.limits import ImageFormat
+from pipeline.request import GenerationRequest, seed_field, snap_size, steps_field
+from pipeline.results import BYPASS_TIER, GenerationResult
+from pipeline.service import GenerationService
+from web.auth import Namespace
+from web.errors import EXPECTED, failure_of
 from web.schemas import ERROR_MEANINGS, RETRY_AFTER_HEADER, Tier
 
 MODEL_ID = "z-image-turbo"
-MAX_IMAGES = 8
-RETRY_AFTER_S = 5
+DEFAULT_OPENAI_SIZE = f"{limits.DEFAULT_SIZE}x{limits.DEFAULT_SIZE}"
 SIZE = re.compile(r"\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*")
 # Our field names where OpenAI's differ, for the `param` of an error.
 OPENAI_PARAM = {"width": "size", "height": "size", "format": "output_format"}
@@ -41,22 +44,25 @@ class OpenAIImageRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(description=f"What to draw; 1 to {MAX_PROMPT_CHARS} characters.")
+    prompt: str = Field(description=f"What to draw; 1 to {limits.MAX_PROMPT_CHARS} characters.")
     model: str | None = Field(
         None, description=f"Accepted whatever it names: this server serves one model (`{MODEL_ID}`)."
     )
-    n: int | None = Field(1, ge=1, le=MAX_IMAGES, description=f"Images to make, 1..{MAX_IMAGES}.")
+    n: int | None = Field(
+        1, ge=1, le=limits.MAX_API_BATCH, description=f"Images to make, 1..{limits.MAX_API_BATCH}."
+    )
     size: str | None = Field(
-        "1024x1024",
-        description="`WIDTHxHEIGHT` or `auto` (1024x1024); each side is snapped to the nearest multiple "
-        "of 16 and clamped to the model's range (256..2048; 64..2048 for the demo model).",
+        DEFAULT_OPENAI_SIZE,
+        description=f"`WIDTHxHEIGHT` or `auto` ({DEFAULT_OPENAI_SIZE}); each side is snapped to the nearest "
+        f"multiple of {limits.SIZE_MULTIPLE} and clamped to the model's range ({limits.REAL_MODEL_MIN_SIZE}..{limits.MAX_SIZE}; "
+        f"{limits.MIN_SIZE}..{limits.MAX_SIZE} for the demo model).",
     )
     response_format: Literal["b64_json", "url"] | None = Field(
         None,
         description="`b64_json` (the image inline) or `url` (an absolute URL of the stored image). "
         "Unset: `b64_json` when `model` starts with `gpt-image`, else `url`, as OpenAI does.",
     )
-    output_format: ImageFormat | None = Field("png", description="`png`, `jpeg` or `webp`.")
+    output_format: ImageFormat | None = Field(limits.DEFAULT_FORMAT, description="`png`, `jpeg` or `webp`.")
     user: str | None = Field(None, description="An end-user id; accepted and not stored.")
     quality: str | None = Field(None, description="Accepted and ignored.")
     style: str | None = Field(None, description="Accepted and ignored.")
@@ -66,10 +72,13 @@ class OpenAIImageRequest(BaseModel):
     partial_images: int | None = Field(None, description="Accepted and ignored (no streaming).")
     safety_identifier: str | None = Field(None, description="An end-user id; accepted and not stored.")
     stream: bool | None = Field(False, description="Streaming is not supported; `true` is refused.")
-    seed: int = Field(-1, description="Random seed, 0..4294967295; -1 (the default) draws one.")
-    steps: int = Field(8, description="Denoising steps, 1..50 (Turbo is distilled for 8).")
+    seed: int = seed_field(limits.RANDOM_SEED)
+    steps: int = steps_field()
     negative_prompt: str = Field("", description="What to avoid; only used when guidance_scale > 0.")
-    guidance_scale: float = Field(0.0, description="Classifier-free guidance, 0..20; 0 (Turbo) turns it off.")
+    guidance_scale: float = Field(
+        limits.DEFAULT_GUIDANCE,
+        description=f"Classifier-free guidance, 0..{limits.MAX_GUIDANCE:g}; 0 (Turbo) turns it off.",
+    )
 
 
 class OpenAIImage(BaseModel):
@@ -170,11 +179,9 @@ class OpenAIRoute(APIRoute):
                 return openai_error(
                     exc.status_code, str(exc.detail), code=code.get(exc.status_code), headers=exc.headers
                 )
-            except (QueueFull, ModelUnavailable) as exc:
-                code = "queue_full" if isinstance(exc, QueueFull) else "model_unavailable"
-                return openai_error(503, str(exc), code=code, headers={"Retry-After": str(RETRY_AFTER_S)})
-            except GenerationFailed as exc:
-                return openai_error(500, str(exc), code="generation_failed")
+            except EXPECTED as exc:  # the shared table; its bad input (422) is OpenAI's 400 above
+                failure = failure_of(exc)
+                return openai_error(failure.status, str(exc), code=failure.code, headers=failure.headers())
 
         return answer_openai_style
 
@@ -189,7 +196,7 @@ def parse_size(size: str | None, low: int, high: int) -> tuple[int, int]:
     """`WIDTHxHEIGHT` (or `auto`) -> each side rounded to the nearest multiple of 16
     (halves up) and clamped to `low..high`. Raises OpenAIRequestError when unreadable."""
     if size is None or size.strip().lower() == "auto":
-        size = "1024x1024"
+        size = DEFAULT_OPENAI_SIZE
     match = SIZE.fullmatch(size)
     if match is None:
         raise OpenAIRequestError(
@@ -225,7 +232,7 @@ def create_openai_router(service: GenerationService) -> APIRouter:
             raise OpenAIRequestError(400, "streaming is not supported; leave `stream` out", param="stream")
         identity = await service.model_identity()
         width, height = parse_size(body.size, identity.min_size, identity.max_size)
-        output_format = body.output_format or "png"
+        output_format = body.output_format or limits.DEFAULT_FORMAT
         generation = GenerationRequest(
             prompt=body.prompt,
             negative_prompt=body.negative_prompt,
@@ -276,7 +283,7 @@ def _param(loc: tuple[Any, ...] | list[Any]) -> str | None:
 
 def _message(error: Any) -> str:
     param = _param(error["loc"])
-    msg = str(error["msg"]).removeprefix("Value error, ")
+    msg = validation_message(error)
     if error["type"] == "extra_forbidden":
         return f"unrecognized request argument: {param}"
     return msg if param is None or param in msg else f"{param}: {msg}"

@@ -1,4 +1,4 @@
-"""Response models of the HTTP API and the error answers each route documents.
+"""Request and response models of the HTTP API, and the error answers each route documents.
 
 FastAPI validates every JSON response against its model and publishes the
 models in /openapi.json, so a generated client parses what the server sends.
@@ -8,11 +8,33 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from fastapi import FastAPI
 from pydantic import BaseModel, Field
+
+from pipeline.limits import MAX_API_BATCH
+from pipeline.request import GenerationRequest
 
 Tier = Literal["memory", "disk", "redis", "miss", "bypass"]
 ModelState = Literal["loading", "warming", "ready", "failed"]
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
+
+
+class RunQuery(GenerationRequest):
+    """The query string of `GET /run`: the request fields plus `no_cache`."""
+
+    no_cache: bool = Field(False, description="Neither read nor write the cache; always generate.")
+
+
+class BatchRequest(GenerationRequest):
+    """The body of `POST /api/generate`: the request fields plus a batch size."""
+
+    batch_size: int = Field(
+        1,
+        ge=1,
+        le=MAX_API_BATCH,
+        description=f"Images to make, 1..{MAX_API_BATCH}; image i has seed `seed + i` (each drawn when seed is -1).",
+    )
+    no_cache: bool = Field(False, description="Neither read nor write the cache; always generate.")
 
 
 class ErrorDetail(BaseModel):
@@ -169,3 +191,24 @@ def image_response(description: str) -> dict[str, Any]:
     """A 200 of image bytes in any of the three formats (`format: binary`)."""
     binary = {"schema": {"type": "string", "format": "binary"}}
     return {"description": description, "content": {media: binary for media in IMAGE_TYPES}}
+
+
+def finish_openapi(app: FastAPI) -> None:
+    """Finish the OpenAPI document: the bearer token is optional
+    (`security: [{HTTPBearer: []}, {}]`), since routes need it only when the server
+    has --api-keys, so a generated client may call them with or without one; and the
+    /v1 routes, which answer bad input with OpenAI's 400, lose FastAPI's stock 422."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            for path, operations in schema["paths"].items():
+                for operation in operations.values():
+                    if {} not in operation.get("security", [{}]):
+                        operation["security"].append({})
+                    if path.startswith("/v1/"):
+                        operation["responses"].pop("422", None)
+        return build()
+
+    app.openapi = openapi  # type: ignore[method-assign]

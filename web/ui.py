@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import math
-import secrets
 import threading
 import time
 from collections import deque
@@ -14,9 +13,14 @@ from typing import Any
 import gradio as gr
 from pydantic import ValidationError
 
-from pipeline.engine import READY, Engine, GenerationFailed, ModelUnavailable, QueueFull
-from pipeline.request import MAX_SEED, GenerationRequest, RequestInvalid
-from pipeline.service import BYPASS_TIER, MISS_TIER, GenerationResult, GenerationService
+from cache import DEFAULT_NAMESPACE
+from pipeline import limits
+from pipeline.engine import Engine, EngineState
+from pipeline.errors import QueueFull, RequestInvalid
+from pipeline.request import GenerationRequest, random_seed
+from pipeline.results import BYPASS_TIER, MISS_TIER, GenerationResult
+from pipeline.service import GenerationService
+from web.errors import EXPECTED, user_message
 from web.ui_images import UiImages
 from web.ui_text import EXAMPLES, I18N
 
@@ -34,7 +38,6 @@ PRESETS = [
     "576x1344",
 ]
 CUSTOM = "Custom"
-MAX_UI_BATCH = 4
 HISTORY_LIMIT = 48
 # Gradio's own temp files (none of ours: see web/ui_images.py) are kept this long.
 UI_FILE_TTL_S = 3600
@@ -59,40 +62,52 @@ def create_ui(service: GenerationService, engine: Engine, images: UiImages, *, d
                     gr.Examples(EXAMPLES, inputs=prompt, label=t("examples"))
                     preset = gr.Dropdown([*PRESETS, CUSTOM], value=PRESETS[0], label=t("resolution"))
                     with gr.Row():
-                        width = gr.Number(
-                            1024,
-                            label=t("width"),
-                            precision=0,
-                            step=16,
-                            minimum=64,
-                            maximum=2048,
-                            elem_id="width",
-                        )
-                        height = gr.Number(
-                            1024,
-                            label=t("height"),
-                            precision=0,
-                            step=16,
-                            minimum=64,
-                            maximum=2048,
-                            elem_id="height",
+                        width, height = (
+                            gr.Number(
+                                limits.DEFAULT_SIZE,
+                                label=t(side),
+                                precision=0,
+                                step=limits.SIZE_MULTIPLE,
+                                minimum=limits.MIN_SIZE,
+                                maximum=limits.MAX_SIZE,
+                                elem_id=side,
+                            )
+                            for side in ("width", "height")
                         )
                     with gr.Row():
                         seed = gr.Number(
-                            42, label=t("seed"), precision=0, minimum=-1, maximum=MAX_SEED, elem_id="seed"
+                            limits.DEFAULT_SEED,
+                            label=t("seed"),
+                            precision=0,
+                            minimum=limits.RANDOM_SEED,
+                            maximum=limits.MAX_SEED,
+                            elem_id="seed",
                         )
                         dice = gr.Button(t("random_seed"), size="sm", elem_id="random-seed")
                     with gr.Row():
                         batch_size = gr.Slider(
-                            1, MAX_UI_BATCH, value=1, step=1, label=t("batch_size"), elem_id="batch"
+                            1, limits.MAX_UI_BATCH, value=1, step=1, label=t("batch_size"), elem_id="batch"
                         )
                         no_cache = gr.Checkbox(False, label=t("bypass_cache"), elem_id="bypass")
                     with gr.Accordion(t("advanced"), open=False):
-                        steps = gr.Slider(1, 50, value=8, step=1, label=t("steps"), elem_id="steps")
-                        guidance_scale = gr.Slider(0.0, 20.0, value=0.0, step=0.5, label=t("guidance"))
+                        steps = gr.Slider(
+                            limits.MIN_STEPS,
+                            limits.MAX_STEPS,
+                            value=limits.DEFAULT_STEPS,
+                            step=1,
+                            label=t("steps"),
+                            elem_id="steps",
+                        )
+                        guidance_scale = gr.Slider(
+                            0.0,
+                            limits.MAX_GUIDANCE,
+                            value=limits.DEFAULT_GUIDANCE,
+                            step=0.5,
+                            label=t("guidance"),
+                        )
                         negative_prompt = gr.Textbox("", label=t("negative_prompt"), info=t("negative_note"))
                         normalization = gr.Dropdown(
-                            ["basic", "none", "aggressive"],
+                            list(limits.NORMALIZATIONS),
                             value=service.normalization,
                             label=t("normalization"),
                             info=t("normalization_note"),
@@ -155,12 +170,12 @@ def create_ui(service: GenerationService, engine: Engine, images: UiImages, *, d
                     lambda: progress((done, total), desc="denoising", unit="steps"), context=context
                 )
 
-            namespace = getattr(request, "username", None) or "public"
+            namespace = getattr(request, "username", None) or DEFAULT_NAMESPACE
             try:
                 req = GenerationRequest(
                     prompt=prompt or "",
                     negative_prompt=negative_prompt or "",
-                    seed=_whole("seed", seed, 42),
+                    seed=_whole("seed", seed, limits.DEFAULT_SEED),
                     width=_whole("width", width, 0),
                     height=_whole("height", height, 0),
                     steps=_whole("steps", steps, 0),
@@ -168,20 +183,18 @@ def create_ui(service: GenerationService, engine: Engine, images: UiImages, *, d
                 )
                 results = await service.generate_batch(
                     req,
-                    max(1, min(MAX_UI_BATCH, _whole("batch_size", batch_size, 1))),
+                    max(1, min(limits.MAX_UI_BATCH, _whole("batch_size", batch_size, 1))),
                     namespace=namespace,
                     no_cache=bool(no_cache),
                     normalization=prompt_normalization or None,  # type: ignore[arg-type]
                     progress=on_step,
                 )
-            except ValidationError as exc:
-                raise gr.Error("; ".join(_error_text(e) for e in exc.errors())) from None
             except QueueFull as exc:
                 raise gr.Error(
                     f"The server is busy ({exc.depth} generations waiting). Please try again shortly."
                 ) from None
-            except (RequestInvalid, ModelUnavailable, GenerationFailed) as exc:
-                raise gr.Error(str(exc)) from None
+            except (ValidationError, *EXPECTED) as exc:
+                raise gr.Error(user_message(exc)) from None
             items = [(images.path_for(namespace, r), caption(r)) for r in results]
             params = {
                 "prompt": prompt,
@@ -222,7 +235,7 @@ def create_ui(service: GenerationService, engine: Engine, images: UiImages, *, d
         preset.change(_preset_size, preset, [width, height], api_name=False, queue=False)
         for box in (width, height):  # typing a size picks its preset, or Custom
             box.input(_size_preset, [width, height], preset, api_name=False, queue=False)
-        dice.click(lambda: secrets.randbelow(MAX_SEED + 1), None, seed, api_name=False, queue=False)
+        dice.click(random_seed, None, seed, api_name=False, queue=False)
 
         def restore(history: list[dict[str, Any]], evt: gr.SelectData) -> tuple[Any, ...]:
             p = history[evt.index]["params"]
@@ -249,7 +262,7 @@ def create_ui(service: GenerationService, engine: Engine, images: UiImages, *, d
 
         def model_state() -> tuple[Any, Any]:
             # The timer polls only until the model is ready (or has failed).
-            if engine.state == READY:
+            if engine.state == EngineState.READY:
                 return gr.Markdown(visible=False), gr.Timer(active=False)
             if engine.error:
                 text = f"**The model failed to load:** {engine.error}"
@@ -317,12 +330,6 @@ def _whole(field: str, value: float | None, default: int) -> int:
     if not math.isfinite(value):
         raise RequestInvalid(field, f"{field} must be a finite whole number (got {value})")
     return int(value)
-
-
-def _error_text(error: Any) -> str:
-    msg = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
-    field = ".".join(str(p) for p in error.get("loc", ()))
-    return msg if field and field in msg else f"{field}: {msg}"
 
 
 class _StatsHistory:

@@ -27,7 +27,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from cache import Entry, Hit, is_namespace
-from pipeline.service import BYPASS_TIER, GenerationResult, GenerationService
+from pipeline.results import BYPASS_TIER, GenerationResult
+from pipeline.service import GenerationService
 
 # Gradio's file routes (gradio/routes.py: `/file={path_or_url:path}` and the older
 # `/file/{path:path}`, under API_PREFIX).

@@ -1,0 +1,214 @@
+"""One model call: prompt embeddings -> denoising -> decoded pixels, and what to do
+when the device runs out of memory on the way.
+
+Runs on the engine's thread only (pipeline/engine.py). Reads top to bottom in the
+pipeline's own numbered steps; checking and encoding the pixels happen after it,
+off the engine thread (pipeline/encoding.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pipeline.device_errors import free_device_memory, model_call_failure
+from pipeline.embeddings import MAX_SEQUENCE_LENGTH, EmbeddingCache
+from pipeline.encoding import Rendered
+from pipeline.errors import OutOfMemory
+from pipeline.fit import FitRecord
+from pipeline.loading import NOISE_DEVICE, ModelIdentity
+from pipeline.placement import text_encoder_device
+
+if TYPE_CHECKING:
+    from pipeline.request import CanonicalRequest
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (denoising steps done, steps in all)
+
+
+class Render:
+    """Renders batches of one prompt and settings with `pipe` for `identity`.
+
+    Guarantees: always the Turbo-style explicit settings (the pipeline's own
+    defaults, 50 steps and CFG 5, are for the base model); one CPU generator per
+    image, so an image in a batch equals itself made alone and a seed's noise is
+    the same on every machine. Failures: out of memory is recovered from where it
+    can be (a batch decodes one image at a time, then denoises in halves; a single
+    image is retried once), else OutOfMemory (503: memory is held elsewhere) or
+    ImageTooLarge (422: this size never fits here); any other failure is
+    FatalDeviceError (the device is gone) or GenerationFailed.
+    """
+
+    def __init__(
+        self,
+        pipe: Any,
+        identity: ModelIdentity,
+        *,
+        embeddings: EmbeddingCache,
+        fits: FitRecord,
+        progress: Progress | None = None,
+        embedding_scope: str | None = None,
+    ) -> None:
+        self.pipe = pipe
+        self.identity = identity
+        self.embeddings = embeddings
+        self.fits = fits
+        self.progress = progress
+        self.embedding_scope = embedding_scope
+
+    def __call__(self, requests: list[CanonicalRequest], *, retried: bool = False) -> Rendered:
+        import torch
+
+        request, batch = requests[0], len(requests)
+        timings: dict[str, float] = {}
+
+        def step_done(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if self.progress is not None:
+                self.progress(step + 1, request.steps)
+            return {}
+
+        try:
+            # 1. Encode the prompt(s), or reuse the encoder's earlier output.
+            started = time.perf_counter()
+            device = torch.device(self.identity.device)
+            prompt_embeds = self.embed(request.prompt, device) * batch
+            negative_embeds = None
+            if request.guidance_scale > 0:
+                negative_embeds = self.embed(request.negative_prompt, device) * batch
+            timings["text"] = time.perf_counter() - started
+
+            # 2. Denoise, always with explicit Turbo-style settings. One generator per
+            #    image keeps each equal to itself made alone; on the CPU, so a seed's
+            #    noise is the same whatever the GPU (the pipeline draws it there and
+            #    moves it to the device).
+            started = time.perf_counter()
+            generators = [torch.Generator(device=NOISE_DEVICE).manual_seed(r.seed) for r in requests]
+            latents = self.pipe(
+                prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_embeds,
+                max_sequence_length=MAX_SEQUENCE_LENGTH,
+                height=request.height,
+                width=request.width,
+                num_inference_steps=request.steps,
+                guidance_scale=request.guidance_scale,
+                generator=generators,
+                output_type="latent",
+                callback_on_step_end=step_done,
+            ).images
+            timings["inference"] = time.perf_counter() - started
+        except torch.OutOfMemoryError:
+            latents = None  # handled below, once the traceback no longer pins the tensors
+        except Exception as exc:
+            raise model_call_failure(exc) from exc
+        if latents is None:
+            return self._denoise_out_of_memory(requests, retried)
+
+        # 3. Decode to pixels on the CPU (checked and encoded by the pool).
+        started = time.perf_counter()
+        try:
+            pixels = decode_latents(self.pipe, latents)
+        except torch.OutOfMemoryError:
+            pixels = None
+        except Exception as exc:
+            raise model_call_failure(exc) from exc
+        if pixels is None:
+            if batch == 1:
+                return self._single_out_of_memory(requests, retried)
+            pixels = self._decode_one_at_a_time(latents)
+            if pixels is None:
+                return self._denoise_out_of_memory(requests, retried)
+        timings["decode"] = time.perf_counter() - started
+        self.fits.made(request.width, request.height)
+        return Rendered(pixels=pixels, timings=timings)
+
+    def embed(self, text: str, device: Any) -> list[Any]:
+        """The text encoder's output for `text` on `device`, from the cache of the
+        embedding scope when there is one; with none, encoded and kept nowhere."""
+
+        def encode() -> list[Any]:
+            import torch
+
+            # encode_prompt is not under no_grad (only the pipeline's __call__ is):
+            # without it each cached embedding would keep the text encoder's whole
+            # autograd graph alive, megabytes the cache's byte count never sees.
+            with torch.no_grad():
+                embeds, _ = self.pipe.encode_prompt(
+                    prompt=text,
+                    device=text_encoder_device(self.pipe),  # the CPU in text-encoder mode
+                    do_classifier_free_guidance=False,
+                    max_sequence_length=MAX_SEQUENCE_LENGTH,
+                )
+            return [t.detach().to("cpu") for t in embeds]
+
+        if self.embedding_scope is None:
+            self.embeddings.count_miss()
+            return [t.to(device) for t in encode()]
+        identity = self.identity
+        key = (self.embedding_scope, text, MAX_SEQUENCE_LENGTH, identity.fingerprint, identity.dtype)
+        return [t.to(device) for t in self.embeddings.get_or_encode(key, encode)]
+
+    def _decode_one_at_a_time(self, latents: Any) -> Any:
+        """Decode a batch that ran out of memory decoding, one latent at a time, keeping
+        its denoising; None if even that runs out of memory."""
+        import numpy as np
+        import torch
+
+        free_device_memory(self.identity.device)
+        log.warning("out of memory decoding a batch of %d; decoding it one image at a time", len(latents))
+        try:
+            return np.concatenate(
+                [decode_latents(self.pipe, latents[i : i + 1]) for i in range(len(latents))]
+            )
+        except torch.OutOfMemoryError:
+            pass
+        free_device_memory(self.identity.device)
+        return None
+
+    def _denoise_out_of_memory(self, requests: list[CanonicalRequest], retried: bool) -> Rendered:
+        """Free what the failed call held, then make a batch in two halves (recursively)."""
+        import numpy as np
+
+        free_device_memory(self.identity.device)
+        if len(requests) == 1:
+            return self._single_out_of_memory(requests, retried)
+        log.warning("out of memory on a batch of %d; generating it in two halves", len(requests))
+        half = len(requests) // 2
+        first, second = self(requests[:half]), self(requests[half:])
+        timings = {k: first.timings.get(k, 0.0) + second.timings.get(k, 0.0) for k in first.timings}
+        return Rendered(pixels=np.concatenate([first.pixels, second.pixels]), timings=timings)
+
+    def _single_out_of_memory(self, requests: list[CanonicalRequest], retried: bool) -> Rendered:
+        """One image did not fit. No larger than one made before: memory is held
+        elsewhere, a 503 (it may fit later). Larger: retried once with memory freed,
+        then refused with ImageTooLarge, and so is every size as large from then on."""
+        request = requests[0]
+        free_device_memory(self.identity.device)
+        if self.fits.known_to_fit(request.width, request.height):
+            raise OutOfMemory(
+                f"the GPU ran out of memory for a {request.width}x{request.height} image; "
+                "retry shortly, or ask for a smaller size"
+            )
+        if not retried:
+            log.warning(
+                "out of memory on a %dx%d image, larger than any made here; trying once more",
+                request.width,
+                request.height,
+            )
+            return self(requests, retried=True)
+        error = self.fits.refuse(request.width, request.height)
+        log.warning("%s; refusing images of this size or larger until restart", error.message)
+        raise error
+
+
+def decode_latents(pipe: Any, latents: Any) -> Any:
+    """The pipeline's own last step (ZImagePipeline.__call__ after its denoising loop):
+    latents -> VAE decode -> float pixels in [0, 1] on the CPU, batch x H x W x 3."""
+    import torch
+
+    with torch.no_grad():
+        latents = latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
+        image = pipe.vae.decode(latents, return_dict=False)[0]
+        return pipe.image_processor.postprocess(image, output_type="np")

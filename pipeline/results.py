@@ -1,0 +1,36 @@
+"""What the generation service hands back: one result per image, and where it came from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cache import Entry
+from pipeline.request import CanonicalRequest
+
+# The tier names of images that were generated: stored (`miss`) or not (`bypass`);
+# a hit is named by the cache tier that answered (memory, disk, redis).
+MISS_TIER, BYPASS_TIER = "miss", "bypass"
+GENERATED = (MISS_TIER, BYPASS_TIER)
+
+Outcome = tuple[str, Entry, dict[str, float]]  # tier, entry, timings (seconds by stage)
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """What a caller gets back for one image: the stored bytes and where they came from."""
+
+    key: str
+    cache: str  # memory | disk | redis | miss | bypass
+    entry: Entry
+    request: CanonicalRequest
+    duration: float  # seconds spent in the service for this call
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def seed(self) -> int:
+        return self.request.seed
+
+    @property
+    def generated(self) -> bool:
+        """Whether the model made it for this call (a miss or a bypass), not a cache tier."""
+        return self.cache in GENERATED

@@ -1,0 +1,322 @@
+"""Every setting of the service: one table (flag, `ZIMAGE_*` variable, default,
+meaning), read once at start-up and handed to the parts as plain values.
+
+One concept, one table: the descriptions are the README's (scripts/settings_table.py
+writes the README's table from them, and tests/test_settings.py fails when the two
+differ), which is why this module runs past 300 lines of mostly prose.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cache.defaults import (
+    DEFAULT_CACHE_DIR,
+    DEFAULT_DISK_MAX_AGE,
+    DEFAULT_DISK_MAX_SIZE,
+    DEFAULT_REDIS_TTL,
+    images_dir,
+)
+from cache.redis_url import parse_redis_url
+from cache.units import parse_duration, parse_size
+from pipeline.attention import check_backend_name
+from pipeline.compile import CompileSetting
+from pipeline.errors import validation_message
+from pipeline.limits import DEFAULT_MAX_QUEUE, DEFAULT_NORMALIZATION, DEFAULT_SIZE, Normalization
+from pipeline.line_files import read_patterns
+from pipeline.loading import Quantize, check_model_spec
+from pipeline.placement import Offload
+from pipeline.warmup import parse_sizes
+from web.auth import MIN_TOKEN_CHARS, read_api_keys
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+ORIGIN = re.compile(r"https?://(\[[0-9a-fA-F:.]+\]|[^/\s:,\[\]]+)(:\d{1,5})?")
+CUDA_SECTION = "See [On a CUDA GPU](#on-a-cuda-gpu)."
+CUDA_OPTIONS = "See [CUDA options](#cuda-options-compilation-attention-out-of-memory)."
+
+
+def readme(see: str) -> dict[str, Any]:
+    """A cross-reference the README's table adds after a setting's meaning (`--help` has none)."""
+    return {"readme_see": see}
+
+
+class Settings(BaseSettings):
+    """Every setting of the service: one table, read once, here."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ZIMAGE_",
+        cli_prog_name="app.py",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        validate_default=True,
+    )
+
+    host: str = Field("127.0.0.1", description="Interface to listen on; `0.0.0.0` serves other machines too.")
+    port: int = Field(7860, ge=1, le=65535, description="TCP port for the UI and the API.")
+    model: str = Field(
+        "auto",
+        description="`auto`: the real model when CUDA is present, else the tiny demo model; but on a "
+        "machine with an NVIDIA driver whose torch cannot use CUDA (a CPU-only torch build, "
+        "`CUDA_VISIBLE_DEVICES` hiding the GPU) the model fails with the reason on `/ready` and in the UI "
+        "instead of serving noise. `tiny`: the demo model. A directory: a diffusers model on local disk. "
+        "`owner/name`: a Hugging Face hub id, fetched into the HF cache (only the files the pipeline "
+        "reads; `Tongyi-MAI/Z-Image-Turbo` under `auto`).",
+    )
+    offload: Offload = Field(
+        "auto",
+        description="Where the model's parts live on a CUDA GPU: `none` (all on the GPU), `text-encoder` "
+        "(the text encoder on the CPU), `model` or `sequential` (accelerate's offload; slower); `auto` takes "
+        "the first that fits the free GPU memory. Ignored on the CPU.",
+        json_schema_extra=readme(CUDA_SECTION),
+    )
+    quantize: Quantize = Field(
+        "none",
+        description="`fp8`: the transformer in torchao float8 (row-wise scales), half its memory; needs "
+        "compute capability 8.9+ (H100, H200, L40S, RTX 4090, ...) and the `fp8` extra "
+        "(`pip install -e '.[fp8]'`). Part of the cache key. Refused on other devices: `/ready` says why.",
+    )
+    cache_dir: Path = Field(
+        DEFAULT_CACHE_DIR,
+        description="The disk cache (`images/`) and locally built models (`models/`). Several processes "
+        "may share it.",
+    )
+    memory_cache_mb: float = Field(
+        512, ge=0, description="Size of the in-memory image cache in MiB (`0` disables it)."
+    )
+    disk_cache_size: Size = Field(
+        DEFAULT_DISK_MAX_SIZE,
+        description="Size cap of the disk cache (`500MB`, `20GiB`, or bytes); the least recently used "
+        "entries go first.",
+    )
+    disk_cache_max_age: Duration = Field(
+        DEFAULT_DISK_MAX_AGE,
+        description="Disk entries unused for this long are removed (`30m`, `12h`, `7d`, `1d12h`, or seconds).",
+    )
+    redis_url: str | None = Field(
+        None,
+        description="A Redis shared by all replicas: the third cache tier and the cross-replica generation "
+        "lock. `redis://host:6379/0`, `redis+sentinel://host1:26379,host2:26379/MASTER[/db]` (Sentinel "
+        "failover) or `redis+cluster://host1:6379,host2:6379` (Redis Cluster). Also read from `REDIS_URL`. "
+        "Off when unset.",
+        json_schema_extra=readme("See [Scaling out](#scaling-out)."),
+    )
+    redis_ttl: Duration = Field(DEFAULT_REDIS_TTL, description="How long an image lives in Redis.")
+    cache_secret: str | None = Field(
+        None,
+        description="A secret (16+ characters) that signs every disk and Redis entry with HMAC-SHA256; "
+        "entries not signed with it are rejected and regenerated. Give every process that shares a cache "
+        "directory or a Redis the same one, through the environment (a flag shows in `ps`).",
+        json_schema_extra=readme("See [What is protected](#what-is-protected-and-what-is-not)."),
+    )
+    embedding_cache_mb: float = Field(
+        256,
+        ge=0,
+        description="Size of the in-memory cache of text-encoder outputs in MiB (`0` disables it): a known "
+        "prompt with a new seed or size skips the text encoder.",
+    )
+    no_cache_patterns: Path | None = Field(
+        None,
+        description="A file of regular expressions, one a line (`#` comments; case-insensitive). A request "
+        "whose prompt or negative prompt matches is generated but never stored (the response says "
+        "`bypass`).",
+    )
+    api_keys: Path | None = Field(
+        None,
+        description="A file of `token namespace` lines (`#` comments; tokens of 16+ characters). When set, "
+        "the API routes need `Authorization: Bearer <token>`, the token decides the namespace, and the UI "
+        "asks for a login: the namespace as user name, its token as password.",
+    )
+    admin_token: str | None = Field(
+        None,
+        description="Bearer token (16+ characters) for the admin route `DELETE /api/cache`; admin routes "
+        "answer 403 when unset.",
+    )
+    cors_origins: str = Field(
+        "",
+        description="Web origins whose browser scripts may call the service, comma-separated "
+        "(`https://chat.example.com,http://localhost:3000`), or `*`. Empty allows no cross-origin calls to "
+        "any route, the UI's included.",
+        json_schema_extra=readme("See [CORS](#cors)."),
+    )
+    max_queue: int = Field(
+        DEFAULT_MAX_QUEUE,
+        ge=1,
+        description="Generation jobs allowed to wait for the GPU (a batch is one job); past that the API "
+        "answers 503 with `Retry-After` and the UI says the server is busy.",
+    )
+    warmup_sizes: str = Field(
+        f"{DEFAULT_SIZE}x{DEFAULT_SIZE}",
+        description="Sizes warmed up before `/ready` turns 200, comma-separated `WIDTHxHEIGHT` (e.g. "
+        "`1024x1024,768x1344`): one short generation each, so the first user of each size does not pay for "
+        "kernel selection and compilation. List the sizes your users ask for.",
+    )
+    header_timeout: Duration = Field(
+        "10s",
+        description="A connection that has not sent a whole request head (request line and headers) this "
+        "long after connecting, or after the first bytes of its next request, is closed. Idle keep-alive "
+        "connections are closed after 5 s.",
+    )
+    shutdown_timeout: Duration = Field(
+        "60s",
+        description="On SIGTERM, how long the generation in flight may take to finish before it is "
+        "abandoned. Keep it below Supervisor's `stopwaitsecs` (90).",
+    )
+    prompt_normalization: Normalization = Field(
+        DEFAULT_NORMALIZATION,
+        description="How prompts are canonicalised before hashing and before generating: `basic` (Unicode "
+        "NFC, trim, collapse whitespace), `none`, or `aggressive` (also NFKC full-width to half-width and "
+        "lower case; this changes what the model sees).",
+    )
+    compile: CompileSetting = Field(
+        "auto",
+        description="`torch.compile` the transformer's repeated blocks (regional compilation): `auto` (on "
+        "with CUDA, off on the CPU), `on` or `off`. The warm-up compiles every shape before `/ready`; the "
+        "compiled kernels are kept in `--cache-dir`'s `compile/`.",
+        json_schema_extra=readme(CUDA_OPTIONS),
+    )
+    attention_backend: str = Field(
+        "auto",
+        description="The attention kernel, through diffusers' attention dispatcher: `auto` "
+        "(FlashAttention-3 on Hopper when installed, then `flash-attn`, cuDNN, PyTorch native) or a "
+        "diffusers backend name (`native`, `flash`, `_flash_3`, `_native_cudnn`, `_native_flash`, ...). An "
+        "unknown name stops the start naming the choices; a known one that cannot run on this machine fails "
+        "the model with the reason.",
+        json_schema_extra=readme(CUDA_OPTIONS),
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="`debug`, `info`, `warning` or `error`."
+    )
+    log_prompts: bool = Field(
+        False,
+        description="Write each generation's prompt into its log line (INFO). Off by default: prompts are "
+        "user data, and the log then says only the size, steps and time. Prompts matching "
+        "`--no-cache-patterns` are never logged.",
+    )
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _cache_dir(cls, v: Path) -> Path:
+        return v.expanduser()
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        check_model_spec(v)
+        return v
+
+    @field_validator("attention_backend")
+    @classmethod
+    def _attention_backend(cls, v: str) -> str:
+        return check_backend_name(v)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str | None) -> str | None:
+        if v:
+            parse_redis_url(v)
+        return v or None
+
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys(cls, v: Path | None) -> Path | None:
+        if v is not None:
+            read_api_keys(v)
+        return v
+
+    @field_validator("admin_token", "cache_secret")
+    @classmethod
+    def _secret(cls, v: str | None) -> str | None:
+        if v is not None and len(v) < MIN_TOKEN_CHARS:
+            raise ValueError(f"use at least {MIN_TOKEN_CHARS} characters")
+        return v or None
+
+    @field_validator("header_timeout")
+    @classmethod
+    def _header_timeout(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("must be more than 0 (e.g. 10s)")
+        return v
+
+    @field_validator("warmup_sizes")
+    @classmethod
+    def _warmup_sizes(cls, v: str) -> str:
+        return ",".join(f"{w}x{h}" for w, h in parse_sizes(v))
+
+    @property
+    def warmup_size_list(self) -> list[tuple[int, int]]:
+        return parse_sizes(self.warmup_sizes)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _cors_origins(cls, v: str) -> str:
+        origins = [o.strip() for o in v.split(",") if o.strip()]
+        for origin in origins:
+            if origin != "*" and not ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin; write scheme://host[:port] with no path, "
+                    "e.g. https://chat.example.com, or *"
+                )
+        return ",".join(origins)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return self.cors_origins.split(",") if self.cors_origins else []
+
+    @field_validator("no_cache_patterns")
+    @classmethod
+    def _patterns(cls, v: Path | None) -> Path | None:
+        if v is not None:
+            read_patterns(v)
+        return v
+
+    @property
+    def images_dir(self) -> Path:
+        return images_dir(self.cache_dir)
+
+
+S = TypeVar("S", bound=Settings)
+
+
+def load_settings(argv: list[str], cls: type[S] = Settings) -> S:  # type: ignore[assignment]
+    """Parse flags and environment; exit with status 2 naming the setting on a bad value."""
+    prog = cls.model_config.get("cli_prog_name", "app.py")
+    env: dict[str, Any] = {}
+    if "ZIMAGE_REDIS_URL" not in os.environ and os.environ.get("REDIS_URL"):
+        env["redis_url"] = os.environ["REDIS_URL"]  # the conventional name, as a fallback
+    try:
+        settings = cls(_cli_parse_args=argv, **env)
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else "?"
+            print(
+                f"{prog}: invalid setting {flag_and_variable(name)}: {validation_message(error)}",
+                file=sys.stderr,
+            )
+        raise SystemExit(2) from None
+    try:
+        settings.images_dir.mkdir(parents=True, exist_ok=True)
+        probe = settings.cache_dir / ".write-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        print(f"{prog}: invalid setting {flag_and_variable('cache_dir')}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return settings
+
+
+def flag_and_variable(name: str) -> str:
+    """`--cache-dir (ZIMAGE_CACHE_DIR)` for the setting `cache_dir`."""
+    return f"--{name.replace('_', '-')} ({Settings.model_config['env_prefix']}{name.upper()})"
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,75 @@
+"""A cap on request bodies, for every route: the API's, Gradio's and any other."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+# The largest valid request is two 2,000-character prompts of characters outside
+# the BMP: 16 KB as UTF-8, 48 KB if a client escapes each as a `\ud83d\ude00` pair;
+# a Gradio event carries the same fields plus a few hundred bytes. Anything larger
+# is a mistake or an attack.
+MAX_BODY_BYTES = 64 * 1024
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a request body over `max_bytes`, on every route (the
+    API's, Gradio's and any other), judged by Content-Length and by counting what
+    arrives (a chunked body has no length).
+
+    The body is read whole before the route runs (it is at most `max_bytes`), so a
+    refused request never reaches a route and nothing of it is kept; the route
+    then reads it from memory, and later `receive` calls (to see a disconnect) go
+    to the server as before.
+    """
+
+    def __init__(self, app: Any, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            await self._too_large(send, scope["path"])
+            return
+        chunks: list[bytes] = []
+        seen = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # gone before its body arrived: nobody to answer
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_bytes:
+                await self._too_large(send, scope["path"])
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body: dict | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        async def replay() -> dict:
+            nonlocal body
+            if body is not None:
+                message, body = body, None
+                return message
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    @property
+    def message(self) -> str:
+        return f"request body over {self.max_bytes} bytes; a generation request is a few KB"
+
+    async def _too_large(self, send: Any, path: str) -> None:
+        error: dict[str, Any] = {"detail": self.message}
+        if path.startswith("/v1/"):  # OpenAI's clients read OpenAI's error shape
+            error = {"error": {"message": self.message, "type": "invalid_request_error", "param": None}}
+            error["error"]["code"] = "request_too_large"
+        body = JSONResponse(error, status_code=413)
+        await send({"type": "http.response.start", "status": 413, "headers": body.raw_headers})
+        await send({"type": "http.response.body", "body": body.body})
