@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test bench load lint venv system-deps promtool clean
+.PHONY: run test bench load lint readme venv system-deps promtool clean
 
 venv: $(STAMP)
 
@@ -51,6 +51,10 @@ promtool:
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# Rewrite README's settings table from runtime/settings.py.
+readme: $(STAMP)
+	$(PY) -m runtime.settings_table
 
 test: lint system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)

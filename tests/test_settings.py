@@ -60,3 +60,14 @@ def test_readme_documents_every_setting() -> None:
     for name in Settings.model_fields:
         flag, env = "--" + name.replace("_", "-"), "ZIMAGE_" + name.upper()
         assert table.get(flag) == env, f"README's settings table lacks {flag} / {env}"
+
+
+def test_readme_settings_table_is_written_from_the_settings() -> None:
+    """Flags, variables, defaults and meanings: README.md's table is exactly what
+    `python -m runtime.settings_table` writes from runtime/settings.py."""
+    from runtime.settings_table import table, with_table
+
+    readme = (ROOT / "README.md").read_text()
+    assert with_table(readme) == readme, "README's settings table is stale: python -m runtime.settings_table"
+    assert "| `--disk-cache-size` | `ZIMAGE_DISK_CACHE_SIZE` | `20GiB` |" in table()
+    assert "| `--redis-url` | `ZIMAGE_REDIS_URL` | unset |" in table()
