@@ -48,9 +48,13 @@ promtool:
 		$(SUDO) install -m 0755 promtool /usr/local/bin/promtool; \
 		cd /; rm -rf $$tmp; promtool --version | head -1; }
 
+# ruff, the import direction of docs/ARCHITECTURE.md (import-linter's contracts in
+# pyproject.toml), and README's settings table against runtime/settings.py.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
+	$(PY) -m runtime.settings_table --check
 
 # Rewrite README's settings table from runtime/settings.py.
 readme: $(STAMP)
