@@ -129,7 +129,9 @@ def test_a_dead_lock_holder_blocks_others_only_until_the_lock_ttl(
         waited = time.monotonic() - t0
         assert result.cache == "miss"
         assert service.stats()["generations"] == 1
-        assert 0.8 < waited < 5.0
+        # It waited for the lock to expire (about its 1 s TTL), not for the wait
+        # limit: the bound only has to fail a service that would wait for minutes.
+        assert 0.8 < waited < BOUND_S
         assert tier.get("public", key) != MISS  # stored for everyone
 
     asyncio.run(scenario())
