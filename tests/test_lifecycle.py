@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from pipeline.device_errors import is_fatal_device_error
-from tests.conftest import ROOT, Server
+from tests.conftest import ROOT, RedisServer, Server
 
 PREWARM = [sys.executable, str(ROOT / "prewarm.py"), "--model", "tiny", "--no-progress"]
 
@@ -284,3 +284,39 @@ def test_a_batch_out_of_memory_in_decoding_decodes_one_at_a_time_and_a_size_that
         assert srv.client.get("/ready").status_code == 200
     finally:
         srv.stop()
+
+
+def test_closing_the_parts_stops_every_thread_they_started(tmp_path: Path, redis_server: RedisServer) -> None:
+    """Engine (its worker and encoding pool), the cache's promotion thread, the Redis
+    tier's connections and the pruner: nothing of ours is left running after close."""
+    from bench.procs import wait_until
+    from cache import Entry, Hit
+    from cache.maintenance import Pruner
+    from runtime.settings import load_settings
+    from runtime.wiring import build_parts
+
+    ours = ("zimage-", "cache-promote")
+    watcher = redis_server.client()
+    assert len(watcher.client_list()) == 1
+    before = {t.ident for t in threading.enumerate()}
+    settings = load_settings(
+        ["--cache-dir", str(tmp_path), "--model", "tiny", "--redis-url", redis_server.url]
+    )
+    parts = build_parts(settings)
+    parts.engine.start()
+    assert parts.engine.wait_settled(120) == "ready", parts.engine.error
+    redis = parts.cache.tiers[-1]
+    redis.put("public", "ab" * 32, Entry(b"\x89PNG elsewhere", "png"))
+    assert parts.cache.get("public", "ab" * 32) == Hit(Entry(b"\x89PNG elsewhere", "png"), "redis")
+    assert parts.cache.wait_promotions(10)  # copied to the disk by the promotion thread
+    pruner = Pruner(parts.disk, max_age_s=3600, max_bytes=1 << 30, interval_s=0.01)
+    pruner.start()
+    started = [t for t in threading.enumerate() if t.ident not in before and t.name.startswith(ours)]
+    assert {t.name.split("_")[0] for t in started} >= {"zimage-engine", "cache-promote"}
+
+    assert parts.close(30)
+    pruner.stop()
+    left = [t.name for t in threading.enumerate() if t.ident not in before and t.name.startswith(ours)]
+    assert left == []
+    # Its connections are closed: only the one asking is left on the server.
+    wait_until(lambda: len(watcher.client_list()) == 1, "the tier's connections closed", timeout_s=10)
