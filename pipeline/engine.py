@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import threading
@@ -10,6 +11,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +80,8 @@ class Engine:
 
     Guarantees: exactly one model call runs at a time, on a dedicated worker
     thread (never on the event loop); calls run in submission order; at most
-    `max_queue` jobs wait to start (QueueFull past that). Loading and `warmup` (by
+    `max_queue` jobs wait to start (QueueFull past that); a job that has not
+    started can be cancelled (`cancel`), and says its place in the queue (`position`). Loading and `warmup` (by
     default one smallest, one-step image) are the first job of that thread, so
     generations submitted meanwhile wait for them; ready means an image was made.
     After `close` every submit raises ShuttingDown. A fatal device error
@@ -113,7 +116,9 @@ class Engine:
         self.identity_future: Future[ModelIdentity] = Future()
         self._pipe: Any = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zimage-engine")
-        self._waiting = 0
+        # Jobs submitted and not yet started, in submission order (dicts keep it).
+        self._queued: dict[int, Future[list[GeneratedImage]]] = {}
+        self._numbers = itertools.count()
         self._lock = threading.Lock()
         self._idle = threading.Event()  # no job running on the worker
         self._idle.set()
@@ -126,7 +131,21 @@ class Engine:
     @property
     def queue_depth(self) -> int:
         """Generation jobs submitted and not yet started."""
-        return self._waiting
+        return len(self._queued)
+
+    def position(self, job: Future[list[GeneratedImage]]) -> int | None:
+        """Where a job waits: 1 when it starts next, 2 after that, ...; None once it
+        has started (or was cancelled)."""
+        with self._lock:
+            for place, queued in enumerate(self._queued.values(), 1):
+                if queued is job:
+                    return place
+        return None
+
+    def cancel(self, job: Future[list[GeneratedImage]]) -> bool:
+        """Take a job that has not started out of the queue: True if it will never run;
+        False if it is running or done (a running job always finishes)."""
+        return job.cancel()
 
     def start(self, *, load: bool = True) -> None:
         """Resolve the model, then load and warm it, in the background. With `load`
@@ -155,11 +174,14 @@ class Engine:
         if any(r.as_dict() | {"seed": 0} != first.as_dict() | {"seed": 0} for r in requests):
             raise ValueError("a batch must share everything but the seed")
         with self._lock:
-            if self._waiting >= self.max_queue:
-                raise QueueFull(self._waiting)
-            self._waiting += 1
-        future = self._executor.submit(self._generate, requests, progress, embedding_scope)
-        future.add_done_callback(self._cancelled)
+            if len(self._queued) >= self.max_queue:
+                raise QueueFull(len(self._queued))
+            # Listed under the lock the job's own start needs to unlist it, so it is
+            # listed before it can start.
+            number = next(self._numbers)
+            future = self._executor.submit(self._generate, number, requests, progress, embedding_scope)
+            self._queued[number] = future
+        future.add_done_callback(partial(self._unlist_cancelled, number))
         return future
 
     def close(self, timeout_s: float = 0.0) -> bool:
@@ -176,10 +198,10 @@ class Engine:
         assert threading.current_thread().name.startswith("zimage-engine"), "run_now off the engine thread"
         return self._run(requests, self.identity_future.result(), embedding_scope=None)
 
-    def _cancelled(self, future: Future[list[GeneratedImage]]) -> None:
-        if future.cancelled():  # never started, so never counted out in _generate
+    def _unlist_cancelled(self, number: int, future: Future[list[GeneratedImage]]) -> None:
+        if future.cancelled():  # never started, so never unlisted in _generate
             with self._lock:
-                self._waiting -= 1
+                self._queued.pop(number, None)
 
     def _prepare(self, load: bool) -> None:
         self._idle.clear()
@@ -220,10 +242,14 @@ class Engine:
             log.exception("model failed to load")
 
     def _generate(
-        self, requests: list[CanonicalRequest], progress: Progress | None, embedding_scope: str | None
+        self,
+        number: int,
+        requests: list[CanonicalRequest],
+        progress: Progress | None,
+        embedding_scope: str | None,
     ) -> list[GeneratedImage]:
         with self._lock:
-            self._waiting -= 1
+            self._queued.pop(number, None)
         self._idle.clear()
         try:
             if self._pipe is None and self.state == LOADING:
