@@ -5,6 +5,8 @@ app never imports it.
     python tests/faults.py app.py [ARGS...]
 
 ZIMAGE_FAULT_GATE_WARMUP=PATH   the warm-up waits while PATH exists
+ZIMAGE_FAULT_GATE_GENERATION=PATH  each denoising step waits while PATH exists (the
+                                engine stays busy, and what comes next stays queued)
 ZIMAGE_FAULT_DEVICE_ERROR=PATH  while PATH exists, the transformer raises the error
                                 CUDA raises after an illegal memory access
 ZIMAGE_FAULT_OOM=PATH           while PATH exists, the transformer runs out of memory
@@ -37,13 +39,17 @@ def gate_warmup(gate: str) -> None:
     prewarm.warm_up = gated
 
 
-def broken_transformer(device_error: str | None, oom: str | None, oom_batch_over: int | None) -> None:
+def broken_transformer(
+    device_error: str | None, oom: str | None, oom_batch_over: int | None, gate: str | None
+) -> None:
     import torch
     from diffusers import ZImageTransformer2DModel
 
     forward = ZImageTransformer2DModel.forward
 
     def broken(self, x, *args, **kwargs):
+        while gate and os.path.exists(gate):
+            time.sleep(0.05)
         if device_error and os.path.exists(device_error):
             raise RuntimeError(
                 "CUDA error: an illegal memory access was encountered\n"
@@ -73,6 +79,7 @@ if __name__ == "__main__":
         os.environ.get("ZIMAGE_FAULT_DEVICE_ERROR"),
         os.environ.get("ZIMAGE_FAULT_OOM"),
         int(over) if over else None,
+        os.environ.get("ZIMAGE_FAULT_GATE_GENERATION"),
     )
     script, sys.argv = sys.argv[1], sys.argv[1:]
     runpy.run_path(str(ROOT / script), run_name="__main__")
