@@ -43,17 +43,24 @@ def gate(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def gated(tmp_path_factory: pytest.TempPathFactory, gate: Path) -> Iterator[Server]:
-    """A server whose engine waits at a gate, with room for one job in its queue."""
+    """A server whose engine waits at a gate, with room for one job in its queue. It
+    starts with the gate closed, so its warm-up holds until a test opens it."""
+    gate.touch()
     srv = Server(
         tmp_path_factory.mktemp("gated") / "cache",
         "--max-queue",
         "1",
         env={"ZIMAGE_FAULT_GATE_GENERATION": str(gate)},
         faults=True,
-    ).wait_ready()
+    )
     yield srv
     gate.unlink(missing_ok=True)
     srv.stop()
+
+
+def ready(server: Server, gate: Path) -> Server:
+    gate.unlink(missing_ok=True)
+    return server.wait_ready()
 
 
 def open_page(browser: Browser, url: str, width: int = 1280, height: int = 800, **context: Any) -> Page:
@@ -163,6 +170,21 @@ def test_banners_and_notes_keep_their_contrast_in_both_themes(
     for selector in ("#demo-banner p", "#demo-banner strong", "#prompt-note p", "#prompt label span"):
         ratio = page.locator(selector).first.evaluate(CONTRAST)
         assert ratio >= 4.5, f"{selector}: contrast {ratio:.2f} in {scheme} mode"
+    page.context.close()
+
+
+def test_the_warming_banner_is_readable_in_the_dark_and_goes_once_ready(
+    browser: Browser, gated: Server, gate: Path
+) -> None:
+    gated.wait_model("warming")  # its warm-up holds at the gate
+    page = open_page(browser, gated.url, color_scheme="dark", locale="en-US")
+    banner = page.locator("#model-state")
+    expect(banner).to_contain_text("Model warming up")
+    for selector in ("#model-state p", "#model-state strong"):
+        ratio = page.locator(selector).first.evaluate(CONTRAST)
+        assert ratio >= 4.5, f"{selector}: contrast {ratio:.2f}"
+    ready(gated, gate)
+    expect(banner).to_be_hidden(timeout=TIMEOUT_MS)
     page.context.close()
 
 
@@ -343,7 +365,7 @@ def hold_engine(server: Server, gate: Path, prompt: str) -> threading.Thread:
 def test_a_queued_job_shows_its_place_and_cancel_takes_it_out(
     browser: Browser, gated: Server, gate: Path
 ) -> None:
-    page = open_page(browser, gated.url, locale="en-US")
+    page = open_page(browser, ready(gated, gate).url, locale="en-US")
     small(page, 64)
     worker = hold_engine(gated, gate, "the job in front")
     try:
@@ -369,7 +391,7 @@ def test_a_queued_job_shows_its_place_and_cancel_takes_it_out(
 def test_a_full_queue_is_a_notice_and_the_page_tries_again(
     browser: Browser, gated: Server, gate: Path
 ) -> None:
-    page = open_page(browser, gated.url, locale="en-US")
+    page = open_page(browser, ready(gated, gate).url, locale="en-US")
     small(page, 64)
     worker = hold_engine(gated, gate, "a busy server's first job")
     filler = threading.Thread(
