@@ -26,11 +26,13 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) app.py $(ARGS)
 
-# The tests run a real redis-server, a real headless Chromium and a real Squid
-# (Debian packages), and lint /metrics with promtool.
+# The tests run a real redis-server (also as Sentinel and Cluster nodes), a real
+# nginx, a real headless Chromium and a real Squid (Debian packages), and lint
+# /metrics with promtool.
 system-deps: promtool
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	test -x /usr/sbin/nginx || missing="$$missing nginx"; \
 	test -x /usr/bin/chromium || missing="$$missing chromium"; \
 	command -v squid >/dev/null 2>&1 || test -x /usr/sbin/squid || missing="$$missing squid"; \
 	if [ -n "$$missing" ]; then $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q $$missing; fi

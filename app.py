@@ -81,8 +81,9 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(
         None,
-        description="Shared Redis tier and cross-replica single flight, e.g. redis://host:6379/0 "
-        "(also read from REDIS_URL). Off when unset.",
+        description="Shared Redis tier and cross-replica single flight: redis://host:6379/0, "
+        "redis+sentinel://host:26379[,host:26379...]/MASTER[/db] (Sentinel failover) or "
+        "redis+cluster://host:6379[,host:6379...] (Redis Cluster); also read from REDIS_URL. Off when unset.",
     )
     redis_ttl: Duration = Field("7d", description="How long an image lives in Redis (e.g. 7d, 24h).")
     cache_secret: str | None = Field(
@@ -139,6 +140,19 @@ class Settings(BaseSettings):
         description="Prompt canonicalisation before hashing and generating: basic (NFC, trim, collapse "
         "whitespace), none, or aggressive (also NFKC and lower case).",
     )
+    # CUDA speed levers (pipeline/compile.py, pipeline/attention.py).
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="torch.compile the transformer's repeated blocks: auto (on with CUDA, off on the CPU), "
+        "on, off. The warm-up compiles every shape before /ready; the compiled kernels are kept under "
+        "--cache-dir/compile, so a restart warms up faster.",
+    )
+    attention_backend: str = Field(
+        "auto",
+        description="Attention kernel, through diffusers' dispatcher: auto (FlashAttention-3 on Hopper when "
+        "installed, then flash-attn, cuDNN, PyTorch native) or a diffusers backend name (native, flash, "
+        "_flash_3, _native_cudnn, ...). Calls that need a mask use native when the kernel takes none.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Logging level.")
     log_prompts: bool = Field(
         False,
@@ -159,11 +173,20 @@ class Settings(BaseSettings):
         check_model_spec(v)
         return v
 
+    @field_validator("attention_backend")
+    @classmethod
+    def _attention_backend(cls, v: str) -> str:
+        from pipeline.attention import check_backend_name
+
+        return check_backend_name(v)
+
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"{v!r} is not a Redis URL; write e.g. redis://localhost:6379/0")
+        if v:
+            from cache.redis_url import parse_redis_url
+
+            parse_redis_url(v)
         return v or None
 
     @field_validator("api_keys")
@@ -335,6 +358,9 @@ def build_service(settings: Settings, on_fatal: Any = None) -> ServiceParts:
         warmup=partial(warm_up, sizes=settings.warmup_size_list),
         on_fatal=on_fatal,
         options=ModelOptions(offload=settings.offload, quantize=settings.quantize),
+        attention_backend=settings.attention_backend,
+        compile=settings.compile,
+        compile_cache_dir=settings.cache_dir / "compile",
     )
     secret = settings.cache_secret.encode() if settings.cache_secret else None
     disk = DiskTier(settings.cache_dir / "images", secret=secret)
@@ -411,6 +437,8 @@ def describe(settings: Settings) -> dict[str, Any]:
     """What `/api/info` says about this build and its configuration (no secrets)."""
     from importlib.metadata import PackageNotFoundError, version
 
+    from cache.redis_url import parse_redis_url
+
     def ver(name: str) -> str | None:
         try:
             return version(name)
@@ -427,12 +455,17 @@ def describe(settings: Settings) -> dict[str, Any]:
                 "max_bytes": settings.disk_cache_size,
                 "max_age_s": settings.disk_cache_max_age,
             },
-            "redis": {"enabled": bool(settings.redis_url), "ttl_s": settings.redis_ttl},
+            "redis": {
+                "enabled": bool(settings.redis_url),
+                "kind": parse_redis_url(settings.redis_url).kind if settings.redis_url else None,
+                "ttl_s": settings.redis_ttl,
+            },
             "signed": bool(settings.cache_secret),
             "embedding_cache_mb": settings.embedding_cache_mb,
             "prompt_normalization": settings.prompt_normalization,
             "no_cache_patterns": bool(settings.no_cache_patterns),
         },
+        "speed": {"compile": settings.compile, "attention_backend": settings.attention_backend},
     }
 
 

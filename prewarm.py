@@ -23,7 +23,7 @@ import re
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,6 +40,11 @@ log = logging.getLogger("prewarm")
 # Enough denoising steps to run every kernel (and compile every graph) the real
 # 8 steps use; more would only lengthen the start.
 WARMUP_STEPS = 2
+# With guidance > 0 a negative prompt of another length than the prompt's makes the
+# transformer take an attention mask: a graph of its own when compiled.
+_WARMUP_NEGATIVE = ", ".join(
+    ["blurry, low quality, oversaturated, distorted hands, watermark, jpeg artifacts"] * 6
+)
 _SIZE = re.compile(r"(\d+)x(\d+)")
 
 
@@ -70,16 +75,35 @@ def warm_up(engine: Engine, identity: ModelIdentity, sizes: list[tuple[int, int]
     """Run one short generation per size on the engine thread, so that kernels,
     autotuning and compile caches are hot before the first user waits on them.
     Sizes outside the model's range are skipped with a warning; if none is left
-    the smallest size is warmed, so that ready always means an image was made."""
+    the smallest size is warmed, so that ready always means an image was made.
+    With a compiled transformer, `compile_variants` of the first size follow, so
+    that no request compiles after /ready."""
     usable = [(w, h) for w, h in sizes if all(identity.min_size <= v <= identity.max_size for v in (w, h))]
     for w, h in sorted(set(sizes) - set(usable)):
         log.warning(
             "warm-up: skipping %dx%d, outside this model's %d..%d", w, h, identity.min_size, identity.max_size
         )
-    for width, height in usable or [(identity.min_size, identity.min_size)]:
+    usable = usable or [(identity.min_size, identity.min_size)]
+    for width, height in usable:
         started = time.perf_counter()
         engine.run_now([CanonicalRequest("warm-up", "", 0, width, height, WARMUP_STEPS, 0.0, "png")])
         log.info("warm-up %dx%d: %.2f s", width, height, time.perf_counter() - started)
+    if engine.compiled:
+        for label, requests in compile_variants(*usable[0]):
+            started = time.perf_counter()
+            engine.run_now(requests)
+            log.info("warm-up %s: %.2f s", label, time.perf_counter() - started)
+
+
+def compile_variants(width: int, height: int) -> list[tuple[str, list[CanonicalRequest]]]:
+    """The requests that make a compiled transformer compile every graph the service
+    needs (pipeline/compile.py), beyond one image without guidance: a batch (every
+    batch size from 2 shares one dynamic-shape graph) and guidance with a mask."""
+    base = CanonicalRequest("warm-up", "", 0, width, height, WARMUP_STEPS, 0.0, "png")
+    return [
+        ("batch of 2", [base, replace(base, seed=1)]),
+        ("guidance with a mask", [replace(base, negative_prompt=_WARMUP_NEGATIVE, guidance_scale=1.5)]),
+    ]
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -85,6 +86,15 @@ class DiskTier:
             with contextlib.suppress(OSError):
                 os.utime(path)
         return entry
+
+    async def aget(self, namespace: str, key: str) -> Entry | _Miss:
+        """`get` for the event loop: whether the file exists is one stat() there
+        (microseconds on a local disk), so a miss takes no thread; a present file is
+        read and checked on a thread. A cache directory on a network filesystem
+        would stall the loop on that stat: keep it on a local disk."""
+        if not os.path.exists(self.path_for(namespace, key)):
+            return MISS
+        return await asyncio.to_thread(self.get, namespace, key)
 
     def put(self, namespace: str, key: str, entry: Entry) -> None:
         path = self.path_for(namespace, key)

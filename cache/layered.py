@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections import Counter
@@ -29,6 +30,9 @@ class TierUnavailable(Exception):
 
 
 class Tier(Protocol):
+    """A tier. One with an `async def aget(namespace, key)` is read with it from the
+    event loop; otherwise `get` runs there if `blocking` is False, else on a thread."""
+
     name: str
     blocking: bool  # False: get/put never wait on I/O (safe on the event loop)
 
@@ -69,18 +73,6 @@ class LayeredCache:
         self._idle = threading.Event()
         self._idle.set()
 
-    def get_nonblocking(self, namespace: str, key: str) -> Hit | _Miss:
-        """A lookup in the leading tiers that never block (memory): cheap enough to
-        run on the event loop, before paying for a thread to look further down."""
-        for tier in self.tiers:
-            if getattr(tier, "blocking", True):
-                break
-            entry = tier.get(namespace, key)
-            if entry is not MISS:
-                assert isinstance(entry, Entry)
-                return Hit(entry, tier.name)
-        return MISS
-
     def get(self, namespace: str, key: str) -> Hit | _Miss:
         for depth, tier in enumerate(self.tiers):
             try:
@@ -89,16 +81,41 @@ class LayeredCache:
                 self._count_error(tier, "get", exc)
                 continue
             self._count_success(tier)
-            if entry is MISS:
-                continue
-            assert isinstance(entry, Entry)
-            for upper in self.tiers[:depth]:
-                if getattr(upper, "blocking", True):
-                    self._promote_later(upper, namespace, key, entry)
-                else:
-                    self._put_one(upper, namespace, key, entry)
-            return Hit(entry, tier.name)
+            if entry is not MISS:
+                assert isinstance(entry, Entry)
+                return self._found(depth, namespace, key, entry)
         return MISS
+
+    async def aget(self, namespace: str, key: str) -> Hit | _Miss:
+        """`get` for the event loop, with the same guarantees: each tier is read the
+        cheapest way it allows (see Tier), so a memory hit, a Redis hit and a miss
+        take no thread when the tiers are memory, disk and Redis."""
+        for depth, tier in enumerate(self.tiers):
+            try:
+                read = getattr(tier, "aget", None)
+                if read is not None:
+                    entry = await read(namespace, key)
+                elif not getattr(tier, "blocking", True):
+                    entry = tier.get(namespace, key)
+                else:
+                    entry = await asyncio.to_thread(tier.get, namespace, key)
+            except Exception as exc:
+                self._count_error(tier, "get", exc)
+                continue
+            self._count_success(tier)
+            if entry is not MISS:
+                assert isinstance(entry, Entry)
+                return self._found(depth, namespace, key, entry)
+        return MISS
+
+    def _found(self, depth: int, namespace: str, key: str, entry: Entry) -> Hit:
+        """Copy a hit at `depth` into the tiers above it, then hand it out."""
+        for upper in self.tiers[:depth]:
+            if getattr(upper, "blocking", True):
+                self._promote_later(upper, namespace, key, entry)
+            else:
+                self._put_one(upper, namespace, key, entry)
+        return Hit(entry, self.tiers[depth].name)
 
     def wait_promotions(self, timeout_s: float | None = None) -> bool:
         """Wait until the background copies are written; True if none is left."""

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import TypeVar
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import redis
+import redis.asyncio.retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ClusterError, RedisClusterException
 from redis.lock import Lock
 from redis.retry import Retry
 
 from cache.entry import MISS, CorruptEntry, Entry, UnverifiableEntry, _Miss, decode_record, encode_record
 from cache.keys import SCHEMA_VERSION
 from cache.layered import TierUnavailable
+from cache.redis_url import parse_redis_url
+from cache.sentinel_watch import FailoverWatch
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +30,13 @@ T = TypeVar("T")
 # instead of each request paying a connect timeout while Redis is down.
 BACKOFF_START_S, BACKOFF_MAX_S = 0.5, 5.0
 SCAN_LIMIT = 200_000
+# A record up to this size is checked (SHA-256) on the event loop; a larger one
+# (a 1024x1024 PNG is 1.5-3 MB, about 2 ms of hashing) on a thread, so that one
+# big hit does not hold up every other request on the loop.
+INLINE_VERIFY_MAX_BYTES = 1 << 20
+# Errors that mean "Redis (or the way to it) is down": back off. Any other Redis
+# error (e.g. OOM under a noeviction policy) fails that call only.
+OUTAGES = (redis.ConnectionError, redis.TimeoutError, RedisClusterException, ClusterError)
 
 
 class RedisTier:
@@ -32,11 +45,18 @@ class RedisTier:
     The value is the same checked record as on disk (header with key, size and
     encoding, the bytes, then a SHA-256 or, with `secret`, an HMAC over both), written
     with one SET, so a reader sees all of it or nothing; with a secret, a writer
-    without it cannot make an entry this tier accepts. Guarantees: short socket timeouts and no retries inside a call; after
+    without it cannot make an entry this tier accepts. `url` is one server, a Sentinel-watched master or a Cluster
+    (cache.redis_url); no command touches two keys but the DEL of `clear`, which
+    redis-py's cluster client splits by slot, so entries and locks need not share
+    a slot. Guarantees: short socket timeouts and no retries inside a call; after
     a failure the tier fails fast (TierUnavailable) for a growing back-off, then
-    tries again, so it reconnects by itself when Redis returns. A record that
-    fails its check is deleted and reported as a miss. Thread-safe (redis-py's
-    connection pool). Eviction is Redis's: the TTL, and its maxmemory policy.
+    tries again, so it reconnects by itself when Redis returns; with Sentinel it
+    also listens for failovers (cache.sentinel_watch) and moves to the new master
+    as soon as the sentinels announce it. A record that fails its check is deleted and
+    reported as a miss. Two APIs over one back-off: the blocking one is
+    thread-safe (redis-py's connection pool); `aget` runs on the caller's event
+    loop with `redis.asyncio` (one client per loop), so a hit needs no thread.
+    Eviction is Redis's: the TTL, and its maxmemory policy.
     """
 
     name = "redis"
@@ -56,16 +76,29 @@ class RedisTier:
         self.lock_ttl_s = lock_ttl_s
         self.prefix = f"zimage:v{SCHEMA_VERSION}:"
         self.corrupt_dropped = 0
-        self._client = redis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=30,
+        self.target = parse_redis_url(url)
+        self._options: dict[str, Any] = {
+            "socket_timeout": timeout_s,
+            "socket_connect_timeout": timeout_s,
+            "health_check_interval": 30,
+        }
+        # Built on first use: a cluster client connects when it is made, and a
+        # replica must start (and serve from its other tiers) with Redis down.
+        self._client: Any = None
+        self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
         self._retry_at = 0.0
         self._backoff = BACKOFF_START_S
+        # Sentinel: how many failovers were heard; each loop's client catches up on its next call.
+        self._failovers = 0
+        self._async_seen: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._watch = None
+        if self.target.kind == "sentinel":
+            self._watch = FailoverWatch(self.target, self._follow_failover, timeout_s=timeout_s).start()
 
     def redis_key(self, namespace: str, key: str) -> str:
         return f"{self.prefix}{namespace}:{key}"
@@ -80,10 +113,31 @@ class RedisTier:
         except UnverifiableEntry:
             return MISS  # another replica's, signed with a secret this one lacks
         except CorruptEntry as exc:
-            log.warning("redis cache: dropping corrupt entry %s (%s)", name, exc)
-            self.corrupt_dropped += 1
+            self._drop_corrupt(name, exc)
             self._call(lambda r: r.delete(name))
             return MISS
+
+    async def aget(self, namespace: str, key: str) -> Entry | _Miss:
+        """`get` on the running event loop: the GET through `redis.asyncio`, the check
+        inline (on a thread for a record over INLINE_VERIFY_MAX_BYTES). Same failures."""
+        name = self.redis_key(namespace, key)
+        blob = await self._acall(lambda r: r.get(name))
+        if blob is None:
+            return MISS
+        try:
+            if len(blob) > INLINE_VERIFY_MAX_BYTES:
+                return await asyncio.to_thread(decode_record, blob, namespace, key, self.secret)
+            return decode_record(blob, namespace, key, self.secret)
+        except UnverifiableEntry:
+            return MISS
+        except CorruptEntry as exc:
+            self._drop_corrupt(name, exc)
+            await self._acall(lambda r: r.delete(name))
+            return MISS
+
+    def _drop_corrupt(self, name: str, exc: CorruptEntry) -> None:
+        log.warning("redis cache: dropping corrupt entry %s (%s)", name, exc)
+        self.corrupt_dropped += 1
 
     def put(self, namespace: str, key: str, entry: Entry) -> None:
         record = encode_record(namespace, key, entry, self.secret)
@@ -95,7 +149,7 @@ class RedisTier:
     def clear(self, namespace: str) -> int:
         """Delete every entry of `namespace` (SCAN + DEL in batches); returns how many."""
 
-        def run(r: redis.Redis) -> int:
+        def run(r: Any) -> int:
             removed, batch = 0, []
             for name in r.scan_iter(match=f"{self.prefix}{namespace}:*", count=1000):
                 if not name.endswith(b":lock"):
@@ -110,7 +164,7 @@ class RedisTier:
     def stats(self) -> dict[str, int]:
         """Entries and bytes under our prefix (a SCAN: cheap for a cache-sized Redis)."""
 
-        def count(r: redis.Redis) -> dict[str, int]:
+        def count(r: Any) -> dict[str, int]:
             entries = size = 0
             names = []
             for name in r.scan_iter(match=f"{self.prefix}*", count=1000):
@@ -137,8 +191,13 @@ class RedisTier:
         the lease returned holds nothing, so the caller generates at once instead of
         waiting forever. Raises TierUnavailable when Redis is unreachable."""
         name = self.redis_key(namespace, key) + ":lock"
-        lock = Lock(self._client, name, timeout=self.lock_ttl_s, blocking=False, thread_local=False)
-        if self._call(lambda _: lock.acquire()):
+
+        def take(r: Any) -> Lock | None:
+            lock = Lock(r, name, timeout=self.lock_ttl_s, blocking=False, thread_local=False)
+            return lock if lock.acquire() else None
+
+        lock = self._call(take)
+        if lock is not None:
             return Lease(self, lock)
         if self._call(lambda r: r.pttl(name)) == -1:
             log.warning("redis: ignoring %s: a lock key without a TTL was not set by a replica", name)
@@ -149,25 +208,80 @@ class RedisTier:
         name = self.redis_key(namespace, key) + ":lock"
         return bool(self._call(lambda r: r.exists(name)))
 
-    def _call(self, op: Callable[[redis.Redis], T]) -> T:
+    def _call(self, op: Callable[[Any], T]) -> T:
+        self._check_backoff()
+        try:
+            if self._client is None:
+                with self._lock:
+                    if self._client is None:
+                        retry = Retry(NoBackoff(), 0)
+                        self._client = self.target.client(retry=retry, **self._options)
+            result = op(self._client)
+        except redis.exceptions.LockError:
+            raise  # a lock that expired under its holder: not an outage
+        except (redis.RedisError, RedisClusterException) as exc:
+            raise self._failed(exc) from exc
+        self._succeeded()
+        return result
+
+    async def _acall(self, op: Callable[[Any], Awaitable[T]]) -> T:
+        self._check_backoff()
+        try:
+            loop = asyncio.get_running_loop()
+            client = self._async_clients.get(loop)
+            if client is None:
+                for closed in [old for old in self._async_clients if old.is_closed()]:
+                    del self._async_clients[closed]  # its client holds it: not freed by itself
+                retry = redis.asyncio.retry.Retry(NoBackoff(), 0)
+                client = self._async_clients[loop] = self.target.async_client(retry=retry, **self._options)
+                self._async_seen[loop] = self._failovers
+            elif self._async_seen.get(loop) != self._failovers:
+                self._async_seen[loop] = self._failovers
+                await client.connection_pool.get_master_address()
+            result = await op(client)
+        except (redis.RedisError, RedisClusterException) as exc:
+            raise self._failed(exc) from exc
+        self._succeeded()
+        return result
+
+    def close(self) -> None:
+        """Stop listening to the sentinels and close the blocking client's connections
+        (the event loops' clients close with their loops)."""
+        if self._watch is not None:
+            self._watch.stop()
+        if self._client is not None:
+            self._client.close()
+
+    def _follow_failover(self) -> None:
+        """The sentinels moved the master: ask them for it now, so idle connections to
+        the old one close and busy ones close when they come back to the pool."""
+        with self._lock:
+            self._failovers += 1
+            self._retry_at = 0.0  # the new master may be up while we were backing off
+            client = self._client
+        if client is not None:
+            try:
+                client.connection_pool.get_master_address()
+            except redis.RedisError as exc:  # the next call finds it, or backs off
+                log.debug("redis: new master not found yet: %s", exc)
+
+    def _check_backoff(self) -> None:
         with self._lock:
             wait = self._retry_at - time.monotonic()
         if wait > 0:
             raise TierUnavailable(f"redis unavailable; next try in {wait:.1f} s", counted=False)
-        try:
-            result = op(self._client)
-        except redis.exceptions.LockError:
-            raise  # a lock that expired under its holder: not an outage
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+
+    def _failed(self, exc: Exception) -> TierUnavailable:
+        """What a failed call raises; an outage also starts (or grows) the back-off."""
+        if isinstance(exc, OUTAGES):
             with self._lock:
                 self._retry_at = time.monotonic() + self._backoff
                 self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
-            raise TierUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
-        except redis.RedisError as exc:  # e.g. OOM under a noeviction policy
-            raise TierUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+        return TierUnavailable(f"redis: {type(exc).__name__}: {exc}")
+
+    def _succeeded(self) -> None:
         with self._lock:
             self._backoff = BACKOFF_START_S
-        return result
 
 
 class Lease:

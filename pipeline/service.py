@@ -99,8 +99,8 @@ class QueueTicket:
 class GenerationService:
     """Looks up the cache, else generates (once per key at a time), then stores.
 
-    Guarantees: a hit never waits behind a generation (lookups run on their own
-    threads, the model on the engine's); concurrent identical requests share one
+    Guarantees: a hit never waits behind a generation (lookups run on the event
+    loop or threads, the model on the engine's); concurrent identical requests share one
     generation — in this process always, across replicas when `locks` is given
     (a Redis lock; if Redis is down each replica generates for itself); that
     generation finishes and is stored even if every caller gives up waiting.
@@ -199,17 +199,9 @@ class GenerationService:
             took = [time.perf_counter() - started] * batch_size
             return self._results(keys, canonicals, [(BYPASS_TIER, e, t) for e, t in generated], took)
 
-        # 3. Look up the tiers, fastest first: memory on the event loop (no thread
-        #    hop for the commonest hit), the rest on a thread.
-        fast = [self.cache.get_nonblocking(namespace, k) for k in keys]
-        hits = fast
-        if any(hit is MISS for hit in fast):
-            hits = await asyncio.to_thread(
-                lambda: [
-                    h if isinstance(h, Hit) else self.cache.get(namespace, k)
-                    for h, k in zip(fast, keys, strict=True)
-                ]
-            )
+        # 3. Look up the tiers, fastest first, on the event loop: memory and Redis
+        #    (redis.asyncio) take no thread hop, the disk only to read a file it has.
+        hits = [await self.cache.aget(namespace, k) for k in keys]
         lookup = time.perf_counter() - started
         outcomes: dict[int, Outcome] = {
             i: (hit.tier, hit.entry, {"lookup": lookup}) for i, hit in enumerate(hits) if isinstance(hit, Hit)
@@ -278,8 +270,7 @@ class GenerationService:
         """A stored entry by key (for `/images/{key}`), or MISS."""
         if not is_namespace(namespace):
             return MISS
-        hit = self.cache.get_nonblocking(namespace, key)
-        return hit if isinstance(hit, Hit) else await asyncio.to_thread(self.cache.get, namespace, key)
+        return await self.cache.aget(namespace, key)
 
     async def model_identity(self) -> ModelIdentity:
         """The served model's identity; waits (bounded) while it is being resolved."""

@@ -216,6 +216,9 @@ def test_api_info_describes_versions_model_and_cache(server: Server) -> None:
     assert info["cache"]["disk"]["max_bytes"] == 20 * 2**30
     assert info["cache"]["redis"]["enabled"] is False
     assert info["queue"]["max"] == 64
+    assert info["speed"] == {"compile": "auto", "attention_backend": "auto"}
+    assert (info["model"]["attention"], info["model"]["compiled"]) == ("native", False)  # auto on the CPU
+    assert info["model"]["quantize"] == "none" and info["model"]["placement"]["mode"] == "none"
 
 
 def test_openapi_documents_every_field_with_its_limits(server: Server) -> None:

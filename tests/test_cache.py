@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from pathlib import Path
@@ -209,9 +210,9 @@ def test_a_hit_from_below_is_copied_to_memory_at_once_and_to_disk_in_the_backgro
     memory, disk, lower = MemoryTier(1 << 20), DiskTier(tmp_path / "disk"), LowerTier(tmp_path / "lower")
     layered = LayeredCache([memory, disk, lower])
     lower.put("public", "c" * 64, entry(7))
-    assert layered.get_nonblocking("public", "c" * 64) is MISS
+    assert memory.get("public", "c" * 64) is MISS
     assert layered.get("public", "c" * 64) == Hit(entry(7), "lower")
     assert memory.get("public", "c" * 64) == entry(7)  # before the hit was returned
-    assert layered.get_nonblocking("public", "c" * 64) == Hit(entry(7), "memory")
+    assert asyncio.run(layered.aget("public", "c" * 64)) == Hit(entry(7), "memory")
     assert layered.wait_promotions(timeout_s=10)
     assert disk.get("public", "c" * 64) == entry(7)

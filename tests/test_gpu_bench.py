@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,11 +15,18 @@ from tests.conftest import ROOT
 
 
 def test_the_gpu_benchmark_runs_on_the_cpu_with_the_tiny_model(tmp_path: Path) -> None:
-    out = tmp_path / "gpu.json"
+    out, scratch = tmp_path / "gpu.json", tmp_path / "tmp"
+    scratch.mkdir()
     args = [
         "--tiny",
-        "--size",
+        "--sizes",
         "256",
+        "--guidance-scales",
+        "0,3",
+        "--attention-backend",
+        "_native_flash",
+        "--overhead-runs",
+        "2",
         "--warmup",
         "1",
         "--runs",
@@ -36,6 +44,7 @@ def test_the_gpu_benchmark_runs_on_the_cpu_with_the_tiny_model(tmp_path: Path) -
         text=True,
         timeout=600,
         check=False,
+        env={**os.environ, "TMPDIR": str(scratch)},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "MFU" in result.stdout and "cold start: first start ready s" in result.stdout
@@ -48,12 +57,27 @@ def test_the_gpu_benchmark_runs_on_the_cpu_with_the_tiny_model(tmp_path: Path) -
         < 0.5 * p50["total"]
     )
     assert p50["caption_tokens"] == 128  # a realistic prompt length, whatever the tokenizer
+    assert report["levers"] == {
+        "offload": "auto",
+        "quantize": "none",
+        "attention_backend": "_native_flash",
+        "compile": False,
+    }
+    cases = report["cases"]
+    assert set(cases) == {"256x256 guidance 0", "256x256 guidance 3"}
+    guided = cases["256x256 guidance 3"]
+    assert guided["latency_p50_s"]["negative_tokens"] > 0  # CFG with the masked negative prompt ran
+    assert guided["tflop_per_image"] > 1.5 * cases["256x256 guidance 0"]["tflop_per_image"]
+    overheads = report["service_overheads"]["256"]
+    assert overheads["png_bytes"] > 256 * 256 * 3  # noise does not compress
+    assert min(overheads["encode_png_s"], overheads["store_memory_s"], overheads["store_disk_s"]) > 0
     assert set(report["images_per_s"]) == {"1", "2"} and min(report["images_per_s"].values()) > 0
     assert report["transformer_forward_tflop"] > 0 and report["matmul_peak_tflops"] > 0
     assert 0 < report["mfu_transformer"] < 1 and 0 < report["mfu_end_to_end"] <= report["mfu_transformer"]
     cold = report["cold_start"]
     assert 0 < cold["first_start_ready_s"] <= cold["first_start_first_image_s"]
     assert 0 < cold["restart_ready_s"] <= cold["restart_first_image_s"]
+    assert not list(scratch.glob("zimage-*")), "the weights and caches it wrote are removed"
 
 
 def test_one_full_size_transformer_forward_at_1024_is_about_57_tflop() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import signal
 import subprocess
 import sys
@@ -9,8 +10,10 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from pipeline.engine import is_fatal_device_error
 from tests.conftest import ROOT, Server
@@ -22,6 +25,10 @@ def prewarm(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*PREWARM, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
     )
+
+
+def pixels(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
 def in_thread(call):
@@ -232,6 +239,48 @@ def test_out_of_memory_splits_the_batch_then_answers_503_and_serves_on(tmp_path:
         oom.unlink()
         again = srv.client.get("/run", params={"prompt": "does not fit", "width": 128, "height": 128})
         assert again.status_code == 200 and again.json()["cache"] == "miss"
+        assert srv.client.get("/ready").status_code == 200
+    finally:
+        srv.stop()
+
+
+def test_a_batch_out_of_memory_in_decoding_decodes_one_at_a_time_and_a_size_that_never_fits_is_a_422(
+    tmp_path: Path,
+) -> None:
+    # The VAE cannot decode 2 images at once; the transformer cannot take over 300x300.
+    env = {"ZIMAGE_FAULT_DECODE_OOM_BATCH_OVER": "1", "ZIMAGE_FAULT_OOM_PIXELS_OVER": str(300 * 300)}
+    srv = Server(tmp_path / "cache", env=env, faults=True).wait_ready()  # warmed at 256x256
+    try:
+        body = {"prompt": "three at once", "width": 128, "height": 128, "seed": 20, "batch_size": 3}
+        batch = srv.client.post("/api/generate", json=body)
+        assert batch.status_code == 200, batch.text
+        images = batch.json()["images"]
+        log = srv.log()
+        assert "decoding it one image at a time" in log
+        assert "two halves" not in log  # the denoising was kept, not redone
+        single = {k: v for k, v in body.items() if k != "batch_size"} | {"seed": 21}
+        alone = srv.client.post("/generate", params={"no_cache": "true"}, json=single)
+        in_batch = srv.client.get(images[1]["image_url"])
+        # Denoised in a batch: the same image up to ±1 in a pixel value (DESIGN.md).
+        diff = np.abs(pixels(alone.content).astype(int) - pixels(in_batch.content).astype(int))
+        assert diff.max() <= 1
+
+        # Larger than anything made here, and it fails again with memory freed: 422, not 503.
+        big = {"prompt": "too big", "width": 512, "height": 512}
+        refused = srv.client.get("/run", params=big)
+        assert refused.status_code == 422 and "retry-after" not in refused.headers
+        detail = refused.json()["detail"][0]
+        assert detail["loc"] == ["query", "width"]
+        assert "a 512x512 image does not fit" in detail["msg"]
+        assert "the largest made here is 256x256" in detail["msg"]
+        assert srv.log().count("trying once more") == 1
+        # From then on, that size or larger is refused at once, without touching the GPU.
+        larger = srv.client.post("/generate", json={"prompt": "larger", "width": 768, "height": 512})
+        assert larger.status_code == 422 and "does not fit" in larger.json()["detail"][0]["msg"]
+        assert srv.log().count("trying once more") == 1
+        # A size between the largest made and the refused one is still tried.
+        between = srv.client.get("/run", params={"prompt": "in between", "width": 288, "height": 288})
+        assert between.status_code == 200 and between.json()["cache"] == "miss"
         assert srv.client.get("/ready").status_code == 200
     finally:
         srv.stop()

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.engine import FAILED, Engine, generation_parameters
+from pipeline.encoding import generation_parameters
+from pipeline.engine import FAILED, Engine
 from pipeline.loading import ModelOptions, check_quantize, resolve_model
 from pipeline.meta_memory import module_bytes
 from pipeline.placement import Placement, load_placed

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
 
 from cache import MISS, SCHEMA_VERSION, Entry, Hit, LayeredCache, MemoryTier, TierUnavailable, make_key
-from cache.redis_tier import RedisTier
+from cache.redis_tier import INLINE_VERIFY_MAX_BYTES, RedisTier
 from tests.conftest import RedisServer
 
 ENTRY = Entry(data=b"\x89PNG fake image bytes" * 100, ext="png", meta={"seed": 1})
@@ -26,17 +27,22 @@ def test_entries_live_under_the_documented_key_with_a_ttl(redis_server: RedisSer
     assert tier.stats()["bytes"] == client.strlen(f"zimage:v{SCHEMA_VERSION}:public:{key}")
 
 
-def test_a_tampered_or_truncated_value_is_dropped(redis_server: RedisServer) -> None:
+@pytest.mark.parametrize("api", ["get", "aget"])
+def test_a_tampered_or_truncated_value_is_dropped(redis_server: RedisServer, api: str) -> None:
     tier = RedisTier(redis_server.url, ttl_s=3600)
+    read = tier.get if api == "get" else lambda ns, k: asyncio.run(tier.aget(ns, k))
     client = redis_server.client()
-    for n, damage in enumerate([lambda b: b[:-1], lambda b: b[:-5] + b"XXXXX", lambda b: b"garbage"]):
+    big = Entry(data=bytes(INLINE_VERIFY_MAX_BYTES + 1), ext="png")  # checked on a thread by aget
+    damages = [lambda b: b[:-1], lambda b: b[:-5] + b"XXXXX", lambda b: b"garbage"]
+    for n, (entry, damage) in enumerate([(ENTRY, d) for d in damages] + [(big, damages[1])]):
         key = make_key({"x": n})
-        tier.put("public", key, ENTRY)
+        tier.put("public", key, entry)
+        assert read("public", key) == entry
         name = f"zimage:v{SCHEMA_VERSION}:public:{key}"
         client.set(name, damage(client.get(name)))
-        assert tier.get("public", key) is MISS
+        assert read("public", key) is MISS
         assert not client.exists(name)
-    assert tier.corrupt_dropped == 3
+    assert tier.corrupt_dropped == 4
 
 
 def test_lock_is_exclusive_token_checked_and_expires_when_its_holder_dies(redis_server: RedisServer) -> None:
@@ -69,6 +75,12 @@ def test_dead_redis_is_a_fast_miss_counted_once_and_reconnects(redis_server: Red
     started = time.monotonic()
     for _ in range(50):
         assert layered.get("public", key) is MISS
+
+    async def on_the_loop() -> None:
+        for _ in range(50):
+            assert await layered.aget("public", key) is MISS
+
+    asyncio.run(on_the_loop())
     assert time.monotonic() - started < 2.0  # back-off: no connect attempt per call
     assert 1 <= layered.stats()["redis"]["errors"] < 10
     with pytest.raises(TierUnavailable):

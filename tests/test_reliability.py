@@ -417,7 +417,7 @@ def test_a_full_disk_loses_no_answer_and_leaves_no_partial_file(tmp_path: Path) 
 
 def test_kill_9_during_cache_writes_leaves_no_visible_partial_entry(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    for round_ in range(3):
+    for round_ in range(2):  # two kills at different moments of the write load
         srv = Server(cache).wait_ready()
         stop = threading.Event()
 

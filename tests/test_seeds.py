@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
@@ -36,7 +35,10 @@ class RecordingPipe:
 
     def __call__(self, **kwargs: Any) -> Any:
         self.calls.append(kwargs)
-        return type("Output", (), {"images": np.full((len(kwargs["generator"]), 64, 64, 3), 0.5)})
+        # The engine asks for latents and decodes them itself (with the real VAE).
+        assert kwargs["output_type"] == "latent"
+        latents = torch.zeros(len(kwargs["generator"]), self.pipe.vae.config.latent_channels, 8, 8)
+        return type("Output", (), {"images": latents})
 
 
 def test_noise_is_drawn_on_the_cpu_whatever_the_device(

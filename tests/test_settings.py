@@ -30,6 +30,8 @@ def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: P
         ([], {"ZIMAGE_MEMORY_CACHE_MB": "lots"}, "--memory-cache-mb (ZIMAGE_MEMORY_CACHE_MB)"),
         (["--model", "/no/such/dir"], {}, "--model (ZIMAGE_MODEL)"),
         (["--prompt-normalization", "loud"], {}, "--prompt-normalization"),
+        (["--attention-backend", "flash4"], {}, "--attention-backend (ZIMAGE_ATTENTION_BACKEND)"),
+        ([], {"ZIMAGE_COMPILE": "yes"}, "--compile (ZIMAGE_COMPILE)"),
         (["--cache-dir", "/proc/forbidden"], {}, "--cache-dir (ZIMAGE_CACHE_DIR)"),
         (["--cors-origins", "https://chat.example.com/app"], {}, "--cors-origins (ZIMAGE_CORS_ORIGINS)"),
     ],

@@ -370,6 +370,7 @@ def create_api(
         """Versions, the model and its fingerprint, device, dtype, and the cache configuration."""
         identity = engine.identity
         model = {"spec": engine.model_spec, "state": engine.state, "error": engine.error}
+        model |= {"attention": engine.attention_in_use, "compiled": engine.compiled}
         if identity is not None:
             model |= {
                 "id": identity.model_id,

@@ -112,6 +112,10 @@ class ModelInfo(BaseModel):
     fingerprint: str | None = None
     device: str | None = None
     dtype: str | None = None
+    quantize: str | None = None
+    placement: dict[str, Any] | None = Field(None, description="Where the model's parts live (--offload).")
+    attention: str | None = Field(None, description="The attention backend in use (--attention-backend).")
+    compiled: bool | None = Field(None, description="Whether the transformer is compiled (--compile).")
     demo: bool | None = None
     sizes: list[int] | None = Field(None, description="[smallest, largest] width and height.")
 
@@ -129,6 +133,9 @@ class AuthInfo(BaseModel):
 class Info(BaseModel):
     versions: dict[str, str | None] = Field(default_factory=dict)
     cache: dict[str, Any] = Field(default_factory=dict, description="The cache settings in force.")
+    speed: dict[str, Any] = Field(
+        default_factory=dict, description="--compile and --attention-backend as set."
+    )
     model: ModelInfo
     queue: QueueInfo
     auth: AuthInfo

@@ -1,0 +1,146 @@
+"""Turning decoded pixels into image files: the NaN/black check, PNG/JPEG/WebP with
+the generation parameters inside, and the small pool that does it off the engine thread."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.loading import ModelIdentity
+    from pipeline.request import CanonicalRequest
+
+# Threads that encode: PNG's zlib and Pillow's encoders release the GIL, so two
+# images encode in parallel while the engine thread runs the next denoising.
+ENCODE_THREADS = 2
+# Jobs allowed to wait for encoding; past that the engine thread waits before it
+# starts another generation (decoded pixels are 12 MB per 1024² image, and a CPU
+# slower than the GPU must not let them pile up).
+ENCODE_BACKLOG = 4
+
+
+class GenerationFailed(Exception):
+    """The model ran but produced no usable image (an error, NaN or a black frame)."""
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    data: bytes
+    ext: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """What the engine thread hands over: decoded pixels, float in [0, 1], one
+    HxWx3 array per request, and the seconds each stage took."""
+
+    pixels: Any  # numpy float32 array, batch x H x W x 3
+    timings: dict[str, float]
+
+
+def finish_images(
+    rendered: Rendered, requests: list[CanonicalRequest], identity: ModelIdentity
+) -> list[GeneratedImage]:
+    """Check and encode a batch. Raises GenerationFailed for NaN values or an
+    all-black image: neither may be stored or shown as a result."""
+    import numpy as np
+
+    pixels = rendered.pixels
+    if not np.isfinite(pixels).all():
+        raise GenerationFailed("the model produced NaN values (a known fp16 failure; serve in bfloat16)")
+    images = (pixels * 255).round().clip(0, 255).astype("uint8")
+    if any(image.max() == 0 for image in images):
+        raise GenerationFailed("the model produced an all-black image")
+    out = []
+    for image, request in zip(images, requests, strict=True):
+        started = time.perf_counter()
+        data = encode_image(image, request, identity)
+        timings = {**rendered.timings, "encode": time.perf_counter() - started}
+        out.append(GeneratedImage(data=data, ext=request.format, timings=timings))
+    return out
+
+
+class EncodePool:
+    """Runs `finish_images` on its own threads, so the engine thread is free for the
+    next denoising while the last images are encoded.
+
+    Guarantees: every accepted job resolves its future (images or the exception);
+    at most ENCODE_BACKLOG jobs are pending, `submit` blocks the caller (the engine
+    thread) past that; after `shutdown` a job runs on the calling thread instead.
+    `busy` callbacks let the engine count encodes as work in flight.
+    """
+
+    def __init__(self, on_start: Callable[[], None], on_done: Callable[[], None]) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=ENCODE_THREADS, thread_name_prefix="zimage-encode")
+        self._slots = threading.Semaphore(ENCODE_BACKLOG)
+        self._on_start, self._on_done = on_start, on_done
+
+    def submit(
+        self,
+        rendered: Rendered,
+        requests: list[CanonicalRequest],
+        identity: ModelIdentity,
+        result: Future[list[GeneratedImage]],
+    ) -> None:
+        """Finish `rendered` and set `result` (which must be running) when done."""
+        self._slots.acquire()
+        self._on_start()
+        try:
+            self._pool.submit(self._finish, rendered, requests, identity, result)
+        except RuntimeError:  # shut down: the process is stopping; finish here
+            self._finish(rendered, requests, identity, result)
+
+    def shutdown(self) -> None:
+        """Take no new jobs; those queued still finish."""
+        self._pool.shutdown(wait=False)
+
+    def _finish(
+        self,
+        rendered: Rendered,
+        requests: list[CanonicalRequest],
+        identity: ModelIdentity,
+        result: Future[list[GeneratedImage]],
+    ) -> None:
+        try:
+            result.set_result(finish_images(rendered, requests, identity))
+        except BaseException as exc:
+            result.set_exception(exc)
+        finally:
+            self._slots.release()
+            self._on_done()
+
+
+def generation_parameters(request: CanonicalRequest, identity: ModelIdentity) -> dict[str, Any]:
+    quantized = {"quantize": identity.quantize} if identity.quantize != "none" else {}
+    return {**request.as_dict(), "model": identity.model_id, "fingerprint": identity.fingerprint, **quantized}
+
+
+def encode_image(pixels: Any, request: CanonicalRequest, identity: ModelIdentity) -> bytes:
+    """Encode an HxWx3 uint8 array with its generation parameters inside: the A1111
+    `parameters` text that image tools read (a PNG text chunk; in JPEG and WebP the
+    EXIF UserComment, as A1111 writes it), and `zimage` JSON (a PNG text chunk; the
+    EXIF image description in JPEG and WebP)."""
+    from PIL import Image, PngImagePlugin
+
+    from pipeline.image_metadata import a1111_exif, a1111_parameters
+
+    img = Image.fromarray(pixels, "RGB")
+    params = generation_parameters(request, identity)
+    readable = a1111_parameters(request, identity)
+    buf = io.BytesIO()
+    if request.format == "png":
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt("parameters", readable)
+        info.add_itxt("zimage", json.dumps(params, ensure_ascii=False))
+        img.save(buf, "PNG", pnginfo=info, compress_level=4)
+    else:
+        exif = a1111_exif(readable, json.dumps(params, ensure_ascii=True))
+        img.save(buf, request.format.upper(), quality=92, exif=exif)
+    return buf.getvalue()
