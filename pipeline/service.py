@@ -263,7 +263,12 @@ class GenerationService:
             if any(self._waiters[name] > 1 for name in flights):
                 continue  # someone else waits for this image too
             ticket.cancelled = True
-            cancelled = self.engine.cancel(job) or cancelled
+            if self.engine.cancel(job):
+                cancelled = True
+                # Unlisted now, so that a caller asking for the same image from here on
+                # starts a generation of its own instead of joining one that will not come.
+                for name in flights:
+                    self._flights.pop(name, None)
         return cancelled
 
     async def lookup(self, namespace: str, key: str) -> Hit | Any:

@@ -196,6 +196,7 @@ class UiRun:
         finally:
             if self._waiting.get(key) is waiting:
                 del self._waiting[key]
+            self._watching.pop(key, None)  # (a page closed mid-run never stops its timer)
 
         entries = entries_for(
             self.images, namespace_of(request), results, prompt_normalization, self.engine.identity
