@@ -20,7 +20,7 @@ import gradio as gr
 from pipeline.engine import READY, Engine
 from pipeline.request import MAX_PROMPT_CHARS, MAX_SEED
 from pipeline.service import GenerationService
-from web.ui_form import CUSTOM, PRESET_SIZES, PRESETS, size_preset, snap
+from web.ui_form import CUSTOM, PRESET_SIZES, PRESETS, size_limits, size_preset, snap
 from web.ui_history import gallery as gallery_items
 from web.ui_history import revalidate
 from web.ui_images import UiImages
@@ -230,8 +230,9 @@ def create_ui(service: GenerationService, engine: Engine, images: UiImages, *, d
             preset=preset,
             notes=notes,
         )
-        # concurrency_limit=None: Gradio would otherwise run one event at a time,
-        # and a cache hit would wait behind a running generation. The engine
+        # Generate: the page's timer for the queue line starts, the generation runs, the
+        # timer stops. concurrency_limit=None: Gradio would otherwise run one event at a
+        # time, and a cache hit would wait behind a running generation; the engine
         # serialises the model itself.
         watch = gr.Timer(QUEUE_WATCH_S, active=False)
         watch.tick(runs.watch, None, [queue_note, watch], api_name=False, queue=False, show_progress="hidden")
@@ -422,8 +423,7 @@ def _snapper(engine: Engine, name: str) -> Any:
     """On leaving the width or height box: the nearest valid size, and a note saying so."""
 
     def snap_on_blur(width: float | None, height: float | None, request: gr.Request) -> tuple[Any, Any, Any]:
-        identity = engine.identity
-        low, high = (identity.min_size, identity.max_size) if identity else (64, 2048)
+        low, high = size_limits(engine)
         value, note = snap(language_of(request), width if name == "width" else height, low, high)
         if not note:
             # Unchanged: set nothing, or this answer could undo what was typed since.

@@ -15,8 +15,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pipeline.engine import GenerationFailed, ModelUnavailable
-from pipeline.request import MAX_PROMPT_CHARS, MAX_SEED, RequestInvalid, check_text, snap_size
+from pipeline.engine import Engine, GenerationFailed, ModelUnavailable
+from pipeline.request import (
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    MAX_SIZE,
+    MIN_SIZE,
+    RequestInvalid,
+    check_text,
+    snap_size,
+)
 from pipeline.service import JobCancelled
 from web.ui_text import say
 
@@ -48,6 +56,12 @@ class FormCheck:
     values: dict[str, Any] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
+
+
+def size_limits(engine: Engine) -> tuple[int, int]:
+    """The sizes the served model takes (the widest bounds until it is known)."""
+    identity = engine.identity
+    return (identity.min_size, identity.max_size) if identity else (MIN_SIZE, MAX_SIZE)
 
 
 def size_preset(width: float | None, height: float | None) -> str:

@@ -23,9 +23,9 @@ import gradio as gr
 from pydantic import ValidationError
 
 from pipeline.engine import Engine, GenerationFailed, ModelUnavailable, QueueFull
-from pipeline.request import MAX_SIZE, MIN_SIZE, GenerationRequest, RequestInvalid
+from pipeline.request import GenerationRequest, RequestInvalid
 from pipeline.service import GenerationResult, GenerationService, JobCancelled, QueueTicket
-from web.ui_form import NOTED, check_form, explain, size_preset
+from web.ui_form import NOTED, check_form, explain, size_limits, size_preset
 from web.ui_history import entries_for, gallery, merge, persistable, status_line
 from web.ui_images import UiImages
 from web.ui_text import language, say
@@ -144,7 +144,7 @@ class UiRun:
     ) -> dict[Any, Any]:
         """The page's Generate: updates for the components it changes, never an error."""
         c, lang = self.c, language_of(request)
-        low, high = self._size_limits()
+        low, high = size_limits(self.engine)
         form = {
             "prompt": prompt,
             "negative_prompt": negative_prompt,
@@ -317,10 +317,6 @@ class UiRun:
                     await asyncio.sleep(min(0.1, until - time.monotonic()))
                 waiting.busy = None
                 wait = min(wait * 2, BUSY_MAX_WAIT_S)
-
-    def _size_limits(self) -> tuple[int, int]:
-        identity = self.engine.identity
-        return (identity.min_size, identity.max_size) if identity else (MIN_SIZE, MAX_SIZE)
 
 
 def _progress_reporter(progress: gr.Progress, lang: str) -> Any:
