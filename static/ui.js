@@ -76,6 +76,7 @@
   }
 
   function finished() {
+    window.zimage.runs += 1; // generations this page has finished (what waits for one reads it)
     clearTimeout(showCancel);
     $("#actions")?.classList.remove("zimage-running");
     const result = $("#result");
@@ -86,5 +87,5 @@
     }
   }
 
-  window.zimage = { count, started, finished };
+  window.zimage = { count, started, finished, runs: 0 };
 })();
