@@ -22,12 +22,15 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BeforeValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing_extensions import TypeAliasType
 
 from cache.units import parse_duration, parse_size
 
 MiB = 1 << 20
-Size = Annotated[int, BeforeValidator(parse_size)]
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+# Named aliases: `--help` shows their names (SIZE, DURATION) where the values are
+# typed, not the int/float they become.
+Size = TypeAliasType("SIZE", Annotated[int, BeforeValidator(parse_size)])
+Duration = TypeAliasType("DURATION", Annotated[float, BeforeValidator(parse_duration)])
 STATIC = Path(__file__).resolve().parent / "static"
 ORIGIN = re.compile(r"https?://(\[[0-9a-fA-F:.]+\]|[^/\s:,\[\]]+)(:\d{1,5})?")
 
@@ -40,6 +43,7 @@ class Settings(BaseSettings):
         cli_prog_name="app.py",
         cli_kebab_case=True,
         cli_implicit_flags=True,
+        cli_hide_none_type=True,  # `--redis-url str`, not `{str,null}`
         validate_default=True,
     )
 
@@ -386,7 +390,7 @@ def build_app(settings: Settings, on_fatal: Any = None) -> Runtime:
     from pipeline.loading import is_demo_spec
     from web.api import create_api
     from web.auth import Access, read_api_keys
-    from web.ui import create_ui
+    from web.ui import create_ui, page_head
     from web.ui_images import UiImageRoute, UiImages, gradio_user
     from web.ui_text import I18N
 
@@ -412,6 +416,7 @@ def build_app(settings: Settings, on_fatal: Any = None) -> Runtime:
         path="/",
         show_error=True,
         css_paths=[STATIC / "style.css"],
+        head=page_head(),
         favicon_path=str(STATIC / "favicon.svg"),
         i18n=I18N,
         auth=access.ui_login if access.api_keys else None,

@@ -14,11 +14,12 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from cache import MISS, Entry, Hit, LayeredCache, TierUnavailable, is_namespace, make_key
-from pipeline.engine import Engine, ModelUnavailable, Progress, ShuttingDown
+from pipeline.engine import Engine, GeneratedImage, ModelUnavailable, Progress, ShuttingDown
 from pipeline.loading import ModelIdentity
 from pipeline.request import (
     MAX_SEED,
@@ -68,12 +69,31 @@ class GenerationResult:
     cache: str  # memory | disk | redis | miss | bypass
     entry: Entry
     request: CanonicalRequest
-    duration: float  # seconds spent in the service for this call
+    # Seconds from the call until this image was there: its lookup for a hit, until
+    # it was generated and stored for a miss (in a batch, each image its own).
+    duration: float
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def seed(self) -> int:
         return self.request.seed
+
+
+class JobCancelled(Exception):
+    """The caller cancelled its generation before the model started on it: nothing
+    was generated, and nothing is stored."""
+
+
+class QueueTicket:
+    """A caller's handle on the generation jobs its request started (`generate_batch`
+    fills it): where they wait in the engine's queue (`GenerationService.queue_position`)
+    and a way to cancel them before they start (`GenerationService.cancel`).
+    Used on the event loop only."""
+
+    def __init__(self) -> None:
+        # Each engine job, with the flights (namespace, key) that wait for it.
+        self.jobs: list[tuple[Future[list[GeneratedImage]], list[tuple[str, str]]]] = []
+        self.cancelled = False
 
 
 class GenerationService:
@@ -127,10 +147,17 @@ class GenerationService:
         no_cache: bool = False,
         normalization: Normalization | None = None,
         progress: Progress | None = None,
+        ticket: QueueTicket | None = None,
     ) -> GenerationResult:
         """One image: a hit from the fastest tier that has it, else a generation."""
         results = await self.generate_batch(
-            request, 1, namespace=namespace, no_cache=no_cache, normalization=normalization, progress=progress
+            request,
+            1,
+            namespace=namespace,
+            no_cache=no_cache,
+            normalization=normalization,
+            progress=progress,
+            ticket=ticket,
         )
         return results[0]
 
@@ -143,9 +170,12 @@ class GenerationService:
         no_cache: bool = False,
         normalization: Normalization | None = None,
         progress: Progress | None = None,
+        ticket: QueueTicket | None = None,
     ) -> list[GenerationResult]:
         """`batch_size` images of one prompt, image i with seed `seed + i` (each drawn when
-        the seed is -1). Each is looked up on its own; the misses are generated together."""
+        the seed is -1). Each is looked up on its own; the misses are generated together.
+        `ticket`, when given, is told the engine jobs this call starts (see `cancel`);
+        JobCancelled when they were cancelled before they started."""
         started = time.perf_counter()
         self._count("requests", batch_size)
 
@@ -165,8 +195,9 @@ class GenerationService:
 
         # 2. Bypass (asked for, or a do-not-cache prompt): generate, store nothing.
         if no_cache or self.must_not_store(base):
-            generated = await self._generate(canonicals, progress, embedding_scope=None)
-            return self._results(keys, canonicals, [(BYPASS_TIER, e, t) for e, t in generated], started)
+            generated = await self._generate(canonicals, progress, embedding_scope=None, ticket=ticket)
+            took = [time.perf_counter() - started] * batch_size
+            return self._results(keys, canonicals, [(BYPASS_TIER, e, t) for e, t in generated], took)
 
         # 3. Look up the tiers, fastest first, on the event loop: memory and Redis
         #    (redis.asyncio) take no thread hop, the disk only to read a file it has.
@@ -175,6 +206,9 @@ class GenerationService:
         outcomes: dict[int, Outcome] = {
             i: (hit.tier, hit.entry, {"lookup": lookup}) for i, hit in enumerate(hits) if isinstance(hit, Hit)
         }
+        # Each image's own time: a hit's is its lookup (in a batch with misses too,
+        # the misses' generation is not the hits' time); a miss's, until its flight lands.
+        took = dict.fromkeys(outcomes, lookup)
 
         # 4. Misses: join the fills of these keys already under way here, or start one
         #    for the rest, which generates them in one batch.
@@ -190,12 +224,14 @@ class GenerationService:
                 self._flights[(namespace, key)] = flight
                 new[key] = canonicals[i]
             waits[i] = flight
-        #    Counting the waiters lets a wait for another replica end once all have left.
+            flight.add_done_callback(lambda _, i=i: took.setdefault(i, time.perf_counter() - started))
+        #    Counting the waiters lets a wait for another replica end once all have left
+        #    (and tells `cancel` whether anyone else waits for a job).
         waiting = [(namespace, keys[i]) for i in waits]
         self._waiters.update(waiting)
         try:
             if new:
-                fill = asyncio.ensure_future(self._fill(namespace, new, progress))
+                fill = asyncio.ensure_future(self._fill(namespace, new, progress, ticket))
                 self._fills.add(fill)
                 fill.add_done_callback(self._fills.discard)
             for i, flight in waits.items():
@@ -206,7 +242,34 @@ class GenerationService:
                 if self._waiters[name] <= 0:
                     del self._waiters[name]
 
-        return self._results(keys, canonicals, [outcomes[i] for i in range(batch_size)], started)
+        return self._results(
+            keys, canonicals, [outcomes[i] for i in range(batch_size)], [took[i] for i in range(batch_size)]
+        )
+
+    def queue_position(self, ticket: QueueTicket) -> int | None:
+        """The best place in the engine's queue of the jobs `ticket` started (1: next to
+        run); None when none waits (running, done, or none started)."""
+        places = [self.engine.position(job) for job, _ in ticket.jobs]
+        return min((p for p in places if p is not None), default=None)
+
+    def cancel(self, ticket: QueueTicket) -> bool:
+        """Cancel the jobs `ticket` started that have not started and that nobody else
+        waits for (single flight: another caller asking for the same image shares the
+        job, and gets it). True when a job was cancelled: its caller then gets
+        JobCancelled. A running job always finishes and is stored. Call it on the
+        event loop (which makes checking the waiters and cancelling one step)."""
+        cancelled = False
+        for job, flights in ticket.jobs:
+            if any(self._waiters[name] > 1 for name in flights):
+                continue  # someone else waits for this image too
+            ticket.cancelled = True
+            if self.engine.cancel(job):
+                cancelled = True
+                # Unlisted now, so that a caller asking for the same image from here on
+                # starts a generation of its own instead of joining one that will not come.
+                for name in flights:
+                    self._flights.pop(name, None)
+        return cancelled
 
     async def lookup(self, namespace: str, key: str) -> Hit | Any:
         """A stored entry by key (for `/images/{key}`), or MISS."""
@@ -260,13 +323,17 @@ class GenerationService:
         }
 
     async def _fill(
-        self, namespace: str, items: dict[str, CanonicalRequest], progress: Progress | None
+        self,
+        namespace: str,
+        items: dict[str, CanonicalRequest],
+        progress: Progress | None,
+        ticket: QueueTicket | None = None,
     ) -> None:
         """Produce the entries of missed keys and resolve their flights: generate and
         store them, or, for keys another replica holds the lock of, wait for its result."""
         flights = {key: self._flights[(namespace, key)] for key in items}
         try:
-            outcomes = await self._produce(namespace, items, progress)
+            outcomes = await self._produce(namespace, items, progress, ticket)
             for key, flight in flights.items():
                 if key in outcomes:
                     flight.set_result(outcomes[key])
@@ -288,7 +355,11 @@ class GenerationService:
                     del self._flights[(namespace, key)]
 
     async def _produce(
-        self, namespace: str, items: dict[str, CanonicalRequest], progress: Progress | None
+        self,
+        namespace: str,
+        items: dict[str, CanonicalRequest],
+        progress: Progress | None,
+        ticket: QueueTicket | None = None,
     ) -> dict[str, Outcome]:
         """Outcomes of the keys in `items`, leaving out those whose callers all left
         while another replica was making them."""
@@ -316,7 +387,7 @@ class GenerationService:
 
             # 2. Generate ours (one batch) and store them before the locks go.
             if mine:
-                done.update(await self._generate_and_store(namespace, mine, progress))
+                done.update(await self._generate_and_store(namespace, mine, progress, ticket))
 
             # 3. Wait for the other replicas' results; a key whose holder let go
             #    without storing, or that took past the deadline, goes round again.
@@ -336,6 +407,7 @@ class GenerationService:
         namespace: str,
         mine: dict[str, tuple[CanonicalRequest, Lease | None]],
         progress: Progress | None,
+        ticket: QueueTicket | None = None,
     ) -> dict[str, Outcome]:
         leases = [lease for _, lease in mine.values() if lease is not None]
         keepalive = [asyncio.ensure_future(self._keep_alive(lease)) for lease in leases]
@@ -347,7 +419,13 @@ class GenerationService:
                 done = {k: (h.tier, h.entry, {}) for k, h in found.items() if isinstance(h, Hit)}
             todo = {k: c for k, (c, _) in mine.items() if k not in done}
             if todo:
-                generated = await self._generate(list(todo.values()), progress, embedding_scope=namespace)
+                generated = await self._generate(
+                    list(todo.values()),
+                    progress,
+                    embedding_scope=namespace,
+                    ticket=ticket,
+                    flights=[(namespace, key) for key in todo],
+                )
                 stored = time.perf_counter()
                 await asyncio.to_thread(
                     lambda: [
@@ -404,13 +482,28 @@ class GenerationService:
                 return
 
     async def _generate(
-        self, canonicals: list[CanonicalRequest], progress: Progress | None, *, embedding_scope: str | None
+        self,
+        canonicals: list[CanonicalRequest],
+        progress: Progress | None,
+        *,
+        embedding_scope: str | None,
+        ticket: QueueTicket | None = None,
+        flights: list[tuple[str, str]] | None = None,
     ) -> list[tuple[Entry, dict[str, float]]]:
         queued = time.perf_counter()
         future = self.engine.submit(canonicals, progress, embedding_scope=embedding_scope)
+        if ticket is not None:
+            ticket.jobs.append((future, flights or []))
         self._count("generations")
         self._count("generated_images", len(canonicals))
-        generated = await asyncio.wrap_future(future)
+        try:
+            generated = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            if ticket is None or not ticket.cancelled or not future.cancelled():
+                raise  # the service is stopping
+            self._count("generations", -1)
+            self._count("generated_images", -len(canonicals))
+            raise JobCancelled("cancelled before the model started on it; nothing was generated") from None
         first = canonicals[0]
         # Prompts are user data: logged only when asked for, and never a do-not-cache one.
         shown = f": {first.prompt!r}" if self.log_prompts and not self.must_not_store(first) else ""
@@ -437,14 +530,19 @@ class GenerationService:
         return out
 
     def _results(
-        self, keys: list[str], canonicals: list[CanonicalRequest], outcomes: list[Outcome], started: float
+        self,
+        keys: list[str],
+        canonicals: list[CanonicalRequest],
+        outcomes: list[Outcome],
+        durations: list[float],
     ) -> list[GenerationResult]:
-        duration = time.perf_counter() - started
         results = [
             GenerationResult(
                 key=key, cache=tier, entry=entry, request=canonical, duration=duration, timings=timings
             )
-            for key, canonical, (tier, entry, timings) in zip(keys, canonicals, outcomes, strict=True)
+            for key, canonical, (tier, entry, timings), duration in zip(
+                keys, canonicals, outcomes, durations, strict=True
+            )
         ]
         with self._lock:
             for result in results:
