@@ -6,7 +6,8 @@ app never imports it.
 
 ZIMAGE_FAULT_GATE_WARMUP=PATH   the warm-up waits while PATH exists
 ZIMAGE_FAULT_GATE_GENERATION=PATH  each denoising step waits while PATH exists (the
-                                engine stays busy, and what comes next stays queued)
+                                engine stays busy, and what comes next stays queued);
+                                PATH.reached is created when a step first waits
 ZIMAGE_FAULT_DEVICE_ERROR=PATH  while PATH exists, the transformer raises the error
                                 CUDA raises after an illegal memory access
 ZIMAGE_FAULT_OOM=PATH           while PATH exists, the transformer runs out of memory
@@ -54,8 +55,10 @@ def broken_transformer(
     forward = ZImageTransformer2DModel.forward
 
     def broken(self, x, *args, **kwargs):
-        while gate and os.path.exists(gate):
-            time.sleep(0.05)
+        if gate and os.path.exists(gate):
+            Path(gate + ".reached").touch()  # tells the test a generation is in flight
+            while os.path.exists(gate):
+                time.sleep(0.05)
         if device_error and os.path.exists(device_error):
             raise RuntimeError(
                 "CUDA error: an illegal memory access was encountered\n"
