@@ -211,7 +211,13 @@ def test_sigterm_from_supervisor_stops_cleanly_and_a_restart_keeps_the_cache(sup
         target=lambda: out.append(httpx.get(f"{supervised.url}/run", params=slow, timeout=120))
     )
     thread.start()
-    time.sleep(1.5)
+    # Received (counted), then half a second to reach the engine: far less than the
+    # seconds this 1024x1024 generation takes, so the stop finds it in flight.
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{supervised.url}/api/cache/stats", timeout=10).json()["requests"] < 1:
+        assert time.monotonic() < deadline, "the request never reached the server"
+        time.sleep(0.05)
+    time.sleep(0.5)
     stopped = supervised.ctl("stop", PROGRAM)
     assert "stopped" in stopped.stdout, stopped.stdout + stopped.stderr
     thread.join(10)

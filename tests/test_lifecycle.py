@@ -129,9 +129,8 @@ def test_hits_are_served_while_warming_and_misses_wait(tmp_path: Path) -> None:
 
         miss_params = {"prompt": "something new", "seed": 1, "width": 256, "height": 256}
         thread, out = in_thread(lambda: srv.client.get("/run", params=miss_params))
-        time.sleep(2.0)
-        assert thread.is_alive() and out == []  # waiting, not failed
-        assert srv.client.get("/api/cache/stats").json()["queue_depth"] == 1
+        wait_for(lambda: srv.client.get("/api/cache/stats").json()["queue_depth"] == 1)
+        assert thread.is_alive() and out == []  # waiting in the queue, not failed
 
         gate.unlink()
         thread.join(timeout=60)
