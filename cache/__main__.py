@@ -22,19 +22,31 @@ from cache.units import format_duration, format_size, parse_duration, parse_size
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cache", description=__doc__.splitlines()[0])
-    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="the service's --cache-dir")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    # --cache-dir and --json work before the command and after it (cron lines and the
+    # README put them after): each subcommand takes them too, without a default of its
+    # own, so one given before the command is not overwritten.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--cache-dir", type=Path, default=argparse.SUPPRESS, help="the service's --cache-dir")
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print the report as JSON"
+    )
+    parser = argparse.ArgumentParser(
+        prog="python -m cache", description=__doc__.splitlines()[0], parents=[common]
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = commands.add_parser("prune", help="remove entries unused for --max-age, then LRU down to --max-size")
+    p = commands.add_parser(
+        "prune", parents=[common], help="remove entries unused for --max-age, then LRU down to --max-size"
+    )
     p.add_argument(
         "--max-age", type=_duration, default=None, help="e.g. 7d, 12h, 30m (default: no age limit)"
     )
     p.add_argument("--max-size", type=_size, default=None, help="e.g. 20GiB, 500MB (default: no size limit)")
     p.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")
-    commands.add_parser("stats", help="entries and bytes, per namespace")
-    v = commands.add_parser("verify", help="check every entry's checksum; remove corrupt ones")
+    commands.add_parser("stats", parents=[common], help="entries and bytes, per namespace")
+    v = commands.add_parser(
+        "verify", parents=[common], help="check every entry's checksum; remove corrupt ones"
+    )
     v.add_argument("--dry-run", action="store_true", help="report corrupt entries, remove nothing")
     # This CLI is its own composition root: like app.py it reads the service's
     # environment variable, so the secret need not appear on a command line.
@@ -43,15 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("ZIMAGE_CACHE_SECRET") or None,
         help="the service's --cache-secret, when it has one (default: $ZIMAGE_CACHE_SECRET)",
     )
-    c = commands.add_parser("clear", help="remove every entry, or those of one namespace")
+    c = commands.add_parser("clear", parents=[common], help="remove every entry, or those of one namespace")
     c.add_argument("--namespace", type=_namespace, default=None)
     c.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")
-    for sub in (p, v, c):  # accept --cache-dir after the command too, as cron lines often have it
-        sub.add_argument("--cache-dir", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    root = images_dir(args.cache_dir)
+    root = images_dir(getattr(args, "cache_dir", DEFAULT_CACHE_DIR))
     if not root.is_dir():
         print(f"python -m cache: no disk cache at {root} (check --cache-dir)", file=sys.stderr)
         return 2
@@ -99,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         text = f"{verb} {count} entries ({format_size(size)})" + (
             f" from namespace {args.namespace}" if args.namespace else ""
         )
-    print(json.dumps(report) if args.json else text)
+    print(json.dumps(report) if getattr(args, "json", False) else text)
     return status
 
 

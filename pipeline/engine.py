@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -47,8 +48,10 @@ class Engine:
 
     Guarantees: exactly one model call runs at a time, on a dedicated worker
     thread (never on the event loop); calls run in submission order; at most
-    `max_queue` jobs wait to start (QueueFull past that). Loading and `warmup` (by
-    default one smallest, one-step image) are the first job of that thread, so
+    `max_queue` jobs wait to start (QueueFull past that); a job that has not
+    started can be cancelled (`cancel`), and says its place in the queue
+    (`position`). Loading and `warmup` (by default one smallest, one-step image)
+    are the first job of that thread, so
     generations submitted meanwhile wait for them; ready means an image was made.
     The worker hands decoded pixels to a small encoding pool (pipeline.encoding)
     and starts the next job while they are checked and encoded. After `close`
@@ -96,7 +99,9 @@ class Engine:
         self._settled = threading.Event()  # set once ready or failed
         self._pipe: Any = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zimage-engine")
-        self._waiting = 0
+        # Jobs submitted and not yet started, in submission order (dicts keep it).
+        self._queued: dict[int, Future[list[GeneratedImage]]] = {}
+        self._numbers = itertools.count()
         self._lock = threading.Lock()
         # Work in flight: the engine's job and the encodes it handed over.
         self._busy = 0
@@ -125,7 +130,21 @@ class Engine:
     @property
     def queue_depth(self) -> int:
         """Generation jobs submitted and not yet started."""
-        return self._waiting
+        return len(self._queued)
+
+    def position(self, job: Future[list[GeneratedImage]]) -> int | None:
+        """Where a job waits: 1 when it starts next, 2 after that, ...; None once it
+        has started (or was cancelled)."""
+        with self._lock:
+            for place, queued in enumerate(self._queued.values(), 1):
+                if queued is job:
+                    return place
+        return None
+
+    def cancel(self, job: Future[list[GeneratedImage]]) -> bool:
+        """Take a job that has not started out of the queue: True if it will never run;
+        False if it is running or done (a running job always finishes)."""
+        return job.cancel()
 
     def start(self, *, load: bool = True) -> None:
         """Resolve the model, then load and warm it, in the background. With `load`
@@ -157,12 +176,16 @@ class Engine:
             raise ValueError("a batch must share everything but the seed")
         self.fits.check(first.width, first.height)
         with self._lock:
-            if self._waiting >= self.max_queue:
-                raise QueueFull(self._waiting)
-            self._waiting += 1
-        result: Future[list[GeneratedImage]] = Future()
-        job = self._executor.submit(self._generate, requests, progress, embedding_scope, result)
-        job.add_done_callback(lambda job: self._cancelled(job, result))
+            if len(self._queued) >= self.max_queue:
+                raise QueueFull(len(self._queued))
+            number = next(self._numbers)
+            result: Future[list[GeneratedImage]] = Future()
+            job = self._executor.submit(self._generate, number, requests, progress, embedding_scope, result)
+            # Listed under the lock the job's own start needs to unlist it, so it is
+            # listed before it can start.
+            self._queued[number] = result
+        job.add_done_callback(lambda job: self._cancelled(number, job, result))
+        result.add_done_callback(lambda result: self._unlist_cancelled(number, result))
         return result
 
     def close(self, timeout_s: float = 0.0) -> bool:
@@ -208,11 +231,16 @@ class Engine:
             self._fail_fatally(str(exc))
             raise
 
-    def _cancelled(self, job: Future[None], result: Future[list[GeneratedImage]]) -> None:
-        if job.cancelled():  # never started, so never counted out in _generate
+    def _cancelled(self, number: int, job: Future[None], result: Future[list[GeneratedImage]]) -> None:
+        if job.cancelled():  # the executor shut down before it started: never unlisted in _generate
             with self._lock:
-                self._waiting -= 1
+                self._queued.pop(number, None)
             result.cancel()
+
+    def _unlist_cancelled(self, number: int, result: Future[list[GeneratedImage]]) -> None:
+        if result.cancelled():  # its caller cancelled it before it started: out of the queue at once
+            with self._lock:
+                self._queued.pop(number, None)
 
     def _work_started(self) -> None:
         with self._quiet:
@@ -276,13 +304,14 @@ class Engine:
 
     def _generate(
         self,
+        number: int,
         requests: list[CanonicalRequest],
         progress: Progress | None,
         embedding_scope: str | None,
         result: Future[list[GeneratedImage]],
     ) -> None:
         with self._lock:
-            self._waiting -= 1
+            self._queued.pop(number, None)
         if not result.set_running_or_notify_cancel():
             return  # its caller gave up before it started
         self._work_started()

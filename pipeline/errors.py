@@ -54,6 +54,11 @@ class FatalDeviceError(ModelUnavailable):
     the process must restart."""
 
 
+class JobCancelled(Exception):
+    """The caller cancelled its generation before the model started on it: nothing
+    was generated, and nothing is stored."""
+
+
 class GenerationFailed(Exception):
     """The model ran but produced no usable image (an error, NaN or a black frame)."""
 

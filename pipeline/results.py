@@ -23,7 +23,9 @@ class GenerationResult:
     cache: str  # memory | disk | redis | miss | bypass
     entry: Entry
     request: CanonicalRequest
-    duration: float  # seconds spent in the service for this call
+    # Seconds from the call until this image was there: its lookup for a hit, until
+    # it was generated and stored for a miss (in a batch, each image its own).
+    duration: float
     timings: dict[str, float] = field(default_factory=dict)
 
     @property

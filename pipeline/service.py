@@ -16,9 +16,10 @@ from typing import Any
 
 from cache import DEFAULT_NAMESPACE, MISS, Entry, Hit, LayeredCache, bad_namespace, is_namespace, make_key
 from pipeline.engine import Engine
-from pipeline.errors import ModelUnavailable, RequestInvalid
+from pipeline.errors import JobCancelled, ModelUnavailable, RequestInvalid
 from pipeline.limits import MAX_SEED, RANDOM_SEED, Normalization
 from pipeline.loading import ModelIdentity
+from pipeline.queue_ticket import QueueTicket
 from pipeline.rendering import Progress
 from pipeline.request import CanonicalRequest, GenerationRequest, check_size, random_seed
 from pipeline.results import BYPASS_TIER, MISS_TIER, GenerationResult, Outcome
@@ -73,10 +74,17 @@ class GenerationService:
         no_cache: bool = False,
         normalization: Normalization | None = None,
         progress: Progress | None = None,
+        ticket: QueueTicket | None = None,
     ) -> GenerationResult:
         """One image: a hit from the fastest tier that has it, else a generation."""
         results = await self.generate_batch(
-            request, 1, namespace=namespace, no_cache=no_cache, normalization=normalization, progress=progress
+            request,
+            1,
+            namespace=namespace,
+            no_cache=no_cache,
+            normalization=normalization,
+            progress=progress,
+            ticket=ticket,
         )
         return results[0]
 
@@ -89,9 +97,12 @@ class GenerationService:
         no_cache: bool = False,
         normalization: Normalization | None = None,
         progress: Progress | None = None,
+        ticket: QueueTicket | None = None,
     ) -> list[GenerationResult]:
         """`batch_size` images of one prompt, image i with seed `seed + i` (each drawn when
-        the seed is -1). Each is looked up on its own; the misses are generated together."""
+        the seed is -1). Each is looked up on its own; the misses are generated together.
+        `ticket`, when given, is told the engine jobs this call starts (see `cancel`);
+        JobCancelled when they were cancelled before they started."""
         started = time.perf_counter()
         self.statistics.count("requests", batch_size)
 
@@ -111,8 +122,9 @@ class GenerationService:
 
         # 2. Bypass (asked for, or a do-not-cache prompt): generate, store nothing.
         if no_cache or self.must_not_store(base):
-            generated = await self._generate(canonicals, progress, embedding_scope=None)
-            return self._results(keys, canonicals, [(BYPASS_TIER, e, t) for e, t in generated], started)
+            generated = await self._generate(canonicals, progress, embedding_scope=None, ticket=ticket)
+            took = [time.perf_counter() - started] * batch_size
+            return self._results(keys, canonicals, [(BYPASS_TIER, e, t) for e, t in generated], took)
 
         # 3. Look up the tiers, fastest first, on the event loop: memory and Redis
         #    (redis.asyncio) take no thread hop, the disk only to read a file it has.
@@ -121,6 +133,9 @@ class GenerationService:
         outcomes: dict[int, Outcome] = {
             i: (hit.tier, hit.entry, {"lookup": lookup}) for i, hit in enumerate(hits) if isinstance(hit, Hit)
         }
+        # Each image's own time: a hit's is its lookup (in a batch with misses too,
+        # the misses' generation is not the hits' time); a miss's, until its flight lands.
+        took = dict.fromkeys(outcomes, lookup)
 
         # 4. Misses: one flight per key, here and across replicas; the keys nobody is
         #    making yet are generated in one batch and stored.
@@ -128,13 +143,43 @@ class GenerationService:
         if missed:
 
             async def produce(todo: dict[str, CanonicalRequest]) -> dict[str, Outcome]:
-                return await self._generate_and_store(namespace, todo, progress)
+                return await self._generate_and_store(namespace, todo, progress, ticket)
 
-            made = await self.flights.run(namespace, missed, produce)
-            outcomes.update({i: made[keys[i]] for i in range(batch_size) if i not in outcomes})
+            landed: dict[str, float] = {}
+            made = await self.flights.run(
+                namespace, missed, produce, lambda key: landed.setdefault(key, time.perf_counter() - started)
+            )
+            for i in range(batch_size):
+                if i not in outcomes:
+                    outcomes[i], took[i] = made[keys[i]], landed[keys[i]]
 
         # 5. The results, counted and shown to the observers.
-        return self._results(keys, canonicals, [outcomes[i] for i in range(batch_size)], started)
+        return self._results(
+            keys, canonicals, [outcomes[i] for i in range(batch_size)], [took[i] for i in range(batch_size)]
+        )
+
+    def queue_position(self, ticket: QueueTicket) -> int | None:
+        """The best place in the engine's queue of the jobs `ticket` started (1: next to
+        run); None when none waits (running, done, or none started)."""
+        places = [self.engine.position(job) for job, _ in ticket.jobs]
+        return min((p for p in places if p is not None), default=None)
+
+    def cancel(self, ticket: QueueTicket) -> bool:
+        """Cancel the jobs `ticket` started that have not started and that nobody else
+        waits for (single flight: another caller asking for the same image shares the
+        job, and gets it). True when a job was cancelled: its caller then gets
+        JobCancelled. A running job always finishes and is stored. Call it on the
+        event loop (which makes checking the waiters and cancelling one step)."""
+        cancelled = False
+        for job, flights in ticket.jobs:
+            if any(self.flights.waiting(*name) > 1 for name in flights):
+                continue  # someone else waits for this image too
+            ticket.cancelled = True
+            if self.engine.cancel(job):
+                cancelled = True
+                for name in flights:
+                    self.flights.unlist(*name)
+        return cancelled
 
     async def lookup(self, namespace: str, key: str) -> Hit | Any:
         """A stored entry by key (for `/images/{key}`), or MISS."""
@@ -178,10 +223,20 @@ class GenerationService:
         }
 
     async def _generate_and_store(
-        self, namespace: str, todo: dict[str, CanonicalRequest], progress: Progress | None
+        self,
+        namespace: str,
+        todo: dict[str, CanonicalRequest],
+        progress: Progress | None,
+        ticket: QueueTicket | None,
     ) -> dict[str, Outcome]:
         """Generate the entries of `todo` in one batch and store them in every tier."""
-        generated = await self._generate(list(todo.values()), progress, embedding_scope=namespace)
+        generated = await self._generate(
+            list(todo.values()),
+            progress,
+            embedding_scope=namespace,
+            ticket=ticket,
+            flights=[(namespace, key) for key in todo],
+        )
         stored = time.perf_counter()
         await asyncio.to_thread(
             lambda: [self.cache.put(namespace, k, e) for k, (e, _) in zip(todo, generated, strict=True)]
@@ -193,13 +248,28 @@ class GenerationService:
         }
 
     async def _generate(
-        self, canonicals: list[CanonicalRequest], progress: Progress | None, *, embedding_scope: str | None
+        self,
+        canonicals: list[CanonicalRequest],
+        progress: Progress | None,
+        *,
+        embedding_scope: str | None,
+        ticket: QueueTicket | None = None,
+        flights: list[tuple[str, str]] | None = None,
     ) -> list[tuple[Entry, dict[str, float]]]:
         queued = time.perf_counter()
         future = self.engine.submit(canonicals, progress, embedding_scope=embedding_scope)
+        if ticket is not None:
+            ticket.add(future, flights or [])
         self.statistics.count("generations")
         self.statistics.count("generated_images", len(canonicals))
-        generated = await asyncio.wrap_future(future)
+        try:
+            generated = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            if ticket is None or not ticket.cancelled or not future.cancelled():
+                raise  # the service is stopping
+            self.statistics.count("generations", -1)
+            self.statistics.count("generated_images", -len(canonicals))
+            raise JobCancelled("cancelled before the model started on it; nothing was generated") from None
         first = canonicals[0]
         # Prompts are user data: logged only when asked for, and never a do-not-cache one.
         shown = f": {first.prompt!r}" if self.log_prompts and not self.must_not_store(first) else ""
@@ -226,14 +296,19 @@ class GenerationService:
         return out
 
     def _results(
-        self, keys: list[str], canonicals: list[CanonicalRequest], outcomes: list[Outcome], started: float
+        self,
+        keys: list[str],
+        canonicals: list[CanonicalRequest],
+        outcomes: list[Outcome],
+        durations: list[float],
     ) -> list[GenerationResult]:
-        duration = time.perf_counter() - started
         results = [
             GenerationResult(
                 key=key, cache=tier, entry=entry, request=canonical, duration=duration, timings=timings
             )
-            for key, canonical, (tier, entry, timings) in zip(keys, canonicals, outcomes, strict=True)
+            for key, canonical, (tier, entry, timings), duration in zip(
+                keys, canonicals, outcomes, durations, strict=True
+            )
         ]
         self.statistics.served(results)
         for observer in self.observers:

@@ -68,10 +68,15 @@ class SingleFlight:
         self._waiters: Counter[tuple[str, str]] = Counter()  # callers awaiting each flight
 
     async def run(
-        self, namespace: str, missed: dict[str, CanonicalRequest], produce: Produce
+        self,
+        namespace: str,
+        missed: dict[str, CanonicalRequest],
+        produce: Produce,
+        landed: Callable[[str], None] | None = None,
     ) -> dict[str, Outcome]:
         """The outcome of every key of `missed`: by joining the flight of a key already
-        under way here, or from one new fill for the others."""
+        under way here, or from one new fill for the others. `landed(key)` is called as
+        each key's flight ends (so each image of a batch can carry its own time)."""
         waits: dict[str, asyncio.Future[Outcome]] = {}
         new: dict[str, CanonicalRequest] = {}
         for key, canonical in missed.items():
@@ -82,7 +87,10 @@ class SingleFlight:
                 self._flights[(namespace, key)] = flight
                 new[key] = canonical
             waits[key] = flight
-        # Counting the waiters lets a wait for another replica end once all have left.
+            if landed is not None:
+                flight.add_done_callback(lambda _, key=key: landed(key))
+        # Counting the waiters lets a wait for another replica end once all have left
+        # (and tells `waiting` whether anyone else waits for an entry).
         waiting = [(namespace, key) for key in waits]
         self._waiters.update(waiting)
         try:
@@ -96,6 +104,16 @@ class SingleFlight:
             for name in waiting:
                 if self._waiters[name] <= 0:
                     del self._waiters[name]
+
+    def waiting(self, namespace: str, key: str) -> int:
+        """How many callers await the entry's flight now."""
+        return self._waiters[(namespace, key)]
+
+    def unlist(self, namespace: str, key: str) -> None:
+        """Forget the entry's flight (its generation was cancelled), so that a caller
+        asking for it from now on starts a flight of its own instead of joining one
+        that will not come."""
+        self._flights.pop((namespace, key), None)
 
     async def _fill(self, namespace: str, items: dict[str, CanonicalRequest], produce: Produce) -> None:
         """Produce the entries of missed keys and resolve their flights."""

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BeforeValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing_extensions import TypeAliasType
 
 from cache.defaults import (
     DEFAULT_CACHE_DIR,
@@ -37,8 +38,10 @@ from pipeline.placement import Offload
 from pipeline.warmup import parse_sizes
 from web.auth import MIN_TOKEN_CHARS, read_api_keys
 
-Size = Annotated[int, BeforeValidator(parse_size)]
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+# Named aliases: `--help` shows their names (SIZE, DURATION) where the values are
+# typed, not the int/float they become.
+Size = TypeAliasType("SIZE", Annotated[int, BeforeValidator(parse_size)])
+Duration = TypeAliasType("DURATION", Annotated[float, BeforeValidator(parse_duration)])
 ORIGIN = re.compile(r"https?://(\[[0-9a-fA-F:.]+\]|[^/\s:,\[\]]+)(:\d{1,5})?")
 CUDA_SECTION = "See [On a CUDA GPU](#on-a-cuda-gpu)."
 CUDA_OPTIONS = "See [CUDA options](#cuda-options-compilation-attention-out-of-memory)."
@@ -57,6 +60,7 @@ class Settings(BaseSettings):
         cli_prog_name="app.py",
         cli_kebab_case=True,
         cli_implicit_flags=True,
+        cli_hide_none_type=True,  # `--redis-url str`, not `{str,null}`
         validate_default=True,
     )
 
@@ -151,7 +155,8 @@ class Settings(BaseSettings):
         DEFAULT_MAX_QUEUE,
         ge=1,
         description="Generation jobs allowed to wait for the GPU (a batch is one job); past that the API "
-        "answers 503 with `Retry-After` and the UI says the server is busy.",
+        "answers 503 with `Retry-After`, and the UI says the server is busy and tries again by itself.",
+        json_schema_extra=readme("See [The UI](#the-ui)."),
     )
     warmup_sizes: str = Field(
         f"{DEFAULT_SIZE}x{DEFAULT_SIZE}",

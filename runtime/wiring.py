@@ -119,7 +119,7 @@ def build_app(settings: Settings, on_fatal: OnFatal | None = None) -> Runtime:
     from pipeline.loading import is_demo_spec
     from web.api import create_api
     from web.auth import Access, read_api_keys
-    from web.ui import create_ui
+    from web.ui import create_ui, page_head
     from web.ui_images import UiImageRoute, UiImages, gradio_user
     from web.ui_text import I18N
 
@@ -145,6 +145,7 @@ def build_app(settings: Settings, on_fatal: OnFatal | None = None) -> Runtime:
         path="/",
         show_error=True,
         css_paths=[STATIC / "style.css"],
+        head=page_head(),
         favicon_path=str(STATIC / "favicon.svg"),
         i18n=I18N,
         auth=access.ui_login if access.api_keys else None,

@@ -20,13 +20,20 @@ program="z-image-turbo"
 probe_prompt="health-check probe: a small red cube on a white table"
 
 usage() { sed -n '4,14p' "$0" | sed 's/^# \{0,1\}//'; }
+# value OPTION COUNT: an option that takes a value must have one after it (else
+# `shift 2` would fail, leave the argument in place, and loop for ever).
+value() {
+  if [ "$2" -lt 2 ]; then
+    echo "health-check: $1 needs a value" >&2; usage >&2; exit 2
+  fi
+}
 while [ $# -gt 0 ]; do
   case "$1" in
-    --timeout) timeout="${2:-}"; shift 2 ;;
+    --timeout) value "$1" $#; timeout="$2"; shift 2 ;;
     --timeout=*) timeout="${1#*=}"; shift ;;
-    --token) token="${2:-}"; shift 2 ;;
+    --token) value "$1" $#; token="$2"; shift 2 ;;
     --token=*) token="${1#*=}"; shift ;;
-    --program) program="${2:-}"; shift 2 ;;
+    --program) value "$1" $#; program="$2"; shift 2 ;;
     --program=*) program="${1#*=}"; shift ;;
     -h|--help) usage; exit 0 ;;
     -*) echo "health-check: unknown option $1" >&2; usage >&2; exit 2 ;;

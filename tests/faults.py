@@ -5,6 +5,9 @@ app never imports it.
     python -m tests.faults app.py [ARGS...]      (from the repository root)
 
 ZIMAGE_FAULT_GATE_WARMUP=PATH   the warm-up waits while PATH exists
+ZIMAGE_FAULT_GATE_GENERATION=PATH  each denoising step waits while PATH exists (the
+                                engine stays busy, and what comes next stays queued);
+                                PATH.reached is created when a step first waits
 ZIMAGE_FAULT_DEVICE_ERROR=PATH  while PATH exists, the transformer raises the error
                                 CUDA raises after an illegal memory access
 ZIMAGE_FAULT_OOM=PATH           while PATH exists, the transformer runs out of memory
@@ -40,7 +43,11 @@ def gate_warmup(gate: str) -> None:
 
 
 def broken_transformer(
-    device_error: str | None, oom: str | None, oom_batch_over: int | None, oom_pixels_over: int | None
+    device_error: str | None,
+    oom: str | None,
+    oom_batch_over: int | None,
+    oom_pixels_over: int | None,
+    gate: str | None,
 ) -> None:
     import torch
     from diffusers import ZImageTransformer2DModel
@@ -48,6 +55,10 @@ def broken_transformer(
     forward = ZImageTransformer2DModel.forward
 
     def broken(self, x, *args, **kwargs):
+        if gate and os.path.exists(gate):
+            Path(gate + ".reached").touch()  # tells the test a generation is in flight
+            while os.path.exists(gate):
+                time.sleep(0.05)
         if device_error and os.path.exists(device_error):
             raise RuntimeError(
                 "CUDA error: an illegal memory access was encountered\n"
@@ -97,6 +108,7 @@ if __name__ == "__main__":
         os.environ.get("ZIMAGE_FAULT_OOM"),
         int(over) if over else None,
         int(pixels_over) if pixels_over else None,
+        os.environ.get("ZIMAGE_FAULT_GATE_GENERATION"),
     )
     if decode_over := os.environ.get("ZIMAGE_FAULT_DECODE_OOM_BATCH_OVER"):
         broken_vae(int(decode_over))

@@ -165,6 +165,21 @@ def test_batch_images_get_consecutive_seeds_or_each_a_drawn_one(server: Server) 
         assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][-1] == "batch_size"
 
 
+def test_each_image_of_a_mixed_batch_reports_its_own_duration(server: Server) -> None:
+    body = {"prompt": "a batch of timed boats", "width": 64, "height": 64, "seed": 700}
+    server.client.post("/generate", json=body)  # seed 700 is cached
+    before = server.client.get("/api/cache/stats").json()["latency"]["hit"]["count"]
+    resp = server.client.post("/api/generate", json={**body, "batch_size": 3})
+    images = resp.json()["images"]
+    assert [i["cache"] for i in images] == ["memory", "miss", "miss"]
+    hit, misses = images[0]["duration"], [i["duration"] for i in images[1:]]
+    # The hit was there after its lookup, before the misses' generation began; the
+    # response's duration is the slowest image's.
+    assert 0 < hit < min(misses) and resp.json()["duration"] == max(misses)
+    after = server.client.get("/api/cache/stats").json()["latency"]["hit"]
+    assert after["count"] == before + 1
+
+
 def test_metrics_expose_the_documented_names(server: Server) -> None:
     server.client.get("/run", params={"prompt": "a metric", "width": 64, "height": 64})
     server.client.get("/run", params={"prompt": "a metric", "width": 64, "height": 64})

@@ -81,8 +81,8 @@ def test_downloaded_png_carries_its_parameters(page: Page) -> None:
     page.locator("#batch input[type=number]").fill("2")
     page.locator("#batch input[type=number]").press("Enter")
     generate(page, "a downloadable lighthouse", "seeds 5, 6")
-    expect(page.locator("#result img")).to_have_count(2)
-    src = page.locator("#result img").first.get_attribute("src")
+    expect(page.locator("#result .thumbnail-small img")).to_have_count(2)  # under the large preview
+    src = page.locator("#result .thumbnail-small img").first.get_attribute("src")
     png = page.request.get(src).body()
     params = json.loads(Image.open(io.BytesIO(png)).info["zimage"])
     assert params["prompt"] == "a downloadable lighthouse"

@@ -199,6 +199,17 @@ def test_health_check_passes_against_a_healthy_service(supervised: Supervised) -
     assert len(out.splitlines()) <= 24  # one screen
 
 
+@pytest.mark.parametrize("option", ["--timeout", "--token", "--program"])
+def test_health_check_option_without_its_value_exits_2_at_once(option: str) -> None:
+    # Given last with no value, `shift 2` used to fail and the loop never ended.
+    for args in ([option], ["http://127.0.0.1:9", option]):
+        result = subprocess.run(
+            ["bash", str(HEALTH_CHECK), *args], capture_output=True, text=True, timeout=20
+        )
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert f"health-check: {option} needs a value" in result.stderr
+
+
 def test_sigterm_from_supervisor_stops_cleanly_and_a_restart_keeps_the_cache(supervised: Supervised) -> None:
     slow = {"prompt": "a slow generation", "width": 1024, "height": 1024, "steps": 12}
     out: list[httpx.Response] = []
@@ -206,7 +217,13 @@ def test_sigterm_from_supervisor_stops_cleanly_and_a_restart_keeps_the_cache(sup
         target=lambda: out.append(httpx.get(f"{supervised.url}/run", params=slow, timeout=120))
     )
     thread.start()
-    time.sleep(1.5)
+    # Received (counted), then half a second to reach the engine: far less than the
+    # seconds this 1024x1024 generation takes, so the stop finds it in flight.
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{supervised.url}/api/cache/stats", timeout=10).json()["requests"] < 1:
+        assert time.monotonic() < deadline, "the request never reached the server"
+        time.sleep(0.05)
+    time.sleep(0.5)
     stopped = supervised.ctl("stop", PROGRAM)
     assert "stopped" in stopped.stdout, stopped.stdout + stopped.stderr
     thread.join(10)

@@ -172,7 +172,9 @@ def test_a_ui_image_is_served_only_to_its_own_namespace(keyed: Server) -> None:
         ui_session(keyed),
     )
     path, url = ui_image(keyed, alice, prompt="alice's private harbour", seed=5)
-    key = Path(path).stem
+    # <namespace>/<key>/<readable name>: the name is what a download is saved as.
+    key = Path(path).parent.name
+    assert Path(path).name == "seed-5-alice-s-private-harbour.png"
     mine = alice.get(url)
     assert mine.status_code == 200 and mine.headers["content-type"] == "image/png"
     api = keyed.client.get(f"/images/{key}.png", headers=bearer(ALICE))
@@ -352,3 +354,64 @@ def test_images_that_are_not_stored_wait_in_memory_bounded_in_bytes_and_time(tmp
     path = brief.path_for("alice", bypassed(1))
     assert asyncio.run(brief.fetch("alice", path)) is None
     assert brief.unstored_stats() == {"entries": 0, "bytes": 0}  # released unfetched
+
+
+# -- the history the browser keeps ---------------------------------------------------------
+
+
+def test_history_from_browser_storage_grants_nothing(tmp_path: Path) -> None:
+    # Browser storage is the browser's to write: a page may hand back any entry at
+    # all. Only its own namespace's entries whose image the cache holds come back, and
+    # the path the UI shows is made by the server, in the caller's own directory.
+    from cache import LayeredCache, MemoryTier, make_key
+    from pipeline.engine import Engine
+    from pipeline.service import GenerationService
+    from web.ui_history import path_of, revalidate
+
+    cache = LayeredCache([MemoryTier(1 << 20)])
+    service = GenerationService(Engine("tiny", tmp_path / "models"), cache)  # lookups need no model
+    mine, theirs = make_key({"alice": 1}), make_key({"bob": 2})
+    cache.put("alice", mine, Entry(b"alice's image", "png"))
+    cache.put("bob", theirs, Entry(b"bob's image", "png"))
+
+    def entry(ns: str, key: str, **changes: Any) -> dict[str, Any]:
+        params = {
+            "prompt": "../../../etc/passwd",
+            "negative_prompt": "",
+            "seed": 1,
+            "width": 64,
+            "height": 64,
+            "steps": 8,
+            "guidance_scale": 0.0,
+            "prompt_normalization": "basic",
+        }
+        return {
+            "ns": ns,
+            "key": key,
+            "ext": "png",
+            "cache": "miss",
+            "duration": 0.5,
+            "params": params,
+        } | changes
+
+    stored = [
+        entry("alice", mine, path="/etc/passwd"),  # a path of its own: never used
+        entry("bob", theirs),  # another namespace's entry
+        entry("alice", theirs),  # another namespace's key, claimed as alice's
+        entry("alice", "0" * 64),  # evicted, or never made
+        entry("alice", "../" * 21 + "x"),  # not a key
+        entry("alice", mine, ext="jpeg"),  # not what is stored
+        entry("alice", mine, cache="bypass"),  # never kept in the browser
+        entry("alice", mine, params={"prompt": 5}),
+        "rubbish",
+        None,
+    ]
+    kept = asyncio.run(revalidate(service, "alice", stored))
+    assert [(e["ns"], e["key"]) for e in kept] == [("alice", mine)]
+    assert "path" not in kept[0]
+    images = UiImages(service, tmp_path / "results")
+    shown = path_of(images, kept[0])
+    assert shown == str(images.root / "alice" / mine / "seed-1-etc-passwd.png")
+    assert asyncio.run(images.fetch("alice", shown)).data == b"alice's image"
+    assert asyncio.run(images.fetch("bob", shown)) is None
+    assert asyncio.run(revalidate(service, "alice", {"not": "a list"})) == []

@@ -46,6 +46,14 @@ def in_thread(call):
     return thread, out
 
 
+def wait_for(condition, timeout_s: float = 60) -> None:
+    """Poll `condition` until it holds; fail after `timeout_s` (a bound, not a measurement)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.05)
+
+
 def leftovers(cache_dir: Path) -> list[Path]:
     """Temp files of unfinished writes anywhere in the cache directory."""
     return [p for p in cache_dir.rglob("*") if p.name.endswith(".tmp")]
@@ -121,9 +129,8 @@ def test_hits_are_served_while_warming_and_misses_wait(tmp_path: Path) -> None:
 
         miss_params = {"prompt": "something new", "seed": 1, "width": 256, "height": 256}
         thread, out = in_thread(lambda: srv.client.get("/run", params=miss_params))
-        time.sleep(2.0)
-        assert thread.is_alive() and out == []  # waiting, not failed
-        assert srv.client.get("/api/cache/stats").json()["queue_depth"] == 1
+        wait_for(lambda: srv.client.get("/api/cache/stats").json()["queue_depth"] == 1)
+        assert thread.is_alive() and out == []  # waiting in the queue, not failed
 
         gate.unlink()
         thread.join(timeout=60)
@@ -135,15 +142,18 @@ def test_hits_are_served_while_warming_and_misses_wait(tmp_path: Path) -> None:
 
 
 def test_sigterm_lets_the_generation_in_flight_finish(tmp_path: Path) -> None:
-    cache = tmp_path / "cache"
-    srv = Server(cache).wait_ready()
+    cache, gate = tmp_path / "cache", tmp_path / "gate"
+    srv = Server(cache, faults=True, env={"ZIMAGE_FAULT_GATE_GENERATION": str(gate)}).wait_ready()
     try:
-        slow = {"prompt": "a slow painting", "width": 1024, "height": 1024, "steps": 12, "seed": 3}
+        gate.touch()  # the next generation holds the engine until the test lets it go
+        slow = {"prompt": "a slow painting", "width": 256, "height": 256, "steps": 2, "seed": 3}
         running, first = in_thread(lambda: srv.client.get("/run", params=slow))
-        time.sleep(1.0)  # the engine has started it
+        wait_for(lambda: Path(f"{gate}.reached").exists())  # the engine is generating it
         queued, second = in_thread(lambda: srv.client.get("/run", params={**slow, "seed": 4}))
-        time.sleep(0.5)
+        wait_for(lambda: srv.client.get("/api/cache/stats").json()["queue_depth"] == 1)
         srv.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: "finishing the generation in flight" in srv.log())
+        gate.unlink()
 
         assert srv.proc.wait(timeout=90) == 0, srv.log()
         running.join(5)
@@ -166,12 +176,14 @@ def test_sigterm_lets_the_generation_in_flight_finish(tmp_path: Path) -> None:
 
 
 def test_sigterm_abandons_a_generation_past_the_shutdown_timeout(tmp_path: Path) -> None:
-    cache = tmp_path / "cache"
-    srv = Server(cache, "--shutdown-timeout", "2s").wait_ready()
+    cache, gate = tmp_path / "cache", tmp_path / "gate"
+    env = {"ZIMAGE_FAULT_GATE_GENERATION": str(gate)}
+    srv = Server(cache, "--shutdown-timeout", "2s", faults=True, env=env).wait_ready()
     try:
-        endless = {"prompt": "a very slow painting", "width": 2048, "height": 2048, "steps": 50}
+        gate.touch()  # never lifted: the generation would run for ever
+        endless = {"prompt": "a very slow painting", "width": 256, "height": 256, "steps": 2}
         in_thread(lambda: srv.client.get("/run", params=endless))
-        time.sleep(1.5)
+        wait_for(lambda: Path(f"{gate}.reached").exists())
         signalled = time.monotonic()
         srv.proc.send_signal(signal.SIGTERM)
         assert srv.proc.wait(timeout=60) == 0, srv.log()

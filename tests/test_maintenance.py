@@ -182,6 +182,32 @@ def test_cli_prune_stats_verify_clear(tmp_path: Path) -> None:
     assert cleared.returncode == 0 and "removed 1 entries" in cleared.stdout
 
 
+def test_cli_takes_its_options_after_the_command_as_the_readme_writes_them(tmp_path: Path) -> None:
+    disk = DiskTier(tmp_path / "images")
+    fill(disk, 2, namespace="team")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "cache", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+
+    stats = run("stats", "--cache-dir", str(tmp_path))  # README: python -m cache stats --cache-dir DIR
+    assert stats.returncode == 0 and "team: 2 entries" in stats.stdout, stats.stderr
+    report = run("stats", "--cache-dir", str(tmp_path), "--json")
+    assert report.returncode == 0 and json.loads(report.stdout)["team"]["entries"] == 2
+    # After the command wins over before it; before it still works.
+    both = run("--cache-dir", str(tmp_path / "nowhere"), "--json", "stats", "--cache-dir", str(tmp_path))
+    assert both.returncode == 0 and json.loads(both.stdout)["team"]["entries"] == 2
+    for command in (
+        ["prune", "--max-age", "7d", "--dry-run"],
+        ["verify", "--dry-run"],
+        ["clear", "--dry-run"],
+    ):
+        done = run(*command, "--cache-dir", str(tmp_path))
+        assert done.returncode == 0, (command, done.stderr)
+    assert disk.stats()["entries"] == 2
+
+
 def test_cli_verify_catches_an_edited_header_and_takes_the_secret(tmp_path: Path) -> None:
     secret = "the-cache-secret-0123"
     disk = DiskTier(tmp_path / "images", secret=secret.encode())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,8 @@ from PIL import Image
 from cache import MISS, DiskTier, Hit, LayeredCache, MemoryTier
 from cache.redis_tier import RedisTier
 from pipeline.engine import Engine, EngineState
-from pipeline.errors import GenerationFailed
+from pipeline.errors import GenerationFailed, JobCancelled
+from pipeline.queue_ticket import QueueTicket
 from pipeline.request import CanonicalRequest, GenerationRequest
 from pipeline.service import GenerationService
 from pipeline.tiny_model import ensure_tiny_model
@@ -216,6 +218,98 @@ def test_a_replica_stops_waiting_when_its_caller_leaves(engine: Engine, redis_se
         assert service.flights._flights
         other.release()
         assert (await asyncio.wait_for(again, BOUND_S)).cache == "miss"
+
+    asyncio.run(scenario())
+
+
+# -- the queue: places, cancelling, each image's own time --------------------------------
+
+
+class HeldEngine:
+    """Keeps the engine busy with a job of its own until released: what waits behind it
+    stays queued for as long as a test needs, with no timing involved."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.started, self.gate = threading.Event(), threading.Event()
+
+        def hold(done: int, total: int) -> None:
+            self.started.set()
+            self.gate.wait(BOUND_S)
+
+        self.job = engine.submit([request("the engine is busy").canonical()], hold)
+        assert self.started.wait(BOUND_S)
+
+    def release(self) -> None:
+        self.gate.set()
+        self.job.result(BOUND_S)
+
+
+async def place_of(service: GenerationService, ticket: QueueTicket, place: int) -> None:
+    deadline = time.monotonic() + BOUND_S
+    while service.queue_position(ticket) != place:
+        assert time.monotonic() < deadline, service.queue_position(ticket)
+        await asyncio.sleep(0.01)
+
+
+def test_a_queued_job_knows_its_place_and_can_be_cancelled(engine: Engine, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        service = GenerationService(engine, LayeredCache([MemoryTier(1 << 20), DiskTier(tmp_path)]))
+        held = HeldEngine(engine)
+        first, second = QueueTicket(), QueueTicket()
+        doomed = asyncio.ensure_future(
+            service.generate_batch(request("a cancelled lantern"), 2, ticket=first)
+        )
+        await place_of(service, first, 1)
+        kept = asyncio.ensure_future(service.generate(request("a kept lantern"), ticket=second))
+        await place_of(service, second, 2)
+        assert engine.queue_depth == 2
+        assert service.cancel(first)
+        # Someone asking for the same images right after is not given the cancellation.
+        late = asyncio.ensure_future(service.generate_batch(request("a cancelled lantern"), 2))
+        with pytest.raises(JobCancelled):
+            await asyncio.wait_for(doomed, BOUND_S)
+        await place_of(service, second, 1)  # moved up
+        held.release()
+        assert (await asyncio.wait_for(kept, BOUND_S)).cache == "miss"
+        assert [r.cache for r in await asyncio.wait_for(late, BOUND_S)] == ["miss", "miss"]
+        assert service.queue_position(second) is None and not service.cancel(second)  # ran: too late
+        stats = service.stats()
+        assert (stats["generations"], stats["generated_images"], stats["queue_depth"]) == (2, 3, 0)
+        assert not service.flights._flights
+
+    asyncio.run(scenario())
+
+
+def test_cancel_leaves_a_job_that_another_caller_waits_for(engine: Engine, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        service = GenerationService(engine, LayeredCache([MemoryTier(1 << 20), DiskTier(tmp_path)]))
+        held = HeldEngine(engine)
+        mine = QueueTicket()
+        asking = asyncio.ensure_future(service.generate(request("a shared queued lantern"), ticket=mine))
+        await place_of(service, mine, 1)
+        theirs = asyncio.ensure_future(service.generate(request("a shared queued lantern")))
+        await asyncio.sleep(0.05)  # joined the same flight
+        assert not service.cancel(mine)  # single flight: someone else waits for this image
+        held.release()
+        results = await asyncio.wait_for(asyncio.gather(asking, theirs), BOUND_S)
+        assert {r.entry.data for r in results} == {results[0].entry.data}
+        assert service.stats()["generations"] == 1
+
+    asyncio.run(scenario())
+
+
+def test_each_image_of_a_mixed_batch_carries_its_own_time(engine: Engine, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        service = GenerationService(engine, LayeredCache([MemoryTier(1 << 20), DiskTier(tmp_path)]))
+        await service.generate(request("a mixed batch of lanterns", seed=100))
+        results = await service.generate_batch(request("a mixed batch of lanterns", seed=100), 4)
+        assert [r.cache for r in results] == ["memory", "miss", "miss", "miss"]
+        hit, misses = results[0], results[1:]
+        # The hit was there after its lookup, before the misses' generation began.
+        assert hit.duration < min(m.duration for m in misses)
+        latency = service.stats()["latency"]
+        assert latency["hit"]["count"] == 1 and latency["hit"]["p95"] == round(hit.duration, 6)
+        assert latency["generation"]["count"] == 4
 
     asyncio.run(scenario())
 

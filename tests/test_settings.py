@@ -71,3 +71,31 @@ def test_readme_settings_table_is_written_from_the_settings() -> None:
     assert with_table(readme) == readme, "README's settings table is stale: python -m runtime.settings_table"
     assert "| `--disk-cache-size` | `ZIMAGE_DISK_CACHE_SIZE` | `20GiB` |" in table()
     assert "| `--redis-url` | `ZIMAGE_REDIS_URL` | unset |" in table()
+
+
+def test_help_names_what_each_setting_takes() -> None:
+    proc = subprocess.run(
+        [sys.executable, "app.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    usage = " ".join(proc.stdout.split())  # argparse wraps lines where it likes
+    for flag, metavar in (
+        ("--disk-cache-size", "SIZE"),
+        ("--disk-cache-max-age", "DURATION"),
+        ("--redis-ttl", "DURATION"),
+        ("--shutdown-timeout", "DURATION"),
+        ("--redis-url", "str"),
+        ("--api-keys", "Path"),
+    ):
+        assert f"[{flag} {metavar}]" in usage, flag
+    assert "{str,null}" not in usage and "null}" not in usage
+    assert "(default: 20GiB)" in usage and "(default: 7d)" in usage
+
+
+def test_sizes_and_durations_still_parse_from_flags_and_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("ZIMAGE_DISK_CACHE_MAX_AGE", "12h")
+    settings = load_settings(["--disk-cache-size", "500MB", "--cache-dir", str(tmp_path)])
+    assert settings.disk_cache_size == 500_000_000
+    assert settings.disk_cache_max_age == 12 * 3600

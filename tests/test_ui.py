@@ -52,6 +52,14 @@ def test_ui_batch_gives_each_image_its_own_seed_and_tier(client: Client) -> None
     assert [c.split(" · ")[0] for c in captions] == ["seed 100", "seed 101", "seed 102"]
     assert captions[0].startswith("seed 100 · memory hit") and "miss" in captions[1]
     assert status.startswith("memory + miss") and status.endswith("seeds 100, 101, 102")
+    # Each its own time: the hit's is its lookup, not the batch's generation.
+    took = [seconds(c.rsplit(" · ", 1)[1].removeprefix("generated in ")) for c in captions]
+    assert took[0] < min(took[1:])
+
+
+def seconds(text: str) -> float:
+    number, unit = text.split()
+    return float(number) / (1000 if unit == "ms" else 1)
 
 
 def test_ui_bypass_toggle_neither_reads_nor_writes(client: Client) -> None:

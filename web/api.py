@@ -169,7 +169,14 @@ def create_api(
             service.generate_batch(request, body.batch_size, namespace=namespace, no_cache=body.no_cache),
         )
         images = [
-            {"key": r.key, "cache": r.cache, "seed": r.seed, "image_url": _image_url(r)} for r in results
+            {
+                "key": r.key,
+                "cache": r.cache,
+                "seed": r.seed,
+                "duration": round(r.duration, 6),
+                "image_url": _image_url(r),
+            }
+            for r in results
         ]
         duration = max(r.duration for r in results)
         return {"images": images, "duration": round(duration, 6)}

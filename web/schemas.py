@@ -77,6 +77,9 @@ class BatchImage(BaseModel):
     key: str
     cache: Tier
     seed: int
+    duration: float = Field(
+        description="Seconds until this image was there: its lookup for a hit, its generation for a miss."
+    )
     image_url: str | None
 
 

@@ -1,222 +1,207 @@
-"""The Gradio UI: one page over GenerationService; its generate event is also an API."""
+"""The Gradio UI: one page over GenerationService.
+
+The page's Generate (button, Ctrl+Enter, Shift+Enter) runs `web.ui_run.UiRun`,
+which never raises: a problem is said beside its field or in a notice, and the
+images, status and history on the page stay. The same generation is also the
+API for `gradio_client` (`api_name="generate"`, see `UiRun.api`), whose errors
+are Gradio errors, as an API's should be.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import math
-import threading
-import time
-from collections import deque
+import json
+import secrets
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
-from pydantic import ValidationError
 
-from cache import DEFAULT_NAMESPACE
-from pipeline import limits
 from pipeline.engine import Engine, EngineState
-from pipeline.errors import QueueFull, RequestInvalid
-from pipeline.request import GenerationRequest, random_seed
-from pipeline.results import BYPASS_TIER, MISS_TIER, GenerationResult
+from pipeline.limits import MAX_PROMPT_CHARS, MAX_SEED
 from pipeline.service import GenerationService
-from web.errors import EXPECTED, user_message
+from web.ui_form import CUSTOM, PRESET_SIZES, PRESETS, size_limits, size_preset, snap
+from web.ui_history import gallery as gallery_items
+from web.ui_history import revalidate
 from web.ui_images import UiImages
-from web.ui_text import EXAMPLES, I18N
+from web.ui_run import MAX_UI_BATCH, QUEUE_WATCH_S, UiRun, language_of, namespace_of
+from web.ui_stats import TierTimeline, latency_text, plot_labels, tiers_frame
+from web.ui_text import EXAMPLES, I18N, SCRIPT_TEXT, say
 
-PRESETS = [
-    "1024x1024",
-    "1152x896",
-    "896x1152",
-    "1152x864",
-    "864x1152",
-    "1248x832",
-    "832x1248",
-    "1280x720",
-    "720x1280",
-    "1344x576",
-    "576x1344",
-]
-CUSTOM = "Custom"
-HISTORY_LIMIT = 48
+NORMALIZATIONS = ("basic", "none", "aggressive")
 # Gradio's own temp files (none of ours: see web/ui_images.py) are kept this long.
 UI_FILE_TTL_S = 3600
 STATS_REFRESH_S = 3.0
+# Browser storage of the history. The key is fixed so that the history survives a
+# restart of the server; the "secret" is no secret (Gradio hands it to the page,
+# which does the encrypting): what comes back is checked again (web/ui_history.py).
+HISTORY_STORAGE_KEY = "zimage-history"
+HISTORY_STORAGE_SECRET = "zimage-history-v1"
+SCRIPT = Path(__file__).resolve().parent.parent / "static" / "ui.js"
+
+
+def page_head() -> str:
+    """The page's own script (static/ui.js), with its texts, for `mount_gradio_app(head=...)`."""
+    script = SCRIPT.read_text(encoding="utf-8")
+    script = script.replace("__TEXT__", json.dumps(SCRIPT_TEXT, ensure_ascii=False))
+    script = script.replace("__LIMIT__", str(MAX_PROMPT_CHARS))
+    return f"<script>\n{script}</script>"
 
 
 def create_ui(service: GenerationService, engine: Engine, images: UiImages, *, demo_model: bool) -> gr.Blocks:
     t = I18N
-    stats_history = _StatsHistory()
+    timeline = TierTimeline()
+    service.observers.append(timeline.record)
+    runs = UiRun(service, engine, images)
     with gr.Blocks(title="Z-Image-Turbo", delete_cache=(UI_FILE_TTL_S, UI_FILE_TTL_S)) as ui:
-        gr.Markdown("# Z-Image-Turbo")
+        gr.Markdown("# Z-Image-Turbo", elem_id="title")
         gr.Markdown(t("demo_banner"), visible=demo_model, elem_id="demo-banner")
         loading = gr.Markdown(elem_id="model-state", visible=False)
         history = gr.State([])
+        stored_history = gr.BrowserState([], storage_key=HISTORY_STORAGE_KEY, secret=HISTORY_STORAGE_SECRET)
+        shown = gr.State([])  # the entries of the main viewer, for "Use these settings"
+        selected = gr.State(0)
+        last_seed = gr.State(None)
 
         with gr.Tab(t("tab_generate"), id="generate"):
-            with gr.Row():
-                with gr.Column(scale=1):
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=5, min_width=320):
                     prompt = gr.Textbox(
-                        label=t("prompt"), lines=3, placeholder=t("prompt_placeholder"), elem_id="prompt"
+                        label=t("prompt"),
+                        info=t("prompt_info"),
+                        lines=3,
+                        max_lines=8,
+                        placeholder=t("prompt_placeholder"),
+                        elem_id="prompt",
                     )
-                    gr.Examples(EXAMPLES, inputs=prompt, label=t("examples"))
-                    preset = gr.Dropdown([*PRESETS, CUSTOM], value=PRESETS[0], label=t("resolution"))
+                    # Filled by the page's script as you type (static/ui.js).
+                    gr.HTML(f"0 / {MAX_PROMPT_CHARS}", elem_id="prompt-count", padding=False)
+                    notes = {"prompt": _note("prompt")}
+                    with gr.Row(elem_id="actions"):
+                        run = gr.Button(t("generate"), variant="primary", elem_id="generate", scale=4)
+                        cancel = gr.Button(t("cancel"), variant="stop", elem_id="cancel", scale=1)
+                    queue_note = gr.Markdown(visible=False, elem_id="queue-note")
+                    notice = gr.Markdown(visible=False, elem_id="notice")
                     with gr.Row():
-                        width, height = (
-                            gr.Number(
-                                limits.DEFAULT_SIZE,
-                                label=t(side),
-                                precision=0,
-                                step=limits.SIZE_MULTIPLE,
-                                minimum=limits.MIN_SIZE,
-                                maximum=limits.MAX_SIZE,
-                                elem_id=side,
+                        preset = gr.Dropdown(
+                            _preset_choices("en"),
+                            value=PRESET_SIZES[0],
+                            label=t("resolution"),
+                            elem_id="preset",
+                            scale=2,
+                            min_width=150,
+                        )
+                        # No minimum/maximum: Gradio would refuse out-of-range values
+                        # itself, in English and naming no field; ours snap, and say so.
+                        with gr.Column(min_width=90):
+                            width = gr.Number(1024, label=t("width"), precision=0, step=16, elem_id="width")
+                            notes["width"] = _note("width")
+                        with gr.Column(min_width=90):
+                            height = gr.Number(
+                                1024, label=t("height"), precision=0, step=16, elem_id="height"
                             )
-                            for side in ("width", "height")
-                        )
+                            notes["height"] = _note("height")
                     with gr.Row():
-                        seed = gr.Number(
-                            limits.DEFAULT_SEED,
-                            label=t("seed"),
-                            precision=0,
-                            minimum=limits.RANDOM_SEED,
-                            maximum=limits.MAX_SEED,
-                            elem_id="seed",
-                        )
-                        dice = gr.Button(t("random_seed"), size="sm", elem_id="random-seed")
-                    with gr.Row():
-                        batch_size = gr.Slider(
-                            1, limits.MAX_UI_BATCH, value=1, step=1, label=t("batch_size"), elem_id="batch"
-                        )
-                        no_cache = gr.Checkbox(False, label=t("bypass_cache"), elem_id="bypass")
-                    with gr.Accordion(t("advanced"), open=False):
+                        with gr.Column(scale=3, min_width=150):
+                            seed = gr.Number(42, label=t("seed"), precision=0, elem_id="seed")
+                            notes["seed"] = _note("seed")
+                        with gr.Column(scale=2, min_width=100):
+                            dice = gr.Button(t("random_seed"), size="sm", elem_id="random-seed")
+                            reuse = gr.Button(t("reuse_seed"), size="sm", elem_id="reuse-seed")
+                        with gr.Column(scale=3, min_width=150):
+                            batch_size = gr.Slider(
+                                1,
+                                MAX_UI_BATCH,
+                                value=1,
+                                step=1,
+                                label=t("batch_size"),
+                                elem_id="batch",
+                                elem_classes=["range-checked"],
+                            )
+                            notes["batch_size"] = _note("batch_size")
+                            no_cache = gr.Checkbox(False, label=t("bypass_cache"), elem_id="bypass")
+                    with gr.Accordion(t("advanced"), open=False, elem_id="advanced"):
                         steps = gr.Slider(
-                            limits.MIN_STEPS,
-                            limits.MAX_STEPS,
-                            value=limits.DEFAULT_STEPS,
+                            1,
+                            50,
+                            value=8,
                             step=1,
                             label=t("steps"),
                             elem_id="steps",
+                            elem_classes=["range-checked"],
                         )
+                        notes["steps"] = _note("steps")
                         guidance_scale = gr.Slider(
                             0.0,
-                            limits.MAX_GUIDANCE,
-                            value=limits.DEFAULT_GUIDANCE,
+                            20.0,
+                            value=0.0,
                             step=0.5,
                             label=t("guidance"),
+                            elem_id="guidance",
+                            elem_classes=["range-checked"],
                         )
-                        negative_prompt = gr.Textbox("", label=t("negative_prompt"), info=t("negative_note"))
+                        notes["guidance_scale"] = _note("guidance_scale")
+                        negative_prompt = gr.Textbox(
+                            "", label=t("negative_prompt"), info=t("negative_note"), elem_id="negative"
+                        )
+                        notes["negative_prompt"] = _note("negative_prompt")
                         normalization = gr.Dropdown(
-                            list(limits.NORMALIZATIONS),
+                            _normalization_choices("en"),
                             value=service.normalization,
                             label=t("normalization"),
                             info=t("normalization_note"),
+                            elem_id="normalization",
                         )
-                    run = gr.Button(t("generate"), variant="primary", elem_id="generate")
-                with gr.Column(scale=1):
+                    gr.Examples(EXAMPLES, inputs=prompt, label=t("examples"))
+                with gr.Column(scale=6, min_width=320):
                     gallery = gr.Gallery(
                         label=t("results"),
                         columns=2,
                         object_fit="contain",
-                        height="auto",
+                        height="min(62vh, 680px)",
                         interactive=False,
+                        buttons=["download", "fullscreen"],
                         elem_id="result",
                     )
                     status = gr.Markdown(elem_id="status")
+                    use_settings = gr.Button(t("use_settings"), size="sm", elem_id="use-settings")
+                    parameters = gr.Textbox(
+                        label=t("parameters"),
+                        lines=2,
+                        max_lines=4,
+                        interactive=False,
+                        buttons=["copy"],
+                        elem_id="parameters",
+                    )
             past = gr.Gallery(
                 label=t("history"), columns=6, height="auto", allow_preview=False, elem_id="history"
             )
+            # The generate API's trigger: never shown, so its errors reach API callers
+            # as errors while the page's own Generate keeps the page as it was.
+            api_trigger = gr.Button(visible=False)
             # Gradio copies a file it is handed into the component's cache dir, and
             # keeps the path (to delete it later) when it is already there. Our paths
             # are not files (web/ui_images.py): with a cache dir of their own that
             # holds none of them, Gradio passes them through untouched and tracks
             # nothing for ever.
-            for shown in (gallery, past):
-                shown.GRADIO_CACHE = str(images.root.parent / "untracked")
+            for shown_gallery in (gallery, past):
+                shown_gallery.GRADIO_CACHE = str(images.root.parent / "untracked")
 
         with gr.Tab(t("tab_stats"), id="stats"):
-            hit_plot = gr.LinePlot(
+            requests_plot = gr.LinePlot(
                 x="time",
-                y="hit_rate",
+                y="requests",
                 color="tier",
-                label=t("hit_rate_plot"),
-                y_lim=[0, 1],
-                elem_id="hit-plot",
+                label=t("requests_plot"),
+                x_axis_format="%H:%M:%S",
+                elem_id="requests-plot",
+                **plot_labels("en"),
             )
             tiers_table = gr.Dataframe(label=t("tiers_table"), interactive=False, elem_id="tiers")
             latency = gr.Markdown(elem_id="latency")
 
-        async def generate(
-            prompt: str,
-            negative_prompt: str,
-            seed: float,
-            width: float,
-            height: float,
-            steps: float,
-            guidance_scale: float,
-            batch_size: float,
-            no_cache: bool,
-            prompt_normalization: str,
-            history: list[dict[str, Any]],
-            request: gr.Request,
-            progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's way to ask for it)
-        ) -> tuple[list[tuple[str, str]], str, list[dict[str, Any]], list[tuple[str, str]]]:
-            # Steps are reported from the engine's thread; Gradio's progress reads
-            # context variables of this event, so report from the loop, in its context.
-            loop, context = asyncio.get_running_loop(), contextvars.copy_context()
-
-            def on_step(done: int, total: int) -> None:
-                loop.call_soon_threadsafe(
-                    lambda: progress((done, total), desc="denoising", unit="steps"), context=context
-                )
-
-            namespace = getattr(request, "username", None) or DEFAULT_NAMESPACE
-            try:
-                req = GenerationRequest(
-                    prompt=prompt or "",
-                    negative_prompt=negative_prompt or "",
-                    seed=_whole("seed", seed, limits.DEFAULT_SEED),
-                    width=_whole("width", width, 0),
-                    height=_whole("height", height, 0),
-                    steps=_whole("steps", steps, 0),
-                    guidance_scale=float(guidance_scale or 0.0),
-                )
-                results = await service.generate_batch(
-                    req,
-                    max(1, min(limits.MAX_UI_BATCH, _whole("batch_size", batch_size, 1))),
-                    namespace=namespace,
-                    no_cache=bool(no_cache),
-                    normalization=prompt_normalization or None,  # type: ignore[arg-type]
-                    progress=on_step,
-                )
-            except QueueFull as exc:
-                raise gr.Error(
-                    f"The server is busy ({exc.depth} generations waiting). Please try again shortly."
-                ) from None
-            except (ValidationError, *EXPECTED) as exc:
-                raise gr.Error(user_message(exc)) from None
-            items = [(images.path_for(namespace, r), caption(r)) for r in results]
-            params = {
-                "prompt": prompt,
-                "negative_prompt": negative_prompt or "",
-                "width": int(width),
-                "height": int(height),
-                "steps": int(steps),
-                "guidance_scale": float(guidance_scale),
-                "prompt_normalization": prompt_normalization,
-            }
-            new = [
-                {"path": p, "caption": c, "params": params | {"seed": r.seed}}
-                for (p, c), r in zip(items, results, strict=True)
-            ]
-            shown = {item["path"] for item in new}
-            history = (new + [h for h in history if h["path"] not in shown])[:HISTORY_LIMIT]
-            return items, status_line(results), history, [(h["path"], h["caption"]) for h in history]
-
-        # concurrency_limit=None: Gradio would otherwise run one event at a time,
-        # and a cache hit would wait behind a running generation. The engine
-        # serialises the model itself.
-        inputs = [
+        # -- generate ----------------------------------------------------------------
+        form = [
             prompt,
             negative_prompt,
             seed,
@@ -229,43 +214,133 @@ def create_ui(service: GenerationService, engine: Engine, images: UiImages, *, d
             normalization,
             history,
         ]
-        outputs = [gallery, status, history, past]
-        run.click(generate, inputs, outputs, api_name="generate", concurrency_limit=None)
-        prompt.submit(generate, inputs, outputs, api_name=False, concurrency_limit=None)
-        preset.change(_preset_size, preset, [width, height], api_name=False, queue=False)
-        for box in (width, height):  # typing a size picks its preset, or Custom
-            box.input(_size_preset, [width, height], preset, api_name=False, queue=False)
-        dice.click(random_seed, None, seed, api_name=False, queue=False)
-
-        def restore(history: list[dict[str, Any]], evt: gr.SelectData) -> tuple[Any, ...]:
-            p = history[evt.index]["params"]
-            size = f"{p['width']}x{p['height']}"
-            return (
-                p["prompt"],
-                p["negative_prompt"],
-                p["seed"],
-                size if size in PRESETS else CUSTOM,
-                p["width"],
-                p["height"],
-                p["steps"],
-                p["guidance_scale"],
-                p["prompt_normalization"],
+        runs.bind(
+            gallery=gallery,
+            status=status,
+            notice=notice,
+            history=history,
+            stored_history=stored_history,
+            past=past,
+            shown=shown,
+            selected=selected,
+            parameters=parameters,
+            last_seed=last_seed,
+            width=width,
+            height=height,
+            preset=preset,
+            notes=notes,
+        )
+        # Generate: the page's timer for the queue line starts, the generation runs, the
+        # timer stops. concurrency_limit=None: Gradio would otherwise run one event at a
+        # time, and a cache hit would wait behind a running generation; the engine
+        # serialises the model itself.
+        watch = gr.Timer(QUEUE_WATCH_S, active=False)
+        watch.tick(runs.watch, None, [queue_note, watch], api_name=False, queue=False, show_progress="hidden")
+        for trigger in (run.click, prompt.submit):
+            trigger(
+                runs.watch_start,
+                None,
+                watch,
+                js="() => { window.zimage && window.zimage.started(); }",
+                api_name=False,
+                queue=False,
+                show_progress="hidden",
+            ).then(
+                runs.page,
+                form,
+                runs.outputs,
+                api_name=False,
+                concurrency_limit=None,
+                show_progress_on=[gallery],
+            ).then(
+                runs.watch_stop,
+                None,
+                [queue_note, watch],
+                js="() => { window.zimage && window.zimage.finished(); }",
+                api_name=False,
+                queue=False,
+                show_progress="hidden",
             )
+        api_trigger.click(
+            runs.api, form, [gallery, status, history, past], api_name="generate", concurrency_limit=None
+        )
+        cancel.click(runs.cancel, None, [notice], api_name=False, queue=False, show_progress="hidden")
 
-        past.select(
-            restore,
-            history,
-            [prompt, negative_prompt, seed, preset, width, height, steps, guidance_scale, normalization],
+        # -- the form ------------------------------------------------------------------
+        preset.change(
+            _preset_size,
+            preset,
+            [width, height, notes["width"], notes["height"]],
             api_name=False,
             queue=False,
         )
+        for box, name in ((width, "width"), (height, "height")):  # typing a size picks its preset, or Custom
+            box.input(size_preset, [width, height], preset, api_name=False, queue=False)
+            box.blur(
+                _snapper(engine, name),
+                [width, height],
+                [box, notes[name], preset],
+                api_name=False,
+                queue=False,
+                show_progress="hidden",
+            )
+        dice.click(lambda: secrets.randbelow(MAX_SEED + 1), None, seed, api_name=False, queue=False)
+        reuse.click(
+            lambda last: gr.skip() if last is None else last, last_seed, seed, api_name=False, queue=False
+        )
+        prompt.change(None, prompt, None, js="(p) => { window.zimage && window.zimage.count(p); }")
 
-        def model_state() -> tuple[Any, Any]:
+        form_fields = [
+            prompt,
+            negative_prompt,
+            seed,
+            preset,
+            width,
+            height,
+            steps,
+            guidance_scale,
+            normalization,
+        ]
+
+        def use(entries: list[dict[str, Any]], index: int) -> tuple[Any, ...]:
+            if not entries:
+                return tuple(gr.skip() for _ in form_fields)
+            return _form_values(entries[min(index, len(entries) - 1)]["params"])
+
+        use_settings.click(use, [shown, selected], form_fields, api_name=False, queue=False)
+
+        def pick(entries: list[dict[str, Any]], evt: gr.SelectData) -> tuple[Any, Any]:
+            if not entries or evt.index >= len(entries):
+                return gr.skip(), gr.skip()
+            return evt.index, entries[evt.index]["parameters"]
+
+        gallery.select(pick, shown, [selected, parameters], api_name=False, queue=False)
+
+        def view(entries: list[dict[str, Any]], request: gr.Request, evt: gr.SelectData) -> tuple[Any, ...]:
+            # The clicked history image in the main viewer, and its settings in the form.
+            if evt.index >= len(entries):
+                return tuple(gr.skip() for _ in range(4 + len(form_fields)))
+            entry = entries[evt.index]
+            lang = language_of(request)
+            viewer = gr.Gallery(value=gallery_items(images, lang, [entry]), selected_index=0)
+            return (viewer, [entry], 0, entry["parameters"], *_form_values(entry["params"]))
+
+        past.select(
+            view,
+            history,
+            [gallery, shown, selected, parameters, *form_fields],
+            api_name=False,
+            queue=False,
+            show_progress="hidden",
+        )
+
+        # -- on load: the model's state, the history kept in the browser, words ----------
+        def model_state(request: gr.Request) -> tuple[Any, Any]:
             # The timer polls only until the model is ready (or has failed).
             if engine.state == EngineState.READY:
                 return gr.Markdown(visible=False), gr.Timer(active=False)
             if engine.error:
-                text = f"**The model failed to load:** {engine.error}"
+                text = say(language_of(request), "model_failed", reason=engine.error)
                 return gr.Markdown(text, visible=True), gr.Timer(active=False)
             return gr.Markdown(t(f"state_{engine.state}"), visible=True), gr.Timer(active=True)
 
@@ -273,118 +348,87 @@ def create_ui(service: GenerationService, engine: Engine, images: UiImages, *, d
         state_timer.tick(model_state, None, [loading, state_timer], api_name=False, queue=False)
         ui.load(model_state, None, [loading, state_timer], api_name=False, queue=False)
 
-        async def refresh_stats() -> tuple[Any, Any, str]:
+        async def restore(stored: Any, request: gr.Request) -> tuple[Any, ...]:
+            lang = language_of(request)
+            kept = await revalidate(service, namespace_of(request), stored)
+            return (
+                kept,
+                kept,
+                gallery_items(images, lang, kept),
+                gr.Dropdown(choices=_preset_choices(lang)),
+                gr.Dropdown(choices=_normalization_choices(lang)),
+            )
+
+        ui.load(
+            restore,
+            stored_history,
+            [history, stored_history, past, preset, normalization],
+            api_name=False,
+            queue=False,
+        )
+
+        async def refresh_stats(request: gr.Request) -> tuple[Any, Any, str]:
+            lang = language_of(request)
             stats = await asyncio.to_thread(service.stats)
-            return stats_history.add(stats), _tiers_frame(stats), _latency_text(stats)
+            plot = gr.LinePlot(value=timeline.frame(lang), **plot_labels(lang))
+            return plot, tiers_frame(lang, stats), latency_text(lang, stats)
 
         stats_timer = gr.Timer(STATS_REFRESH_S)
-        stats_timer.tick(refresh_stats, None, [hit_plot, tiers_table, latency], api_name=False, queue=False)
-        ui.load(refresh_stats, None, [hit_plot, tiers_table, latency], api_name=False, queue=False)
+        stats_outputs = [requests_plot, tiers_table, latency]
+        stats_timer.tick(
+            refresh_stats, None, stats_outputs, api_name=False, queue=False, show_progress="hidden"
+        )
+        ui.load(refresh_stats, None, stats_outputs, api_name=False, queue=False)
     return ui
 
 
-def caption(result: GenerationResult) -> str:
-    """'seed 42 · memory hit · 1.2 ms' or 'seed 42 · miss · generated in 0.91 s'."""
-    return f"seed {result.seed} · {_tier_and_time(result)}"
+def _note(name: str) -> gr.Markdown:
+    """The note beside a field (hidden while it has nothing to say)."""
+    return gr.Markdown(visible=False, elem_id=f"{name.replace('_', '-')}-note", elem_classes=["field-note"])
 
 
-def status_line(results: list[GenerationResult]) -> str:
-    """One line for the run: the tier(s) and time, and the seed(s) used."""
-    seeds = ("seeds " if len(results) > 1 else "seed ") + ", ".join(str(r.seed) for r in results)
-    tiers = sorted({r.cache for r in results})
-    if len(tiers) == 1:
-        return f"{_tier_and_time(results[0])} · {seeds}"
-    took = max(r.duration for r in results)
-    return f"{' + '.join(tiers)} · {_took(took)} · {seeds}"
+def _preset_choices(lang: str) -> list[tuple[str, str]]:
+    return [(f"{size} ({ratio})", size) for size, ratio in PRESETS] + [(say(lang, "custom"), CUSTOM)]
 
 
-def _tier_and_time(result: GenerationResult) -> str:
-    if result.cache == MISS_TIER:
-        return f"miss · generated in {_took(result.duration)}"
-    if result.cache == BYPASS_TIER:
-        return f"bypass · generated in {_took(result.duration)}"
-    return f"{result.cache} hit · {_took(result.duration)}"
+def _normalization_choices(lang: str) -> list[tuple[str, str]]:
+    return [(say(lang, f"norm_{mode}"), mode) for mode in NORMALIZATIONS]
 
 
-def _took(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
-
-
-def _preset_size(preset: str) -> tuple[Any, Any]:
-    if preset == CUSTOM:
-        return gr.update(), gr.update()
-    w, h = (int(v) for v in preset.split("x"))
-    return w, h
-
-
-def _size_preset(width: float | None, height: float | None) -> str:
-    size = f"{int(width or 0)}x{int(height or 0)}"
-    return size if size in PRESETS else CUSTOM
-
-
-def _whole(field: str, value: float | None, default: int) -> int:
-    """A whole number from a Gradio number or slider (floats, or NaN and infinities
-    from an API caller); RequestInvalid naming the field for those."""
-    if value is None:
-        return default
-    if not math.isfinite(value):
-        raise RequestInvalid(field, f"{field} must be a finite whole number (got {value})")
-    return int(value)
-
-
-class _StatsHistory:
-    """Samples of each tier's share of requests over time, for the Stats plot;
-    shared by every open page, at most one sample per refresh period."""
-
-    def __init__(self, keep: int = 200) -> None:
-        self.rows: deque[dict[str, Any]] = deque(maxlen=keep)
-        self._last = 0.0
-        self._lock = threading.Lock()
-
-    def add(self, stats: dict[str, Any]) -> Any:
-        import pandas as pd
-
-        now = time.time()
-        with self._lock:
-            if now - self._last >= STATS_REFRESH_S * 0.9 and stats["requests"]:
-                self._last = now
-                stamp = pd.Timestamp(now, unit="s")
-                for name, tier in stats["tiers"].items():
-                    self.rows.append(
-                        {"time": stamp, "tier": name, "hit_rate": tier["hits"] / stats["requests"]}
-                    )
-            return pd.DataFrame(list(self.rows), columns=["time", "tier", "hit_rate"])
-
-
-def _tiers_frame(stats: dict[str, Any]) -> Any:
-    import pandas as pd
-
-    rows = [
-        {
-            "tier": name,
-            "hits": tier["hits"],
-            "entries": tier.get("entries"),
-            "MiB": _mib(tier.get("bytes")),
-            "errors": tier["errors"],
-        }
-        for name, tier in stats["tiers"].items()
-    ]
-    return pd.DataFrame(rows, columns=["tier", "hits", "entries", "MiB", "errors"])
-
-
-def _mib(size: int | None) -> float | None:
-    return None if size is None else round(size / (1 << 20), 2)
-
-
-def _latency_text(stats: dict[str, Any]) -> str:
-    def fmt(p: dict[str, Any]) -> str:
-        if not p["count"]:
-            return "—"
-        return f"p50 {_took(p['p50'])} · p95 {_took(p['p95'])} ({p['count']})"
-
-    lat = stats["latency"]
+def _form_values(p: dict[str, Any]) -> tuple[Any, ...]:
+    """The form's fields (as `form_fields` lists them) set to an entry's parameters."""
+    size = f"{p['width']}x{p['height']}"
     return (
-        f"**Requests** {stats['requests']} · **hit rate** {stats['hit_rate']:.0%} · "
-        f"**generations** {stats['generations']} · **queue** {stats['queue_depth']}\n\n"
-        f"**Generation latency** {fmt(lat['generation'])}  \n**Hit latency** {fmt(lat['hit'])}"
+        p["prompt"],
+        p["negative_prompt"],
+        p["seed"],
+        size if size in PRESET_SIZES else CUSTOM,
+        p["width"],
+        p["height"],
+        p["steps"],
+        p["guidance_scale"],
+        p["prompt_normalization"],
     )
+
+
+def _preset_size(preset: str) -> tuple[Any, ...]:
+    hidden = gr.Markdown(visible=False)
+    if preset == CUSTOM:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    w, h = (int(v) for v in preset.split("x"))
+    return w, h, hidden, hidden
+
+
+def _snapper(engine: Engine, name: str) -> Any:
+    """On leaving the width or height box: the nearest valid size, and a note saying so."""
+
+    def snap_on_blur(width: float | None, height: float | None, request: gr.Request) -> tuple[Any, Any, Any]:
+        low, high = size_limits(engine)
+        value, note = snap(language_of(request), width if name == "width" else height, low, high)
+        if not note:
+            # Unchanged: set nothing, or this answer could undo what was typed since.
+            return gr.skip(), gr.Markdown(visible=False), gr.skip()
+        sizes = {"width": width, "height": height, name: value}
+        return value, gr.Markdown(note, visible=True), size_preset(sizes["width"], sizes["height"])
+
+    return snap_on_blur

@@ -4,11 +4,13 @@ copied to disk.
 Gradio shows an image by its server path, fetched through `/gradio_api/file=<path>`,
 which serves any file of Gradio's temp directory to any logged-in user. So the UI
 writes no file at all: its gallery paths point into a directory that does not
-exist (`<private temp dir>/results/<namespace>/...`), and `UiImageRoute` answers
-the file route for that directory itself, from the cache, after checking that
-the caller's namespace is the one in the path. Images that must not be stored
-(bypass, do-not-cache prompts) are held in memory for a few minutes, long enough
-for the browser to fetch them, and never written anywhere.
+exist (`<private temp dir>/results/<namespace>/<key>/<name>.<ext>`), and
+`UiImageRoute` answers the file route for that directory itself, from the cache,
+after checking that the caller's namespace is the one in the path. The last part
+is a readable name (`seed-42-a-red-fox.png`), what the browser saves the image
+as; only the namespace and the key say which image it is. Images that must not be
+stored (bypass, do-not-cache prompts) are held in memory for a few minutes, long
+enough for the browser to fetch them, and never written anywhere.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -36,8 +39,14 @@ FILE_ROUTES = ("/gradio_api/file=", "/gradio_api/file/")
 # Unstored images wait this long, within this many bytes, for their first fetch.
 UNSTORED_TTL_S = 300.0
 UNSTORED_MAX_BYTES = 64 << 20
-# <namespace>/<64-hex key>.<ext> for a stored entry, <32-hex token>.<ext> for an unstored one.
-_NAME = re.compile(r"(?P<ns>[^/]+)/(?:(?P<key>[0-9a-f]{64})|(?P<token>[0-9a-f]{32}))\.(?P<ext>png|jpeg|webp)")
+# <namespace>/<64-hex key>/<name>.<ext> for a stored entry, <32-hex token> for an unstored one.
+_NAME = re.compile(
+    r"(?P<ns>[^/]+)/(?:(?P<key>[0-9a-f]{64})|(?P<token>[0-9a-f]{32}))/(?P<name>[^/\x00]{1,80})\.(?P<ext>png|jpeg|webp)"
+)
+KEY = re.compile(r"[0-9a-f]{64}")
+EXTENSIONS = ("png", "jpeg", "webp")
+_WORD = re.compile(r"\w+")
+NAME_CHARS = 48  # of the prompt, in a download name
 
 NamespaceOf = Callable[[Request], "str | None"]
 
@@ -73,9 +82,9 @@ class UiImages:
     def path_for(self, namespace: str, result: GenerationResult) -> str:
         """The gallery path of a result: by key for a stored one, by a fresh random
         token for one that must not be stored."""
-        ext = result.entry.ext
+        name = download_name(result.seed, result.request.prompt)
         if result.cache != BYPASS_TIER:
-            return str(self.root / namespace / f"{result.key}.{ext}")
+            return self.stored_path(namespace, result.key, result.entry.ext, name)
         token = secrets.token_hex(16)
         with self._lock:
             self._expire(time.monotonic())
@@ -83,7 +92,11 @@ class UiImages:
             self._unstored_bytes += len(result.entry.data)
             while self._unstored_bytes > self.max_unstored_bytes and len(self._unstored) > 1:
                 self._drop_oldest()
-        return str(self.root / namespace / f"{token}.{ext}")
+        return str(self.root / namespace / token / f"{name}.{result.entry.ext}")
+
+    def stored_path(self, namespace: str, key: str, ext: str, name: str) -> str:
+        """The gallery path of a stored entry (which `fetch` serves to `namespace` only)."""
+        return str(self.root / namespace / key / f"{name}.{ext}")
 
     def owns(self, path: str) -> bool:
         """Whether `path` (as Gradio's file route reads it) is in this directory."""
@@ -98,7 +111,7 @@ class UiImages:
         if not is_namespace(caller_namespace):
             return None
         if match["token"]:
-            with self._lock:
+            with self._lock:  # (the name part says nothing about access: only ns and key/token)
                 self._expire(time.monotonic())
                 found = self._unstored.get(match["token"])
             if found is None or found[0] != caller_namespace or found[1].ext != match["ext"]:
@@ -149,12 +162,24 @@ class UiImageRoute:
         if entry is None:
             response: Response = JSONResponse({"detail": f"File not allowed: {target}."}, status_code=403)
         else:
-            headers = {"Cache-Control": "private, max-age=3600", "Content-Disposition": "inline"}
+            name = target.rsplit("/", 1)[-1]
+            headers = {
+                "Cache-Control": "private, max-age=3600",
+                # What "Save image as" offers: the readable name (RFC 6266/5987 for non-ASCII).
+                "Content-Disposition": f"inline; filename*=UTF-8''{quote(name)}",
+            }
             body = b"" if scope["method"] == "HEAD" else entry.data
             response = Response(body, media_type=entry.media_type, headers=headers)
             if scope["method"] == "HEAD":
                 response.headers["content-length"] = str(len(entry.data))
         await response(scope, receive, send)
+
+
+def download_name(seed: int, prompt: str) -> str:
+    """A file name (without extension) a person can read: `seed-42-a-red-fox`; the
+    prompt's words (any script), lower case, joined by '-', cut at NAME_CHARS."""
+    slug = "-".join(_WORD.findall(prompt.lower()))[:NAME_CHARS].strip("-_")
+    return f"seed-{seed}-{slug}" if slug else f"seed-{seed}"
 
 
 def gradio_user(app: Any) -> NamespaceOf:

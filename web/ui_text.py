@@ -1,20 +1,32 @@
-"""The UI's words in English and Chinese (chosen from the browser language), and example prompts."""
+"""The UI's words in English and Chinese, and example prompts.
+
+Two kinds: labels fixed when the page is built (`I18N`, translated in the browser
+by Gradio from the browser language), and texts the server writes while the page
+runs (status lines, captions, errors, statistics; `say`), in the language the
+browser asks for in `Accept-Language`. Both sets have the same keys in both
+languages (tests/test_ui_text.py checks it).
+"""
 
 from __future__ import annotations
+
+import re
+from typing import Any
 
 import gradio as gr
 
 EN = {
-    "tab_generate": "Generate",
+    "tab_generate": "Create",
     "tab_stats": "Stats",
     "prompt": "Prompt",
     "prompt_placeholder": "A red fox in fresh snow, morning light",
+    "prompt_info": "Ctrl+Enter (or Shift+Enter) generates.",
     "examples": "Examples",
     "resolution": "Resolution",
     "width": "Width",
     "height": "Height",
     "seed": "Seed (-1 = random)",
-    "random_seed": "Random seed",
+    "random_seed": "Random",
+    "reuse_seed": "Reuse last",
     "batch_size": "Batch size",
     "bypass_cache": "Bypass cache",
     "advanced": "Advanced",
@@ -23,29 +35,38 @@ EN = {
     "negative_prompt": "Negative prompt",
     "negative_note": "Only used when guidance > 0 (Turbo runs with 0).",
     "normalization": "Prompt normalization",
-    "normalization_note": "basic: trim and collapse spaces; aggressive: also full-width to half-width and lower case.",
+    "normalization_note": "Basic: trim and collapse spaces; aggressive: also full-width to half-width "
+    "and lower case.",
     "generate": "Generate",
+    "cancel": "Cancel",
     "results": "Images",
-    "history": "History (this session; click to restore)",
-    "hit_rate_plot": "Share of requests answered by each tier",
+    "use_settings": "Use these settings",
+    "parameters": "Parameters (A1111 format)",
+    "history": "History (kept in this browser; click to view and restore)",
+    "requests_plot": "Requests per 10 s, by where the answer came from",
     "tiers_table": "Cache tiers",
     "demo_banner": "**Demo model.** No CUDA GPU was found, so this server runs the tiny random-weight model: "
     "images are noise, but the cache, the UI and the API behave exactly as in production.",
     "state_loading": "**Model loading…** Cached images are served already; new ones wait until it is ready.",
     "state_warming": "**Model warming up…** Cached images are served already; new ones wait until it is ready.",
+    # Gradio's own screen-reader announcement when an event ends; Gradio 6.31 ships
+    # no text for it in any language, so the page would announce the key.
+    "common.complete": "Complete",
 }
 
 ZH = {
-    "tab_generate": "生成",
+    "tab_generate": "创作",
     "tab_stats": "统计",
     "prompt": "提示词",
     "prompt_placeholder": "清晨的雪地里，一只红狐狸",
+    "prompt_info": "按 Ctrl+Enter（或 Shift+Enter）生成。",
     "examples": "示例",
     "resolution": "分辨率",
     "width": "宽度",
     "height": "高度",
     "seed": "种子（-1 为随机）",
-    "random_seed": "随机种子",
+    "random_seed": "随机",
+    "reuse_seed": "复用上次",
     "batch_size": "批量数量",
     "bypass_cache": "绕过缓存",
     "advanced": "高级设置",
@@ -54,19 +75,180 @@ ZH = {
     "negative_prompt": "反向提示词",
     "negative_note": "仅在引导系数大于 0 时生效（Turbo 使用 0）。",
     "normalization": "提示词规范化",
-    "normalization_note": "basic：去除首尾空白并合并空格；aggressive：另将全角转为半角并转为小写。",
+    "normalization_note": "基本：去除首尾空白并合并空格；激进：另将全角转为半角并转为小写。",
     "generate": "生成",
+    "cancel": "取消",
     "results": "图像",
-    "history": "历史记录（本次会话，点击恢复参数）",
-    "hit_rate_plot": "各缓存层响应的请求比例",
+    "use_settings": "使用此图参数",
+    "parameters": "生成参数（A1111 格式）",
+    "history": "历史记录（保存在本浏览器中；点击查看并恢复参数）",
+    "requests_plot": "每 10 秒的请求数，按结果来源",
     "tiers_table": "缓存层",
     "demo_banner": "**演示模型。** 未检测到 CUDA GPU，服务器运行的是随机权重的微型模型："
     "图像是噪声，但缓存、界面和 API 的行为与生产环境完全一致。",
     "state_loading": "**模型加载中……** 已缓存的图像可以立即返回；新图像需等待模型就绪。",
     "state_warming": "**模型预热中……** 已缓存的图像可以立即返回；新图像需等待模型就绪。",
+    "common.complete": "完成",
 }
 
 I18N = gr.I18n(en=EN, zh=ZH, **{"zh-CN": ZH, "zh-TW": ZH})
+
+# Texts the server writes while the page runs, by language ("en", "zh").
+MESSAGES: dict[str, dict[str, str]] = {
+    "en": {
+        "tier_memory": "memory",
+        "tier_disk": "disk",
+        "tier_redis": "redis",
+        "tier_miss": "miss",
+        "tier_bypass": "bypass",
+        "hit": "{tier} hit · {took}",
+        "generated": "{tier} · generated in {took}",
+        "seed": "seed {seed}",
+        "seeds": "seeds {seeds}",
+        "ms": "{n:.1f} ms",
+        "s": "{n:.2f} s",
+        "denoising": "denoising",
+        "steps_unit": "steps",
+        "queued": "In the queue: {place} of {depth} · Cancel takes it out",
+        "busy": "The server is busy ({depth} generations waiting); trying again in {wait} s…",
+        "busy_gave_up": "The server stayed busy for {minutes} minutes; press Generate to try again.",
+        "cancelled": "Cancelled: nothing was generated.",
+        "not_cancellable": "Already being made, or someone else waits for the same image: it will finish.",
+        "model_unavailable": "The model is not available: {reason}",
+        "generation_failed": "The generation failed: {reason}",
+        "model_failed": "**The model failed to load:** {reason}",
+        "field_width": "Width",
+        "field_height": "Height",
+        "field_steps": "Steps",
+        "field_seed": "Seed",
+        "field_guidance_scale": "Guidance",
+        "field_batch_size": "Batch size",
+        "prompt_empty": "Write a prompt first.",
+        "too_long": "{field} is {length} characters; shorten it to at most {limit}.",
+        "field_prompt": "The prompt",
+        "field_negative_prompt": "The negative prompt",
+        "not_multiple": "{field} must be a multiple of 16: use {below} or {above}.",
+        "out_of_range": "{field} must be between {low} and {high}.",
+        "seed_range": "Seed must be -1 (random) or between 0 and {high}.",
+        "not_number": "{field} must be a number.",
+        "snapped": "Rounded to {value}: sizes are multiples of 16.",
+        "clamped_low": "Raised to {value}, the smallest size.",
+        "clamped_high": "Lowered to {value}, the largest size.",
+        "invalid": "{detail}",
+        "stats_line": "**Requests** {requests} · **hit rate** {hit_rate} · **generations** {generations} · "
+        "**queue** {queue}",
+        "latency_generation": "**Generation latency** {value}",
+        "latency_hit": "**Hit latency** {value}",
+        "percentiles": "p50 {p50} · p95 {p95} ({count})",
+        "col_tier": "tier",
+        "col_hits": "hits",
+        "col_entries": "entries",
+        "col_mib": "MiB",
+        "col_errors": "errors",
+        "axis_time": "Time",
+        "axis_requests": "Requests per 10 s",
+        "legend_tier": "Answered by",
+        "custom": "Custom",
+        "norm_basic": "basic",
+        "norm_none": "none",
+        "norm_aggressive": "aggressive",
+    },
+    "zh": {
+        "tier_memory": "内存",
+        "tier_disk": "磁盘",
+        "tier_redis": "Redis",
+        "tier_miss": "未命中",
+        "tier_bypass": "绕过缓存",
+        "hit": "{tier}命中 · {took}",
+        "generated": "{tier} · 生成用时 {took}",
+        "seed": "种子 {seed}",
+        "seeds": "种子 {seeds}",
+        "ms": "{n:.1f} 毫秒",
+        "s": "{n:.2f} 秒",
+        "denoising": "去噪",
+        "steps_unit": "步",
+        "queued": "排队中：第 {place} 位，共 {depth} 个 · 可点“取消”退出排队",
+        "busy": "服务器繁忙（{depth} 个生成任务在等待），{wait} 秒后自动重试……",
+        "busy_gave_up": "服务器持续繁忙已 {minutes} 分钟；请再次点击“生成”重试。",
+        "cancelled": "已取消：未生成任何图像。",
+        "not_cancellable": "已在生成中，或有其他人在等待同一图像：它会完成。",
+        "model_unavailable": "模型不可用：{reason}",
+        "generation_failed": "生成失败：{reason}",
+        "model_failed": "**模型加载失败：** {reason}",
+        "field_width": "宽度",
+        "field_height": "高度",
+        "field_steps": "步数",
+        "field_seed": "种子",
+        "field_guidance_scale": "引导系数",
+        "field_batch_size": "批量数量",
+        "prompt_empty": "请先输入提示词。",
+        "too_long": "{field}共 {length} 个字符，请缩短到 {limit} 个以内。",
+        "field_prompt": "提示词",
+        "field_negative_prompt": "反向提示词",
+        "not_multiple": "{field}必须是 16 的倍数：可用 {below} 或 {above}。",
+        "out_of_range": "{field}须在 {low} 到 {high} 之间。",
+        "seed_range": "种子须为 -1（随机）或 0 到 {high} 之间的整数。",
+        "not_number": "{field}必须是数字。",
+        "snapped": "已调整为 {value}：尺寸须为 16 的倍数。",
+        "clamped_low": "已调整为最小尺寸 {value}。",
+        "clamped_high": "已调整为最大尺寸 {value}。",
+        "invalid": "请求无效：{detail}",
+        "stats_line": "**请求** {requests} · **命中率** {hit_rate} · **生成次数** {generations} · **排队** {queue}",
+        "latency_generation": "**生成延迟** {value}",
+        "latency_hit": "**命中延迟** {value}",
+        "percentiles": "p50 {p50} · p95 {p95}（{count} 次）",
+        "col_tier": "缓存层",
+        "col_hits": "命中",
+        "col_entries": "条目",
+        "col_mib": "大小（MiB）",
+        "col_errors": "错误",
+        "axis_time": "时间",
+        "axis_requests": "每 10 秒请求数",
+        "legend_tier": "结果来源",
+        "custom": "自定义",
+        "norm_basic": "基本",
+        "norm_none": "不处理",
+        "norm_aggressive": "激进",
+    },
+}
+
+# What the page's own script needs to say (the character counter), by language.
+SCRIPT_TEXT = {
+    "en": {
+        "too_long": "Too long: at most {limit} characters.",
+        "range": "Goes from {min} to {max}: set to {value}.",
+    },
+    "zh": {
+        "too_long": "太长：最多 {limit} 个字符。",
+        "range": "取值范围 {min} 到 {max}：已设为 {value}。",
+    },
+}
+
+_TAG = re.compile(r"\s*([A-Za-z]{1,8})(?:-[A-Za-z0-9]{1,8})*\s*(?:;\s*q\s*=\s*([0-9.]+))?\s*")
+
+
+def language(accept_language: str | None) -> str:
+    """ "zh" or "en": the first of them the browser prefers (`Accept-Language`, with
+    q-values); English when it names neither."""
+    best, best_q = "en", -1.0
+    for part in (accept_language or "").split(","):
+        match = _TAG.fullmatch(part)
+        if not match:
+            continue
+        try:
+            q = float(match[2]) if match[2] else 1.0
+        except ValueError:
+            continue
+        lang = match[1].lower()
+        if lang in MESSAGES and q > best_q:
+            best, best_q = lang, q
+    return best
+
+
+def say(lang: str, key: str, **values: Any) -> str:
+    """The text `key` in `lang` (English for an unknown language), filled in."""
+    return MESSAGES.get(lang, MESSAGES["en"])[key].format(**values)
+
 
 EXAMPLES = [
     ["A red fox in fresh snow at sunrise, soft golden light, 35mm photo"],

@@ -1,0 +1,354 @@
+"""The UI's generation: the page's Generate, its Cancel, and the same generation as
+the `generate` API for gradio_client.
+
+The page's handler never raises. A problem is said beside its field (the form
+checks come first, web/ui_form.py) or in the notice under Generate, and the
+images, status line and history stay as they were. While the job waits, a line
+under Generate says its place in the queue (a timer of the page asks for it while
+the generation runs); Cancel takes a job that has not started out of the queue
+(unless another caller waits for the same image). A full queue is no error: the
+page tries again, with back-off, and that line says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+from pydantic import ValidationError
+
+from pipeline.engine import Engine
+from pipeline.errors import GenerationFailed, JobCancelled, ModelUnavailable, QueueFull, RequestInvalid
+from pipeline.queue_ticket import QueueTicket
+from pipeline.request import GenerationRequest
+from pipeline.results import GenerationResult
+from pipeline.service import GenerationService
+from web.ui_form import NOTED, check_form, explain, size_limits, size_preset
+from web.ui_history import entries_for, gallery, merge, persistable, status_line
+from web.ui_images import UiImages
+from web.ui_text import language, say
+
+MAX_UI_BATCH = 4
+# A full queue: try again after 1 s, then 2, 4, 8, 10, 10 ... for at most 5 minutes.
+BUSY_FIRST_WAIT_S, BUSY_MAX_WAIT_S, BUSY_GIVE_UP_S = 1.0, 10.0, 300.0
+QUEUE_WATCH_S = 0.5  # how often the page asks for its place in the queue
+WATCH_GRACE_S = 3.0  # the page's timer may ask before its generation has begun
+
+
+def language_of(request: gr.Request | None) -> str:
+    """The page's language ("en" or "zh"), from the browser's Accept-Language."""
+    headers = getattr(request, "headers", None) or {}
+    return language(headers.get("accept-language"))
+
+
+def namespace_of(request: gr.Request | None) -> str:
+    """The caller's namespace: its login (with --api-keys), else the default one."""
+    return getattr(request, "username", None) or "public"
+
+
+class StillBusy(Exception):
+    """The queue stayed full for BUSY_GIVE_UP_S."""
+
+
+@dataclass
+class _Waiting:
+    """A page's generation in progress: the job it started, whether Cancel was pressed,
+    and while the queue is full, how many wait and when it tries again."""
+
+    ticket: QueueTicket = field(default_factory=QueueTicket)
+    stop: bool = False
+    busy: tuple[int, float] | None = None  # (generations waiting, monotonic time of the retry)
+
+
+class UiRun:
+    """The page's and the API's generation over `service` (see the module docstring)."""
+
+    def __init__(self, service: GenerationService, engine: Engine, images: UiImages) -> None:
+        self.service = service
+        self.engine = engine
+        self.images = images
+        self._waiting: dict[str, _Waiting] = {}  # per page (Gradio session)
+        self._watching: dict[str, float] = {}  # page -> when its timer was started
+        self.c: dict[str, Any] = {}
+
+    def bind(self, **components: Any) -> None:
+        """The components the page's handler updates (named as in create_ui)."""
+        self.c = components
+
+    @property
+    def outputs(self) -> list[Any]:
+        c = self.c
+        fixed = [
+            c[name]
+            for name in (
+                "gallery",
+                "status",
+                "notice",
+                "history",
+                "stored_history",
+                "past",
+                "shown",
+                "selected",
+                "parameters",
+                "last_seed",
+                "width",
+                "height",
+                "preset",
+            )
+        ]
+        return fixed + [c["notes"][name] for name in NOTED]
+
+    def watch_start(self, request: gr.Request) -> Any:
+        """Generate was pressed: start the page's timer that asks for the queue place."""
+        self._watching[request.session_hash or ""] = time.monotonic()
+        return gr.Timer(active=True)
+
+    def watch_stop(self, request: gr.Request) -> tuple[Any, Any]:
+        self._watching.pop(request.session_hash or "", None)
+        return _shown(None), gr.Timer(active=False)
+
+    async def watch(self, request: gr.Request) -> tuple[Any, Any]:
+        """The page's timer: the line under Generate (its place in the queue, or that the
+        server is busy and when it tries again); stops itself once nothing runs."""
+        key, lang = request.session_hash or "", language_of(request)
+        waiting = self._waiting.get(key)
+        if waiting is None:
+            if time.monotonic() - self._watching.get(key, 0.0) < WATCH_GRACE_S:
+                return gr.skip(), gr.skip()
+            return self.watch_stop(request)
+        text = None
+        if waiting.busy is not None:
+            depth, retry_at = waiting.busy
+            text = say(lang, "busy", depth=depth, wait=max(0, math.ceil(retry_at - time.monotonic())))
+        elif (place := self.service.queue_position(waiting.ticket)) is not None:
+            text = say(lang, "queued", place=place, depth=max(place, self.engine.queue_depth))
+        return _shown(text), gr.skip()
+
+    async def page(
+        self,
+        prompt: str,
+        negative_prompt: str,
+        seed: float,
+        width: float,
+        height: float,
+        steps: float,
+        guidance_scale: float,
+        batch_size: float,
+        no_cache: bool,
+        prompt_normalization: str,
+        history: list[dict[str, Any]],
+        request: gr.Request,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's way to ask for it)
+    ) -> dict[Any, Any]:
+        """The page's Generate: updates for the components it changes, never an error."""
+        c, lang = self.c, language_of(request)
+        low, high = size_limits(self.engine)
+        form = {
+            "prompt": prompt,
+            "negative_prompt": negative_prompt,
+            "seed": seed,
+            "width": width,
+            "height": height,
+            "steps": steps,
+            "guidance_scale": guidance_scale,
+            "batch_size": batch_size,
+        }
+        check = check_form(lang, form, low, high, MAX_UI_BATCH)
+        # Every note says this run's word on its field; a size's note from leaving its
+        # box ("rounded to 1008") stays until there is something else to say.
+        out: dict[Any, Any] = {
+            c["notes"][name]: _shown(check.errors.get(name) or check.notes.get(name))
+            for name in NOTED
+            if name in check.errors or name in check.notes or name not in ("width", "height")
+        }
+        for name in ("width", "height"):
+            if name in check.values:
+                out[c[name]] = check.values[name]
+        if "width" in check.notes or "height" in check.notes:  # a size was snapped
+            out[c["preset"]] = size_preset(check.values.get("width"), check.values.get("height"))
+        if check.errors:
+            out[c["notice"]] = _shown(None)
+            return out
+
+        key = request.session_hash or ""
+        waiting = self._waiting[key] = _Waiting()
+        try:
+            request_ = GenerationRequest(**{n: check.values[n] for n in form if n != "batch_size"})
+            results = await self._generate(
+                request_,
+                check.values["batch_size"],
+                namespace_of(request),
+                bool(no_cache),
+                prompt_normalization,
+                waiting,
+                lang,
+                progress,
+            )
+        except (ValidationError, RequestInvalid, JobCancelled, ModelUnavailable, GenerationFailed) as exc:
+            name, text = explain(lang, exc)
+            out[c["notes"][name] if name else c["notice"]] = _shown(text)
+            return out
+        except StillBusy:
+            out[c["notice"]] = _shown(say(lang, "busy_gave_up", minutes=round(BUSY_GIVE_UP_S / 60)))
+            return out
+        finally:
+            if self._waiting.get(key) is waiting:
+                del self._waiting[key]
+            self._watching.pop(key, None)  # (a page closed mid-run never stops its timer)
+
+        entries = entries_for(
+            self.images, namespace_of(request), results, prompt_normalization, self.engine.identity
+        )
+        history = merge(entries, history)
+        out |= {
+            c["gallery"]: gr.Gallery(value=gallery(self.images, lang, entries), selected_index=0),
+            c["status"]: status_line(lang, entries),
+            c["notice"]: _shown(None),
+            c["history"]: history,
+            c["stored_history"]: persistable(history),
+            c["past"]: gallery(self.images, lang, history),
+            c["shown"]: entries,
+            c["selected"]: 0,
+            c["parameters"]: entries[0]["parameters"],
+            c["last_seed"]: entries[0]["params"]["seed"],
+        }
+        return out
+
+    async def api(
+        self,
+        prompt: str,
+        negative_prompt: str,
+        seed: float,
+        width: float,
+        height: float,
+        steps: float,
+        guidance_scale: float,
+        batch_size: float,
+        no_cache: bool,
+        prompt_normalization: str,
+        history: list[dict[str, Any]],
+        request: gr.Request,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008
+    ) -> tuple[list[tuple[str, str]], str, list[dict[str, Any]], list[tuple[str, str]]]:
+        """The `generate` API: (gallery, status line, history, history gallery), in
+        English; bad input and failures are Gradio errors naming the problem."""
+        namespace = namespace_of(request)
+        try:
+            req = GenerationRequest(
+                prompt=prompt or "",
+                negative_prompt=negative_prompt or "",
+                seed=_whole("seed", seed, 42),
+                width=_whole("width", width, 0),
+                height=_whole("height", height, 0),
+                steps=_whole("steps", steps, 0),
+                guidance_scale=float(guidance_scale or 0.0),
+            )
+            results = await self.service.generate_batch(
+                req,
+                max(1, min(MAX_UI_BATCH, _whole("batch_size", batch_size, 1))),
+                namespace=namespace,
+                no_cache=bool(no_cache),
+                normalization=prompt_normalization or None,  # type: ignore[arg-type]
+                progress=_progress_reporter(progress, "en"),
+            )
+        except ValidationError as exc:
+            raise gr.Error("; ".join(_error_text(e) for e in exc.errors())) from None
+        except QueueFull as exc:
+            raise gr.Error(
+                f"The server is busy ({exc.depth} generations waiting). Please try again shortly."
+            ) from None
+        except (RequestInvalid, ModelUnavailable, GenerationFailed) as exc:
+            raise gr.Error(str(exc)) from None
+        entries = entries_for(self.images, namespace, results, prompt_normalization, self.engine.identity)
+        history = merge(entries, history)
+        return (
+            gallery(self.images, "en", entries),
+            status_line("en", entries),
+            history,
+            gallery(self.images, "en", history),
+        )
+
+    async def cancel(self, request: gr.Request) -> Any:
+        """Cancel: take this page's job out of the queue, or stop waiting for a busy
+        queue; says so when the job is already being made (or shared)."""
+        waiting = self._waiting.get(request.session_hash or "")
+        if waiting is None:
+            return gr.skip()
+        waiting.stop = True
+        if self.service.cancel(waiting.ticket) or not waiting.ticket.jobs:
+            return gr.skip()  # the generation says "cancelled" itself
+        return _shown(say(language_of(request), "not_cancellable"))
+
+    async def _generate(
+        self,
+        request: GenerationRequest,
+        batch_size: int,
+        namespace: str,
+        no_cache: bool,
+        normalization: str,
+        waiting: _Waiting,
+        lang: str,
+        progress: gr.Progress,
+    ) -> list[GenerationResult]:
+        """Generate; a full queue is tried again with back-off until BUSY_GIVE_UP_S, or
+        until Cancel (`waiting` says which, for the page's timer)."""
+        wait, deadline = BUSY_FIRST_WAIT_S, time.monotonic() + BUSY_GIVE_UP_S
+        while True:
+            if waiting.stop:
+                raise JobCancelled("cancelled while the server was busy")
+            try:
+                return await self.service.generate_batch(
+                    request,
+                    batch_size,
+                    namespace=namespace,
+                    no_cache=no_cache,
+                    normalization=normalization or None,  # type: ignore[arg-type]
+                    progress=_progress_reporter(progress, lang),
+                    ticket=waiting.ticket,
+                )
+            except QueueFull as exc:
+                if time.monotonic() + wait > deadline:
+                    raise StillBusy from None
+                until = time.monotonic() + wait
+                waiting.busy = (exc.depth, until)
+                while time.monotonic() < until and not waiting.stop:  # Cancel ends the wait
+                    await asyncio.sleep(min(0.1, until - time.monotonic()))
+                waiting.busy = None
+                wait = min(wait * 2, BUSY_MAX_WAIT_S)
+
+
+def _progress_reporter(progress: gr.Progress, lang: str) -> Any:
+    """A progress callback for the engine's thread that reports to Gradio from the
+    event loop, in this event's context (where Gradio's progress reads its state)."""
+    loop, context = asyncio.get_running_loop(), contextvars.copy_context()
+    desc, unit = say(lang, "denoising"), say(lang, "steps_unit")
+
+    def on_step(done: int, total: int) -> None:
+        loop.call_soon_threadsafe(lambda: progress((done, total), desc=desc, unit=unit), context=context)
+
+    return on_step
+
+
+def _shown(text: str | None) -> gr.Markdown:
+    return gr.Markdown(text or "", visible=bool(text))
+
+
+def _whole(field: str, value: float | None, default: int) -> int:
+    """A whole number from a Gradio number or slider (floats, or NaN and infinities
+    from an API caller); RequestInvalid naming the field for those."""
+    if value is None:
+        return default
+    if not math.isfinite(value):
+        raise RequestInvalid(field, f"{field} must be a finite whole number (got {value})")
+    return int(value)
+
+
+def _error_text(error: Any) -> str:
+    msg = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    field = ".".join(str(p) for p in error.get("loc", ()))
+    return msg if field and field in msg else f"{field}: {msg}"
