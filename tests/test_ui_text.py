@@ -62,3 +62,19 @@ def test_the_stats_plot_counts_each_interval_by_tier_in_the_page_language() -> N
     assert len(frame) == buckets * 3  # memory, disk, miss (redis and bypass never seen): zeros included
     assert frame.groupby("tier")["requests"].sum().to_dict() == {"内存": 1, "磁盘": 1, "未命中": 3}
     assert (frame.groupby("time")["requests"].sum() > 0).sum() <= 2  # in one interval (two, at a turn)
+
+
+def test_the_page_words_every_failure_of_the_shared_table() -> None:
+    """The UI words what web/errors.py's table names (`error_<code>`), in both languages."""
+    from pipeline.errors import JobCancelled, QueueFull
+    from web.errors import FAILURES
+    from web.ui_form import explain
+
+    for failure in FAILURES.values():
+        for lang in MESSAGES:
+            assert f"error_{failure.code}" in MESSAGES[lang], failure.code
+    assert explain("en", QueueFull(3)) == (
+        None,
+        "The server is busy: the generation queue is full (3 waiting); retry shortly",
+    )
+    assert explain("zh", JobCancelled("x")) == (None, "已取消：未生成任何图像。")

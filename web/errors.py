@@ -19,7 +19,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
-from pipeline.errors import GenerationFailed, ModelUnavailable, QueueFull, RequestInvalid, validation_message
+from pipeline.errors import (
+    GenerationFailed,
+    JobCancelled,
+    ModelUnavailable,
+    QueueFull,
+    RequestInvalid,
+    validation_message,
+)
 from web.disconnect import ClientGone
 
 RETRY_AFTER_S = 5
@@ -44,6 +51,7 @@ FAILURES: dict[type[Exception], Failure] = {
     QueueFull: Failure(503, "queue_full", retry=True),
     ModelUnavailable: Failure(503, "model_unavailable", retry=True),  # shutting down, out of memory
     GenerationFailed: Failure(500, "generation_failed"),
+    JobCancelled: Failure(CLIENT_GONE, "cancelled"),  # its own caller cancelled it (the UI's Cancel)
 }
 # What a route catches to answer with the table (anything else is a bug: a 500).
 EXPECTED = tuple(FAILURES)

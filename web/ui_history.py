@@ -14,12 +14,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from cache import Hit
+from cache import Hit, is_key
 from pipeline.image_metadata import a1111_parameters
+from pipeline.limits import IMAGE_FORMATS
 from pipeline.loading import ModelIdentity
 from pipeline.results import BYPASS_TIER, MISS_TIER, GenerationResult
 from pipeline.service import GenerationService
-from web.ui_images import EXTENSIONS, KEY, UiImages, download_name
+from web.ui_images import UiImages, download_name
 from web.ui_text import say
 
 HISTORY_LIMIT = 48
@@ -146,7 +147,7 @@ def _well_formed(raw: Any) -> Entry | None:
     if not isinstance(raw, dict):
         return None
     key, ext, tier, params = raw.get("key"), raw.get("ext"), raw.get("cache"), raw.get("params")
-    if not (isinstance(key, str) and KEY.fullmatch(key) and ext in EXTENSIONS and tier in TIERS):
+    if not (isinstance(key, str) and is_key(key) and ext in IMAGE_FORMATS and tier in TIERS):
         return None
     if tier == BYPASS_TIER or not isinstance(params, dict) or not isinstance(raw.get("ns"), str):
         return None

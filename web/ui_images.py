@@ -29,7 +29,8 @@ from urllib.parse import quote
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from cache import Entry, Hit, is_namespace
+from cache import DEFAULT_NAMESPACE, Entry, Hit, is_namespace
+from pipeline.limits import IMAGE_FORMATS
 from pipeline.results import BYPASS_TIER, GenerationResult
 from pipeline.service import GenerationService
 
@@ -41,10 +42,9 @@ UNSTORED_TTL_S = 300.0
 UNSTORED_MAX_BYTES = 64 << 20
 # <namespace>/<64-hex key>/<name>.<ext> for a stored entry, <32-hex token> for an unstored one.
 _NAME = re.compile(
-    r"(?P<ns>[^/]+)/(?:(?P<key>[0-9a-f]{64})|(?P<token>[0-9a-f]{32}))/(?P<name>[^/\x00]{1,80})\.(?P<ext>png|jpeg|webp)"
+    r"(?P<ns>[^/]+)/(?:(?P<key>[0-9a-f]{64})|(?P<token>[0-9a-f]{32}))/(?P<name>[^/\x00]{1,80})"
+    rf"\.(?P<ext>{'|'.join(IMAGE_FORMATS)})"
 )
-KEY = re.compile(r"[0-9a-f]{64}")
-EXTENSIONS = ("png", "jpeg", "webp")
 _WORD = re.compile(r"\w+")
 NAME_CHARS = 48  # of the prompt, in a download name
 
@@ -180,6 +180,12 @@ def download_name(seed: int, prompt: str) -> str:
     prompt's words (any script), lower case, joined by '-', cut at NAME_CHARS."""
     slug = "-".join(_WORD.findall(prompt.lower()))[:NAME_CHARS].strip("-_")
     return f"seed-{seed}-{slug}" if slug else f"seed-{seed}"
+
+
+def namespace_of(request: Any) -> str:
+    """The namespace of a UI event's caller (a `gr.Request`): its login with --api-keys,
+    else the default one."""
+    return getattr(request, "username", None) or DEFAULT_NAMESPACE
 
 
 def gradio_user(app: Any) -> NamespaceOf:

@@ -1,5 +1,5 @@
-"""The UI's generation: the page's Generate, its Cancel, and the same generation as
-the `generate` API for gradio_client.
+"""The page's generation: its Generate, its Cancel, and the line that says its place
+in the queue (the same generation for gradio_client is web/ui_api.py).
 
 The page's handler never raises. A problem is said beside its field (the form
 checks come first, web/ui_form.py) or in the notice under Generate, and the
@@ -23,32 +23,23 @@ import gradio as gr
 from pydantic import ValidationError
 
 from pipeline.engine import Engine
-from pipeline.errors import GenerationFailed, JobCancelled, ModelUnavailable, QueueFull, RequestInvalid
+from pipeline.errors import JobCancelled, QueueFull
+from pipeline.limits import MAX_UI_BATCH
 from pipeline.queue_ticket import QueueTicket
 from pipeline.request import GenerationRequest
 from pipeline.results import GenerationResult
 from pipeline.service import GenerationService
+from web.errors import EXPECTED
 from web.ui_form import NOTED, check_form, explain, size_limits, size_preset
 from web.ui_history import entries_for, gallery, merge, persistable, status_line
-from web.ui_images import UiImages
-from web.ui_text import language, say
+from web.ui_images import UiImages, namespace_of
+from web.ui_layout import CreateTab
+from web.ui_text import language_of, say
 
-MAX_UI_BATCH = 4
 # A full queue: try again after 1 s, then 2, 4, 8, 10, 10 ... for at most 5 minutes.
 BUSY_FIRST_WAIT_S, BUSY_MAX_WAIT_S, BUSY_GIVE_UP_S = 1.0, 10.0, 300.0
 QUEUE_WATCH_S = 0.5  # how often the page asks for its place in the queue
 WATCH_GRACE_S = 3.0  # the page's timer may ask before its generation has begun
-
-
-def language_of(request: gr.Request | None) -> str:
-    """The page's language ("en" or "zh"), from the browser's Accept-Language."""
-    headers = getattr(request, "headers", None) or {}
-    return language(headers.get("accept-language"))
-
-
-def namespace_of(request: gr.Request | None) -> str:
-    """The caller's namespace: its login (with --api-keys), else the default one."""
-    return getattr(request, "username", None) or "public"
 
 
 class StillBusy(Exception):
@@ -66,42 +57,37 @@ class _Waiting:
 
 
 class UiRun:
-    """The page's and the API's generation over `service` (see the module docstring)."""
+    """The page's generation over `service`, updating the components of `tab` (see the
+    module docstring)."""
 
-    def __init__(self, service: GenerationService, engine: Engine, images: UiImages) -> None:
+    def __init__(self, service: GenerationService, engine: Engine, images: UiImages, tab: CreateTab) -> None:
         self.service = service
         self.engine = engine
         self.images = images
+        self.tab = tab
         self._waiting: dict[str, _Waiting] = {}  # per page (Gradio session)
         self._watching: dict[str, float] = {}  # page -> when its timer was started
-        self.c: dict[str, Any] = {}
-
-    def bind(self, **components: Any) -> None:
-        """The components the page's handler updates (named as in create_ui)."""
-        self.c = components
 
     @property
     def outputs(self) -> list[Any]:
-        c = self.c
+        """What `page` may update."""
+        t = self.tab
         fixed = [
-            c[name]
-            for name in (
-                "gallery",
-                "status",
-                "notice",
-                "history",
-                "stored_history",
-                "past",
-                "shown",
-                "selected",
-                "parameters",
-                "last_seed",
-                "width",
-                "height",
-                "preset",
-            )
+            t.gallery,
+            t.status,
+            t.notice,
+            t.history,
+            t.stored_history,
+            t.past,
+            t.shown,
+            t.selected,
+            t.parameters,
+            t.last_seed,
+            t.width,
+            t.height,
+            t.preset,
         ]
-        return fixed + [c["notes"][name] for name in NOTED]
+        return fixed + [t.notes[name] for name in NOTED]
 
     def watch_start(self, request: gr.Request) -> Any:
         """Generate was pressed: start the page's timer that asks for the queue place."""
@@ -131,48 +117,29 @@ class UiRun:
 
     async def page(
         self,
-        prompt: str,
-        negative_prompt: str,
-        seed: float,
-        width: float,
-        height: float,
-        steps: float,
-        guidance_scale: float,
-        batch_size: float,
-        no_cache: bool,
-        prompt_normalization: str,
-        history: list[dict[str, Any]],
+        inputs: dict[Any, Any],
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's way to ask for it)
     ) -> dict[Any, Any]:
-        """The page's Generate: updates for the components it changes, never an error."""
-        c, lang = self.c, language_of(request)
+        """The page's Generate (its inputs: `tab.form`'s components, as a set): updates for
+        the components it changes, never an error."""
+        t, lang = self.tab, language_of(request)
         low, high = size_limits(self.engine)
-        form = {
-            "prompt": prompt,
-            "negative_prompt": negative_prompt,
-            "seed": seed,
-            "width": width,
-            "height": height,
-            "steps": steps,
-            "guidance_scale": guidance_scale,
-            "batch_size": batch_size,
-        }
+        values = {name: inputs[component] for name, component in t.form.items()}
+        form = {name: values[name] for name in NOTED}  # the fields check_form checks
         check = check_form(lang, form, low, high, MAX_UI_BATCH)
         # Every note says this run's word on its field; a size's note from leaving its
         # box ("rounded to 1008") stays until there is something else to say.
         out: dict[Any, Any] = {
-            c["notes"][name]: _shown(check.errors.get(name) or check.notes.get(name))
+            t.notes[name]: _shown(check.errors.get(name) or check.notes.get(name))
             for name in NOTED
             if name in check.errors or name in check.notes or name not in ("width", "height")
         }
-        for name in ("width", "height"):
-            if name in check.values:
-                out[c[name]] = check.values[name]
+        out |= {getattr(t, name): check.values[name] for name in ("width", "height") if name in check.values}
         if "width" in check.notes or "height" in check.notes:  # a size was snapped
-            out[c["preset"]] = size_preset(check.values.get("width"), check.values.get("height"))
+            out[t.preset] = size_preset(check.values.get("width"), check.values.get("height"))
         if check.errors:
-            out[c["notice"]] = _shown(None)
+            out[t.notice] = _shown(None)
             return out
 
         key = request.session_hash or ""
@@ -183,18 +150,18 @@ class UiRun:
                 request_,
                 check.values["batch_size"],
                 namespace_of(request),
-                bool(no_cache),
-                prompt_normalization,
+                bool(values["no_cache"]),
+                values["prompt_normalization"],
                 waiting,
                 lang,
                 progress,
             )
-        except (ValidationError, RequestInvalid, JobCancelled, ModelUnavailable, GenerationFailed) as exc:
+        except (ValidationError, *EXPECTED) as exc:
             name, text = explain(lang, exc)
-            out[c["notes"][name] if name else c["notice"]] = _shown(text)
+            out[t.notes[name] if name else t.notice] = _shown(text)
             return out
         except StillBusy:
-            out[c["notice"]] = _shown(say(lang, "busy_gave_up", minutes=round(BUSY_GIVE_UP_S / 60)))
+            out[t.notice] = _shown(say(lang, "busy_gave_up", minutes=round(BUSY_GIVE_UP_S / 60)))
             return out
         finally:
             if self._waiting.get(key) is waiting:
@@ -202,76 +169,22 @@ class UiRun:
             self._watching.pop(key, None)  # (a page closed mid-run never stops its timer)
 
         entries = entries_for(
-            self.images, namespace_of(request), results, prompt_normalization, self.engine.identity
+            self.images, namespace_of(request), results, values["prompt_normalization"], self.engine.identity
         )
-        history = merge(entries, history)
+        history = merge(entries, values["history"])
         out |= {
-            c["gallery"]: gr.Gallery(value=gallery(self.images, lang, entries), selected_index=0),
-            c["status"]: status_line(lang, entries),
-            c["notice"]: _shown(None),
-            c["history"]: history,
-            c["stored_history"]: persistable(history),
-            c["past"]: gallery(self.images, lang, history),
-            c["shown"]: entries,
-            c["selected"]: 0,
-            c["parameters"]: entries[0]["parameters"],
-            c["last_seed"]: entries[0]["params"]["seed"],
+            t.gallery: gr.Gallery(value=gallery(self.images, lang, entries), selected_index=0),
+            t.status: status_line(lang, entries),
+            t.notice: _shown(None),
+            t.history: history,
+            t.stored_history: persistable(history),
+            t.past: gallery(self.images, lang, history),
+            t.shown: entries,
+            t.selected: 0,
+            t.parameters: entries[0]["parameters"],
+            t.last_seed: entries[0]["params"]["seed"],
         }
         return out
-
-    async def api(
-        self,
-        prompt: str,
-        negative_prompt: str,
-        seed: float,
-        width: float,
-        height: float,
-        steps: float,
-        guidance_scale: float,
-        batch_size: float,
-        no_cache: bool,
-        prompt_normalization: str,
-        history: list[dict[str, Any]],
-        request: gr.Request,
-        progress: gr.Progress = gr.Progress(),  # noqa: B008
-    ) -> tuple[list[tuple[str, str]], str, list[dict[str, Any]], list[tuple[str, str]]]:
-        """The `generate` API: (gallery, status line, history, history gallery), in
-        English; bad input and failures are Gradio errors naming the problem."""
-        namespace = namespace_of(request)
-        try:
-            req = GenerationRequest(
-                prompt=prompt or "",
-                negative_prompt=negative_prompt or "",
-                seed=_whole("seed", seed, 42),
-                width=_whole("width", width, 0),
-                height=_whole("height", height, 0),
-                steps=_whole("steps", steps, 0),
-                guidance_scale=float(guidance_scale or 0.0),
-            )
-            results = await self.service.generate_batch(
-                req,
-                max(1, min(MAX_UI_BATCH, _whole("batch_size", batch_size, 1))),
-                namespace=namespace,
-                no_cache=bool(no_cache),
-                normalization=prompt_normalization or None,  # type: ignore[arg-type]
-                progress=_progress_reporter(progress, "en"),
-            )
-        except ValidationError as exc:
-            raise gr.Error("; ".join(_error_text(e) for e in exc.errors())) from None
-        except QueueFull as exc:
-            raise gr.Error(
-                f"The server is busy ({exc.depth} generations waiting). Please try again shortly."
-            ) from None
-        except (RequestInvalid, ModelUnavailable, GenerationFailed) as exc:
-            raise gr.Error(str(exc)) from None
-        entries = entries_for(self.images, namespace, results, prompt_normalization, self.engine.identity)
-        history = merge(entries, history)
-        return (
-            gallery(self.images, "en", entries),
-            status_line("en", entries),
-            history,
-            gallery(self.images, "en", history),
-        )
 
     async def cancel(self, request: gr.Request) -> Any:
         """Cancel: take this page's job out of the queue, or stop waiting for a busy
@@ -308,7 +221,7 @@ class UiRun:
                     namespace=namespace,
                     no_cache=no_cache,
                     normalization=normalization or None,  # type: ignore[arg-type]
-                    progress=_progress_reporter(progress, lang),
+                    progress=progress_reporter(progress, lang),
                     ticket=waiting.ticket,
                 )
             except QueueFull as exc:
@@ -322,7 +235,7 @@ class UiRun:
                 wait = min(wait * 2, BUSY_MAX_WAIT_S)
 
 
-def _progress_reporter(progress: gr.Progress, lang: str) -> Any:
+def progress_reporter(progress: gr.Progress, lang: str) -> Any:
     """A progress callback for the engine's thread that reports to Gradio from the
     event loop, in this event's context (where Gradio's progress reads its state)."""
     loop, context = asyncio.get_running_loop(), contextvars.copy_context()
@@ -336,19 +249,3 @@ def _progress_reporter(progress: gr.Progress, lang: str) -> Any:
 
 def _shown(text: str | None) -> gr.Markdown:
     return gr.Markdown(text or "", visible=bool(text))
-
-
-def _whole(field: str, value: float | None, default: int) -> int:
-    """A whole number from a Gradio number or slider (floats, or NaN and infinities
-    from an API caller); RequestInvalid naming the field for those."""
-    if value is None:
-        return default
-    if not math.isfinite(value):
-        raise RequestInvalid(field, f"{field} must be a finite whole number (got {value})")
-    return int(value)
-
-
-def _error_text(error: Any) -> str:
-    msg = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
-    field = ".".join(str(p) for p in error.get("loc", ()))
-    return msg if field and field in msg else f"{field}: {msg}"

@@ -1,19 +1,62 @@
 """The Stats tab: images answered per interval by where the answer came from, the
-cache tiers, and latency, in the page's language."""
+cache tiers, and latency, in the page's language, refreshed every few seconds."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import Counter
 from typing import Any
 
+import gradio as gr
+
 from pipeline.results import GenerationResult
+from pipeline.service import GenerationService
 from web.ui_history import TIERS, took_text
-from web.ui_text import say
+from web.ui_text import I18N, language_of, say
 
 BUCKET_S = 10  # one point of the plot: images answered in 10 seconds
 WINDOW_S = 600  # the plot shows the last 10 minutes
+REFRESH_S = 3.0
+
+
+class StatsTab:
+    """The tab's components, kept current from the service's statistics and a
+    TierTimeline that observes every result."""
+
+    def __init__(self, service: GenerationService) -> None:
+        """Build the components (inside a `gr.Tab`)."""
+        self.service = service
+        self.timeline = TierTimeline()
+        service.observers.append(self.timeline.record)
+        self.outputs = [
+            gr.LinePlot(
+                x="time",
+                y="requests",
+                color="tier",
+                label=I18N("requests_plot"),
+                x_axis_format="%H:%M:%S",
+                elem_id="requests-plot",
+                **plot_labels("en"),
+            ),
+            gr.Dataframe(label=I18N("tiers_table"), interactive=False, elem_id="tiers"),
+            gr.Markdown(elem_id="latency"),
+        ]
+
+    def refresh_on(self, ui: gr.Blocks) -> None:
+        """Refresh on load and every REFRESH_S (the timer sits outside the tabs, so it
+        ticks whichever tab is shown)."""
+        gr.Timer(REFRESH_S).tick(
+            self.refresh, None, self.outputs, api_name=False, queue=False, show_progress="hidden"
+        )
+        ui.load(self.refresh, None, self.outputs, api_name=False, queue=False)
+
+    async def refresh(self, request: gr.Request) -> tuple[Any, Any, str]:
+        lang = language_of(request)
+        stats = await asyncio.to_thread(self.service.stats)
+        plot = gr.LinePlot(value=self.timeline.frame(lang), **plot_labels(lang))
+        return plot, tiers_frame(lang, stats), latency_text(lang, stats)
 
 
 class TierTimeline:

@@ -112,10 +112,11 @@ MESSAGES: dict[str, dict[str, str]] = {
         "queued": "In the queue: {place} of {depth} · Cancel takes it out",
         "busy": "The server is busy ({depth} generations waiting); trying again in {wait} s…",
         "busy_gave_up": "The server stayed busy for {minutes} minutes; press Generate to try again.",
-        "cancelled": "Cancelled: nothing was generated.",
+        "error_cancelled": "Cancelled: nothing was generated.",
         "not_cancellable": "Already being made, or someone else waits for the same image: it will finish.",
-        "model_unavailable": "The model is not available: {reason}",
-        "generation_failed": "The generation failed: {reason}",
+        "error_model_unavailable": "The model is not available: {reason}",
+        "error_generation_failed": "The generation failed: {reason}",
+        "error_queue_full": "The server is busy: {reason}",
         "model_failed": "**The model failed to load:** {reason}",
         "field_width": "Width",
         "field_height": "Height",
@@ -127,14 +128,13 @@ MESSAGES: dict[str, dict[str, str]] = {
         "too_long": "{field} is {length} characters; shorten it to at most {limit}.",
         "field_prompt": "The prompt",
         "field_negative_prompt": "The negative prompt",
-        "not_multiple": "{field} must be a multiple of 16: use {below} or {above}.",
         "out_of_range": "{field} must be between {low} and {high}.",
         "seed_range": "Seed must be -1 (random) or between 0 and {high}.",
         "not_number": "{field} must be a number.",
-        "snapped": "Rounded to {value}: sizes are multiples of 16.",
+        "snapped": "Rounded to {value}: sizes are multiples of {multiple}.",
         "clamped_low": "Raised to {value}, the smallest size.",
         "clamped_high": "Lowered to {value}, the largest size.",
-        "invalid": "{detail}",
+        "error_invalid_value": "{reason}",
         "stats_line": "**Requests** {requests} · **hit rate** {hit_rate} · **generations** {generations} · "
         "**queue** {queue}",
         "latency_generation": "**Generation latency** {value}",
@@ -170,10 +170,11 @@ MESSAGES: dict[str, dict[str, str]] = {
         "queued": "排队中：第 {place} 位，共 {depth} 个 · 可点“取消”退出排队",
         "busy": "服务器繁忙（{depth} 个生成任务在等待），{wait} 秒后自动重试……",
         "busy_gave_up": "服务器持续繁忙已 {minutes} 分钟；请再次点击“生成”重试。",
-        "cancelled": "已取消：未生成任何图像。",
+        "error_cancelled": "已取消：未生成任何图像。",
         "not_cancellable": "已在生成中，或有其他人在等待同一图像：它会完成。",
-        "model_unavailable": "模型不可用：{reason}",
-        "generation_failed": "生成失败：{reason}",
+        "error_model_unavailable": "模型不可用：{reason}",
+        "error_generation_failed": "生成失败：{reason}",
+        "error_queue_full": "服务器繁忙：{reason}",
         "model_failed": "**模型加载失败：** {reason}",
         "field_width": "宽度",
         "field_height": "高度",
@@ -185,14 +186,13 @@ MESSAGES: dict[str, dict[str, str]] = {
         "too_long": "{field}共 {length} 个字符，请缩短到 {limit} 个以内。",
         "field_prompt": "提示词",
         "field_negative_prompt": "反向提示词",
-        "not_multiple": "{field}必须是 16 的倍数：可用 {below} 或 {above}。",
         "out_of_range": "{field}须在 {low} 到 {high} 之间。",
         "seed_range": "种子须为 -1（随机）或 0 到 {high} 之间的整数。",
         "not_number": "{field}必须是数字。",
-        "snapped": "已调整为 {value}：尺寸须为 16 的倍数。",
+        "snapped": "已调整为 {value}：尺寸须为 {multiple} 的倍数。",
         "clamped_low": "已调整为最小尺寸 {value}。",
         "clamped_high": "已调整为最大尺寸 {value}。",
-        "invalid": "请求无效：{detail}",
+        "error_invalid_value": "请求无效：{reason}",
         "stats_line": "**请求** {requests} · **命中率** {hit_rate} · **生成次数** {generations} · **排队** {queue}",
         "latency_generation": "**生成延迟** {value}",
         "latency_hit": "**命中延迟** {value}",
@@ -243,6 +243,12 @@ def language(accept_language: str | None) -> str:
         if lang in MESSAGES and q > best_q:
             best, best_q = lang, q
     return best
+
+
+def language_of(request: Any) -> str:
+    """The page's language ("en" or "zh") for a Gradio request, from its Accept-Language."""
+    headers = getattr(request, "headers", None) or {}
+    return language(headers.get("accept-language"))
 
 
 def say(lang: str, key: str, **values: Any) -> str:

@@ -1,0 +1,269 @@
+"""The Create tab's components and where they sit: the form on the left (Generate
+and Cancel above the fold), the images, their parameters and the history on the
+right. What they do is wired in web/ui.py; every limit and default comes from
+pipeline/limits.py, and every label from web/ui_text.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from pipeline import limits
+from web.ui_form import PRESET_SIZES, normalization_choices, preset_choices
+from web.ui_text import EXAMPLES, I18N
+
+# Browser storage of the history. The key is fixed so that the history survives a
+# restart of the server; the "secret" is no secret (Gradio hands it to the page,
+# which does the encrypting): what comes back is checked again (web/ui_history.py).
+HISTORY_STORAGE_KEY = "zimage-history"
+HISTORY_STORAGE_SECRET = "zimage-history-v1"
+
+
+@dataclass
+class CreateTab:
+    """The components of the Create tab that events read or write."""
+
+    prompt: gr.Textbox
+    negative_prompt: gr.Textbox
+    seed: gr.Number
+    width: gr.Number
+    height: gr.Number
+    steps: gr.Slider
+    guidance_scale: gr.Slider
+    batch_size: gr.Slider
+    no_cache: gr.Checkbox
+    normalization: gr.Dropdown
+    preset: gr.Dropdown
+    notes: dict[str, gr.Markdown]  # beside each field of web.ui_form.NOTED
+    run: gr.Button
+    cancel: gr.Button
+    dice: gr.Button
+    reuse: gr.Button
+    use_settings: gr.Button
+    queue_note: gr.Markdown
+    notice: gr.Markdown
+    gallery: gr.Gallery
+    status: gr.Markdown
+    parameters: gr.Textbox
+    past: gr.Gallery  # the history's gallery
+    api_trigger: gr.Button
+    history: gr.State
+    stored_history: gr.BrowserState
+    shown: gr.State  # the entries of the main viewer, for "Use these settings"
+    selected: gr.State
+    last_seed: gr.State
+
+    @property
+    def form(self) -> dict[str, Any]:
+        """The generate event's inputs, named and in order as the `generate` API takes them."""
+        return {
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "seed": self.seed,
+            "width": self.width,
+            "height": self.height,
+            "steps": self.steps,
+            "guidance_scale": self.guidance_scale,
+            "batch_size": self.batch_size,
+            "no_cache": self.no_cache,
+            "prompt_normalization": self.normalization,
+            "history": self.history,
+        }
+
+    @property
+    def settings(self) -> list[Any]:
+        """The fields an image's parameters set (web.ui_form.form_values gives their values)."""
+        return [
+            self.prompt,
+            self.negative_prompt,
+            self.seed,
+            self.preset,
+            self.width,
+            self.height,
+            self.steps,
+            self.guidance_scale,
+            self.normalization,
+        ]
+
+
+def page_states() -> dict[str, Any]:
+    """The page's states, for `create_tab`. Built outside the tabs: Gradio renders a
+    tab's children only while it is shown, and the history must be kept whichever is."""
+    return {
+        "history": gr.State([]),
+        "stored_history": gr.BrowserState([], storage_key=HISTORY_STORAGE_KEY, secret=HISTORY_STORAGE_SECRET),
+        "shown": gr.State([]),
+        "selected": gr.State(0),
+        "last_seed": gr.State(None),
+    }
+
+
+def create_tab(normalization: str, states: dict[str, Any]) -> CreateTab:
+    """Build the Create tab's components (inside a `gr.Tab`) over `states` (`page_states`),
+    the prompt normalisation chosen as `normalization`."""
+    t, notes = I18N, {}
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, min_width=320):
+            prompt = gr.Textbox(
+                label=t("prompt"),
+                info=t("prompt_info"),
+                lines=3,
+                max_lines=8,
+                placeholder=t("prompt_placeholder"),
+                elem_id="prompt",
+            )
+            # Filled by the page's script as you type (static/ui.js).
+            gr.HTML(f"0 / {limits.MAX_PROMPT_CHARS}", elem_id="prompt-count", padding=False)
+            notes["prompt"] = _note("prompt")
+            with gr.Row(elem_id="actions"):
+                run = gr.Button(t("generate"), variant="primary", elem_id="generate", scale=4)
+                cancel = gr.Button(t("cancel"), variant="stop", elem_id="cancel", scale=1)
+            queue_note = gr.Markdown(visible=False, elem_id="queue-note")
+            notice = gr.Markdown(visible=False, elem_id="notice")
+            with gr.Row():
+                preset = gr.Dropdown(
+                    preset_choices("en"),
+                    value=PRESET_SIZES[0],
+                    label=t("resolution"),
+                    elem_id="preset",
+                    scale=2,
+                    min_width=150,
+                )
+                # No minimum/maximum: Gradio would refuse out-of-range values itself,
+                # in English and naming no field; ours snap, and say so.
+                sizes = []
+                for side in ("width", "height"):
+                    with gr.Column(min_width=90):
+                        sizes.append(
+                            gr.Number(
+                                limits.DEFAULT_SIZE,
+                                label=t(side),
+                                precision=0,
+                                step=limits.SIZE_MULTIPLE,
+                                elem_id=side,
+                            )
+                        )
+                        notes[side] = _note(side)
+            with gr.Row():
+                with gr.Column(scale=3, min_width=150):
+                    seed = gr.Number(limits.DEFAULT_SEED, label=t("seed"), precision=0, elem_id="seed")
+                    notes["seed"] = _note("seed")
+                with gr.Column(scale=2, min_width=100):
+                    dice = gr.Button(t("random_seed"), size="sm", elem_id="random-seed")
+                    reuse = gr.Button(t("reuse_seed"), size="sm", elem_id="reuse-seed")
+                with gr.Column(scale=3, min_width=150):
+                    batch_size = _range(
+                        notes, "batch_size", 1, limits.MAX_UI_BATCH, 1, step=1, elem_id="batch"
+                    )
+                    no_cache = gr.Checkbox(False, label=t("bypass_cache"), elem_id="bypass")
+            with gr.Accordion(t("advanced"), open=False, elem_id="advanced"):
+                steps = _range(
+                    notes, "steps", limits.MIN_STEPS, limits.MAX_STEPS, limits.DEFAULT_STEPS, step=1
+                )
+                guidance_scale = _range(
+                    notes,
+                    "guidance_scale",
+                    0.0,
+                    limits.MAX_GUIDANCE,
+                    limits.DEFAULT_GUIDANCE,
+                    step=0.5,
+                    label="guidance",
+                    elem_id="guidance",
+                )
+                negative_prompt = gr.Textbox(
+                    "", label=t("negative_prompt"), info=t("negative_note"), elem_id="negative"
+                )
+                notes["negative_prompt"] = _note("negative_prompt")
+                normalization_box = gr.Dropdown(
+                    normalization_choices("en"),
+                    value=normalization,
+                    label=t("normalization"),
+                    info=t("normalization_note"),
+                    elem_id="normalization",
+                )
+            gr.Examples(EXAMPLES, inputs=prompt, label=t("examples"))
+        with gr.Column(scale=6, min_width=320):
+            gallery = gr.Gallery(
+                label=t("results"),
+                columns=2,
+                object_fit="contain",
+                height="min(62vh, 680px)",
+                interactive=False,
+                buttons=["download", "fullscreen"],
+                elem_id="result",
+            )
+            status = gr.Markdown(elem_id="status")
+            use_settings = gr.Button(t("use_settings"), size="sm", elem_id="use-settings")
+            parameters = gr.Textbox(
+                label=t("parameters"),
+                lines=2,
+                max_lines=4,
+                interactive=False,
+                buttons=["copy"],
+                elem_id="parameters",
+            )
+    past = gr.Gallery(label=t("history"), columns=6, height="auto", allow_preview=False, elem_id="history")
+    # The generate API's trigger: never shown, so its errors reach API callers as
+    # errors while the page's own Generate keeps the page as it was.
+    api_trigger = gr.Button(visible=False)
+    return CreateTab(
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        seed=seed,
+        width=sizes[0],
+        height=sizes[1],
+        steps=steps,
+        guidance_scale=guidance_scale,
+        batch_size=batch_size,
+        no_cache=no_cache,
+        normalization=normalization_box,
+        preset=preset,
+        notes=notes,
+        run=run,
+        cancel=cancel,
+        dice=dice,
+        reuse=reuse,
+        use_settings=use_settings,
+        queue_note=queue_note,
+        notice=notice,
+        gallery=gallery,
+        status=status,
+        parameters=parameters,
+        past=past,
+        api_trigger=api_trigger,
+        **states,
+    )
+
+
+def _note(name: str) -> gr.Markdown:
+    """The note beside a field (hidden while it has nothing to say)."""
+    return gr.Markdown(visible=False, elem_id=f"{name.replace('_', '-')}-note", elem_classes=["field-note"])
+
+
+def _range(
+    notes: dict[str, gr.Markdown],
+    name: str,
+    low: float,
+    high: float,
+    value: float,
+    *,
+    step: float,
+    label: str | None = None,
+    elem_id: str | None = None,
+) -> gr.Slider:
+    """A slider whose number box the page's script checks against its range (and says
+    what it did in its range note), and the field's note beside it."""
+    slider = gr.Slider(
+        low,
+        high,
+        value=value,
+        step=step,
+        label=I18N(label or name),
+        elem_id=elem_id or name,
+        elem_classes=["range-checked"],
+    )
+    notes[name] = _note(name)
+    return slider
