@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
@@ -15,8 +14,9 @@ from typing import Any
 from pipeline.compile import CompileSetting, compiled_graphs
 from pipeline.embeddings import EmbeddingCache
 from pipeline.encoding import EncodePool, GeneratedImage, Rendered, finish_images
-from pipeline.errors import FatalDeviceError, ModelUnavailable, QueueFull, ShuttingDown
+from pipeline.errors import FatalDeviceError, ModelUnavailable, ShuttingDown
 from pipeline.fit import FitRecord
+from pipeline.job_queue import JobQueue
 from pipeline.limits import DEFAULT_MAX_QUEUE
 from pipeline.loading import ModelIdentity, ModelOptions, load_pipeline, resolve_model
 from pipeline.placement import Placement
@@ -50,9 +50,9 @@ class Engine:
     thread (never on the event loop); calls run in submission order; at most
     `max_queue` jobs wait to start (QueueFull past that); a job that has not
     started can be cancelled (`cancel`), and says its place in the queue
-    (`position`). Loading and `warmup` (by default one smallest, one-step image)
-    are the first job of that thread, so
-    generations submitted meanwhile wait for them; ready means an image was made.
+    (`position`; pipeline.job_queue). Loading and `warmup` (by default one
+    smallest, one-step image) are the first job of that thread, so generations
+    submitted meanwhile wait for them; ready means an image was made.
     The worker hands decoded pixels to a small encoding pool (pipeline.encoding)
     and starts the next job while they are checked and encoded. After `close`
     every submit raises ShuttingDown. A fatal device error (pipeline.device_errors)
@@ -99,10 +99,7 @@ class Engine:
         self._settled = threading.Event()  # set once ready or failed
         self._pipe: Any = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zimage-engine")
-        # Jobs submitted and not yet started, in submission order (dicts keep it).
-        self._queued: dict[int, Future[list[GeneratedImage]]] = {}
-        self._numbers = itertools.count()
-        self._lock = threading.Lock()
+        self._queue = JobQueue(self._executor, max_queue)
         # Work in flight: the engine's job and the encodes it handed over.
         self._busy = 0
         self._quiet = threading.Condition()
@@ -130,16 +127,12 @@ class Engine:
     @property
     def queue_depth(self) -> int:
         """Generation jobs submitted and not yet started."""
-        return len(self._queued)
+        return self._queue.depth
 
     def position(self, job: Future[list[GeneratedImage]]) -> int | None:
         """Where a job waits: 1 when it starts next, 2 after that, ...; None once it
         has started (or was cancelled)."""
-        with self._lock:
-            for place, queued in enumerate(self._queued.values(), 1):
-                if queued is job:
-                    return place
-        return None
+        return self._queue.position(job)
 
     def cancel(self, job: Future[list[GeneratedImage]]) -> bool:
         """Take a job that has not started out of the queue: True if it will never run;
@@ -175,18 +168,7 @@ class Engine:
         if any(r.as_dict() | {"seed": 0} != first.as_dict() | {"seed": 0} for r in requests):
             raise ValueError("a batch must share everything but the seed")
         self.fits.check(first.width, first.height)
-        with self._lock:
-            if len(self._queued) >= self.max_queue:
-                raise QueueFull(len(self._queued))
-            number = next(self._numbers)
-            result: Future[list[GeneratedImage]] = Future()
-            job = self._executor.submit(self._generate, number, requests, progress, embedding_scope, result)
-            # Listed under the lock the job's own start needs to unlist it, so it is
-            # listed before it can start.
-            self._queued[number] = result
-        job.add_done_callback(lambda job: self._cancelled(number, job, result))
-        result.add_done_callback(lambda result: self._unlist_cancelled(number, result))
-        return result
+        return self._queue.submit(lambda result: self._generate(requests, progress, embedding_scope, result))
 
     def close(self, timeout_s: float = 0.0) -> bool:
         """Cancel the jobs that have not started and wait up to `timeout_s` for the one
@@ -230,17 +212,6 @@ class Engine:
         except FatalDeviceError as exc:
             self._fail_fatally(str(exc))
             raise
-
-    def _cancelled(self, number: int, job: Future[None], result: Future[list[GeneratedImage]]) -> None:
-        if job.cancelled():  # the executor shut down before it started: never unlisted in _generate
-            with self._lock:
-                self._queued.pop(number, None)
-            result.cancel()
-
-    def _unlist_cancelled(self, number: int, result: Future[list[GeneratedImage]]) -> None:
-        if result.cancelled():  # its caller cancelled it before it started: out of the queue at once
-            with self._lock:
-                self._queued.pop(number, None)
 
     def _work_started(self) -> None:
         with self._quiet:
@@ -304,16 +275,12 @@ class Engine:
 
     def _generate(
         self,
-        number: int,
         requests: list[CanonicalRequest],
         progress: Progress | None,
         embedding_scope: str | None,
         result: Future[list[GeneratedImage]],
     ) -> None:
-        with self._lock:
-            self._queued.pop(number, None)
-        if not result.set_running_or_notify_cancel():
-            return  # its caller gave up before it started
+        """One job, started by the queue (its `result` set running)."""
         self._work_started()
         try:
             try:
