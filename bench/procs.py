@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -47,6 +48,30 @@ def wait_until(
         if time.monotonic() > deadline:
             raise NotReady(f"{what}: not ready after {timeout_s} s")
         time.sleep(interval_s)
+
+
+def stop_process(proc: subprocess.Popen[Any], grace_s: float = 30) -> None:
+    """SIGTERM, and SIGKILL if it has not exited after `grace_s`; returns once it has
+    exited. Nothing if it already had."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def kill_process(proc: subprocess.Popen[Any]) -> None:
+    """SIGKILL (a crash, or a process with nothing to save); returns once it has exited."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def redis_server_args(port: int) -> list[str]:
+    """`redis-server` on loopback `port`, without persistence (what tests and benchmarks run)."""
+    return ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
 
 
 def free_port() -> int:
@@ -103,13 +128,7 @@ class Server:
 
     def stop(self) -> None:
         self.client.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 class RedisServer:
@@ -123,17 +142,7 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
+            ["redis-server", *redis_server_args(self.port)],
             cwd=self.workdir,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -153,9 +162,8 @@ class RedisServer:
         return self
 
     def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            kill_process(self.proc)
 
     def client(self):  # -> redis.Redis
         import redis

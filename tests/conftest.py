@@ -1,9 +1,11 @@
-"""Shared fixtures: a real server process on a free port serving the tiny model, a real Redis."""
+"""Shared fixtures: a real server process on a free port serving the tiny model, two
+replicas, a real Redis, and an in-process engine on the tiny model."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +14,10 @@ import pytest
 
 from bench import procs
 from bench.procs import ROOT, RedisServer, free_port
+from pipeline.engine import Engine
+from tests.engines import started
 
-__all__ = ["ROOT", "RedisServer", "Server", "free_port", "ui_call"]
+__all__ = ["ROOT", "RedisServer", "Server", "free_port", "replica_pair", "ui_call"]
 
 
 class Server(procs.Server):
@@ -22,6 +26,18 @@ class Server(procs.Server):
 
     def __init__(self, cache_dir: Path, *args: str, env: dict[str, str] | None = None, faults: bool = False):
         super().__init__(cache_dir, *args, env=env, launcher=("-m", "tests.faults") if faults else ())
+
+
+@contextmanager
+def replica_pair(root: Path, *args: str) -> Iterator[tuple[Server, Server]]:
+    """Two servers with the same arguments (caches under root/a and root/b), started
+    together so that their loads overlap, both ready; stopped afterwards."""
+    a, b = Server(root / "a", *args), Server(root / "b", *args)
+    try:
+        yield a.wait_ready(), b.wait_ready()
+    finally:
+        a.stop()
+        b.stop()
 
 
 UI_FIELDS = {  # the UI's generate event, its inputs in order, with the UI's defaults
@@ -65,6 +81,20 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = Server(tmp_path_factory.mktemp("shared") / "cache").wait_ready()
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where a module's engines build the tiny model (once per module)."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="module")
+def engine(models_dir: Path) -> Iterator[Engine]:
+    """One started tiny-model engine for a module's tests."""
+    eng = started(Engine("tiny", models_dir))
+    yield eng
+    eng.close()
 
 
 @pytest.fixture

@@ -8,16 +8,16 @@ prefix, pid, logs and temp paths in a directory of its own.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from bench.procs import ROOT, NotReady, free_port, wait_until
+from bench.procs import ROOT, NotReady, free_port, stop_process, wait_until
 
 TEMPLATE = ROOT / "deploy" / "nginx" / "z-image-turbo.conf"
 NGINX = "/usr/sbin/nginx"
@@ -154,19 +154,17 @@ class Nginx:
         return lines
 
     def wait_logged(self, count: int, uris: tuple[str, ...], timeout_s: float = 10) -> list[LogLine]:
-        """The log once it holds `count` lines (nginx writes a line after the reply is sent)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            lines = self.log()
-            if len([x for x in lines if x.uri in uris]) >= count or time.monotonic() > deadline:
-                return [x for x in lines if x.uri in uris]
-            time.sleep(0.05)
+        """The log's lines for `uris` once it holds `count` of them (nginx writes a line
+        after the reply is sent), or as they are after `timeout_s` (the caller's asserts
+        then say what is missing)."""
+
+        def logged() -> list[LogLine]:
+            return [x for x in self.log() if x.uri in uris]
+
+        with contextlib.suppress(NotReady):
+            wait_until(lambda: len(logged()) >= count, "nginx's access log", timeout_s=timeout_s)
+        return logged()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM: nginx's fast shutdown
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, grace_s=10)  # SIGTERM: nginx's fast shutdown

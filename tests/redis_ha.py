@@ -7,10 +7,11 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Self
 
 import redis
 
-from bench.procs import free_port, wait_until
+from bench.procs import free_port, kill_process, redis_server_args, wait_until
 
 MASTER_NAME = "zimage"
 
@@ -25,11 +26,29 @@ def _wait(what: str, condition: Callable[[], object], timeout_s: float = 30) -> 
     wait_until(lambda: bool(condition()), what, timeout_s=timeout_s, retry_on=(redis.RedisError,))
 
 
-def _server_args(port: int) -> list[str]:
-    return ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+class _Group:
+    """Redis processes started together: all of them or none."""
+
+    procs: list[subprocess.Popen[bytes]]
+
+    def start(self) -> Self:
+        """Start every process and wait until they work together; on failure none is left."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            kill_process(proc)
 
 
-class SentinelGroup:
+class SentinelGroup(_Group):
     """A master, one replica of it, and `sentinels` sentinels watching it as MASTER_NAME."""
 
     def __init__(self, workdir: Path, sentinels: int = 3) -> None:
@@ -43,19 +62,13 @@ class SentinelGroup:
         nodes = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
         return f"redis+sentinel://{nodes}/{MASTER_NAME}"
 
-    def start(self) -> SentinelGroup:
-        """Start every process and wait until they work together; on failure none is left."""
-        try:
-            return self._start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def _start(self) -> SentinelGroup:
+    def _start(self) -> None:
         master, replica = self.ports["master"], self.ports["replica"]
-        self.procs.append(_spawn(self.workdir / "master", *_server_args(master)))
+        self.procs.append(_spawn(self.workdir / "master", *redis_server_args(master)))
         self.procs.append(
-            _spawn(self.workdir / "replica", *_server_args(replica), "--replicaof", "127.0.0.1", str(master))
+            _spawn(
+                self.workdir / "replica", *redis_server_args(replica), "--replicaof", "127.0.0.1", str(master)
+            )
         )
         quorum = len(self.sentinel_ports) // 2 + 1
         for port in self.sentinel_ports:
@@ -74,7 +87,6 @@ class SentinelGroup:
         )
         for port in self.sentinel_ports:
             _wait("the sentinels", lambda port=port: self.sentinel(port).sentinel_master(MASTER_NAME))
-        return self
 
     def node(self, port: int) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
@@ -117,14 +129,8 @@ class SentinelGroup:
             timeout_s,
         )
 
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
 
-
-class ClusterGroup:
+class ClusterGroup(_Group):
     """Three masters (no replicas) forming one Redis Cluster over all 16384 slots."""
 
     def __init__(self, workdir: Path) -> None:
@@ -140,20 +146,13 @@ class ClusterGroup:
     def url(self) -> str:
         return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
 
-    def start(self) -> ClusterGroup:
-        """Start the nodes and join them into one cluster; on failure none is left."""
-        try:
-            return self._start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def _start(self) -> ClusterGroup:
+    def _start(self) -> None:
+        """Start the nodes and join them into one cluster."""
         for port in self.ports:
             self.procs.append(
                 _spawn(
                     self.workdir / str(port),
-                    *_server_args(port),
+                    *redis_server_args(port),
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
@@ -173,10 +172,3 @@ class ClusterGroup:
                 "the cluster to agree",
                 lambda port=port: redis.Redis("127.0.0.1", port).cluster("info")["cluster_state"] == "ok",
             )
-        return self
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()

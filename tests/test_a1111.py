@@ -54,30 +54,12 @@ def test_txt2img_in_the_shape_open_webui_sends(server: Server) -> None:
 
 
 def test_cfg_scale_is_a1111s_and_bad_input_names_the_field(server: Server) -> None:
-    resp = server.client.post(
-        "/sdapi/v1/txt2img",
-        json={
-            "prompt": "an a1111 crane",
-            "width": 64,
-            "height": 64,
-            "cfg_scale": 3.5,
-            "negative_prompt": "fog",
-        },
-    )
+    crane = {"prompt": "an a1111 crane", "width": 64, "height": 64, "negative_prompt": "fog"}
+    resp = server.client.post("/sdapi/v1/txt2img", json={**crane, "cfg_scale": 3.5})
     info = json.loads(resp.json()["info"])
     assert "Negative prompt: fog" in info["infotexts"][0] and "CFG scale: 3.5" in info["infotexts"][0]
     # Our guidance 2.5 is A1111's 3.5: /run with it finds the same image.
-    run = server.client.get(
-        "/run",
-        params={
-            "prompt": "an a1111 crane",
-            "width": 64,
-            "height": 64,
-            "guidance_scale": 2.5,
-            "negative_prompt": "fog",
-            "seed": info["seed"],
-        },
-    )
+    run = server.client.get("/run", params={**crane, "guidance_scale": 2.5, "seed": info["seed"]})
     assert run.json()["cache"] == "memory"
     for body, field in [
         ({"prompt": ""}, "prompt"),

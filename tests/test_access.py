@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 from gradio_client import Client
 
+from bench.procs import wait_until
 from tests.conftest import Server
 
 ALICE, BOB, ADMIN = "alice-token-0123456789", "bob-token-0123456789ab", "admin-token-0123456789"
@@ -112,20 +112,20 @@ def test_past_max_queue_the_api_answers_503_with_retry_after(restricted: Server)
     def info() -> dict:
         return c.get("/api/info", headers=auth(ALICE)).json()
 
+    def generations() -> int:
+        return c.get("/api/cache/stats", headers=auth(ALICE)).json()["generations"]
+
+    before = generations()
     running = threading.Thread(target=slow, args=(0,))
     running.start()
-    deadline = time.monotonic() + 30
-    while (
-        c.get("/api/cache/stats", headers=auth(ALICE)).json()["generations"] == 0
-        or info()["queue"]["waiting"]
-    ):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(
+        lambda: generations() > before and not info()["queue"]["waiting"],
+        "the first generation to start",
+        timeout_s=30,
+    )
     waiting = threading.Thread(target=slow, args=(1,))
     waiting.start()
-    while info()["queue"]["waiting"] < 1:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_until(lambda: info()["queue"]["waiting"] >= 1, "the second to wait in the queue", timeout_s=30)
     refused = c.post(
         "/generate", json={"prompt": "one too many", "width": 64, "height": 64}, headers=auth(ALICE)
     )

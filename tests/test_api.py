@@ -5,11 +5,11 @@ from __future__ import annotations
 import io
 import json
 import threading
-import time
 
 import pytest
 from PIL import Image
 
+from bench.procs import wait_until
 from tests.conftest import Server
 
 
@@ -183,14 +183,16 @@ def test_a_hit_answers_while_a_long_generation_runs(server: Server) -> None:
 
     worker = threading.Thread(target=long_generation)
     worker.start()
-    # Wait until the engine is busy with it, then ask for the cached image.
-    deadline = time.monotonic() + 10
-    while (
-        server.client.get("/api/cache/stats").json()["generations"] == generations
-        and time.monotonic() < deadline
-    ):
-        time.sleep(0.05)
-    time.sleep(0.3)
+    # Wait until the engine is busy with it (submitted, and out of the queue), then ask
+    # for the cached image.
+    wait_until(
+        lambda: (
+            server.client.get("/api/cache/stats").json()["generations"] > generations
+            and not server.client.get("/api/info").json()["queue"]["waiting"]
+        ),
+        "the long generation to start",
+        timeout_s=30,
+    )
     hit = run(server, prompt="quick hit", width=64, height=64)
     still_running = worker.is_alive()
     worker.join()

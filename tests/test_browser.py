@@ -9,53 +9,27 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect
 
+from tests.browsers import TIMEOUT_MS, chromium, generate, open_page, small
 from tests.conftest import Server
 
-CHROMIUM = "/usr/bin/chromium"
 # docs.test resolves to this machine: a page on a non-local host name, where Swagger
 # UI would otherwise call out (its validator badge skips only localhost).
 DOCS_HOST = "docs.test"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    f"--host-resolver-rules=MAP {DOCS_HOST} 127.0.0.1",
-]
-TIMEOUT_MS = 60_000
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium(f"--host-resolver-rules=MAP {DOCS_HOST} 127.0.0.1") as b:
         yield b
-        b.close()
 
 
 @pytest.fixture
 def page(browser: Browser, server: Server) -> Iterator[Page]:
-    context = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 1000})
-    pg = context.new_page()
-    pg.set_default_timeout(15_000)
-    pg.goto(server.url)
-    pg.locator("#generate").wait_for()
+    pg = open_page(browser, server.url, height=1000, locale="en-US")
     yield pg
-    context.close()
-
-
-def small(page: Page, size: int = 128) -> None:
-    page.locator("#width input").fill(str(size))
-    page.locator("#height input").fill(str(size))
-
-
-def generate(page: Page, prompt: str, expect_status: str) -> str:
-    page.locator("#prompt textarea").fill(prompt)
-    page.locator("#generate").click()
-    status = page.locator("#status")
-    expect(status).to_contain_text(expect_status, timeout=TIMEOUT_MS)
-    return status.inner_text()
+    pg.context.close()
 
 
 def test_generate_then_hit_in_the_browser(page: Page) -> None:
@@ -136,14 +110,12 @@ def test_stats_tab_shows_tiers_and_latency(page: Page) -> None:
 
 
 def test_chinese_browser_sees_chinese_labels(browser: Browser, server: Server) -> None:
-    context = browser.new_context(locale="zh-CN")
-    page = context.new_page()
-    page.goto(server.url)
-    expect(page.locator("#generate")).to_have_text("生成", timeout=TIMEOUT_MS)
+    page = open_page(browser, server.url, locale="zh-CN")
+    expect(page.locator("#generate")).to_have_text("生成")
     expect(page.get_by_text("提示词", exact=True)).to_be_visible()
     expect(page.locator("#demo-banner")).to_contain_text("演示模型")
     expect(page.get_by_role("tab", name="统计")).to_be_visible()
-    context.close()
+    page.context.close()
 
 
 def test_api_docs_render_offline_from_local_assets(browser: Browser, server: Server) -> None:
@@ -182,13 +154,11 @@ def test_a_gpu_box_whose_torch_cannot_use_cuda_says_so_instead_of_serving_noise(
         assert ready.status_code == 503 and "is a CPU-only build" in ready.json()["reason"]
         run = srv.client.get("/run", params={"prompt": "a red fox", "width": 256, "height": 256})
         assert run.status_code == 503 and "CudaUnavailable" in run.json()["detail"]
-        context = browser.new_context(locale="en-US")
-        page = context.new_page()
-        page.goto(srv.url)
+        page = open_page(browser, srv.url, locale="en-US")
         state = page.locator("#model-state")
         expect(state).to_contain_text("The model failed to load", timeout=TIMEOUT_MS)
         expect(state).to_contain_text("install a CUDA build of torch, or pass --model tiny")
         expect(page.locator("#demo-banner")).to_be_hidden()  # it is no demo: it is broken
-        context.close()
+        page.context.close()
     finally:
         srv.stop()

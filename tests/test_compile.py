@@ -15,19 +15,12 @@ import torch._dynamo
 from torch._dynamo.utils import counters
 
 from pipeline.compile import RECOMPILE_LIMIT, should_compile
-from pipeline.engine import Engine, EngineState
+from pipeline.engine import Engine
 from pipeline.request import CanonicalRequest
 from pipeline.warmup import warm_up
+from tests.engines import LONG_NEGATIVE, started
 
 T = TypeVar("T")
-LONG_NEGATIVE = "blurry, low quality, watermark, extra fingers, oversaturated, " * 4
-
-
-def warmed(engine: Engine) -> Engine:
-    engine.start()
-    engine.wait_settled(600)
-    assert engine.state == EngineState.READY, engine.error
-    return engine
 
 
 def compiled_engine(models_dir: Path, cache_dir: Path) -> Engine:
@@ -64,7 +57,7 @@ def test_after_the_warm_up_nothing_recompiles_or_breaks_the_graph_and_a_restart_
     tmp_path: Path, fresh_dynamo: None
 ) -> None:
     models, cache = tmp_path / "models", tmp_path / "compile"
-    engine = warmed(compiled_engine(models, cache))
+    engine = started(compiled_engine(models, cache), timeout_s=600)
     try:
         assert engine.compiled
         # torch's config is per thread; the engine's thread is where every model call runs.
@@ -95,7 +88,7 @@ def test_after_the_warm_up_nothing_recompiles_or_breaks_the_graph_and_a_restart_
     # A restart (a fresh compiler state in the same directory) finds every graph on disk.
     torch._dynamo.reset()
     counters.clear()
-    restarted = warmed(compiled_engine(models, cache))
+    restarted = started(compiled_engine(models, cache), timeout_s=600)
     restarted.close()
     inductor = counters["inductor"]
     assert inductor["fxgraph_cache_hit"] >= graphs - 1 and inductor["fxgraph_cache_miss"] == 0

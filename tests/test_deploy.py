@@ -213,17 +213,25 @@ def test_health_check_option_without_its_value_exits_2_at_once(option: str) -> N
 def test_sigterm_from_supervisor_stops_cleanly_and_a_restart_keeps_the_cache(supervised: Supervised) -> None:
     slow = {"prompt": "a slow generation", "width": 1024, "height": 1024, "steps": 12}
     out: list[httpx.Response] = []
+
+    def generations() -> int:
+        return httpx.get(f"{supervised.url}/api/cache/stats", timeout=10).json()["generations"]
+
+    before = generations()
     thread = threading.Thread(
         target=lambda: out.append(httpx.get(f"{supervised.url}/run", params=slow, timeout=120))
     )
     thread.start()
-    # Received (counted), then half a second to reach the engine: far less than the
-    # seconds this 1024x1024 generation takes, so the stop finds it in flight.
-    deadline = time.monotonic() + 60
-    while httpx.get(f"{supervised.url}/api/cache/stats", timeout=10).json()["requests"] < 1:
-        assert time.monotonic() < deadline, "the request never reached the server"
-        time.sleep(0.05)
-    time.sleep(0.5)
+    # Submitted to the engine (counted) and out of its queue: the model is on it, for
+    # the seconds this 1024x1024 generation takes, so the stop finds it in flight.
+    wait_until(
+        lambda: (
+            generations() > before
+            and not httpx.get(f"{supervised.url}/api/info", timeout=10).json()["queue"]["waiting"]
+        ),
+        "the generation to start",
+        timeout_s=60,
+    )
     stopped = supervised.ctl("stop", PROGRAM)
     assert "stopped" in stopped.stdout, stopped.stdout + stopped.stderr
     thread.join(10)
@@ -250,10 +258,9 @@ def test_supervisor_restarts_a_killed_process(supervised: Supervised) -> None:
     params = {"prompt": "survives a crash", "width": 256, "height": 256}
     stored = httpx.get(f"{supervised.url}/run", params=params, timeout=60).json()
     os.kill(before, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while supervised.pid() in (0, before):
-        assert time.monotonic() < deadline, supervised.ctl("status").stdout
-        time.sleep(0.2)
+    wait_until(
+        lambda: supervised.pid() not in (0, before), "Supervisor's restart", timeout_s=30, interval_s=0.2
+    )
     supervised.wait_running()
     assert re.search(
         rf"exited: {PROGRAM} \(terminated by SIGKILL; not expected\)", supervised.supervisor_log()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +16,7 @@ import pipeline.encoding
 from pipeline import attention
 from pipeline.engine import Engine, EngineState
 from pipeline.request import CanonicalRequest
-
-LONG_NEGATIVE = "blurry, low quality, watermark, extra fingers, oversaturated, " * 4
-
-
-def started(engine: Engine) -> Engine:
-    engine.start()
-    engine.wait_settled(120)
-    assert engine.state == EngineState.READY, engine.error
-    return engine
+from tests.engines import LONG_NEGATIVE, started
 
 
 def request(prompt: str, seed: int = 0, **kw: object) -> CanonicalRequest:
@@ -35,18 +26,6 @@ def request(prompt: str, seed: int = 0, **kw: object) -> CanonicalRequest:
 
 def pixels(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("models")
-
-
-@pytest.fixture(scope="module")
-def engine(models_dir: Path) -> Iterator[Engine]:
-    eng = started(Engine("tiny", models_dir))
-    yield eng
-    eng.close()
 
 
 # -- encoding off the engine thread ---------------------------------------------------------

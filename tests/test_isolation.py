@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bench.procs import NotReady, wait_until
+from bench.procs import NotReady, stop_process, wait_until
 from cache import Entry
 from pipeline.request import GenerationRequest
 from pipeline.results import GenerationResult
@@ -83,13 +83,7 @@ class Squid:
         return f"http://127.0.0.1:{self.ports[i]}"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, grace_s=10)
 
 
 @pytest.fixture(scope="module")

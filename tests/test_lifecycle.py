@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bench.procs import wait_until
 from pipeline.device_errors import is_fatal_device_error
 from tests.conftest import ROOT, RedisServer, Server
 
@@ -44,14 +45,6 @@ def in_thread(call):
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread, out
-
-
-def wait_for(condition, timeout_s: float = 60) -> None:
-    """Poll `condition` until it holds; fail after `timeout_s` (a bound, not a measurement)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never held"
-        time.sleep(0.05)
 
 
 def leftovers(cache_dir: Path) -> list[Path]:
@@ -129,7 +122,11 @@ def test_hits_are_served_while_warming_and_misses_wait(tmp_path: Path) -> None:
 
         miss_params = {"prompt": "something new", "seed": 1, "width": 256, "height": 256}
         thread, out = in_thread(lambda: srv.client.get("/run", params=miss_params))
-        wait_for(lambda: srv.client.get("/api/cache/stats").json()["queue_depth"] == 1)
+        wait_until(
+            lambda: srv.client.get("/api/cache/stats").json()["queue_depth"] == 1,
+            "a queued job",
+            timeout_s=60,
+        )
         assert thread.is_alive() and out == []  # waiting in the queue, not failed
 
         gate.unlink()
@@ -148,11 +145,17 @@ def test_sigterm_lets_the_generation_in_flight_finish(tmp_path: Path) -> None:
         gate.touch()  # the next generation holds the engine until the test lets it go
         slow = {"prompt": "a slow painting", "width": 256, "height": 256, "steps": 2, "seed": 3}
         running, first = in_thread(lambda: srv.client.get("/run", params=slow))
-        wait_for(lambda: Path(f"{gate}.reached").exists())  # the engine is generating it
+        wait_until(
+            Path(f"{gate}.reached").exists, "the generation at the gate", timeout_s=60
+        )  # the engine is generating it
         queued, second = in_thread(lambda: srv.client.get("/run", params={**slow, "seed": 4}))
-        wait_for(lambda: srv.client.get("/api/cache/stats").json()["queue_depth"] == 1)
+        wait_until(
+            lambda: srv.client.get("/api/cache/stats").json()["queue_depth"] == 1,
+            "a queued job",
+            timeout_s=60,
+        )
         srv.proc.send_signal(signal.SIGTERM)
-        wait_for(lambda: "finishing the generation in flight" in srv.log())
+        wait_until(lambda: "finishing the generation in flight" in srv.log(), "the stop begun", timeout_s=60)
         gate.unlink()
 
         assert srv.proc.wait(timeout=90) == 0, srv.log()
@@ -183,7 +186,7 @@ def test_sigterm_abandons_a_generation_past_the_shutdown_timeout(tmp_path: Path)
         gate.touch()  # never lifted: the generation would run for ever
         endless = {"prompt": "a very slow painting", "width": 256, "height": 256, "steps": 2}
         in_thread(lambda: srv.client.get("/run", params=endless))
-        wait_for(lambda: Path(f"{gate}.reached").exists())
+        wait_until(Path(f"{gate}.reached").exists, "the generation at the gate", timeout_s=60)
         signalled = time.monotonic()
         srv.proc.send_signal(signal.SIGTERM)
         assert srv.proc.wait(timeout=60) == 0, srv.log()

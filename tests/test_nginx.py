@@ -8,9 +8,8 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import httpx
 import pytest
 from gradio_client import Client
 
+from bench.procs import kill_process, wait_until
 from tests.conftest import RedisServer, Server
 from tests.nginx_proc import Nginx
 
@@ -211,36 +211,31 @@ def test_a_replica_dying_under_load_costs_only_the_posts_it_held(stack: Stack) -
                     in_flight[0] -= 1
                     done.append((method, resp.status_code))
 
-    def wait_for(what: str, condition: Callable[[], bool]) -> None:
-        while not condition():
-            assert time.monotonic() < deadline, what
-            time.sleep(0.05)
-
     # Eight clients GET, two POST: once three requests wait on the victim, at least
     # one of them is a GET.
     workers = [threading.Thread(target=worker, args=(n, "GET" if n < 8 else "POST")) for n in range(10)]
-    deadline = time.monotonic() + 90
     go.set()
     for w in workers:
         w.start()
     try:
-        wait_for("no load reached the replicas", lambda: len(done) >= 10)
+        wait_until(lambda: len(done) >= 10, "load to reach the replicas", timeout_s=90)
         # The victim hangs: new requests pile up on it unread (in its socket buffers)...
         go.clear()
-        wait_for("the clients did not pause", lambda: in_flight[0] == 0)
+        wait_until(lambda: in_flight[0] == 0, "the clients to pause", timeout_s=90)
         os.kill(victim.proc.pid, signal.SIGSTOP)
         go.set()
-        wait_for("no request reached the hung replica", lambda: pending_requests(victim.port) >= 3)
+        wait_until(
+            lambda: pending_requests(victim.port) >= 3, "requests to reach the hung replica", timeout_s=90
+        )
         # ... and dies with them, while the load goes on.
         os.kill(victim.proc.pid, signal.SIGKILL)
         victim.proc.wait()
         killed_at = len(done)
-        wait_for("the survivor stopped answering", lambda: len(done) >= killed_at + 12)
+        wait_until(lambda: len(done) >= killed_at + 12, "the survivor to answer on", timeout_s=90)
     finally:
         stop.set()
         go.set()
-        if victim.proc.poll() is None:
-            victim.proc.kill()  # never leave it hung, holding the clients' requests
+        kill_process(victim.proc)  # never leave it hung, holding the clients' requests
         for w in workers:
             w.join(120)
 

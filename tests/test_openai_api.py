@@ -19,6 +19,13 @@ def sdk(server: Server, api_key: str = "unused-without-api-keys") -> openai.Open
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key=api_key, max_retries=0, timeout=120)
 
 
+def generations(server: Server, body: dict, headers: dict[str, str] | None = None) -> dict:
+    """POST /v1/images/generations as a raw client sends it: the JSON of its 200 answer."""
+    resp = server.client.post("/v1/images/generations", json=body, headers=headers)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
 def png_size(data: bytes) -> tuple[int, int]:
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
     return Image.open(io.BytesIO(data)).size
@@ -113,19 +120,9 @@ def test_an_oversized_body_is_a_413_in_openais_shape(server: Server) -> None:
 
 def test_open_webui_request_shape(server: Server) -> None:
     # open_webui/routers/images.py, engine "openai": model, prompt, n, size, response_format.
-    resp = server.client.post(
-        "/v1/images/generations",
-        json={
-            "model": "z-image-turbo",
-            "prompt": "an open webui owl",
-            "n": 1,
-            "size": "128x128",
-            "response_format": "b64_json",
-        },
-        headers={"Authorization": "Bearer sk-anything", "Content-Type": "application/json"},
-    )
-    assert resp.status_code == 200, resp.text
-    (image,) = resp.json()["data"]
+    ask = {"model": "z-image-turbo", "prompt": "an open webui owl", "n": 1, "size": "128x128"}
+    headers = {"Authorization": "Bearer sk-anything", "Content-Type": "application/json"}
+    (image,) = generations(server, {**ask, "response_format": "b64_json"}, headers)["data"]
     assert png_size(base64.b64decode(image["b64_json"])) == (128, 128)
     assert "url" not in image
 
@@ -134,9 +131,7 @@ def test_librechat_dalle3_request_shape_gets_a_url_by_default(server: Server) ->
     # LibreChat's DALL-E 3 tool (DALLE_REVERSE_PROXY): no response_format, reads data[0].url
     # (its sizes start at 1024x1024; a smaller one keeps the test fast).
     ask = {"model": "dall-e-3", "quality": "standard", "style": "vivid", "prompt": "a librechat loon", "n": 1}
-    resp = server.client.post("/v1/images/generations", json={**ask, "size": "256x192"})
-    assert resp.status_code == 200, resp.text
-    (image,) = resp.json()["data"]
+    (image,) = generations(server, {**ask, "size": "256x192"})["data"]
     assert "b64_json" not in image and image["url"].endswith(".png")
     assert png_size(httpx.get(image["url"]).content) == (256, 192)
     gpt_image = server.client.post(
@@ -147,20 +142,10 @@ def test_librechat_dalle3_request_shape_gets_a_url_by_default(server: Server) ->
 
 def test_litellm_request_shape(server: Server) -> None:
     # LiteLLM's OpenAI-compatible provider: its optional params, `user` and `quality` included.
-    resp = server.client.post(
-        "/v1/images/generations",
-        json={
-            "model": "z-image-turbo",
-            "prompt": "a litellm lynx",
-            "n": 1,
-            "size": "64x64",
-            "quality": "standard",
-            "user": "litellm-user",
-            "response_format": "url",
-        },
+    ask = {"model": "z-image-turbo", "prompt": "a litellm lynx", "n": 1, "size": "64x64"}
+    body = generations(
+        server, {**ask, "quality": "standard", "user": "litellm-user", "response_format": "url"}
     )
-    assert resp.status_code == 200, resp.text
-    body = resp.json()
     assert isinstance(body["created"], int)
     assert httpx.get(body["data"][0]["url"]).status_code == 200
 

@@ -5,6 +5,7 @@ fails over under load, and the tier on a three-node Redis Cluster; plus the chec
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -12,10 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from bench.procs import wait_until
 from cache import MISS, SCHEMA_VERSION, Entry, Hit, LayeredCache, MemoryTier, TierUnavailable, make_key
 from cache.redis_tier import RedisTier
 from cache.redis_url import parse_redis_url
-from tests.conftest import Server
+from tests.conftest import Server, replica_pair
 from tests.redis_ha import ClusterGroup, SentinelGroup
 
 ENTRY = Entry(data=b"\x89PNG cluster bytes" * 200, ext="png", meta={"seed": 5})
@@ -71,13 +73,8 @@ def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup
 def replicas(
     tmp_path_factory: pytest.TempPathFactory, sentinel: SentinelGroup
 ) -> Iterator[tuple[Server, Server]]:
-    root = tmp_path_factory.mktemp("sentinel-replicas")
-    a, b = Server(root / "a", "--redis-url", sentinel.url), Server(root / "b", "--redis-url", sentinel.url)
-    try:
-        yield a.wait_ready(), b.wait_ready()
-    finally:
-        a.stop()
-        b.stop()
+    with replica_pair(tmp_path_factory.mktemp("sentinel-replicas"), "--redis-url", sentinel.url) as pair:
+        yield pair
 
 
 def body(prompt: str) -> dict[str, object]:
@@ -115,17 +112,14 @@ def test_a_failover_under_load_loses_no_answered_image(
     workers = [threading.Thread(target=client, args=(s, w)) for w, s in enumerate((a, b, a, b))]
     for w in workers:
         w.start()
-    deadline = time.monotonic() + 60
     try:
-        while len(answered) < 8:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(lambda: len(answered) >= 8, "images answered before the failover", timeout_s=60)
         old_master = sentinel.master_port()
         new_master = sentinel.failover()  # the replica is promoted, mid-load
         failed_over_at = len(answered)
-        while len(answered) < failed_over_at + 8:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(
+            lambda: len(answered) >= failed_over_at + 8, "images answered after the failover", timeout_s=60
+        )
     finally:
         stop.set()
         for w in workers:
@@ -137,15 +131,17 @@ def test_a_failover_under_load_loses_no_answered_image(
 
     # Both replicas now write to the new master (a write to the old one, now read-only,
     # fails, and redis-py asks the sentinels again): one's image is the other's Redis hit.
-    n, found = 0, False
-    while not found:
-        assert time.monotonic() < deadline + 30, "the replicas did not reach the new master"
-        n += 1
+    rounds = itertools.count(1)
+
+    def shared_through_the_new_master() -> bool:
+        n = next(rounds)
         made = a.client.post("/generate", json=body(f"after the failover {n}"))
         hit = b.client.post("/generate", json=body(f"after the failover {n}")).headers["x-cache"]
-        found = hit == "redis" and sentinel.node(new_master).exists(
-            f"zimage:v{SCHEMA_VERSION}:public:{made.headers['x-key']}"
+        return hit == "redis" and bool(
+            sentinel.node(new_master).exists(f"zimage:v{SCHEMA_VERSION}:public:{made.headers['x-key']}")
         )
+
+    wait_until(shared_through_the_new_master, "the replicas to reach the new master", timeout_s=90)
 
     # Every answered image is still served by the replica that made it (its disk), and
     # the other replica finds it through the new master or, where the failover lost
@@ -178,17 +174,19 @@ def test_the_tier_follows_a_failover_when_the_sentinels_announce_it(sentinel: Se
         tier.put("public", make_key({"before": 1}), ENTRY)  # one connection, to the master
         old_master = sentinel.master_port()
         new_master = sentinel.failover()
-        deadline = time.monotonic() + 30
         # One thread, so redis-py would keep its connection to the old master, which
         # takes writes (and later loses them) until the sentinels demote it, up to
         # 10 s on, and close its clients. The tier hears `+switch-master` and moves
         # at once: its writes reach the new master while the old is not yet demoted.
-        key = ""
-        while not key or not sentinel.node(new_master).exists(tier.redis_key("public", key)):
-            assert time.monotonic() < deadline, "the tier never reached the new master"
-            key = make_key({"after": time.monotonic()})
-            tier.put("public", key, ENTRY)
-            time.sleep(0.05)
+        written: list[str] = []
+
+        def reached_the_new_master() -> bool:
+            written.append(make_key({"after": time.monotonic()}))
+            tier.put("public", written[-1], ENTRY)
+            return bool(sentinel.node(new_master).exists(tier.redis_key("public", written[-1])))
+
+        wait_until(reached_the_new_master, "the tier to reach the new master", timeout_s=30)
+        key = written[-1]
         role = sentinel.node(old_master).info("replication")["role"]
         assert role == "master", "the tier wrote to the old master until the sentinels demoted it"
         assert tier.get("public", key) == ENTRY

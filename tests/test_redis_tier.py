@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from bench.procs import wait_until
 from cache import MISS, SCHEMA_VERSION, Entry, Hit, LayeredCache, MemoryTier, TierUnavailable, make_key
 from cache.redis_tier import INLINE_VERIFY_MAX_BYTES, RedisTier
 from tests.conftest import RedisServer
@@ -89,12 +90,11 @@ def test_dead_redis_is_a_fast_miss_counted_once_and_reconnects(redis_server: Red
         tier.try_lock("public", key)
 
     redis_server.start()
-    deadline = time.monotonic() + 15
-    while True:
+
+    def stored() -> bool:
         layered.put("public", key, ENTRY)
-        if redis_server.client().exists(f"zimage:v{SCHEMA_VERSION}:public:{key}"):
-            break
-        assert time.monotonic() < deadline, "the Redis tier did not reconnect"
-        time.sleep(0.2)
+        return bool(redis_server.client().exists(f"zimage:v{SCHEMA_VERSION}:public:{key}"))
+
+    wait_until(stored, "the Redis tier to reconnect", timeout_s=15, interval_s=0.2)
     fresh = LayeredCache([MemoryTier(1 << 20), RedisTier(redis_server.url, ttl_s=60)])
     assert fresh.get("public", key) == Hit(ENTRY, "redis")

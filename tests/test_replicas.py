@@ -3,7 +3,7 @@ across replicas, namespaces, do-not-cache prompts, and surviving a Redis outage.
 
 from __future__ import annotations
 
-import time
+import itertools
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,8 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.procs import wait_until
 from cache import SCHEMA_VERSION
-from tests.conftest import RedisServer, Server
+from tests.conftest import RedisServer, Server, replica_pair
 
 SECRET = "classified falcon"
 
@@ -31,13 +32,8 @@ def replicas(
     root = tmp_path_factory.mktemp("replicas")
     patterns = root / "no-cache.txt"
     patterns.write_text("# prompts we must never keep\nclassified\\s+\\w+\n")
-    args = ("--redis-url", redis_srv.url, "--no-cache-patterns", str(patterns))
-    a, b = Server(root / "a", *args), Server(root / "b", *args)
-    try:
-        yield a.wait_ready(), b.wait_ready()
-    finally:
-        a.stop()
-        b.stop()
+    with replica_pair(root, "--redis-url", redis_srv.url, "--no-cache-patterns", str(patterns)) as pair:
+        yield pair
 
 
 def gen(server: Server, prompt: str, *, namespace: str = "public", **fields: object):
@@ -45,6 +41,19 @@ def gen(server: Server, prompt: str, *, namespace: str = "public", **fields: obj
     resp = server.client.post("/generate", json=body, headers={"X-Namespace": namespace})
     assert resp.status_code == 200, resp.text
     return resp
+
+
+def wait_shared_through_redis(maker: Server, taker: Server, prompt: str) -> None:
+    """Wait until an image `maker` makes (a new one each try) is a Redis hit on `taker`:
+    both replicas' Redis tiers are connected again."""
+    tries = itertools.count(1)
+
+    def shared() -> bool:
+        n = next(tries)
+        gen(maker, f"{prompt} {n}")
+        return gen(taker, f"{prompt} {n}").headers["x-cache"] == "redis"
+
+    wait_until(shared, "the replicas to reconnect to Redis", timeout_s=30, interval_s=0.5)
 
 
 def generations(*servers: Server) -> int:
@@ -125,10 +134,12 @@ def test_a_replica_stops_waiting_for_another_when_its_client_disconnects(
     try:
         with pytest.raises(httpx.ReadTimeout):  # the client gives up and hangs up
             httpx.get(f"{a.url}/run", params=params, timeout=1.5)
-        deadline = time.monotonic() + 30
-        while "stopped waiting for another replica's image: its callers left" not in a.log():
-            assert time.monotonic() < deadline, "the server kept polling Redis for a client that left"
-            time.sleep(0.2)
+        wait_until(
+            lambda: "stopped waiting for another replica's image: its callers left" in a.log(),
+            "the server to stop polling Redis for a client that left",
+            timeout_s=30,
+            interval_s=0.2,
+        )
         assert generations(a) == before  # it waited for the other replica, then for nobody
     finally:
         redis_srv.client().delete(lock)
@@ -153,15 +164,7 @@ def test_replicas_keep_answering_while_redis_is_down_and_reconnect(
         assert server.client.get("/health").status_code == 200
 
     redis_srv.start()  # same port: the tiers reconnect by themselves
-    deadline = time.monotonic() + 30
-    n = 0
-    while True:
-        n += 1
-        gen(a, f"a harbour after the storm {n}")
-        if gen(b, f"a harbour after the storm {n}").headers["x-cache"] == "redis":
-            break
-        assert time.monotonic() < deadline, "the replicas did not reconnect to Redis"
-        time.sleep(0.5)
+    wait_shared_through_redis(a, b, "a harbour after the storm")
 
 
 def test_redis_killed_and_restarted_under_load_costs_no_request(
@@ -188,10 +191,7 @@ def test_redis_killed_and_restarted_under_load_costs_no_request(
 
     def answered_after(count: int, more: int) -> int:
         # Progress is counted in answers, not seconds: a slow machine only takes longer.
-        deadline = time.monotonic() + 90
-        while len(statuses) < count + more:
-            assert time.monotonic() < deadline, f"only {len(statuses) - count} answers in 90 s"
-            time.sleep(0.05)
+        wait_until(lambda: len(statuses) >= count + more, f"{more} more answers", timeout_s=90)
         return len(statuses)
 
     before_outage = answered_after(0, 8)
@@ -206,9 +206,4 @@ def test_redis_killed_and_restarted_under_load_costs_no_request(
     errors = sum(s.client.get("/api/cache/stats").json()["tiers"]["redis"]["errors"] for s in (a, b))
     assert errors >= 1  # the outage was seen and counted, and cost no request
     # Reconnected: an image made on one replica now is a Redis hit on the other.
-    deadline = time.monotonic() + 30
-    n = 0
-    while gen(b, f"after the gale {n}") and gen(a, f"after the gale {n}").headers["x-cache"] != "redis":
-        assert time.monotonic() < deadline, "the replicas did not reconnect to Redis"
-        n += 1
-        time.sleep(0.5)
+    wait_shared_through_redis(b, a, "after the gale")

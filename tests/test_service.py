@@ -7,7 +7,7 @@ import asyncio
 import io
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,29 +24,25 @@ from pipeline.request import CanonicalRequest, GenerationRequest
 from pipeline.service import GenerationService
 from pipeline.tiny_model import ensure_tiny_model
 from tests.conftest import RedisServer
-
-
-def started(engine: Engine) -> Engine:
-    engine.start()
-    engine.wait_settled(120)
-    assert engine.state == EngineState.READY, engine.error
-    return engine
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("models")
-
-
-@pytest.fixture(scope="module")
-def engine(models_dir: Path) -> Iterator[Engine]:
-    eng = started(Engine("tiny", models_dir))
-    yield eng
-    eng.close()
+from tests.engines import started
 
 
 def request(prompt: str = "a lantern", **kw: object) -> GenerationRequest:
     return GenerationRequest(prompt=prompt, width=kw.pop("width", 64), height=kw.pop("height", 64), **kw)  # type: ignore[arg-type]
+
+
+def local_service(engine: Engine, cache_dir: Path) -> GenerationService:
+    """A service over a memory and a disk tier: one replica, no Redis."""
+    return GenerationService(engine, LayeredCache([MemoryTier(1 << 20), DiskTier(cache_dir)]))
+
+
+def redis_replica(
+    engine: Engine, redis_server: RedisServer, lock_ttl_s: float = 5, **kw: object
+) -> tuple[GenerationService, RedisTier]:
+    """A replica's service over a memory tier and the shared Redis (whose locks it
+    takes), and that Redis tier."""
+    tier = RedisTier(redis_server.url, ttl_s=60, lock_ttl_s=lock_ttl_s)
+    return GenerationService(engine, LayeredCache([MemoryTier(1 << 20), tier]), locks=tier, **kw), tier  # type: ignore[arg-type]
 
 
 # -- single flight across replicas ------------------------------------------------------
@@ -56,8 +52,7 @@ def test_a_replica_waits_for_the_lock_holder_and_takes_its_stored_result(
     engine: Engine, redis_server: RedisServer
 ) -> None:
     async def scenario() -> None:
-        tier = RedisTier(redis_server.url, ttl_s=60, lock_ttl_s=5)
-        service = GenerationService(engine, LayeredCache([MemoryTier(1 << 20), tier]), locks=tier)
+        service, _ = redis_replica(engine, redis_server)
         other = RedisTier(redis_server.url, ttl_s=60, lock_ttl_s=5)  # "another replica"
         req = request("a shared lantern", seed=3)
         key = service.key_for(req.canonical(), await service.model_identity())
@@ -120,8 +115,7 @@ def test_a_dead_lock_holder_blocks_others_only_until_the_lock_ttl(
     engine: Engine, redis_server: RedisServer
 ) -> None:
     async def scenario() -> None:
-        tier = RedisTier(redis_server.url, ttl_s=60, lock_ttl_s=1.0)
-        service = GenerationService(engine, LayeredCache([MemoryTier(1 << 20), tier]), locks=tier)
+        service, tier = redis_replica(engine, redis_server, lock_ttl_s=1.0)
         req = request("an abandoned lantern")
         key = service.key_for(req.canonical(), await service.model_identity())
         dead = RedisTier(redis_server.url, ttl_s=60, lock_ttl_s=1.0).try_lock("public", key)
@@ -141,7 +135,7 @@ def test_a_dead_lock_holder_blocks_others_only_until_the_lock_ttl(
 
 def test_concurrent_identical_requests_in_one_process_generate_once(engine: Engine, tmp_path: Path) -> None:
     async def scenario() -> None:
-        service = GenerationService(engine, LayeredCache([MemoryTier(1 << 20), DiskTier(tmp_path)]))
+        service = local_service(engine, tmp_path)
         results = await asyncio.gather(
             *(service.generate(request("a crowd of lanterns", width=256)) for _ in range(8))
         )
@@ -156,19 +150,12 @@ def test_concurrent_identical_requests_in_one_process_generate_once(engine: Engi
 BOUND_S = 30
 
 
-def planted_lock_service(
-    engine: Engine, redis_server: RedisServer, **kw: object
-) -> tuple[GenerationService, RedisTier]:
-    tier = RedisTier(redis_server.url, ttl_s=60, lock_ttl_s=5)
-    return GenerationService(engine, LayeredCache([MemoryTier(1 << 20), tier]), locks=tier, **kw), tier  # type: ignore[arg-type]
-
-
 @pytest.mark.parametrize("plant", ["string", "hash"])
 def test_a_lock_key_without_a_ttl_does_not_hold_a_request(
     engine: Engine, redis_server: RedisServer, plant: str
 ) -> None:
     async def scenario() -> None:
-        service, tier = planted_lock_service(engine, redis_server)
+        service, tier = redis_replica(engine, redis_server)
         req = request(f"a stuck lantern ({plant})")
         key = service.key_for(req.canonical(), await service.model_identity())
         name = tier.redis_key("public", key) + ":lock"
@@ -186,7 +173,7 @@ def test_a_lock_key_without_a_ttl_does_not_hold_a_request(
 
 def test_waiting_for_another_replica_is_bounded(engine: Engine, redis_server: RedisServer) -> None:
     async def scenario() -> None:
-        service, tier = planted_lock_service(engine, redis_server, replica_wait_s=1.0)
+        service, tier = redis_replica(engine, redis_server, replica_wait_s=1.0)
         req = request("a lantern somebody else is making")
         key = service.key_for(req.canonical(), await service.model_identity())
         # A lock that looks alive for ten minutes (a TTL, though of the wrong type).
@@ -200,13 +187,13 @@ def test_waiting_for_another_replica_is_bounded(engine: Engine, redis_server: Re
 
 def test_a_replica_stops_waiting_when_its_caller_leaves(engine: Engine, redis_server: RedisServer) -> None:
     async def scenario() -> None:
-        service, _ = planted_lock_service(engine, redis_server)
+        service, _ = redis_replica(engine, redis_server)
         req = request("a lantern nobody waits for")
         key = service.key_for(req.canonical(), await service.model_identity())
         other = RedisTier(redis_server.url, ttl_s=60, lock_ttl_s=600).try_lock("public", key)
         assert other is not None  # another replica is making it, for a long time
         caller = asyncio.ensure_future(service.generate(req))
-        await asyncio.sleep(0.3)  # polling by now
+        await until(lambda: bool(service.flights._fills), "the wait for the other replica")
         assert service.flights._fills and not caller.done()
         caller.cancel()  # the client went away
         await asyncio.wait(set(service.flights._fills), timeout=BOUND_S)
@@ -214,8 +201,7 @@ def test_a_replica_stops_waiting_when_its_caller_leaves(engine: Engine, redis_se
         assert service.stats()["generations"] == 0
         # A new caller starts afresh (and waits, as the lock is still held).
         again = asyncio.ensure_future(service.generate(req))
-        await asyncio.sleep(0.1)
-        assert service.flights._flights
+        await until(lambda: bool(service.flights._flights), "a new flight")
         other.release()
         assert (await asyncio.wait_for(again, BOUND_S)).cache == "miss"
 
@@ -244,16 +230,22 @@ class HeldEngine:
         self.job.result(BOUND_S)
 
 
-async def place_of(service: GenerationService, ticket: QueueTicket, place: int) -> None:
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Let the event loop run until `condition` holds; fails naming `what` after BOUND_S.
+    (bench.procs.wait_until's sleep would stop the loop that makes it hold.)"""
     deadline = time.monotonic() + BOUND_S
-    while service.queue_position(ticket) != place:
-        assert time.monotonic() < deadline, service.queue_position(ticket)
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not after {BOUND_S} s"
         await asyncio.sleep(0.01)
+
+
+async def place_of(service: GenerationService, ticket: QueueTicket, place: int) -> None:
+    await until(lambda: service.queue_position(ticket) == place, f"place {place} in the queue")
 
 
 def test_a_queued_job_knows_its_place_and_can_be_cancelled(engine: Engine, tmp_path: Path) -> None:
     async def scenario() -> None:
-        service = GenerationService(engine, LayeredCache([MemoryTier(1 << 20), DiskTier(tmp_path)]))
+        service = local_service(engine, tmp_path)
         held = HeldEngine(engine)
         first, second = QueueTicket(), QueueTicket()
         doomed = asyncio.ensure_future(
@@ -282,13 +274,15 @@ def test_a_queued_job_knows_its_place_and_can_be_cancelled(engine: Engine, tmp_p
 
 def test_cancel_leaves_a_job_that_another_caller_waits_for(engine: Engine, tmp_path: Path) -> None:
     async def scenario() -> None:
-        service = GenerationService(engine, LayeredCache([MemoryTier(1 << 20), DiskTier(tmp_path)]))
+        service = local_service(engine, tmp_path)
         held = HeldEngine(engine)
         mine = QueueTicket()
-        asking = asyncio.ensure_future(service.generate(request("a shared queued lantern"), ticket=mine))
+        shared = request("a shared queued lantern")
+        key = service.key_for(shared.canonical(), await service.model_identity())
+        asking = asyncio.ensure_future(service.generate(shared, ticket=mine))
         await place_of(service, mine, 1)
-        theirs = asyncio.ensure_future(service.generate(request("a shared queued lantern")))
-        await asyncio.sleep(0.05)  # joined the same flight
+        theirs = asyncio.ensure_future(service.generate(shared))
+        await until(lambda: service.flights.waiting("public", key) == 2, "the second caller to join")
         assert not service.cancel(mine)  # single flight: someone else waits for this image
         held.release()
         results = await asyncio.wait_for(asyncio.gather(asking, theirs), BOUND_S)
@@ -300,7 +294,7 @@ def test_cancel_leaves_a_job_that_another_caller_waits_for(engine: Engine, tmp_p
 
 def test_each_image_of_a_mixed_batch_carries_its_own_time(engine: Engine, tmp_path: Path) -> None:
     async def scenario() -> None:
-        service = GenerationService(engine, LayeredCache([MemoryTier(1 << 20), DiskTier(tmp_path)]))
+        service = local_service(engine, tmp_path)
         await service.generate(request("a mixed batch of lanterns", seed=100))
         results = await service.generate_batch(request("a mixed batch of lanterns", seed=100), 4)
         assert [r.cache for r in results] == ["memory", "miss", "miss", "miss"]

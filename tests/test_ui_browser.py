@@ -9,30 +9,26 @@ from __future__ import annotations
 import io
 import re
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from PIL import Image
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
+from bench.procs import wait_until
+from tests.browsers import TIMEOUT_MS, chromium, generate, open_page, small
 from tests.conftest import Server
 from web.ui_text import EXAMPLES
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-TIMEOUT_MS = 60_000
+VIEWER_IMAGE = "#result .media-button img"  # the main viewer's large image
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
@@ -61,35 +57,6 @@ def gated(tmp_path_factory: pytest.TempPathFactory, gate: Path) -> Iterator[Serv
 def ready(server: Server, gate: Path) -> Server:
     gate.unlink(missing_ok=True)
     return server.wait_ready()
-
-
-def open_page(browser: Browser, url: str, width: int = 1280, height: int = 800, **context: Any) -> Page:
-    """A page of the UI in a context of its own (closed with the page's context)."""
-    ctx: BrowserContext = browser.new_context(viewport={"width": width, "height": height}, **context)
-    page = ctx.new_page()
-    page.set_default_timeout(15_000)
-    page.goto(url)
-    page.locator("#generate").wait_for()
-    return page
-
-
-def small(page: Page, size: int = 128) -> None:
-    for box in ("#width input", "#height input"):
-        page.locator(box).fill(str(size))
-
-
-def generate(page: Page, prompt: str, expect_status: str, *, keys: str | None = None) -> str:
-    """Type the prompt and generate (the button, or `keys` pressed in the prompt)."""
-    page.locator("#prompt textarea").fill(prompt)
-    runs = page.evaluate("window.zimage.runs")
-    if keys:
-        page.locator("#prompt textarea").press(keys)
-    else:
-        page.locator("#generate").click()
-    page.wait_for_function("n => window.zimage.runs > n", arg=runs, timeout=TIMEOUT_MS)
-    status = page.locator("#status")
-    expect(status).to_contain_text(expect_status)
-    return status.inner_text()
 
 
 def natural_width(page: Page, selector: str) -> int:
@@ -125,10 +92,10 @@ def test_type_press_ctrl_enter_and_see_the_image_without_scrolling(
     page.keyboard.type(f"a lighthouse at {width}x{height}")
     page.keyboard.press("Control+Enter")
     expect(page.locator("#status")).to_contain_text("miss", timeout=TIMEOUT_MS)
-    image = page.locator("#result .media-button img")  # the new image, large
+    image = page.locator(VIEWER_IMAGE)  # the new image, large
     expect(image).to_be_visible()
-    assert natural_width(page, "#result .media-button img") == 256
-    assert within_viewport(page, "#result .media-button img") and within_viewport(page, "#status")
+    assert natural_width(page, VIEWER_IMAGE) == 256
+    assert within_viewport(page, VIEWER_IMAGE) and within_viewport(page, "#status")
     assert page.evaluate("window.scrollY") == 0
     page.context.close()
 
@@ -137,7 +104,7 @@ def test_on_a_phone_the_new_image_is_brought_into_view(browser: Browser, server:
     page = open_page(browser, server.url, 390, 844, locale="en-US", is_mobile=True, has_touch=True)
     small(page)
     generate(page, "a lighthouse on a phone", "miss")
-    expect(page.locator("#result .media-button img")).to_be_in_viewport(ratio=0.9)
+    expect(page.locator(VIEWER_IMAGE)).to_be_in_viewport(ratio=0.9)
     page.context.close()
 
 
@@ -263,7 +230,7 @@ def test_a_mistake_is_said_beside_its_field_and_the_page_keeps_its_images(
     page = open_page(browser, server.url, locale="en-US")
     small(page)
     generate(page, "a lighthouse worth keeping", "miss")
-    image = page.locator("#result .media-button img").get_attribute("src")
+    image = page.locator(VIEWER_IMAGE).get_attribute("src")
     status = page.locator("#status").inner_text()
     expect(page.locator("#history .thumbnail-item")).to_have_count(1)
 
@@ -277,17 +244,18 @@ def test_a_mistake_is_said_beside_its_field_and_the_page_keeps_its_images(
         page.locator("#width input").press("Tab")
         expect(page.locator("#width input")).to_have_value(kept)
         expect(page.locator("#width-note")).to_have_text(note)
-    # A slider's number box out of range says what it did.
-    page.locator("#advanced").get_by_role("button").first.click()
-    steps = page.locator("#steps input[type=number]")
-    expect(steps).to_be_visible()
-    steps.fill("60")
-    expect(steps).to_have_value("60")
-    steps.press("Tab")
-    expect(page.locator("#steps input[type=number]")).to_have_value("50")
-    expect(page.locator("#steps .range-note")).to_have_text("Goes from 1 to 50: set to 50.")
-    page.locator("#steps input[type=number]").fill("8")
-    page.locator("#steps input[type=number]").press("Tab")
+    # A slider's number box out of range says what it did. (The batch slider: it is on
+    # the page from the start, while the advanced settings' sliders are drawn when their
+    # panel first opens, and a box typed into while that happens is redrawn.)
+    batch = page.locator("#batch input[type=number]")
+    batch.fill("9")
+    expect(batch).to_have_value("9")
+    batch.press("Tab")
+    expect(batch).to_have_value("4")
+    expect(page.locator("#batch .range-note")).to_have_text("Goes from 1 to 4: set to 4.")
+    batch.fill("1")
+    batch.press("Tab")
+    expect(page.locator("#batch .range-note")).to_have_text("")
 
     # Too long a prompt: the counter says so as you type, before anything is sent.
     page.locator("#prompt textarea").fill("fox " * 750)
@@ -302,7 +270,7 @@ def test_a_mistake_is_said_beside_its_field_and_the_page_keeps_its_images(
     expect(page.locator("#prompt-note")).to_have_text("Write a prompt first.")
 
     # Nothing of the page was lost, and Gradio showed no error of its own.
-    assert page.locator("#result .media-button img").get_attribute("src") == image
+    assert page.locator(VIEWER_IMAGE).get_attribute("src") == image
     assert page.locator("#status").inner_text() == status
     expect(page.locator("#history .thumbnail-item")).to_have_count(1)
     assert page.get_by_text("Error", exact=True).count() == 0
@@ -355,13 +323,14 @@ def hold_engine(server: Server, gate: Path, prompt: str) -> threading.Thread:
         )
     )
     worker.start()
-    deadline = time.monotonic() + 30
-    while (
-        server.client.get("/api/cache/stats").json()["generations"] == before
-        or engine_queue(server)["waiting"]
-    ):
-        assert time.monotonic() < deadline, "the held generation never started"
-        time.sleep(0.05)
+    wait_until(
+        lambda: (
+            server.client.get("/api/cache/stats").json()["generations"] > before
+            and not engine_queue(server)["waiting"]
+        ),
+        "the held generation to start",
+        timeout_s=30,
+    )
     return worker
 
 
@@ -406,10 +375,7 @@ def test_a_full_queue_is_a_notice_and_the_page_tries_again(
     )
     filler.start()
     try:
-        deadline = time.monotonic() + 30
-        while engine_queue(gated)["waiting"] < 1:  # the queue (of one) is full
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(lambda: engine_queue(gated)["waiting"] >= 1, "the queue (of one) to fill", timeout_s=30)
         page.locator("#prompt textarea").fill("a patient lighthouse")
         page.locator("#generate").click()
         expect(page.locator("#queue-note")).to_contain_text(
@@ -465,7 +431,7 @@ def test_reuse_seed_copy_parameters_use_settings_and_readable_download_names(
     expect(page.locator("#seed input")).to_have_value(str(first))  # ... and the drawn one is a click away
 
     # The parameters box says what the file says, A1111's way, and copies it.
-    src = page.locator("#result .media-button img").get_attribute("src")
+    src = page.locator(VIEWER_IMAGE).get_attribute("src")
     png = Image.open(io.BytesIO(page.request.get(src).body()))
     expect(page.locator("#parameters textarea")).to_have_value(png.info["parameters"])
     page.locator("#parameters button[aria-label=Copy]").click()
@@ -500,7 +466,7 @@ def test_history_survives_a_reload_and_a_click_shows_the_image_in_the_viewer(
     page = open_page(browser, server.url, locale="en-US")
     small(page)
     generate(page, "the first remembered lighthouse", "seed 42")
-    first = page.locator("#result .media-button img").get_attribute("src")
+    first = page.locator(VIEWER_IMAGE).get_attribute("src")
     generate(page, "the second remembered lighthouse", "seed 42")
     page.locator("#bypass input").check()
     generate(page, "a lighthouse nobody keeps", "bypass")
@@ -511,9 +477,9 @@ def test_history_survives_a_reload_and_a_click_shows_the_image_in_the_viewer(
     # Kept in this browser, checked again by the server; a bypassed image is not kept.
     expect(page.locator("#history .thumbnail-item")).to_have_count(2)
     page.locator("#history .thumbnail-item").nth(1).click()
-    viewer = page.locator("#result .media-button img")
+    viewer = page.locator(VIEWER_IMAGE)
     expect(viewer).to_have_attribute("src", first)
-    assert natural_width(page, "#result .media-button img") == 128
+    assert natural_width(page, VIEWER_IMAGE) == 128
     expect(page.locator("#prompt textarea")).to_have_value("the first remembered lighthouse")
     expect(page.locator("#parameters textarea")).to_have_value(
         re.compile("^the first remembered lighthouse\n")
