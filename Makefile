@@ -1,10 +1,14 @@
 # `make run` and `make test` each set up everything on a fresh machine:
 # a .venv/ in the repo root, torch (the CPU 2.13.0 build when there is no
-# CUDA), the project's dependencies, then run.
+# CUDA), the project's dependencies, then run. `make run` installs what the
+# server needs (with torchao for --quantize fp8 where there is a GPU);
+# `make test` adds the test tools.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1 && echo 1)
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -15,13 +19,13 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
-		$(PY) -m pip install --quiet torch; \
-	else \
-		$(PY) -m pip install --quiet torch==2.13.0; \
-	fi
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet $(if $(CUDA),torch,torch==2.13.0)
+	$(PY) -m pip install --quiet -e '.$(if $(CUDA),[fp8])'
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(TEST_STAMP)
 
 run: $(STAMP)
 	$(PY) app.py $(ARGS)
@@ -50,7 +54,7 @@ promtool:
 
 # ruff, the import direction of docs/ARCHITECTURE.md (import-linter's contracts in
 # pyproject.toml), and README's settings table against runtime/settings.py.
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports --no-cache
