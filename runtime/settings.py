@@ -1,7 +1,7 @@
 """Every setting of the service: one table (flag, `ZIMAGE_*` variable, default,
 meaning), read once at start-up and handed to the parts as plain values.
 
-One concept, one table: the descriptions are the README's (scripts/settings_table.py
+One concept, one table: the descriptions are the README's (runtime/settings_table.py
 writes the README's table from them, and tests/test_settings.py fails when the two
 differ), which is why this module runs past 300 lines of mostly prose.
 """
