@@ -34,10 +34,13 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from bench.full_model import CONFIGS, ROOT, build_full_pipeline, build_tiny_pipeline, transformer_flops
 from bench.gpu_report import render
+from pipeline.compile import CompileSetting
+from pipeline.loading import Quantize
+from pipeline.placement import Offload
 
 RESULTS = ROOT / "bench" / "results"
 # A long prompt. The text encoder runs it at the service's length (512 tokens, padded,
@@ -137,7 +140,7 @@ def service_overheads(size: int, runs: int, work_dir: Path) -> dict[str, float]:
     tiers, p50 over `runs`, on a noise image (PNG's worst case: it compresses least)."""
     import numpy as np
 
-    from cache import DiskTier, Entry, MemoryTier
+    from cache import DEFAULT_NAMESPACE, DiskTier, Entry, MemoryTier
     from pipeline.encoding import encode_image
     from pipeline.loading import ModelIdentity
     from pipeline.request import CanonicalRequest
@@ -157,10 +160,10 @@ def service_overheads(size: int, runs: int, work_dir: Path) -> dict[str, float]:
             hashlib.sha256(b"%d:%d" % (size, i)).hexdigest(),
         )
         started = time.perf_counter()
-        memory.put("public", key, entry)
+        memory.put(DEFAULT_NAMESPACE, key, entry)
         store_memory.append(time.perf_counter() - started)
         started = time.perf_counter()
-        disk.put("public", key, entry)
+        disk.put(DEFAULT_NAMESPACE, key, entry)
         store_disk.append(time.perf_counter() - started)
     return {
         "png_bytes": len(data),
@@ -276,7 +279,8 @@ def measure(
                 for _ in range(args.runs)
             ]
             p50 = {stage: statistics.median(r[stage] for r in runs) for stage in runs[0]}
-            flops = transformer_flops(pipe.transformer, size, int(p50["caption_tokens"]))
+            forward = transformer_flops(pipe.transformer, size, int(p50["caption_tokens"]))
+            flops = forward
             if guidance > 0:  # the negative prompt's forward, with its own caption length
                 flops += transformer_flops(pipe.transformer, size, int(p50["negative_tokens"]))
             cases[f"{size}x{size} guidance {guidance:g}"] = {
@@ -284,6 +288,7 @@ def measure(
                 "guidance_scale": guidance,
                 "first_run_s": first_run,
                 "latency_p50_s": p50,
+                "forward_flop": forward,  # the positive prompt's forward, once
                 "tflop_per_image": flops * args.steps / 1e12,
                 "mfu_transformer": flops * args.steps / p50["transformer"] / peak,
             }
@@ -301,7 +306,7 @@ def measure(
 
     main = next(iter(cases.values()))
     p50 = main["latency_p50_s"]
-    flops = transformer_flops(pipe.transformer, size, int(p50["caption_tokens"]))
+    flops = main["forward_flop"]
     flops_per_image = flops * args.steps
     report: dict[str, Any] = {
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
@@ -368,19 +373,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     # The service's speed levers, as app.py names them (README: CUDA options).
     parser.add_argument(
-        "--compile", choices=["auto", "on", "off"], default="auto", help="regional torch.compile (auto: CUDA)"
+        "--compile",
+        choices=get_args(CompileSetting),
+        default="auto",
+        help="regional torch.compile (auto: CUDA)",
     )
     parser.add_argument(
         "--attention-backend", default="auto", help="auto or a diffusers attention backend name"
     )
     parser.add_argument(
         "--offload",
-        choices=["auto", "none", "text-encoder", "model", "sequential"],
+        choices=get_args(Offload),
         default="auto",
         help="placement, as app.py --offload (default auto: what this GPU's free memory allows)",
     )
     parser.add_argument(
-        "--quantize", choices=["none", "fp8"], default="none", help="as app.py --quantize (default none)"
+        "--quantize", choices=get_args(Quantize), default="none", help="as app.py --quantize (default none)"
     )
     parser.add_argument(
         "--out", type=Path, default=None, help="JSON path (default bench/results/gpu-<device>.json)"

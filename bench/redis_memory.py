@@ -24,7 +24,7 @@ from bench.procs import RedisServer
 
 
 async def measure(sizes: list[int], n: int, models_dir: Path, redis_url: str) -> list[dict[str, float]]:
-    from cache import LayeredCache
+    from cache import DEFAULT_NAMESPACE, LayeredCache
     from cache.redis_tier import RedisTier
     from pipeline.engine import Engine
     from pipeline.request import GenerationRequest
@@ -44,7 +44,7 @@ async def measure(sizes: list[int], n: int, models_dir: Path, redis_url: str) ->
                     prompt=f"a lighthouse, study {i}", width=size, height=size, seed=i
                 )
                 result = await service.generate(request)
-                name = tier.redis_key("public", result.key)
+                name = tier.redis_key(DEFAULT_NAMESPACE, result.key)
                 records.append(client.strlen(name))
                 usage.append(client.memory_usage(name, samples=0))
             rows.append(

@@ -77,10 +77,12 @@ class UnverifiableEntry(CorruptEntry):
     but it may be sound (a process with the secret wrote it), so it is not removed."""
 
 
-def _tag(body: bytes, secret: bytes | None) -> bytes:
-    if secret is None:
-        return hashlib.sha256(body).digest()
-    return hmac.new(secret, body, hashlib.sha256).digest()
+def _tag(secret: bytes | None, *parts: bytes | memoryview) -> bytes:
+    """The tag over `parts` in order (fed piecewise: the payload is never copied)."""
+    h = hashlib.sha256() if secret is None else hmac.new(secret, digestmod=hashlib.sha256)
+    for part in parts:
+        h.update(part)
+    return h.digest()
 
 
 def encode_record(namespace: str, key: str, entry: Entry, secret: bytes | None = None) -> bytes:
@@ -96,8 +98,8 @@ def encode_record(namespace: str, key: str, entry: Entry, secret: bytes | None =
         "meta": entry.meta,
     }
     raw = json.dumps(header, separators=(",", ":")).encode()
-    body = MAGIC + _LEN.pack(len(raw)) + raw + entry.data
-    return body + _tag(body, secret)
+    prefix = MAGIC + _LEN.pack(len(raw)) + raw
+    return b"".join((prefix, entry.data, _tag(secret, prefix, entry.data)))
 
 
 def decode_record(blob: bytes, namespace: str, key: str, secret: bytes | None = None) -> Entry:
@@ -124,8 +126,7 @@ def decode_record(blob: bytes, namespace: str, key: str, secret: bytes | None = 
         raise CorruptEntry(f"{what}: {len(blob)} of {expected} bytes")
     if secret is None and header.get("auth") == SIGNED:
         raise UnverifiableEntry("signed with a cache secret: pass the same --cache-secret to read it")
-    body, tag = blob[:-_TAG], blob[-_TAG:]
-    if not hmac.compare_digest(tag, _tag(body, secret)):
+    if not hmac.compare_digest(blob[-_TAG:], _tag(secret, memoryview(blob)[:-_TAG])):
         if secret is None:
             raise CorruptEntry("checksum mismatch")
         raise CorruptEntry("checksum mismatch: damaged, or not written with this --cache-secret")
@@ -133,5 +134,5 @@ def decode_record(blob: bytes, namespace: str, key: str, secret: bytes | None = 
         raise CorruptEntry("key or namespace does not match where it is stored")
     if header.get("ext") not in MEDIA_TYPES:
         raise CorruptEntry("unknown encoding")
-    data = body[_PREFIX + header_len :]
+    data = blob[_PREFIX + header_len : -_TAG]
     return Entry(data=data, ext=header["ext"], meta=header.get("meta") or {})

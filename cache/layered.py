@@ -76,9 +76,10 @@ class LayeredCache:
     def get(self, namespace: str, key: str) -> Hit | _Miss:
         for depth, tier in enumerate(self.tiers):
             try:
-                entry: Entry | _Miss | None = tier.get(namespace, key)
+                entry = tier.get(namespace, key)
             except Exception as exc:
-                entry = self._read_failed(tier, exc)
+                self._count_error(tier, "get", exc)  # then treated as a miss
+                continue
             if hit := self._found(depth, namespace, key, entry):
                 return hit
         return MISS
@@ -90,7 +91,7 @@ class LayeredCache:
         for depth, tier in enumerate(self.tiers):
             try:
                 read = getattr(tier, "aget", None)
-                entry: Entry | _Miss | None
+                entry: Entry | _Miss
                 if read is not None:
                     entry = await read(namespace, key)
                 elif not getattr(tier, "blocking", True):
@@ -98,20 +99,15 @@ class LayeredCache:
                 else:
                     entry = await asyncio.to_thread(tier.get, namespace, key)
             except Exception as exc:
-                entry = self._read_failed(tier, exc)
+                self._count_error(tier, "get", exc)  # then treated as a miss
+                continue
             if hit := self._found(depth, namespace, key, entry):
                 return hit
         return MISS
 
-    def _read_failed(self, tier: Tier, exc: Exception) -> None:
-        """A failed read: counted, and then treated as a miss (None: not counted as a success)."""
-        self._count_error(tier, "get", exc)
-
-    def _found(self, depth: int, namespace: str, key: str, entry: Entry | _Miss | None) -> Hit | None:
-        """What the tier at `depth` answered (None: it failed): None for a miss; for a hit,
-        copy it into the tiers above it, then hand it out."""
-        if entry is None:
-            return None
+    def _found(self, depth: int, namespace: str, key: str, entry: Entry | _Miss) -> Hit | None:
+        """What the tier at `depth` answered: None for a miss; for a hit, copy it into
+        the tiers above it, then hand it out."""
         self._count_success(self.tiers[depth])
         if entry is MISS:
             return None

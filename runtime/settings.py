@@ -318,9 +318,19 @@ def load_settings(argv: list[str], cls: type[S] = Settings) -> S:  # type: ignor
     return settings
 
 
+def flag_of(name: str) -> str:
+    """`--cache-dir` for the setting `cache_dir`."""
+    return f"--{name.replace('_', '-')}"
+
+
+def variable_of(name: str) -> str:
+    """`ZIMAGE_CACHE_DIR` for the setting `cache_dir`."""
+    return f"{Settings.model_config['env_prefix']}{name.upper()}"
+
+
 def flag_and_variable(name: str) -> str:
     """`--cache-dir (ZIMAGE_CACHE_DIR)` for the setting `cache_dir`."""
-    return f"--{name.replace('_', '-')} ({Settings.model_config['env_prefix']}{name.upper()})"
+    return f"{flag_of(name)} ({variable_of(name)})"
 
 
 def setup_logging(level: str) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic.fields import FieldInfo
 
-from runtime.settings import Settings
+from runtime.settings import Settings, flag_of, variable_of
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BEGIN = "<!-- settings table: written by `python -m runtime.settings_table` from runtime/settings.py -->"
@@ -36,7 +36,7 @@ def default_text(value: Any) -> str:
 
 
 def row(name: str, field: FieldInfo) -> str:
-    flag, variable = "--" + name.replace("_", "-"), "ZIMAGE_" + name.upper()
+    flag, variable = flag_of(name), variable_of(name)
     meaning = field.description or ""
     extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
     if extra.get("readme_see"):
