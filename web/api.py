@@ -18,7 +18,7 @@ from cache import DEFAULT_NAMESPACE, Hit, bad_namespace, is_namespace
 from pipeline.engine import Engine, EngineState
 from pipeline.errors import RequestInvalid
 from pipeline.request import GenerationRequest
-from pipeline.results import BYPASS_TIER, GenerationResult
+from pipeline.results import GenerationResult
 from pipeline.service import GenerationService
 from web.a1111 import create_a1111_router
 from web.auth import BEARER, Access, Namespace
@@ -41,6 +41,7 @@ from web.schemas import (
     RunResult,
     error_responses,
     finish_openapi,
+    image_path,
     image_response,
 )
 
@@ -133,7 +134,7 @@ def create_api(
             "width": result.request.width,
             "height": result.request.height,
             "steps": result.request.steps,
-            "image_url": _image_url(result),
+            "image_url": image_path(result),
         }
 
     @app.post(
@@ -174,7 +175,7 @@ def create_api(
                 "cache": r.cache,
                 "seed": r.seed,
                 "duration": round(r.duration, 6),
-                "image_url": _image_url(r),
+                "image_url": image_path(r),
             }
             for r in results
         ]
@@ -282,11 +283,6 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
         if tag == "*" or tag.removeprefix("W/") == etag:
             return True
     return False
-
-
-def _image_url(result: GenerationResult) -> str | None:
-    # A bypassed result is not stored, so there is nothing to fetch later.
-    return None if result.cache == BYPASS_TIER else f"/images/{result.key}.{result.entry.ext}"
 
 
 def _result_headers(result: GenerationResult) -> dict[str, str]:

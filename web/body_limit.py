@@ -6,6 +6,8 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
+from web.openai_api import openai_error
+
 # The largest valid request is two 2,000-character prompts of characters outside
 # the BMP: 16 KB as UTF-8, 48 KB if a client escapes each as a `\ud83d\ude00` pair;
 # a Gradio event carries the same fields plus a few hundred bytes. Anything larger
@@ -34,7 +36,7 @@ class BodyLimit:
             return
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            await self._too_large(send, scope["path"])
+            await self._too_large(scope, receive, send)
             return
         chunks: list[bytes] = []
         seen = 0
@@ -45,7 +47,7 @@ class BodyLimit:
             chunk = message.get("body", b"")
             seen += len(chunk)
             if seen > self.max_bytes:
-                await self._too_large(send, scope["path"])
+                await self._too_large(scope, receive, send)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -65,11 +67,9 @@ class BodyLimit:
     def message(self) -> str:
         return f"request body over {self.max_bytes} bytes; a generation request is a few KB"
 
-    async def _too_large(self, send: Any, path: str) -> None:
-        error: dict[str, Any] = {"detail": self.message}
-        if path.startswith("/v1/"):  # OpenAI's clients read OpenAI's error shape
-            error = {"error": {"message": self.message, "type": "invalid_request_error", "param": None}}
-            error["error"]["code"] = "request_too_large"
-        body = JSONResponse(error, status_code=413)
-        await send({"type": "http.response.start", "status": 413, "headers": body.raw_headers})
-        await send({"type": "http.response.body", "body": body.body})
+    async def _too_large(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["path"].startswith("/v1/"):  # OpenAI's clients read OpenAI's error shape
+            response = openai_error(413, self.message, code="request_too_large")
+        else:
+            response = JSONResponse({"detail": self.message}, status_code=413)
+        await response(scope, receive, send)

@@ -27,10 +27,10 @@ from pydantic import Field, ValidationError
 from pipeline import limits
 from pipeline.errors import RequestInvalid
 from pipeline.request import GenerationRequest
-from pipeline.results import BYPASS_TIER
 from pipeline.service import GenerationService
 from web.auth import caller_namespace
 from web.errors import EXPECTED, user_message
+from web.schemas import image_path
 
 MCP_PATH = "/mcp"
 THUMBNAIL_SIDE = 256
@@ -104,9 +104,8 @@ def create_mcp_server(service: GenerationService) -> MCPServer:
             result = await service.generate(generation, namespace=namespace)
         except (ValidationError, *EXPECTED) as exc:
             return _error(user_message(exc))
-        url = None
-        if result.cache != BYPASS_TIER:  # a never-stored image has no URL
-            url = f"{request.base_url}images/{result.key}.{result.entry.ext}"
+        path = image_path(result)
+        url = None if path is None else f"{request.base_url}{path[1:]}"
         preview = await asyncio.to_thread(thumbnail, result.entry.data)
         facts: dict[str, Any] = {
             "url": url,
@@ -176,10 +175,9 @@ def thumbnail(data: bytes, side: int = THUMBNAIL_SIDE) -> bytes:
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as img:
-        img = img.convert("RGB")
-        img.thumbnail((side, side))
+        img.thumbnail((side, side))  # shrunk first: the conversion then touches few pixels
         out = io.BytesIO()
-        img.save(out, "JPEG", quality=85)
+        img.convert("RGB").save(out, "JPEG", quality=85)
     return out.getvalue()
 
 

@@ -25,11 +25,11 @@ from pipeline import limits
 from pipeline.errors import RequestInvalid, validation_message
 from pipeline.limits import ImageFormat
 from pipeline.request import GenerationRequest, seed_field, snap_size, steps_field
-from pipeline.results import BYPASS_TIER, GenerationResult
+from pipeline.results import GenerationResult
 from pipeline.service import GenerationService
 from web.auth import Namespace
 from web.errors import EXPECTED, failure_of
-from web.schemas import ERROR_MEANINGS, RETRY_AFTER_HEADER, Tier
+from web.schemas import Tier, error_responses, image_path
 
 MODEL_ID = "z-image-turbo"
 DEFAULT_OPENAI_SIZE = f"{limits.DEFAULT_SIZE}x{limits.DEFAULT_SIZE}"
@@ -143,6 +143,10 @@ ERROR_TYPES = {
 }
 
 
+# OpenAI's `code` for the API keys' refusals (web/auth.py raises them as HTTPException).
+AUTH_CODES = {401: "invalid_api_key", 403: "namespace_mismatch"}
+
+
 def openai_error(
     status: int,
     message: str,
@@ -175,9 +179,11 @@ class OpenAIRoute(APIRoute):
                 field = OPENAI_PARAM.get(exc.field, exc.field)
                 return openai_error(400, exc.message, param=field, code="invalid_value")
             except HTTPException as exc:
-                code = {401: "invalid_api_key", 403: "namespace_mismatch", 413: "request_too_large"}
                 return openai_error(
-                    exc.status_code, str(exc.detail), code=code.get(exc.status_code), headers=exc.headers
+                    exc.status_code,
+                    str(exc.detail),
+                    code=AUTH_CODES.get(exc.status_code),
+                    headers=exc.headers,
                 )
             except EXPECTED as exc:  # the shared table; its bad input (422) is OpenAI's 400 above
                 failure = failure_of(exc)
@@ -205,15 +211,6 @@ def parse_size(size: str | None, low: int, high: int) -> tuple[int, int]:
     return snap_size(int(match.group(1)), low, high), snap_size(int(match.group(2)), low, high)
 
 
-def openai_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    out: dict[int | str, dict[str, Any]] = {}
-    for code in codes:
-        out[code] = {"description": ERROR_MEANINGS[code], "model": OpenAIError}
-        if code == 503:
-            out[code]["headers"] = RETRY_AFTER_HEADER
-    return out
-
-
 def create_openai_router(service: GenerationService) -> APIRouter:
     """The /v1 routes, authenticated and namespaced like the rest of the API."""
     router = APIRouter(prefix="/v1", route_class=OpenAIRoute, tags=["OpenAI-compatible"])
@@ -222,7 +219,7 @@ def create_openai_router(service: GenerationService) -> APIRouter:
         "/images/generations",
         response_model=OpenAIImagesResponse,
         response_model_exclude_none=True,
-        responses=openai_errors(400, 401, 403, 413, 500, 503),
+        responses=error_responses(400, 401, 403, 413, 500, 503, model=OpenAIError),
     )
     async def image_generations(
         body: OpenAIImageRequest, request: Request, namespace: Namespace
@@ -253,7 +250,9 @@ def create_openai_router(service: GenerationService) -> APIRouter:
             size=f"{width}x{height}",
         )
 
-    @router.get("/models", response_model=OpenAIModelList, responses=openai_errors(400, 401, 403))
+    @router.get(
+        "/models", response_model=OpenAIModelList, responses=error_responses(400, 401, 403, model=OpenAIError)
+    )
     async def models(_: Namespace) -> OpenAIModelList:
         """The one model this server serves."""
         return OpenAIModelList(data=[OpenAIModel(id=MODEL_ID, created=0, owned_by="Tongyi-MAI")])
@@ -267,10 +266,11 @@ def _image(result: GenerationResult, base_url: str, as_url: bool) -> OpenAIImage
         return OpenAIImage(
             b64_json=base64.b64encode(entry.data).decode(), seed=result.seed, cache=result.cache
         )
-    if result.cache == BYPASS_TIER:  # never stored, so no URL would find it
+    path = image_path(result)
+    if path is None:  # never stored, so no URL would find it: the bytes themselves
         url = f"data:{entry.media_type};base64,{base64.b64encode(entry.data).decode()}"
     else:
-        url = f"{base_url}images/{result.key}.{entry.ext}"
+        url = f"{base_url}{path[1:]}"
     return OpenAIImage(url=url, seed=result.seed, cache=result.cache)
 
 

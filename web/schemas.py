@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from pipeline.limits import MAX_API_BATCH
 from pipeline.request import GenerationRequest
+from pipeline.results import BYPASS_TIER, GenerationResult
 
 Tier = Literal["memory", "disk", "redis", "miss", "bypass"]
 ModelState = Literal["loading", "warming", "ready", "failed"]
@@ -188,6 +189,12 @@ def error_responses(*codes: int, model: type[BaseModel] = ErrorResponse) -> dict
             entry["headers"] = RETRY_AFTER_HEADER
         out[code] = entry
     return out
+
+
+def image_path(result: GenerationResult) -> str | None:
+    """Where a stored image is fetched (`/images/<key>.<ext>`, relative to the server);
+    None for a bypassed result, which is not stored, so nothing would find it later."""
+    return None if result.cache == BYPASS_TIER else f"/images/{result.key}.{result.entry.ext}"
 
 
 def image_response(description: str) -> dict[str, Any]:
