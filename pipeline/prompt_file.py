@@ -91,7 +91,7 @@ async def fill_cache(
                 except Exception as exc:
                     report.failed.append(f"line {line.number}: {exc}")
                 else:
-                    if result.cache in ("miss", "bypass"):
+                    if result.generated:
                         report.generated += 1
                     else:
                         report.hits[result.cache] += 1

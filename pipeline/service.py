@@ -128,7 +128,7 @@ class GenerationService:
 
         # 3. Look up the tiers, fastest first, on the event loop: memory and Redis
         #    (redis.asyncio) take no thread hop, the disk only to read a file it has.
-        hits = [await self.cache.aget(namespace, k) for k in keys]
+        hits = await asyncio.gather(*(self.cache.aget(namespace, k) for k in keys))
         lookup = time.perf_counter() - started
         outcomes: dict[int, Outcome] = {
             i: (hit.tier, hit.entry, {"lookup": lookup}) for i, hit in enumerate(hits) if isinstance(hit, Hit)
@@ -189,9 +189,8 @@ class GenerationService:
 
     async def model_identity(self) -> ModelIdentity:
         """The served model's identity; waits (bounded) while it is being resolved."""
-        future = self.engine.identity_future
-        if future.done() and future.exception() is None:
-            return future.result()
+        if (identity := self.engine.identity) is not None:
+            return identity
         try:
             return await asyncio.wait_for(asyncio.wrap_future(self.engine.identity_future), self.model_wait_s)
         except TimeoutError:

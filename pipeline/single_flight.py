@@ -195,8 +195,10 @@ class SingleFlight:
             # The previous holder of a lock may have stored the entry before we took it.
             done: dict[str, Outcome] = {}
             if leases:
-                found = await asyncio.to_thread(lambda: {k: self.cache.get(namespace, k) for k in mine})
-                done = {k: (h.tier, h.entry, {}) for k, h in found.items() if isinstance(h, Hit)}
+                found = await asyncio.gather(*(self.cache.aget(namespace, k) for k in mine))
+                done = {
+                    k: (h.tier, h.entry, {}) for k, h in zip(mine, found, strict=True) if isinstance(h, Hit)
+                }
             todo = {k: c for k, (c, _) in mine.items() if k not in done}
             if todo:
                 done.update(await produce(todo))
@@ -227,7 +229,7 @@ class SingleFlight:
                 self._flights.pop((namespace, key), None)
                 log.info("stopped waiting for another replica's image: its callers left")
                 return _ABANDONED
-            hit = await asyncio.to_thread(self.cache.get, namespace, key)
+            hit = await self.cache.aget(namespace, key)
             if isinstance(hit, Hit):
                 return hit
             try:
@@ -236,7 +238,7 @@ class SingleFlight:
                 return MISS
             if not held:
                 # Stored and released between our two looks, or abandoned.
-                return await asyncio.to_thread(self.cache.get, namespace, key)
+                return await self.cache.aget(namespace, key)
 
 
 async def _keep_alive(lease: Lease) -> None:

@@ -63,6 +63,12 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
     return sizes
 
 
+def usable_sizes(sizes: list[tuple[int, int]], identity: ModelIdentity) -> list[tuple[int, int]]:
+    """The sizes within the model's range, in order; the smallest size if none is."""
+    usable = [(w, h) for w, h in sizes if all(identity.min_size <= v <= identity.max_size for v in (w, h))]
+    return usable or [(identity.min_size, identity.min_size)]
+
+
 def warm_up(engine: Engine, identity: ModelIdentity, sizes: list[tuple[int, int]]) -> None:
     """Run one short generation per size on the engine thread, so that kernels,
     autotuning and compile caches are hot before the first user waits on them.
@@ -70,12 +76,11 @@ def warm_up(engine: Engine, identity: ModelIdentity, sizes: list[tuple[int, int]
     the smallest size is warmed, so that ready always means an image was made.
     With a compiled transformer, `compile_variants` of the first size follow, so
     that no request compiles after /ready."""
-    usable = [(w, h) for w, h in sizes if all(identity.min_size <= v <= identity.max_size for v in (w, h))]
+    usable = usable_sizes(sizes, identity)
     for w, h in sorted(set(sizes) - set(usable)):
         log.warning(
             "warm-up: skipping %dx%d, outside this model's %d..%d", w, h, identity.min_size, identity.max_size
         )
-    usable = usable or [(identity.min_size, identity.min_size)]
     for width, height in usable:
         started = time.perf_counter()
         engine.run_now([CanonicalRequest("warm-up", "", 0, width, height, WARMUP_STEPS, 0.0, "png")])
@@ -106,10 +111,7 @@ async def check(service: GenerationService, engine: Engine, sizes: list[tuple[in
         raise ModelUnavailable(engine.error)
     loaded = time.perf_counter() - started
     identity = await service.model_identity()
-    width, height = next(
-        ((w, h) for w, h in sizes if min(w, h) >= identity.min_size and max(w, h) <= identity.max_size),
-        (identity.min_size, identity.min_size),
-    )
+    width, height = usable_sizes(sizes, identity)[0]
     probe = GenerationRequest(prompt="prewarm check", width=width, height=height, seed=0)
     result = await service.generate(probe, no_cache=True)
     return (
