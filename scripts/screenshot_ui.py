@@ -1,7 +1,7 @@
 """Redraw the UI's screenshots in docs/ from a running server: light, dark, Chinese
 and phone, each after a generation and its cache hit.
 
-    .venv/bin/python scripts/screenshot_ui.py [URL] [DIR]
+    .venv/bin/python -m scripts.screenshot_ui [URL] [DIR]     (from the repository root)
 
 Writes DIR/ui.png (1280x800, light), ui-dark.png (dark), ui-zh.png (zh-CN) and
 ui-phone.png (390x844), each reduced to 256 colours to stay small. Uses Debian's
@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import Browser, expect
+
+from bench.browsers import chromium
 
 SHOTS: list[tuple[str, dict[str, Any], str, int]] = [
     # file, browser context, prompt, batch size
@@ -72,14 +74,9 @@ def shoot(browser: Browser, url: str, out: Path, context: dict[str, Any], prompt
 
 
 def main(url: str = "http://127.0.0.1:7860", folder: str = "docs") -> None:
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+    with chromium() as browser:
         for name, context, prompt, batch in SHOTS:
             shoot(browser, url, Path(folder) / name, context, prompt, batch)
-        browser.close()
 
 
 if __name__ == "__main__":

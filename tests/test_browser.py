@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page, Route, expect
 
-from tests.browsers import TIMEOUT_MS, chromium, generate, open_page, small
+from bench.browsers import TIMEOUT_MS, chromium, generate, open_page, small
 from tests.conftest import Server
 
 # docs.test resolves to this machine: a page on a non-local host name, where Swagger

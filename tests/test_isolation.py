@@ -337,7 +337,7 @@ def test_images_that_are_not_stored_wait_in_memory_bounded_in_bytes_and_time(tmp
         return GenerationResult("k" * 64, "bypass", Entry(bytes([n]) * 100, "png"), canonical, 0.1)
 
     images = UiImages(None, tmp_path / "results", max_unstored_bytes=250)  # type: ignore[arg-type]
-    paths = [images.path_for("alice", bypassed(n)) for n in range(4)]
+    paths = [images.unstored_path("alice", bypassed(n)) for n in range(4)]
     assert images.unstored_stats() == {"entries": 2, "bytes": 200}  # the oldest went first
     fetched = [asyncio.run(images.fetch("alice", p)) for p in paths]
     assert [f.data[0] if f else None for f in fetched] == [None, None, 2, 3]
@@ -345,7 +345,7 @@ def test_images_that_are_not_stored_wait_in_memory_bounded_in_bytes_and_time(tmp
     assert not (tmp_path / "results").exists()
 
     brief = UiImages(None, tmp_path / "results", unstored_ttl_s=0.0)  # type: ignore[arg-type]
-    path = brief.path_for("alice", bypassed(1))
+    path = brief.unstored_path("alice", bypassed(1))
     assert asyncio.run(brief.fetch("alice", path)) is None
     assert brief.unstored_stats() == {"entries": 0, "bytes": 0}  # released unfetched
 

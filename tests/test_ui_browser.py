@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page, expect
 
+from bench.browsers import TIMEOUT_MS, chromium, generate, open_page, small
 from bench.procs import wait_until
-from tests.browsers import TIMEOUT_MS, chromium, generate, open_page, small
 from tests.conftest import Server
 from web.ui_text import EXAMPLES
 

@@ -166,12 +166,11 @@ def normalization_choices(lang: str) -> list[tuple[str, str]]:
 
 def form_values(p: dict[str, Any]) -> tuple[Any, ...]:
     """The form's fields (as `CreateTab.settings` lists them) set to an image's parameters."""
-    size = f"{p['width']}x{p['height']}"
     return (
         p["prompt"],
         p["negative_prompt"],
         p["seed"],
-        size if size in PRESET_SIZES else CUSTOM,
+        size_preset(p["width"], p["height"]),
         p["width"],
         p["height"],
         p["steps"],

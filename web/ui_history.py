@@ -11,20 +11,22 @@ fetch); it grants nothing the caller could not already see.
 
 from __future__ import annotations
 
+import asyncio
 import math
-from typing import Any
+from typing import Any, get_args
 
 from cache import Hit, is_key
 from pipeline.image_metadata import a1111_parameters
 from pipeline.limits import IMAGE_FORMATS
 from pipeline.loading import ModelIdentity
-from pipeline.results import BYPASS_TIER, MISS_TIER, GenerationResult
+from pipeline.results import BYPASS_TIER, GENERATED, GenerationResult
 from pipeline.service import GenerationService
+from web.schemas import Tier
 from web.ui_images import UiImages, download_name
 from web.ui_text import say
 
 HISTORY_LIMIT = 48
-TIERS = ("memory", "disk", "redis", MISS_TIER, BYPASS_TIER)
+TIERS = get_args(Tier)  # in the order the Stats tab shows them
 PARAMS = {  # what an entry's parameters hold, and their types
     "prompt": str,
     "negative_prompt": str,
@@ -47,7 +49,7 @@ def entries_for(
     identity: ModelIdentity | None,
 ) -> list[Entry]:
     """History entries for the results of one run. An image that must not be stored
-    gets its one-off path now (`UiImages.path_for` keeps its bytes for the browser)."""
+    gets its one-off path now (`UiImages.unstored_path` keeps its bytes for the browser)."""
     out = []
     for r in results:
         params = {
@@ -70,7 +72,7 @@ def entries_for(
             "parameters": a1111_parameters(r.request, identity) if identity else "",
         }
         if r.cache == BYPASS_TIER:
-            entry["path"] = images.path_for(namespace, r)
+            entry["path"] = images.unstored_path(namespace, r)
         out.append(entry)
     return out
 
@@ -107,7 +109,7 @@ def caption(lang: str, entry: Entry) -> str:
 def tier_and_time(lang: str, entry: Entry) -> str:
     tier = say(lang, f"tier_{entry['cache']}")
     took = took_text(lang, entry["duration"])
-    if entry["cache"] in (MISS_TIER, BYPASS_TIER):
+    if entry["cache"] in GENERATED:
         return say(lang, "generated", tier=tier, took=took)
     return say(lang, "hit", tier=tier, took=took)
 
@@ -132,15 +134,15 @@ async def revalidate(service: GenerationService, namespace: str, stored: Any) ->
     formed, of `namespace`, and whose image the cache still holds."""
     if not isinstance(stored, list):
         return []
-    kept: list[Entry] = []
-    for raw in stored[:HISTORY_LIMIT]:
-        entry = _well_formed(raw)
-        if entry is None or entry["ns"] != namespace:
-            continue
-        hit = await service.lookup(namespace, entry["key"])
-        if isinstance(hit, Hit) and hit.entry.ext == entry["ext"]:
-            kept.append(entry)
-    return kept
+    candidates = [
+        e for e in map(_well_formed, stored[:HISTORY_LIMIT]) if e is not None and e["ns"] == namespace
+    ]
+    hits = await asyncio.gather(*(service.lookup(namespace, e["key"]) for e in candidates))
+    return [
+        e
+        for e, hit in zip(candidates, hits, strict=True)
+        if isinstance(hit, Hit) and hit.entry.ext == e["ext"]
+    ]
 
 
 def _well_formed(raw: Any) -> Entry | None:

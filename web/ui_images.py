@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response
 
 from cache import DEFAULT_NAMESPACE, Entry, Hit, is_namespace
 from pipeline.limits import IMAGE_FORMATS
-from pipeline.results import BYPASS_TIER, GenerationResult
+from pipeline.results import GenerationResult
 from pipeline.service import GenerationService
 
 # Gradio's file routes (gradio/routes.py: `/file={path_or_url:path}` and the older
@@ -54,7 +54,7 @@ NamespaceOf = Callable[[Request], "str | None"]
 class UiImages:
     """Paths for the UI's gallery, and the images behind them.
 
-    Guarantees: `path_for` writes nothing; `fetch` returns an image only to its own
+    Guarantees: `unstored_path` writes nothing; `fetch` returns an image only to its own
     namespace, and answers "not yours" exactly like "not there" (None). Stored
     images are looked up in the cache (so they live as long as the entry);
     unstored ones are kept in memory only, at most `max_unstored_bytes` and
@@ -79,12 +79,10 @@ class UiImages:
         self._unstored_bytes = 0
         self._lock = threading.Lock()
 
-    def path_for(self, namespace: str, result: GenerationResult) -> str:
-        """The gallery path of a result: by key for a stored one, by a fresh random
-        token for one that must not be stored."""
+    def unstored_path(self, namespace: str, result: GenerationResult) -> str:
+        """The gallery path of a result that must not be stored: by a fresh random
+        token, its bytes kept here for the browser (a stored one's is `stored_path`)."""
         name = download_name(result.seed, result.request.prompt)
-        if result.cache != BYPASS_TIER:
-            return self.stored_path(namespace, result.key, result.entry.ext, name)
         token = secrets.token_hex(16)
         with self._lock:
             self._expire(time.monotonic())

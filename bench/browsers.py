@@ -1,5 +1,5 @@
-"""The system Chromium (Debian's, never a downloaded one) for the browser tests, and a
-page of the UI in a context of its own."""
+"""The system Chromium (Debian's, never a downloaded one) for the browser tests and
+scripts/screenshot_ui.py, and a page of the UI in a context of its own."""
 
 from __future__ import annotations
 
