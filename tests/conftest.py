@@ -17,7 +17,16 @@ from bench.procs import ROOT, RedisServer, free_port
 from pipeline.engine import Engine
 from tests.engines import started
 
-__all__ = ["ROOT", "RedisServer", "Server", "free_port", "replica_pair", "ui_call"]
+__all__ = [
+    "ROOT",
+    "RedisServer",
+    "Server",
+    "free_port",
+    "generations",
+    "replica_pair",
+    "ui_call",
+    "wait_generating",
+]
 
 
 class Server(procs.Server):
@@ -38,6 +47,25 @@ def replica_pair(root: Path, *args: str) -> Iterator[tuple[Server, Server]]:
     finally:
         a.stop()
         b.stop()
+
+
+def generations(*servers: Server) -> int:
+    """Images the servers have generated, all together."""
+    return sum(s.client.get("/api/cache/stats").json()["generations"] for s in servers)
+
+
+def wait_generating(
+    client: httpx.Client, before: int, what: str, *, timeout_s: float = 30, **request: Any
+) -> None:
+    """Wait until the engine is on a generation submitted after `before` generations
+    were counted (counted, and out of its queue). `request`: extra arguments of each
+    GET (headers)."""
+
+    def started() -> bool:
+        counted = client.get("/api/cache/stats", **request).json()["generations"]
+        return counted > before and not client.get("/api/info", **request).json()["queue"]["waiting"]
+
+    procs.wait_until(started, what, timeout_s=timeout_s)
 
 
 UI_FIELDS = {  # the UI's generate event, its inputs in order, with the UI's defaults

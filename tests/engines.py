@@ -3,6 +3,11 @@ a server (the `engine` and `models_dir` fixtures of tests/conftest.py use them).
 
 from __future__ import annotations
 
+import io
+
+import numpy as np
+from PIL import Image
+
 from pipeline.engine import Engine, EngineState
 
 # A negative prompt long enough to pad differently from a short positive one.
@@ -15,3 +20,8 @@ def started(engine: Engine, timeout_s: float = 120) -> Engine:
     engine.wait_settled(timeout_s)
     assert engine.state == EngineState.READY, engine.error
     return engine
+
+
+def pixels(png: bytes) -> np.ndarray:
+    """An encoded image's RGB pixels."""
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))

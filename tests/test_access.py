@@ -12,7 +12,7 @@ import pytest
 from gradio_client import Client
 
 from bench.procs import wait_until
-from tests.conftest import Server
+from tests.conftest import Server, wait_generating
 
 ALICE, BOB, ADMIN = "alice-token-0123456789", "bob-token-0123456789ab", "admin-token-0123456789"
 
@@ -118,11 +118,7 @@ def test_past_max_queue_the_api_answers_503_with_retry_after(restricted: Server)
     before = generations()
     running = threading.Thread(target=slow, args=(0,))
     running.start()
-    wait_until(
-        lambda: generations() > before and not info()["queue"]["waiting"],
-        "the first generation to start",
-        timeout_s=30,
-    )
+    wait_generating(c, before, "the first generation to start", headers=auth(ALICE))
     waiting = threading.Thread(target=slow, args=(1,))
     waiting.start()
     wait_until(lambda: info()["queue"]["waiting"] >= 1, "the second to wait in the queue", timeout_s=30)

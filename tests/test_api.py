@@ -9,8 +9,7 @@ import threading
 import pytest
 from PIL import Image
 
-from bench.procs import wait_until
-from tests.conftest import Server
+from tests.conftest import Server, wait_generating
 
 
 def run(server: Server, **params: object) -> dict:
@@ -185,14 +184,7 @@ def test_a_hit_answers_while_a_long_generation_runs(server: Server) -> None:
     worker.start()
     # Wait until the engine is busy with it (submitted, and out of the queue), then ask
     # for the cached image.
-    wait_until(
-        lambda: (
-            server.client.get("/api/cache/stats").json()["generations"] > generations
-            and not server.client.get("/api/info").json()["queue"]["waiting"]
-        ),
-        "the long generation to start",
-        timeout_s=30,
-    )
+    wait_generating(server.client, generations, "the long generation to start")
     hit = run(server, prompt="quick hit", width=64, height=64)
     still_running = worker.is_alive()
     worker.join()

@@ -20,7 +20,7 @@ import pytest
 
 from bench.procs import NotReady, wait_until
 from cache import DiskTier, Entry
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, wait_generating
 
 BIN = Path(sys.executable).parent  # supervisord and supervisorctl come with the test extra
 PROGRAM = "z-image-turbo"
@@ -214,24 +214,15 @@ def test_sigterm_from_supervisor_stops_cleanly_and_a_restart_keeps_the_cache(sup
     slow = {"prompt": "a slow generation", "width": 1024, "height": 1024, "steps": 12}
     out: list[httpx.Response] = []
 
-    def generations() -> int:
-        return httpx.get(f"{supervised.url}/api/cache/stats", timeout=10).json()["generations"]
-
-    before = generations()
-    thread = threading.Thread(
-        target=lambda: out.append(httpx.get(f"{supervised.url}/run", params=slow, timeout=120))
-    )
-    thread.start()
-    # Submitted to the engine (counted) and out of its queue: the model is on it, for
-    # the seconds this 1024x1024 generation takes, so the stop finds it in flight.
-    wait_until(
-        lambda: (
-            generations() > before
-            and not httpx.get(f"{supervised.url}/api/info", timeout=10).json()["queue"]["waiting"]
-        ),
-        "the generation to start",
-        timeout_s=60,
-    )
+    with httpx.Client(base_url=supervised.url, timeout=10) as status:
+        before = status.get("/api/cache/stats").json()["generations"]
+        thread = threading.Thread(
+            target=lambda: out.append(httpx.get(f"{supervised.url}/run", params=slow, timeout=120))
+        )
+        thread.start()
+        # Submitted to the engine (counted) and out of its queue: the model is on it, for
+        # the seconds this 1024x1024 generation takes, so the stop finds it in flight.
+        wait_generating(status, before, "the generation to start", timeout_s=60)
     stopped = supervised.ctl("stop", PROGRAM)
     assert "stopped" in stopped.stdout, stopped.stdout + stopped.stderr
     thread.join(10)

@@ -3,29 +3,23 @@ and the attention backend (choice, fallback, masks) with a mocked torch.cuda."""
 
 from __future__ import annotations
 
-import io
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import pipeline.encoding
 from pipeline import attention
 from pipeline.engine import Engine, EngineState
 from pipeline.request import CanonicalRequest
-from tests.engines import LONG_NEGATIVE, started
+from tests.engines import LONG_NEGATIVE, pixels, started
 
 
 def request(prompt: str, seed: int = 0, **kw: object) -> CanonicalRequest:
     fields = {"negative_prompt": "", "width": 64, "height": 64, "steps": 2, "guidance_scale": 0.0} | kw
     return CanonicalRequest(prompt=prompt, seed=seed, format="png", **fields)  # type: ignore[arg-type]
-
-
-def pixels(png: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
 # -- encoding off the engine thread ---------------------------------------------------------

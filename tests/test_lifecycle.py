@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import signal
 import subprocess
 import sys
@@ -13,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from bench.procs import wait_until
 from pipeline.device_errors import is_fatal_device_error
 from tests.conftest import ROOT, RedisServer, Server
+from tests.engines import pixels
 
 PREWARM = [sys.executable, str(ROOT / "prewarm.py"), "--model", "tiny", "--no-progress"]
 
@@ -26,10 +25,6 @@ def prewarm(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*PREWARM, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
     )
-
-
-def pixels(png: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
 def in_thread(call):

@@ -19,7 +19,7 @@ import pytest
 from gradio_client import Client
 
 from bench.procs import kill_process, wait_until
-from tests.conftest import RedisServer, Server
+from tests.conftest import RedisServer, Server, generations, replica_pair
 from tests.nginx_proc import Nginx
 
 
@@ -39,27 +39,20 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("nginx-stack")
     redis = RedisServer(root).start()
-    a, b = Server(root / "a", "--redis-url", redis.url), Server(root / "b", "--redis-url", redis.url)
-    nginx = None
     try:
-        a.wait_ready(), b.wait_ready()
-        nginx = Nginx(root / "nginx", [Stack.addr(a), Stack.addr(b)]).start()
-        with httpx.Client(base_url=nginx.url, timeout=120) as http:
-            yield Stack(nginx, a, b, http)
+        with replica_pair(root, "--redis-url", redis.url) as (a, b):
+            nginx = Nginx(root / "nginx", [Stack.addr(a), Stack.addr(b)]).start()
+            try:
+                with httpx.Client(base_url=nginx.url, timeout=120) as http:
+                    yield Stack(nginx, a, b, http)
+            finally:
+                nginx.stop()
     finally:
-        if nginx is not None:
-            nginx.stop()
-        a.stop()
-        b.stop()
         redis.kill()
 
 
 def body(prompt: str, **fields: object) -> dict[str, object]:
     return {"prompt": prompt, "width": 64, "height": 64, "seed": 1, "steps": 2, **fields}
-
-
-def generations(*servers: Server) -> int:
-    return sum(s.client.get("/api/cache/stats").json()["generations"] for s in servers)
 
 
 def cookies_by_replica(stack: Stack, per_replica: int) -> dict[str, list[str]]:

@@ -11,12 +11,12 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from bench.procs import wait_until
 from cache import SCHEMA_VERSION, Entry
 from cache.entry import encode_record
 from pipeline.tiny_model import ensure_tiny_model
@@ -442,7 +442,16 @@ def test_kill_9_during_cache_writes_leaves_no_visible_partial_entry(tmp_path: Pa
         workers = [threading.Thread(target=load) for _ in range(3)]
         for w in workers:
             w.start()
-        time.sleep(4 + round_)
+        # Killed once images are landing on disk (more each round: another moment).
+        on_disk = 2 + 2 * round_
+        wait_until(
+            lambda srv=srv, on_disk=on_disk: (
+                srv.client.get("/api/cache/stats").json()["tiers"]["disk"]["entries"] >= on_disk
+            ),
+            "images on disk before the kill",
+            timeout_s=60,
+            interval_s=0.2,
+        )
         os.kill(srv.proc.pid, signal.SIGKILL)
         srv.proc.wait()
         stop.set()

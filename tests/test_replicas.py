@@ -13,7 +13,7 @@ import pytest
 
 from bench.procs import wait_until
 from cache import SCHEMA_VERSION
-from tests.conftest import RedisServer, Server, replica_pair
+from tests.conftest import RedisServer, Server, generations, replica_pair
 
 SECRET = "classified falcon"
 
@@ -54,10 +54,6 @@ def wait_shared_through_redis(maker: Server, taker: Server, prompt: str) -> None
         return gen(taker, f"{prompt} {n}").headers["x-cache"] == "redis"
 
     wait_until(shared, "the replicas to reconnect to Redis", timeout_s=30, interval_s=0.5)
-
-
-def generations(*servers: Server) -> int:
-    return sum(s.client.get("/api/cache/stats").json()["generations"] for s in servers)
 
 
 def test_an_image_made_on_one_replica_is_a_redis_hit_on_the_other(replicas: tuple[Server, Server]) -> None:

@@ -61,7 +61,8 @@ def test_a_replica_waits_for_the_lock_holder_and_takes_its_stored_result(
         assert lease is not None
 
         async def finish_elsewhere() -> None:
-            await asyncio.sleep(0.4)
+            # Once the service has missed and waits (its flight has started), not before.
+            await until(lambda: bool(service.flights._fills), "the wait for the lock holder")
             from cache import Entry
 
             await asyncio.to_thread(other.put, "public", key, Entry(made.data, made.ext, {"seed": 3}))

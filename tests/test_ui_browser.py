@@ -19,7 +19,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from bench.browsers import TIMEOUT_MS, chromium, generate, open_page, small
 from bench.procs import wait_until
-from tests.conftest import Server
+from tests.conftest import Server, wait_generating
 from web.ui_text import EXAMPLES
 
 VIEWER_IMAGE = "#result .media-button img"  # the main viewer's large image
@@ -323,14 +323,7 @@ def hold_engine(server: Server, gate: Path, prompt: str) -> threading.Thread:
         )
     )
     worker.start()
-    wait_until(
-        lambda: (
-            server.client.get("/api/cache/stats").json()["generations"] > before
-            and not engine_queue(server)["waiting"]
-        ),
-        "the held generation to start",
-        timeout_s=30,
-    )
+    wait_generating(server.client, before, "the held generation to start")
     return worker
 
 
