@@ -42,7 +42,7 @@ class DiskTier:
     directory, is fsynced and renamed over the final name, so readers in any
     thread or process see a whole old entry, a whole new one, or none; a failed
     write (disk full, ...) removes its temp file and raises OSError for the
-    caller to count. Every read verifies the record's tag (a SHA-256, or with
+    caller to count. Every read verifies the record's tag (an XXH3 checksum, or with
     `secret` an HMAC, over header and payload); a corrupt file is removed and
     reported as a miss, one signed with a secret this tier lacks is a miss left
     in place. Survives restarts. Size and age bounds are enforced

@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import xxhash
+
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
@@ -60,12 +62,17 @@ class Entry:
 # The header carries the key, namespace, encoding and size, so a record that was
 # truncated, overwritten or stored under the wrong name is detected; the 32-byte
 # tag covers everything before it, header included (an edited "ext" would serve
-# PNG bytes as image/jpeg): SHA-256, or HMAC-SHA256 keyed by the cache secret.
-MAGIC = b"ZIMGC\x00\x02\n"
+# PNG bytes as image/jpeg): HMAC-SHA256 keyed by the cache secret, or without one
+# an XXH3-128 checksum followed by 16 zero bytes. Without a secret anyone can make
+# a valid tag whatever the hash, so it only has to catch damage, and XXH3 does
+# that some 40x faster than SHA-256 (150 KB: 2 us against 76 us; a 3 MB 1024x1024
+# PNG: about 0.1 ms against 1.5 ms), on every hit and every store.
+MAGIC = b"ZIMGC\x00\x03\n"
 _LEN = struct.Struct(">I")
 _PREFIX = len(MAGIC) + _LEN.size
 _TAG = hashlib.sha256().digest_size
-SIGNED, UNSIGNED = "hmac-sha256", "sha256"
+SIGNED, UNSIGNED = "hmac-sha256", "xxh3-128"
+_UNSIGNED_PAD = bytes(_TAG - xxhash.xxh3_128().digest_size)
 
 
 class CorruptEntry(Exception):
@@ -79,10 +86,10 @@ class UnverifiableEntry(CorruptEntry):
 
 def _tag(secret: bytes | None, *parts: bytes | memoryview) -> bytes:
     """The tag over `parts` in order (fed piecewise: the payload is never copied)."""
-    h = hashlib.sha256() if secret is None else hmac.new(secret, digestmod=hashlib.sha256)
+    h = xxhash.xxh3_128() if secret is None else hmac.new(secret, digestmod=hashlib.sha256)
     for part in parts:
         h.update(part)
-    return h.digest()
+    return h.digest() if secret is not None else h.digest() + _UNSIGNED_PAD
 
 
 def encode_record(namespace: str, key: str, entry: Entry, secret: bytes | None = None) -> bytes:
@@ -107,9 +114,12 @@ def decode_record(blob: bytes, namespace: str, key: str, secret: bytes | None = 
 
     With `secret`, only a record whose HMAC was made with that secret is accepted,
     whatever its header says. Without one, a record that says it is signed raises
-    UnverifiableEntry, any other must match its SHA-256.
+    UnverifiableEntry, any other must match its XXH3-128 checksum.
     """
     if len(blob) < _PREFIX or not blob.startswith(MAGIC):
+        if blob.startswith(MAGIC[:-2]) and len(blob) > len(MAGIC):
+            # Another schema's record: its key is never asked for, only maintenance meets it.
+            raise CorruptEntry(f"record format {blob[len(MAGIC) - 2]}, this version reads {MAGIC[-2]}")
         raise CorruptEntry("bad magic")
     (header_len,) = _LEN.unpack_from(blob, len(MAGIC))
     try:

@@ -15,8 +15,9 @@ from typing import Any
 
 # Bumped whenever what a key covers or how an entry is stored changes, so old
 # entries are simply never found again instead of being misread. 2: the record's
-# tag covers its header too (and can be an HMAC).
-SCHEMA_VERSION = 2
+# tag covers its header too (and can be an HMAC). 3: unsigned records carry an
+# XXH3-128 checksum instead of a SHA-256.
+SCHEMA_VERSION = 3
 
 # The namespace of callers who name none (no API keys, no X-Namespace header).
 DEFAULT_NAMESPACE = "public"

@@ -65,7 +65,8 @@ def test_disk_tier_round_trip_and_layout(tmp_path: Path) -> None:
     "damage",
     [
         lambda b: b[:-1],  # truncated
-        lambda b: b[:-10] + bytes(10),  # payload overwritten
+        lambda b: b[:-42] + bytes(10) + b[-32:],  # payload overwritten
+        lambda b: b[:-32] + bytes(32),  # tag overwritten
         lambda b: b"",  # empty file
         lambda b: b"\x89PNG" + b[4:],  # wrong magic
         lambda b: b[: len(MAGIC) + 4] + b"{not json" + b[len(MAGIC) + 13 :],  # garbled header

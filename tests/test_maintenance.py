@@ -14,6 +14,7 @@ import pytest
 
 from cache import DiskTier, Entry, make_key
 from cache.disk import TOUCH_INTERVAL_S
+from cache.entry import MAGIC
 from cache.maintenance import STALE_TEMP_S, prune, verify
 from cache.units import parse_duration, parse_size
 from tests.test_cache import edit_ext
@@ -111,6 +112,18 @@ def test_verify_removes_corrupt_entries_and_reports_counts(tmp_path: Path) -> No
     assert report.problems == {"truncated": 2}
     assert {f.key for f in disk.files()} == set(keys[2:])
     assert verify(disk).corrupt == 0
+
+
+def test_verify_removes_entries_of_an_older_record_format(tmp_path: Path) -> None:
+    """After an upgrade that changed the record format, the old files are never read
+    again (their keys changed too): verify names them as such and removes them."""
+    disk = DiskTier(tmp_path)
+    keys = fill(disk, 2)
+    path = disk.path_for("public", keys[0])
+    path.write_bytes(path.read_bytes().replace(MAGIC, MAGIC[:-2] + b"\x02\n", 1))
+    report = verify(disk)
+    assert report.problems == {f"record format 2, this version reads {MAGIC[-2]}": 1}
+    assert {f.key for f in disk.files()} == {keys[1]}
 
 
 def test_clear_one_namespace_leaves_the_others(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from bench.procs import wait_until
 from cache import MISS, SCHEMA_VERSION, Entry, Hit, LayeredCache, MemoryTier, TierUnavailable, make_key
-from cache.redis_tier import INLINE_VERIFY_MAX_BYTES, RedisTier
+from cache.redis_tier import INLINE_HMAC_MAX_BYTES, RedisTier
 from tests.conftest import RedisServer
 
 ENTRY = Entry(data=b"\x89PNG fake image bytes" * 100, ext="png", meta={"seed": 1})
@@ -28,14 +28,15 @@ def test_entries_live_under_the_documented_key_with_a_ttl(redis_server: RedisSer
     assert tier.stats()["bytes"] == client.strlen(f"zimage:v{SCHEMA_VERSION}:public:{key}")
 
 
+@pytest.mark.parametrize("secret", [None, b"s" * 32], ids=["checksum", "hmac"])
 @pytest.mark.parametrize("api", ["get", "aget"])
 def test_a_tampered_or_truncated_value_is_dropped(
-    redis_server: RedisServer, api: str, caplog: pytest.LogCaptureFixture
+    redis_server: RedisServer, api: str, secret: bytes | None, caplog: pytest.LogCaptureFixture
 ) -> None:
-    tier = RedisTier(redis_server.url, ttl_s=3600)
+    tier = RedisTier(redis_server.url, ttl_s=3600, secret=secret)
     read = tier.get if api == "get" else lambda ns, k: asyncio.run(tier.aget(ns, k))
     client = redis_server.client()
-    big = Entry(data=bytes(INLINE_VERIFY_MAX_BYTES + 1), ext="png")  # checked on a thread by aget
+    big = Entry(data=bytes(INLINE_HMAC_MAX_BYTES + 1), ext="png")  # signed: checked on a thread by aget
     damages = [lambda b: b[:-1], lambda b: b[:-5] + b"XXXXX", lambda b: b"garbage"]
     for n, (entry, damage) in enumerate([(ENTRY, d) for d in damages] + [(big, damages[1])]):
         key = make_key({"x": n})
