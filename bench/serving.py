@@ -14,7 +14,7 @@ one run (every figure also as a ratio to the floor, GET /health):
 
 Server A has every tier; server B shares A's Redis but has no memory tier and
 its own empty disk, so that a key's first request on B is a Redis hit (copied to
-B's disk) and every later one a disk hit. Both run torch with one thread
+B's disk once B is quiet) and every later one a disk hit. Both run torch with one thread
 (OMP_NUM_THREADS=1): on this CPU-only machine a generation then occupies one
 core, as on a GPU box it occupies the GPU, and leaves the others to serve hits.
 
@@ -38,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.http_client import Client, Reply, server_timing, summarize, throughput, timed
-from bench.procs import ROOT, RedisServer, Server
+from bench.procs import ROOT, RedisServer, Server, wait_until
 from bench.serving_report import plot, render_table
 
 RESULTS = ROOT / "bench" / "results"
@@ -177,8 +177,16 @@ def main() -> int:
             hits[f"L3 redis {route_name}"] = timed(
                 lambda it=it: next(it)(), KEYS_PER_ROUTE, expect="redis", warmup=20
             )
-            # ... and every later request a disk hit (B has no memory tier).
+            # ... and every later request a disk hit (B has no memory tier), once B has
+            # written its copies: it does when its cache is quiet (cache.layered.QUIET_S),
+            # which polling it every 0.2 s leaves it.
             calls_b = route_calls(cb, prompt, first["seed"], first["image_url"])
+            wait_until(
+                lambda call=calls_b[route_name]: call().headers.get("x-cache") == "disk",
+                f"server B's copy of a Redis hit through {route_name} on its disk",
+                timeout_s=30,
+                interval_s=0.2,
+            )
             hits[f"L2 disk {route_name}"] = timed(calls_b[route_name], n, expect="disk")
             print(f"hits through {route_name}: done", flush=True)
         report["hits"] = hits

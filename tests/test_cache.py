@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+import cache.layered as layered_module
 from cache import MISS, DiskTier, Entry, Hit, LayeredCache, MemoryTier, is_key, make_key
 from cache.entry import MAGIC
 
@@ -221,6 +224,53 @@ def test_a_hit_from_below_is_copied_to_memory_at_once_and_to_disk_in_the_backgro
     assert asyncio.run(layered.aget("public", "c" * 64)) == Hit(entry(7), "memory")
     assert layered.wait_promotions(timeout_s=10)
     assert disk.get("public", "c" * 64) == entry(7)
+
+
+def test_copies_wait_for_a_quiet_cache_but_not_forever(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hit's copy into a slower tier is not written while lookups keep coming
+    (QUIET_S apart or closer), is written once they stop, and is written anyway once
+    it has waited MAX_DELAY_S; past MAX_PENDING_BYTES waiting, copies are skipped."""
+    monkeypatch.setattr(layered_module, "QUIET_S", 0.3)
+    monkeypatch.setattr(layered_module, "MAX_DELAY_S", 1.5)
+    monkeypatch.setattr(layered_module, "MAX_PENDING_BYTES", 2 * entry(0).size)
+
+    class LowerTier(DiskTier):
+        name = "lower"
+
+    disk, lower = DiskTier(tmp_path / "disk"), LowerTier(tmp_path / "lower")
+    layered = LayeredCache([disk, lower])
+    keys = [make_key({"copy": n}) for n in range(4)]
+    for n, key in enumerate(keys):
+        lower.put("public", key, entry(n))
+
+    def busy(seconds: float, until: Callable[[], bool] = lambda: False) -> float:
+        """Look up a missing key every 10 ms for `seconds` or until `until()`; the time taken."""
+        started = time.monotonic()
+        while time.monotonic() - started < seconds and not until():
+            assert layered.get("public", "0" * 64) is MISS
+            time.sleep(0.01)
+        return time.monotonic() - started
+
+    queued = time.monotonic()
+    for key in keys[:3]:  # the third copy would pass the byte bound: skipped
+        assert layered.get("public", key).tier == "lower"  # type: ignore[union-attr]
+    busy(1.0)
+    assert [disk.get("public", k) for k in keys] == [MISS] * 4  # busy: nothing written yet
+    busy(10, until=lambda: disk.get("public", keys[1]) is not MISS)
+    assert time.monotonic() - queued >= 1.5  # written while still busy, once due
+    assert [disk.get("public", k) for k in keys[:2]] == [entry(0), entry(1)]
+    assert layered.wait_promotions(10)
+    assert disk.get("public", keys[2]) is MISS  # skipped, and still where it was found
+    assert layered.get("public", keys[2]) == Hit(entry(2), "lower")
+
+    assert layered.get("public", keys[3]).tier == "lower"  # type: ignore[union-attr]
+    stopped = time.monotonic()
+    assert layered.wait_promotions(10)  # quiet: written without waiting for the deadline
+    assert time.monotonic() - stopped < 1.5
+    assert disk.get("public", keys[3]) == entry(3)
+    layered.close()
 
 
 def dropped(caplog: pytest.LogCaptureFixture) -> int:
