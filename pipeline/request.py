@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import secrets
 import unicodedata
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -169,7 +169,9 @@ class CanonicalRequest:
     format: ImageFormat
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Every field is a str or a number: no deep copy needed (dataclasses.asdict
+        # makes one, and was a third of a memory hit's time in the service).
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def check_text(field: str, text: str) -> None:

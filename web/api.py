@@ -117,16 +117,15 @@ def create_api(
         return JSONResponse(body, status_code=503)
 
     @app.get("/run", response_model=RunResult, responses=error_responses(401, 403, 422, 500, 503))
-    async def run(
-        params: Annotated[RunQuery, Query()], namespace: Namespace, response: Response, raw: Request
-    ) -> dict[str, Any]:
+    async def run(params: Annotated[RunQuery, Query()], namespace: Namespace, raw: Request) -> JSONResponse:
         """Generate or hit; returns JSON with the key, the tier and a URL for the image."""
-        request = GenerationRequest(**params.model_dump(exclude={"no_cache"}))
+        # RunQuery is a GenerationRequest (no_cache aside, which canonical() leaves out).
         result = await unless_client_leaves(
-            raw, service.generate(request, namespace=namespace, no_cache=params.no_cache)
+            raw, service.generate(params, namespace=namespace, no_cache=params.no_cache)
         )
-        response.headers.update(_result_headers(result))
-        return {
+        # A response, not a dict: FastAPI would validate what is built right here
+        # against RunResult once more, on every hit.
+        body = {
             "key": result.key,
             "cache": result.cache,
             "duration": round(result.duration, 6),
@@ -136,6 +135,7 @@ def create_api(
             "steps": result.request.steps,
             "image_url": image_path(result),
         }
+        return JSONResponse(body, headers=_result_headers(result))
 
     @app.post(
         "/generate",
