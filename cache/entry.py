@@ -72,7 +72,6 @@ _LEN = struct.Struct(">I")
 _PREFIX = len(MAGIC) + _LEN.size
 _TAG = hashlib.sha256().digest_size
 SIGNED, UNSIGNED = "hmac-sha256", "xxh3-128"
-_UNSIGNED_PAD = bytes(_TAG - xxhash.xxh3_128().digest_size)
 
 
 class CorruptEntry(Exception):
@@ -89,7 +88,7 @@ def _tag(secret: bytes | None, *parts: bytes | memoryview) -> bytes:
     h = xxhash.xxh3_128() if secret is None else hmac.new(secret, digestmod=hashlib.sha256)
     for part in parts:
         h.update(part)
-    return h.digest() if secret is not None else h.digest() + _UNSIGNED_PAD
+    return h.digest().ljust(_TAG, b"\0")  # XXH3-128's 16 bytes padded with zeros
 
 
 def encode_record(namespace: str, key: str, entry: Entry, secret: bytes | None = None) -> bytes:

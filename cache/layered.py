@@ -77,13 +77,11 @@ class LayeredCache:
         self._lock = threading.Lock()
         # The copies waiting for the writer: (queued at, tier, namespace, key, entry).
         self._copies: deque[tuple[float, Tier, str, str, Entry]] = deque()
-        self._copies_changed = threading.Condition(threading.Lock())
-        self._pending_bytes = 0
+        self._copies_changed = threading.Condition()
+        self._pending_bytes = 0  # queued or being written: 0 when every copy is written
         self._last_read = 0.0  # time.monotonic() of the latest lookup
         self._writer: threading.Thread | None = None
         self._closing = False
-        self._idle = threading.Event()
-        self._idle.set()
 
     def get(self, namespace: str, key: str) -> Hit | _Miss:
         self._last_read = time.monotonic()
@@ -135,7 +133,8 @@ class LayeredCache:
 
     def wait_promotions(self, timeout_s: float | None = None) -> bool:
         """Wait until the background copies are written; True if none is left."""
-        return self._idle.wait(timeout_s)
+        with self._copies_changed:
+            return self._copies_changed.wait_for(lambda: self._pending_bytes == 0, timeout_s)
 
     def _promote_later(self, tier: Tier, namespace: str, key: str, entry: Entry) -> None:
         with self._copies_changed:
@@ -143,12 +142,11 @@ class LayeredCache:
                 return
             self._copies.append((time.monotonic(), tier, namespace, key, entry))
             self._pending_bytes += entry.size
-            self._idle.clear()
             if self._writer is None:
                 self._writer = threading.Thread(target=self._write_copies, name="cache-promote", daemon=True)
                 self._writer.start()
             elif len(self._copies) == 1:
-                self._copies_changed.notify()  # the writer waits for work: one wake per burst
+                self._copies_changed.notify_all()  # the writer waits for work: one wake per burst
 
     def _write_copies(self) -> None:
         """The writer thread: each copy once the cache is quiet or the copy is due;
@@ -171,8 +169,7 @@ class LayeredCache:
             finally:
                 with self._copies_changed:
                     self._pending_bytes -= entry.size
-                    if not self._copies:
-                        self._idle.set()
+                    self._copies_changed.notify_all()  # wait_promotions
 
     def put(self, namespace: str, key: str, entry: Entry) -> None:
         # Slowest (most durable) first: once the memory tier has it, readers
@@ -215,7 +212,7 @@ class LayeredCache:
         tier that holds connections or threads (the Redis tier). Idempotent."""
         with self._copies_changed:
             self._closing = True
-            self._copies_changed.notify()
+            self._copies_changed.notify_all()
         if self._writer is not None:
             self._writer.join()
         for tier in self.tiers:
