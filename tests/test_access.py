@@ -49,6 +49,9 @@ def test_api_routes_need_a_token_and_health_does_not(restricted: Server) -> None
         assert c.request(method, path, headers=auth("wrong-token-0123456789"), **kw).status_code == 401
     for path in ("/health", "/ready", "/metrics"):
         assert c.get(path).status_code == 200
+    # The token is checked before the input: a caller without one learns nothing else.
+    assert c.get("/run", params={"prompt": "x", "seed": "many"}).status_code == 401
+    assert c.post("/generate", params={"no_cache": "maybe"}, json={"prompt": ""}).status_code == 401
 
 
 def test_the_token_decides_the_namespace(restricted: Server) -> None:

@@ -156,9 +156,22 @@ def test_bad_input_gets_422_naming_the_field(server: Server, params: dict, field
     resp = server.client.get("/run", params=params)
     assert resp.status_code == 422, resp.text
     detail = resp.json()["detail"]
-    assert [d["loc"][-1] for d in detail] == [field]
+    assert [d["loc"] for d in detail] == [["query", field]]
     assert words in detail[0]["msg"]
     assert "Traceback" not in resp.text
+
+
+def test_bad_generate_query_gets_422_and_no_cache_is_read(server: Server) -> None:
+    body = {"prompt": "a no-cache probe", "width": 64, "height": 64}
+    bad = server.client.post("/generate", params={"no_cache": "maybe"}, json=body)
+    assert bad.status_code == 422, bad.text
+    assert [d["loc"] for d in bad.json()["detail"]] == [["query", "no_cache"]]
+    first = server.client.post("/generate", json=body)
+    assert first.headers["x-cache"] in ("miss", "memory")
+    assert (
+        server.client.post("/generate", params={"no_cache": "true"}, json=body).headers["x-cache"] == "bypass"
+    )
+    assert server.client.post("/generate", params={"no_cache": "0"}, json=body).headers["x-cache"] == "memory"
 
 
 @pytest.mark.parametrize(("params", "field", "words"), [b for b in BAD_REQUESTS if b[1] != "guidance_scale"])

@@ -13,14 +13,20 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Annotated
 
 import pytest
+from fastapi import Depends, FastAPI, Header, Query
+from fastapi.security import HTTPAuthorizationCredentials
 from openapi_spec_validator import validate
 from PIL import Image
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_prometheus
 
+from pipeline.request import GenerationRequest
 from tests.conftest import ALLOWED_ORIGIN, KEYED_TOKEN, Server
+from web.auth import BEARER, NAMESPACE_HELP
+from web.schemas import RunQuery
 
 AUTHED_ROUTES = {"/health", "/ready", "/metrics"}  # the routes that need no token (the complement)
 GENERATING = {"/run", "/generate", "/api/generate", "/v1/images/generations", "/sdapi/v1/txt2img"}
@@ -90,6 +96,47 @@ def test_openapi_is_valid_typed_and_lists_every_error(spec: dict) -> None:
     assert "404" in spec["paths"]["/images/{name}"]["get"]["responses"]
     error = spec["paths"]["/v1/images/generations"]["post"]["responses"]["400"]["content"]["application/json"]
     assert error["schema"] == {"$ref": "#/components/schemas/OpenAIError"}
+
+
+async def declared_namespace(
+    x_namespace: Annotated[str | None, Header(description=NAMESPACE_HELP)] = None,
+    _token: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)] = None,
+) -> str:
+    """What `caller_namespace` reads, as FastAPI parameters (for the test below)."""
+    return x_namespace or "public"
+
+
+Caller = Annotated[str, Depends(declared_namespace)]
+
+
+def test_parameters_read_by_hand_are_documented_as_declared_ones(spec: dict) -> None:
+    """/run and /generate read their query strings (read_query), and every route the
+    namespace (caller_namespace), themselves: OpenAPI lists them exactly as FastAPI
+    lists the same parameters declared in the signature."""
+    declared = FastAPI()
+
+    @declared.get("/run")
+    async def run(params: Annotated[RunQuery, Query()], ns: Caller) -> None: ...
+
+    @declared.post("/generate")
+    async def generate(
+        body: GenerationRequest,
+        ns: Caller,
+        no_cache: Annotated[bool, Query(description="Neither read nor write the cache.")] = False,
+    ) -> None: ...
+
+    @declared.get("/images/{name}")
+    async def image(name: str, ns: Caller) -> None: ...
+
+    twin = declared.openapi()
+    for path, method in [("/run", "get"), ("/generate", "post"), ("/images/{name}", "get")]:
+        ours, theirs = spec["paths"][path][method], twin["paths"][path][method]
+        assert ours["parameters"] == theirs["parameters"], path
+        assert ours["security"] == [*theirs["security"], {}], path  # finish_openapi's optional token
+    assert (
+        spec["paths"]["/generate"]["post"]["requestBody"] == twin["paths"]["/generate"]["post"]["requestBody"]
+    )
+    assert spec["components"]["securitySchemes"] == twin["components"]["securitySchemes"]
 
 
 GENERATOR_CONFIG = {

@@ -33,7 +33,7 @@ from pipeline.image_metadata import (
 from pipeline.loading import ModelIdentity
 from pipeline.request import GenerationRequest, seed_field, snap_size, steps_field
 from pipeline.service import GenerationService
-from web.auth import Namespace
+from web.auth import Namespace, NamespacedRoute
 from web.schemas import error_responses
 
 MAX_IMAGES = limits.MAX_API_BATCH
@@ -101,7 +101,7 @@ class Scheduler(BaseModel):
 
 
 def create_a1111_router(service: GenerationService) -> APIRouter:
-    router = APIRouter(prefix="/sdapi/v1", tags=["A1111-compatible"])
+    router = APIRouter(prefix="/sdapi/v1", route_class=NamespacedRoute, tags=["A1111-compatible"])
 
     @router.post(
         "/txt2img", response_model=Txt2ImgResponse, responses=error_responses(401, 403, 413, 422, 500, 503)

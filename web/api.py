@@ -21,7 +21,7 @@ from pipeline.request import GenerationRequest
 from pipeline.results import GenerationResult
 from pipeline.service import GenerationService
 from web.a1111 import create_a1111_router
-from web.auth import BEARER, Access, Namespace
+from web.auth import BEARER, Access, Namespace, NamespacedRoute
 from web.body_limit import BodyLimit
 from web.disconnect import unless_client_leaves
 from web.errors import install_error_handlers
@@ -34,6 +34,7 @@ from web.schemas import (
     BatchResult,
     CacheStats,
     ClearResult,
+    GenerateQuery,
     Health,
     Info,
     Readiness,
@@ -43,6 +44,8 @@ from web.schemas import (
     finish_openapi,
     image_path,
     image_response,
+    query_parameters,
+    read_query,
 )
 
 IMAGE_NAME = re.compile(r"([0-9a-f]{64})\.(png|jpeg|webp)")
@@ -89,6 +92,7 @@ def create_api(
         lifespan=lifespan,
     )
     app.state.access = access
+    app.router.route_class = NamespacedRoute
     # Last added runs first: CORS answers preflights before anything else.
     app.add_middleware(BodyLimit)
     app.add_middleware(HeadAsGet)
@@ -116,9 +120,15 @@ def create_api(
             body["reason"] = engine.error
         return JSONResponse(body, status_code=503)
 
-    @app.get("/run", response_model=RunResult, responses=error_responses(401, 403, 422, 500, 503))
-    async def run(params: Annotated[RunQuery, Query()], namespace: Namespace, raw: Request) -> JSONResponse:
+    @app.get(
+        "/run",
+        response_model=RunResult,
+        responses=error_responses(401, 403, 422, 500, 503),
+        openapi_extra={"parameters": query_parameters(RunQuery)},
+    )
+    async def run(namespace: Namespace, raw: Request) -> JSONResponse:
         """Generate or hit; returns JSON with the key, the tier and a URL for the image."""
+        params = read_query(RunQuery, raw)  # not a parameter: see read_query
         # RunQuery is a GenerationRequest (no_cache aside, which canonical() leaves out).
         result = await unless_client_leaves(
             raw, service.generate(params, namespace=namespace, no_cache=params.no_cache)
@@ -144,16 +154,13 @@ def create_api(
             200: image_response("The image, in the requested format."),
             **error_responses(401, 403, 413, 422, 500, 503),
         },
+        openapi_extra={"parameters": query_parameters(GenerateQuery)},
     )
-    async def generate(
-        body: GenerationRequest,
-        namespace: Namespace,
-        raw: Request,
-        no_cache: Annotated[bool, Query(description="Neither read nor write the cache.")] = False,
-    ) -> Response:
+    async def generate(body: GenerationRequest, namespace: Namespace, raw: Request) -> Response:
         """The official Z-Image `api.py` shape: JSON in, image bytes out."""
+        query = read_query(GenerateQuery, raw)  # not a parameter: see read_query
         result = await unless_client_leaves(
-            raw, service.generate(body, namespace=namespace, no_cache=no_cache)
+            raw, service.generate(body, namespace=namespace, no_cache=query.no_cache)
         )
         return Response(
             result.entry.data, media_type=result.entry.media_type, headers=_result_headers(result)

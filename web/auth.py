@@ -6,20 +6,22 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, Header, HTTPException, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends, HTTPException, Request
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPBearer
 
 from cache import DEFAULT_NAMESPACE, bad_namespace, is_namespace
 from pipeline.errors import RequestInvalid
 from pipeline.line_files import read_lines
 
 MIN_TOKEN_CHARS = 16
-# Documents the bearer scheme in OpenAPI; Access does the checking (and knows
-# whether keys are on at all).
+# Documents the bearer scheme in OpenAPI (on the routes that take a Namespace, and
+# the admin routes); Access does the checking (and knows whether keys are on at all).
 BEARER = HTTPBearer(
     auto_error=False, description="An API token from the --api-keys file (needed only when it is set)."
 )
@@ -98,22 +100,46 @@ class Access:
         return bool(self.api_keys) and self.namespace_for(password) == username
 
 
-async def caller_namespace(  # async: FastAPI would run a plain def on a worker thread
-    request: Request,
-    x_namespace: Annotated[
-        str | None,
-        Header(description="Cache namespace (default `public`); with API keys, the token's namespace."),
-    ] = None,
-    _token: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)] = None,
-) -> str:
+async def caller_namespace(request: Request) -> str:  # async: FastAPI would run a def on a thread
     """The namespace a request acts in (and, with API keys, its authentication), by the
-    `Access` in `app.state.access`."""
+    `Access` in `app.state.access`. It reads the X-Namespace and Authorization headers
+    itself: declared as parameters, FastAPI would resolve two more dependencies on
+    every request (20 us of a 90 us cache hit); NamespacedRoute documents them."""
+    x_namespace = request.headers.get("x-namespace")
     if x_namespace is not None and not is_namespace(x_namespace):
         raise RequestInvalid("x-namespace", bad_namespace(x_namespace, "X-Namespace"))
     return request.app.state.access.caller_namespace(request, x_namespace)
 
 
 Namespace = Annotated[str, Depends(caller_namespace)]
+NAMESPACE_HELP = "Cache namespace (default `public`); with API keys, the token's namespace."
+# The OpenAPI parameter, as FastAPI writes a declared `x_namespace: Header()`.
+NAMESPACE_HEADER = {
+    "name": "x-namespace",
+    "in": "header",
+    "required": False,
+    "schema": {
+        "anyOf": [{"type": "string"}, {"type": "null"}],
+        "description": NAMESPACE_HELP,
+        "title": "X-Namespace",
+    },
+    "description": NAMESPACE_HELP,
+}
+
+
+class NamespacedRoute(APIRoute):
+    """The API's route class: a route that takes a Namespace lists in OpenAPI what
+    `caller_namespace` reads, the X-Namespace header and the bearer token."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        if any(dependency.call is caller_namespace for dependency in self.dependant.dependencies):
+            extra = self.openapi_extra or {}
+            self.openapi_extra = {
+                **extra,
+                "parameters": [*extra.get("parameters", []), NAMESPACE_HEADER],
+                "security": [{BEARER.scheme_name: []}],
+            }
 
 
 def bearer_token(request: Request) -> str | None:

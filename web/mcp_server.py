@@ -151,7 +151,7 @@ class McpEndpoint:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         request = Request(scope, receive)
         try:
-            namespace = await caller_namespace(request, request.headers.get("x-namespace"))
+            namespace = await caller_namespace(request)
         except HTTPException as exc:
             answer = JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
             await answer(scope, receive, send)

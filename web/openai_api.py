@@ -18,7 +18,6 @@ from typing import Any, Literal
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline import limits
@@ -27,7 +26,7 @@ from pipeline.limits import ImageFormat
 from pipeline.request import GenerationRequest, seed_field, snap_size, steps_field
 from pipeline.results import GenerationResult
 from pipeline.service import GenerationService
-from web.auth import Namespace
+from web.auth import Namespace, NamespacedRoute
 from web.errors import EXPECTED, failure_of
 from web.schemas import Tier, error_responses, image_path
 
@@ -160,7 +159,7 @@ def openai_error(
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
-class OpenAIRoute(APIRoute):
+class OpenAIRoute(NamespacedRoute):
     """A route whose every error (bad input, auth, overload) answers in OpenAI's shape;
     bad input is a 400 naming the parameter, as OpenAI's API does."""
 
