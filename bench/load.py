@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import tempfile
 import threading
 import time
@@ -105,6 +106,7 @@ def main() -> int:
         t.join()
     stats = srv.client.get("/api/cache/stats").json()
     srv.stop()
+    shutil.rmtree(work)  # its cache: hundreds of MB a run
 
     peak_rss = max(rss for _, rss, _ in samples)
     bound = (

@@ -29,7 +29,9 @@ import csv
 import json
 import platform
 import random
+import shutil
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -271,10 +273,14 @@ def main() -> int:
         )
         report["trace"] = replayed
         print("trace: done", flush=True)
+    except BaseException:
+        print(f"the servers' logs and caches are kept in {work}", file=sys.stderr)
+        raise
     finally:
         a.stop()
         b.stop()
         redis.kill()
+    shutil.rmtree(work)  # two caches of hundreds of MB: one per run would fill /tmp
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     text = json.dumps(report, indent=2)
