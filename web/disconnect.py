@@ -28,7 +28,7 @@ async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
 
     `work` runs in the caller's task, which the watcher cancels, as asyncio.timeout
     does: the cancellation is told apart from any other (a server shutting down,
-    which propagates as such) by uncancel()."""
+    which propagates as such) by the task's count of them (uncancel)."""
     route = asyncio.current_task()
     assert route is not None, "unless_client_leaves runs in a task"
     left = False
@@ -49,10 +49,17 @@ async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
     try:
         return await work
     except asyncio.CancelledError:
-        if left and route.uncancel() == 0:
+        if left and _uncancel(route) == 0:
             raise ClientGone from None
         raise
     finally:
         timer.cancel()
         if watcher is not None:
             watcher.cancel()
+
+
+def _uncancel(task: asyncio.Task[object]) -> int:
+    """Withdraw one cancellation of `task`; how many are left. Python 3.10 does not
+    count them (Task.uncancel is 3.11's): there, none."""
+    uncancel = getattr(task, "uncancel", None)
+    return uncancel() if uncancel is not None else 0
