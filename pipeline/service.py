@@ -128,10 +128,7 @@ class GenerationService:
 
         # 3. Look up the tiers, fastest first, on the event loop: memory and Redis
         #    (redis.asyncio) take no thread hop, the disk only to read a file it has.
-        if batch_size == 1:  # no task to gather: the commonest request, one step fewer
-            hits = [await self.cache.aget(namespace, keys[0])]
-        else:
-            hits = await asyncio.gather(*(self.cache.aget(namespace, k) for k in keys))
+        hits = await self.cache.aget_many(namespace, keys)
         lookup = time.perf_counter() - started
         outcomes: dict[int, Outcome] = {
             i: (hit.tier, hit.entry, {"lookup": lookup}) for i, hit in enumerate(hits) if isinstance(hit, Hit)

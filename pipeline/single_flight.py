@@ -195,7 +195,7 @@ class SingleFlight:
             # The previous holder of a lock may have stored the entry before we took it.
             done: dict[str, Outcome] = {}
             if leases:
-                found = await asyncio.gather(*(self.cache.aget(namespace, k) for k in mine))
+                found = await self.cache.aget_many(namespace, list(mine))
                 done = {
                     k: (h.tier, h.entry, {}) for k, h in zip(mine, found, strict=True) if isinstance(h, Hit)
                 }
