@@ -19,31 +19,31 @@ from typing import Any
 from PIL import Image
 from playwright.sync_api import Browser, expect
 
-from bench.browsers import chromium
+from bench.browsers import chromium, open_page, small
 
 SHOTS: list[tuple[str, dict[str, Any], str, int]] = [
-    # file, browser context, prompt, batch size
+    # file, open_page arguments (viewport, browser context), prompt, batch size
     (
         "ui.png",
-        {"viewport": {"width": 1280, "height": 800}, "locale": "en-US"},
+        {"locale": "en-US"},
         "A red fox in fresh snow at sunrise, soft golden light, 35mm photo",
         2,
     ),
     (
         "ui-dark.png",
-        {"viewport": {"width": 1280, "height": 800}, "locale": "en-US", "color_scheme": "dark"},
+        {"locale": "en-US", "color_scheme": "dark"},
         "A cozy reading nook with a rain-streaked window, watercolor",
         2,
     ),
     (
         "ui-zh.png",
-        {"viewport": {"width": 1280, "height": 800}, "locale": "zh-CN"},
+        {"locale": "zh-CN"},
         "一只在樱花树下打盹的橘猫，柔和的春日阳光，胶片质感",
         2,
     ),
     (
         "ui-phone.png",
-        {"viewport": {"width": 390, "height": 844}, "locale": "en-US", "is_mobile": True, "has_touch": True},
+        {"width": 390, "height": 844, "locale": "en-US", "is_mobile": True, "has_touch": True},
         "古风山水画，云雾缭绕的群山与一叶扁舟",
         1,
     ),
@@ -52,12 +52,8 @@ TIMEOUT_MS = 120_000
 
 
 def shoot(browser: Browser, url: str, out: Path, context: dict[str, Any], prompt: str, batch: int) -> None:
-    ctx = browser.new_context(**context)
-    page = ctx.new_page()
-    page.goto(url)
-    page.locator("#generate").wait_for()
-    page.locator("#width input").fill("512")
-    page.locator("#height input").fill("512")
+    page = open_page(browser, url, **context)
+    small(page, 512)
     page.locator("#batch input[type=number]").fill(str(batch))
     page.locator("#batch input[type=number]").press("Enter")
     page.locator("#prompt textarea").fill(prompt)
@@ -69,7 +65,7 @@ def shoot(browser: Browser, url: str, out: Path, context: dict[str, Any], prompt
     page.wait_for_timeout(800)  # images decoded, history drawn
     picture = Image.open(io.BytesIO(page.screenshot()))
     picture.convert("RGB").quantize(256).save(out, optimize=True)
-    ctx.close()
+    page.context.close()
     print(f"saved {out} ({out.stat().st_size // 1024} KiB)")
 
 
