@@ -7,9 +7,9 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import Self
 
 import redis
+from typing_extensions import Self  # typing's is 3.11's; pyproject allows 3.10
 
 from bench.procs import free_port, kill_process, redis_server_args, wait_until
 

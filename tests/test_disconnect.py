@@ -53,11 +53,17 @@ def test_quick_work_never_reads_from_the_client() -> None:
     asyncio.run(main())
 
 
+async def watched_slow_route() -> tuple[Client, list[str], asyncio.Future[str]]:
+    """A route on 30 s of work, past WATCH_AFTER_S: its client is being watched."""
+    client, log = Client(), []
+    route = asyncio.ensure_future(unless_client_leaves(client.request(), work(30, log)))
+    await asyncio.sleep(WATCH_AFTER_S * 2)
+    return client, log, route
+
+
 def test_a_client_that_leaves_ends_slow_work() -> None:
     async def main() -> None:
-        client, log = Client(), []
-        route = asyncio.ensure_future(unless_client_leaves(client.request(), work(30, log)))
-        await asyncio.sleep(WATCH_AFTER_S * 2)
+        client, log, route = await watched_slow_route()
         assert client.reads == 1 and not route.done()  # watching, the client still there
         client.messages.put_nowait({"type": "http.request", "body": b"", "more_body": False})
         started = time.monotonic()
@@ -73,9 +79,7 @@ def test_a_client_that_leaves_ends_slow_work() -> None:
 
 def test_a_shutdown_is_not_taken_for_a_client_leaving() -> None:
     async def main() -> None:
-        client, log = Client(), []
-        route = asyncio.ensure_future(unless_client_leaves(client.request(), work(30, log)))
-        await asyncio.sleep(WATCH_AFTER_S * 2)
+        _, log, route = await watched_slow_route()
         route.cancel()  # what the server does to its requests when it stops
         with pytest.raises(asyncio.CancelledError):
             await route
