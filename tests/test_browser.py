@@ -70,17 +70,28 @@ def test_progress_advances_with_each_step(page: Page) -> None:
     page.locator("#steps input[type=number]").press("Enter")
     page.locator("#prompt textarea").fill("a slow browser lighthouse")
     before = page.locator("#status").inner_text()  # a previous run's status, until this one ends
+    # Every step count the page shows, as it draws it: polling from here could miss
+    # the short run's updates on a busy machine.
+    page.evaluate(
+        """() => {
+            window.stepsSeen = [];
+            const result = document.querySelector("#result");
+            new MutationObserver(() => {
+                const shown = result.innerText.match(/(\\d+)\\/24 steps/);
+                if (shown) window.stepsSeen.push(Number(shown[1]));
+            }).observe(result, {subtree: true, childList: true, characterData: true});
+        }"""
+    )
     page.locator("#generate").click()
-    seen: list[int] = []
-    result = page.locator("#result")
-    for _ in range(400):
-        text = result.inner_text()
-        if "/24 steps" in text:
-            seen.append(int(text.split("/24 steps")[0].split()[-1]))
-        status = page.locator("#status").inner_text()
-        if status != before and "miss" in status:
-            break
-        page.wait_for_timeout(50)
+    page.wait_for_function(
+        """before => {
+            const status = document.querySelector("#status").innerText;
+            return status !== before && status.includes("miss");
+        }""",
+        arg=before,
+        timeout=TIMEOUT_MS,
+    )
+    seen: list[int] = page.evaluate("window.stepsSeen")
     assert len(set(seen)) >= 3, seen
     assert seen == sorted(seen)
 
