@@ -27,7 +27,12 @@ from pipeline.engine import Engine
 from pipeline.line_files import read_patterns
 from pipeline.loading import ModelOptions
 from pipeline.service import GenerationService
+from pipeline.suggestions import Suggestions
 from runtime.settings import Settings
+from similarity import load_embedder
+from similarity.near_repeats import NearRepeats
+from similarity.shared import SharedPrompts
+from similarity.stored import disk_prompts
 
 MiB = 1 << 20
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -50,6 +55,8 @@ class Parts:
         abandon it: a generation writes nothing; storing is the service's, on the loop)."""
         idle = self.engine.close(timeout_s)
         self.cache.close()
+        if self.service.suggestions is not None:
+            self.service.suggestions.near.close()
         return idle
 
 
@@ -101,6 +108,16 @@ def build_parts(settings: Settings, on_fatal: OnFatal | None = None) -> Parts:
         locks = RedisTier(settings.redis_url, ttl_s=settings.redis_ttl, secret=secret)
         tiers.append(locks)
     cache = LayeredCache(tiers)
+    suggestions = None
+    if settings.similar_prompts:
+        embedder = load_embedder()
+        shared = (
+            SharedPrompts(settings.redis_url, embedder.name, embedder.dim) if settings.redis_url else None
+        )
+        near = NearRepeats(
+            embedder, settings.cache_dir / "similar", stored_prompts=disk_prompts(disk), shared=shared
+        )
+        suggestions = Suggestions(near, min_score=settings.similar_min)
     service = GenerationService(
         engine,
         cache,
@@ -108,6 +125,7 @@ def build_parts(settings: Settings, on_fatal: OnFatal | None = None) -> Parts:
         normalization=settings.prompt_normalization,
         no_store_patterns=read_patterns(settings.no_cache_patterns) if settings.no_cache_patterns else (),
         log_prompts=settings.log_prompts,
+        suggestions=suggestions,
     )
     return Parts(engine=engine, cache=cache, disk=disk, service=service)
 
