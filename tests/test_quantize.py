@@ -63,7 +63,7 @@ def test_an_engine_asked_for_fp8_on_the_cpu_fails_with_the_reason(tmp_path: Path
 def test_fp8_and_unquantized_images_never_share_a_key(tmp_path: Path) -> None:
     identity = resolve_model("tiny", tmp_path / "models")
     fp8 = dataclasses.replace(identity, quantize="fp8")
-    request = CanonicalRequest("a red fox", "", 42, 1024, 1024, 8, 0.0, "png")
+    request = CanonicalRequest("a red fox", "", 42, 1024, 1024, 8, 0.0)
     assert GenerationService.key_for(request, identity) != GenerationService.key_for(request, fp8)
     assert fp8.key_fields()["quantize"] == "fp8" and identity.key_fields()["quantize"] == "none"
     # The image files say so too (unquantized ones unchanged).
