@@ -116,28 +116,33 @@ def cuda_unusable_reason(driver: str) -> str:
 
 
 def check_quantize(quantize: str, device: str) -> None:
-    """Raise ValueError saying why, unless `device` can run `--quantize quantize`."""
+    """Raise ValueError saying why, unless `device` can run `--quantize quantize`: on
+    CUDA a GPU of compute capability 8.9 or newer; on the CPU torch emulates float8
+    matmuls (slow: for tests and the tiny model), which is allowed with a warning."""
     if quantize == "none":
         return
-    need = ".".join(map(str, FP8_MIN_CAPABILITY))
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        raise ValueError("--quantize fp8 needs torchao: pip install 'z-image-turbo-service[fp8]'") from None
     if device != "cuda":
-        raise ValueError(
-            f"--quantize fp8 needs a CUDA GPU of compute capability {need} or newer (Ada, Hopper, "
-            "Blackwell); this machine serves on the CPU. Use --quantize none"
+        log.warning(
+            "--quantize fp8 on the %s: float8 matmuls are emulated there, slower than bfloat16; "
+            "its speed needs a CUDA GPU of compute capability %s or newer",
+            device,
+            ".".join(map(str, FP8_MIN_CAPABILITY)),
         )
+        return
     import torch
 
     capability = torch.cuda.get_device_capability()
     if capability < FP8_MIN_CAPABILITY:
+        need = ".".join(map(str, FP8_MIN_CAPABILITY))
         name = torch.cuda.get_device_name()
         raise ValueError(
             f"--quantize fp8 needs compute capability {need} or newer (Ada, Hopper, Blackwell); "
             f"{name} is {capability[0]}.{capability[1]}. Use --quantize none"
         )
-    try:
-        import torchao  # noqa: F401
-    except ImportError:
-        raise ValueError("--quantize fp8 needs torchao: pip install 'z-image-turbo-service[fp8]'") from None
 
 
 def resolve_model(spec: str, models_dir: Path, options: ModelOptions | None = None) -> ModelIdentity:
@@ -158,6 +163,8 @@ def resolve_model(spec: str, models_dir: Path, options: ModelOptions | None = No
         spec = HUB_ID if device == "cuda" else "tiny"
     check_model_spec(spec)
     check_quantize(options.quantize, device)
+    if options.quantize == "fp8":
+        dtype = "bfloat16"  # torchao's per-row float8 quantizes bfloat16 weights (the CPU too)
     local = Path(spec).expanduser()
     if spec == "tiny":
         path, model_id, fingerprint = ensure_tiny_model(models_dir), TINY_MODEL_ID, None

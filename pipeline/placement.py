@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pipeline.fp8 import quantize_fp8
 from pipeline.meta_memory import MemoryNeeds
 
 log = logging.getLogger(__name__)
@@ -176,17 +177,6 @@ def finish_placement(pipe: Any, plan: Placement) -> None:
         pipe.vae.enable_slicing()
     if plan.vae_tiling:
         pipe.vae.enable_tiling()
-
-
-def quantize_fp8(transformer: Any, device: str) -> None:
-    """torchao float8: weights and activations in e4m3 with a scale per row, on Ada,
-    Hopper and later (check_fp8 refuses other devices first). Quantizes each linear
-    layer on `device`, then moves the rest of the transformer there."""
-    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
-
-    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
-    quantize_(transformer, config, device=None if device == "cpu" else device)
-    transformer.to(device)
 
 
 def text_encoder_device(pipe: Any) -> Any:

@@ -84,9 +84,10 @@ class Settings(BaseSettings):
     )
     quantize: Quantize = Field(
         "none",
-        description="`fp8`: the transformer in torchao float8 (row-wise scales), half its memory; needs "
-        "compute capability 8.9+ (H100, H200, L40S, RTX 4090, ...) and the `fp8` extra "
-        "(`pip install -e '.[fp8]'`). Part of the cache key. Refused on other devices: `/ready` says why.",
+        description="`fp8`: the transformer blocks' attention and feed-forward layers in torchao float8 "
+        "(row-wise scales), about half its memory; needs compute capability 8.9+ (H100, H200, L40S, "
+        "RTX 4090, ...) and the `fp8` extra (`pip install -e '.[fp8]'`). Part of the cache key. Refused on "
+        "older GPUs (`/ready` says why); emulated on the CPU (slow, in bfloat16: for tests).",
     )
     cache_dir: Path = Field(
         DEFAULT_CACHE_DIR,
