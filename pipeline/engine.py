@@ -20,7 +20,7 @@ from pipeline.job_queue import JobQueue
 from pipeline.limits import DEFAULT_MAX_QUEUE
 from pipeline.loading import ModelIdentity, ModelOptions, load_pipeline, resolve_model
 from pipeline.placement import Placement
-from pipeline.rendering import Progress, Render
+from pipeline.rendering import Progress, Render, load_of
 from pipeline.request import CanonicalRequest
 from pipeline.speed import apply_speed_levers
 
@@ -167,7 +167,7 @@ class Engine:
         first = requests[0]
         if any(r.as_dict() | {"seed": 0} != first.as_dict() | {"seed": 0} for r in requests):
             raise ValueError("a batch must share everything but the seed")
-        self.fits.check(first.width, first.height)
+        self.fits.check(load_of(requests))
         return self._queue.submit(lambda result: self._generate(requests, progress, embedding_scope, result))
 
     def close(self, timeout_s: float = 0.0) -> bool:

@@ -17,7 +17,7 @@ from pipeline.device_errors import free_device_memory, model_call_failure
 from pipeline.embeddings import MAX_SEQUENCE_LENGTH, EmbeddingCache
 from pipeline.encoding import Rendered
 from pipeline.errors import OutOfMemory
-from pipeline.fit import FitRecord
+from pipeline.fit import FitRecord, Load
 from pipeline.loading import NOISE_DEVICE, ModelIdentity
 from pipeline.placement import text_encoder_device
 
@@ -121,7 +121,7 @@ class Render:
             if pixels is None:
                 return self._denoise_out_of_memory(requests, retried)
         timings["decode"] = time.perf_counter() - started
-        self.fits.made(request.width, request.height)
+        self.fits.made(load_of(requests))
         return Rendered(pixels=pixels, timings=timings)
 
     def embed(self, text: str, device: Any) -> list[Any]:
@@ -181,26 +181,30 @@ class Render:
         return Rendered(pixels=np.concatenate([first.pixels, second.pixels]), timings=timings)
 
     def _single_out_of_memory(self, requests: list[CanonicalRequest], retried: bool) -> Rendered:
-        """One image did not fit. No larger than one made before: memory is held
-        elsewhere, a 503 (it may fit later). Larger: retried once with memory freed,
-        then refused with ImageTooLarge, and so is every size as large from then on."""
-        request = requests[0]
+        """One image did not fit. No heavier than a load made before (pixels x images,
+        doubled by guidance: pipeline.fit): memory is held elsewhere, a 503 (it may fit
+        later). Heavier: retried once with memory freed, then refused with ImageTooLarge,
+        and so is every image as heavy from then on."""
+        load = load_of(requests)
         free_device_memory(self.identity.device)
-        if self.fits.known_to_fit(request.width, request.height):
+        if self.fits.known_to_fit(load):
             raise OutOfMemory(
-                f"the GPU ran out of memory for a {request.width}x{request.height} image; "
-                "retry shortly, or ask for a smaller size"
+                f"the GPU ran out of memory for a {load.describe()} image; retry shortly, or ask for a smaller size"
             )
         if not retried:
             log.warning(
-                "out of memory on a %dx%d image, larger than any made here; trying once more",
-                request.width,
-                request.height,
+                "out of memory on a %s image, larger than any made here; trying once more", load.describe()
             )
             return self(requests, retried=True)
-        error = self.fits.refuse(request.width, request.height)
-        log.warning("%s; refusing images of this size or larger until restart", error.message)
+        error = self.fits.refuse(load)
+        log.warning("%s; refusing images as heavy or heavier until restart", error.message)
         raise error
+
+
+def load_of(requests: list[CanonicalRequest]) -> Load:
+    """What a model call of `requests` (one size and guidance) weighs in the memory plan."""
+    first = requests[0]
+    return Load(first.width, first.height, len(requests), first.guidance_scale > 0)
 
 
 def decode_latents(pipe: Any, latents: Any) -> Any:
