@@ -243,6 +243,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.tiny:
         device, dtype = "cpu", torch.float32
     elif torch.cuda.is_available():
+        from pipeline.loading import check_bf16_gpu
+
+        check_bf16_gpu()  # as the service: no run outside the memory plan on a T4 or V100
         device, dtype = "cuda", torch.bfloat16
     else:
         raise SystemExit("python -m bench.gpu: no CUDA device here; run with --tiny for the CPU version")
