@@ -58,3 +58,34 @@ def test_each_press_draws_a_new_seed_and_reuse_keeps_the_drawn_one(browser: Brow
     third = drawn_seed(generate(page, "a lighthouse, again and again", "miss"))
     assert third not in (first, second)
     page.context.close()
+
+
+# -- the keyboard --------------------------------------------------------------------------------
+
+ACTIVE = "() => { const a = document.activeElement; return a ? a.closest('#prompt') !== null && a.tagName : null; }"
+
+
+@pytest.mark.parametrize("keys", ["Control+Enter", "Shift+Enter"])
+def test_typing_on_while_a_generation_runs_loses_no_character(
+    browser: Browser, server: Server, keys: str
+) -> None:
+    page = open_page(browser, server.url, locale="en-US")  # a fresh page: its first result
+    small(page, 128)
+    prompt = page.locator("#prompt textarea")
+    prompt.click()
+    page.keyboard.type("a harbour at dusk")
+    runs = page.evaluate("window.zimage.runs")
+    page.keyboard.press(keys)
+    assert page.evaluate(ACTIVE) == "TEXTAREA"  # the keyboard stayed in the prompt
+    typed = ""
+    # Type on, one key at a time, until the result has arrived, and a little after.
+    while page.evaluate("n => window.zimage.runs > n", runs) is False or len(typed) < 72:
+        assert len(typed) < 2000, "the generation never finished"
+        key = "abcdefghijklmnopqrstuvwxyz "[len(typed) % 27]
+        page.keyboard.type(key, delay=20)
+        typed += key
+    expect(page.locator("#status")).to_contain_text("miss")
+    suffix = "\n" if keys == "Shift+Enter" else ""  # (Shift+Enter both submits and breaks the line)
+    assert prompt.input_value() in (f"a harbour at dusk{typed}", f"a harbour at dusk{suffix}{typed}")
+    assert page.evaluate(ACTIVE) == "TEXTAREA"
+    page.context.close()
