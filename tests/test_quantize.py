@@ -97,7 +97,7 @@ def test_fp8_images_are_finite_with_or_without_guidance_and_any_prompt_lengths(
     prompt = "a red fox on a snowy hill"
     equal = caption_tokens(identity.path, negative) == caption_tokens(identity.path, prompt)
     assert equal == (negative == "a tan dog on a snowy hill")  # the cases are what they say
-    request = CanonicalRequest(prompt, negative, 7, 128, 128, 2, guidance, "png")
+    request = CanonicalRequest(prompt, negative, 7, 128, 128, 2, guidance)
     # finish_images refuses NaN (GenerationFailed), so an image is a finite one.
     [image] = fp8_engine.submit([request], embedding_scope=None).result(timeout=120)
     values = pixels(image.data)
