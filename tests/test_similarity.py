@@ -98,6 +98,7 @@ def stored_disk(root: Path) -> DiskTier:
         disk.put("default", key(i), Entry(b"png bytes", "png", {PROMPT_FIELD: prompt, SCOPE_FIELD: "any"}))
     disk.put("default", key(98), Entry(b"another model's", "png", {PROMPT_FIELD: FOX, SCOPE_FIELD: "older"}))
     disk.put("default", key(99), Entry(b"no prompt in its metadata", "png", {"seed": 1}))
+    disk.put("default", key(97), Entry(b"a JPEG copy", "jpeg", {PROMPT_FIELD: FOX, SCOPE_FIELD: "any"}))
     return disk
 
 
@@ -121,12 +122,12 @@ def test_lost_or_damaged_journal_is_rebuilt_from_the_entries(
     else:
         path.write_bytes(b"\x00" * 100)
     caplog.set_level(logging.INFO)
-    near = NearRepeats(embedder, tmp_path, stored_prompts=disk_prompts(disk))
+    near = NearRepeats(embedder, tmp_path, stored_prompts=disk_prompts(disk, "png"))
     near.search("default", near.embed(FOX), 1, 0.6)  # loads the namespace: starts the rebuild
     near.wait_rebuilt(60)
     assert "rebuilding namespace 'default'" in caplog.text
     assert [m.key for m in near.search("default", near.embed("雪地里的一只红狐狸"), 1, 0.6)] == [key(0)]
-    # neither the entry without a prompt nor another model's is indexed
+    # neither the entry without a prompt, nor another model's, nor a copy in another format
     assert near.stats()["prompts"] == len(STORED)
     # the rebuilt journal is whole: a restart reads it back without rebuilding
     reread = Journal(path, embedder.name, embedder.dim).read()
