@@ -22,7 +22,7 @@ def disk_prompts(disk: DiskTier) -> Callable[[str], Iterator[tuple[str, str]]]:
     def prompts(namespace: str) -> Iterator[tuple[str, str]]:
         for stored in disk.files(namespace):
             with contextlib.suppress(OSError, CorruptEntry):
-                entry = decode_record(stored.path.read_bytes(), namespace, stored.key, disk.secret)
+                entry = decode_record(stored.path.read_bytes(), namespace, stored.key, disk.keyring)
                 prompt = entry.meta.get(PROMPT_FIELD)
                 if isinstance(prompt, str):
                     yield stored.key, prompt
