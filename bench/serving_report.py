@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench import batch_throughput
+
 
 def render_table(r: dict) -> str:
     floor = r["floor"]["p50_ms"]
@@ -106,6 +108,8 @@ def render_table(r: dict) -> str:
                 "",
             )
         )
+    if "batching" in r:
+        rows += batch_throughput.rows(r["batching"])
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

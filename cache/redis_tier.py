@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar
@@ -44,6 +45,8 @@ T = TypeVar("T")
 # instead of each request paying a connect timeout while Redis is down.
 BACKOFF_START_S, BACKOFF_MAX_S = 0.5, 5.0
 SCAN_LIMIT = 200_000
+# How many foreign lock keys are remembered as logged (so each is logged once).
+FOREIGN_LOGGED = 1024
 # A record's checksum (XXH3: 0.04 ms for 3 MB) is checked on the event loop. Its
 # HMAC-SHA256, with a cache secret, is too up to this size; a larger record (a
 # 1024x1024 PNG is 1.5-3 MB, about 1.5 ms of hashing) on a thread, so that one big
@@ -107,6 +110,8 @@ class RedisTier:
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
+        # Foreign lock keys already logged (most recent last), so each is logged once.
+        self._foreign_logged: OrderedDict[str, None] = OrderedDict()
         self._retry_at = 0.0
         self._backoff = BACKOFF_START_S
         # Sentinel: how many failovers were heard; each loop's client catches up on its next call.
@@ -212,23 +217,54 @@ class RedisTier:
 
     def try_lock(self, namespace: str, key: str) -> Lease | None:
         """Take the generation lock for this entry (SET NX PX with a random token), or None
-        if another replica holds it. A lock key that never expires (no TTL, whatever its
-        type) was not written by a replica, whose locks always expire: it is ignored, and
-        the lease returned holds nothing, so the caller generates at once instead of
-        waiting forever. Raises TierUnavailable when Redis is unreachable."""
+        if another replica holds it. Raises TierUnavailable when Redis is unreachable.
+
+        A replica's lock is a string that never has more than `lock_ttl_s` left (it
+        is set, and refreshed, with that TTL). A lock key with more time left, none
+        at all, or of another type was not written by a replica (planted, or left by
+        hand): it is ignored, logged once per key, and the lease returned holds
+        nothing, so the caller generates at once instead of waiting on it."""
         name = self.redis_key(namespace, key) + ":lock"
 
         def take(r: Any) -> Lock | None:
             lock = Lock(r, name, timeout=self.lock_ttl_s, blocking=False, thread_local=False)
             return lock if lock.acquire() else None
 
+        def inspect(r: Any) -> tuple[int, Any]:
+            pipe = r.pipeline(transaction=False)
+            pipe.pttl(name)
+            pipe.type(name)
+            left, kind = pipe.execute()
+            return left, kind
+
         lock = self._call(take)
         if lock is not None:
             return Lease(self, lock)
-        if self._call(lambda r: r.pttl(name)) == -1:
-            log.warning("redis: ignoring %s: a lock key without a TTL was not set by a replica", name)
-            return Lease(self, None)
-        return None
+        left_ms, kind = self._call(inspect)
+        kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+        if left_ms == -2:  # gone between the two calls: released; the caller looks again
+            return None
+        # Slack for clock granularity only: a replica sets exactly lock_ttl_s.
+        foreign = kind != "string" or left_ms == -1 or left_ms > self.lock_ttl_s * 1000 + 1000
+        if not foreign:
+            return None
+        with self._lock:
+            first = name not in self._foreign_logged
+            self._foreign_logged[name] = None
+            self._foreign_logged.move_to_end(name)
+            while len(self._foreign_logged) > FOREIGN_LOGGED:
+                self._foreign_logged.popitem(last=False)
+        if first:
+            left = "no TTL" if left_ms == -1 else f"{left_ms / 1000:.0f} s left"
+            log.warning(
+                "redis: ignoring lock key %s (a %s, %s): no replica sets one like it "
+                "(a string with at most %.0f s left)",
+                name,
+                kind,
+                left,
+                self.lock_ttl_s,
+            )
+        return Lease(self, None)
 
     def lock_held(self, namespace: str, key: str) -> bool:
         name = self.redis_key(namespace, key) + ":lock"
