@@ -19,6 +19,9 @@ from cache.entry import _Miss
 from pipeline.encoding import STORED_FORMAT, transcode
 from pipeline.keys import derived_key
 
+# The metadata field of an encoding made from a stored image: that image's key.
+DERIVED_FROM = "derived_from"
+
 
 def timing_name(ext: str) -> str:
     """The Server-Timing name of making the `ext` encoding (`encode_jpeg`)."""
@@ -86,7 +89,7 @@ class Encodings:
         if making is None:
             # A task of its own, not the caller's: a caller that goes away does not
             # cancel the work others wait for (the thread would finish anyway).
-            making = asyncio.ensure_future(asyncio.to_thread(self._make_and_store, name, stored, ext))
+            making = asyncio.ensure_future(asyncio.to_thread(self._make_and_store, name, key, stored, ext))
             self._making[name] = making
             making.add_done_callback(lambda _: self._making.pop(name, None))
         entry = await asyncio.shield(making)
@@ -106,7 +109,9 @@ class Encodings:
             timing_name(ext): time.perf_counter() - started,
         }
 
-    def _make_and_store(self, name: tuple[str, str], stored: Entry, ext: str) -> Entry:
-        entry = Entry(data=transcode(stored.data, ext), ext=ext, meta=stored.meta)
+    def _make_and_store(self, name: tuple[str, str], key: str, stored: Entry, ext: str) -> Entry:
+        # `derived_from` tells a reader of the tiers' entries (an index of prompts) that
+        # this one is a copy of another key's image, not a generation of its own.
+        entry = Entry(data=transcode(stored.data, ext), ext=ext, meta={**stored.meta, DERIVED_FROM: key})
         self.cache.put(*name, entry)
         return entry

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from cache import make_key
+from pipeline.batching import Member
 from pipeline.engine import Engine
 from pipeline.request import CanonicalRequest
 from pipeline.service import GenerationService
@@ -49,7 +50,7 @@ def test_noise_is_drawn_on_the_cpu_whatever_the_device(
     recorder = RecordingPipe(engine._pipe)
     monkeypatch.setattr(engine, "_pipe", recorder)
     requests = [CanonicalRequest("a red fox", "", seed, 64, 64, 2, 0.0) for seed in (5, 6, 7)]
-    engine._run(requests, on_gpu)
+    engine._run([Member(requests, None, None)], on_gpu)
     (call,) = recorder.calls
     assert [g.device.type for g in call["generator"]] == ["cpu"] * 3
     assert [g.initial_seed() for g in call["generator"]] == [5, 6, 7]
