@@ -126,12 +126,25 @@ def one_image(
     timings["transformer"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    decode_latents(pipe, latents)  # ends on the CPU, so it is synchronised
+    pixels = decode_latents(pipe, latents)  # ends on the CPU, so it is synchronised
     timings["vae_decode"] = time.perf_counter() - started
+    check_finite(pixels, f"{size}x{size}, batch {batch}, guidance {guidance:g}")
     timings["total"] = sum(timings.values())
     timings["caption_tokens"] = int(embeds[0].shape[0])
     timings["negative_tokens"] = int(negative[0].shape[0]) if negative else 0
     return timings
+
+
+class NonFiniteImage(RuntimeError):
+    """A measured image has NaN or infinite values: its timings measure a broken model."""
+
+
+def check_finite(pixels: Any, case: str) -> None:
+    """Raise NonFiniteImage unless every value of the decoded `pixels` is finite."""
+    import numpy as np
+
+    if not np.isfinite(pixels).all():
+        raise NonFiniteImage(f"the {case} image has NaN or infinite values; its figures would mean nothing")
 
 
 def service_overheads(size: int, runs: int, work_dir: Path) -> dict[str, float]:
@@ -230,6 +243,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.tiny:
         device, dtype = "cpu", torch.float32
     elif torch.cuda.is_available():
+        from pipeline.loading import check_bf16_gpu
+
+        check_bf16_gpu()  # as the service: no run outside the memory plan on a T4 or V100
         device, dtype = "cuda", torch.bfloat16
     else:
         raise SystemExit("python -m bench.gpu: no CUDA device here; run with --tiny for the CPU version")

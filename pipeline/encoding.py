@@ -53,7 +53,8 @@ def finish_images(
 
     pixels = rendered.pixels
     if not np.isfinite(pixels).all():
-        raise GenerationFailed("the model produced NaN values (a known fp16 failure; serve in bfloat16)")
+        quantized = ", --quantize fp8" if identity.quantize != "none" else ""
+        raise GenerationFailed(f"the model produced NaN values ({identity.dtype}{quantized})")
     images = (pixels * 255).round().clip(0, 255).astype("uint8")
     if any(image.max() == 0 for image in images):
         raise GenerationFailed("the model produced an all-black image")

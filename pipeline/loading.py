@@ -39,6 +39,8 @@ NVIDIA_DRIVER_FILES = (Path("/proc/driver/nvidia/version"), Path("/dev/nvidiactl
 Quantize = Literal["none", "fp8"]
 # float8 matmuls (torch._scaled_mm) need Ada (8.9), Hopper (9.0) or later.
 FP8_MIN_CAPABILITY = (8, 9)
+# bfloat16 in hardware, and the fused attention kernels in it, start with Ampere (8.0).
+BF16_MIN_CAPABILITY = (8, 0)
 
 
 class CudaUnavailable(RuntimeError):
@@ -91,6 +93,27 @@ def pick_device() -> tuple[str, str]:
     return "cpu", "float32"
 
 
+def check_bf16_gpu() -> None:
+    """Raise ValueError naming the card and what to use instead unless the CUDA GPU
+    computes in bfloat16 natively (compute capability 8.0+). On older cards (T4, V100)
+    torch would emulate bfloat16 and SDPA fall back to its unfused path, which holds the
+    full attention scores (about 5 GB at 1024x1024 guided) that no memory plan here
+    counts; float16, their native type, gives NaN images with this model."""
+    import torch
+
+    capability = torch.cuda.get_device_capability()
+    if capability >= BF16_MIN_CAPABILITY:
+        return
+    name = torch.cuda.get_device_name()
+    need = ".".join(map(str, BF16_MIN_CAPABILITY))
+    raise ValueError(
+        f"{name} (compute capability {capability[0]}.{capability[1]}) has no native bfloat16, which this "
+        "model needs (float16 gives NaN images, and emulated bfloat16 runs attention outside the memory "
+        f"plan); use a GPU of compute capability {need} or newer (A10, A100, L4, L40S, RTX 3090/4090, "
+        "H100), or --model tiny to serve the demo model"
+    )
+
+
 def nvidia_driver() -> str | None:
     """Evidence that an NVIDIA driver is installed (a path), or None."""
     for path in NVIDIA_DRIVER_FILES:
@@ -116,28 +139,33 @@ def cuda_unusable_reason(driver: str) -> str:
 
 
 def check_quantize(quantize: str, device: str) -> None:
-    """Raise ValueError saying why, unless `device` can run `--quantize quantize`."""
+    """Raise ValueError saying why, unless `device` can run `--quantize quantize`: on
+    CUDA a GPU of compute capability 8.9 or newer; on the CPU torch emulates float8
+    matmuls (slow: for tests and the tiny model), which is allowed with a warning."""
     if quantize == "none":
         return
-    need = ".".join(map(str, FP8_MIN_CAPABILITY))
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        raise ValueError("--quantize fp8 needs torchao: pip install 'z-image-turbo-service[fp8]'") from None
     if device != "cuda":
-        raise ValueError(
-            f"--quantize fp8 needs a CUDA GPU of compute capability {need} or newer (Ada, Hopper, "
-            "Blackwell); this machine serves on the CPU. Use --quantize none"
+        log.warning(
+            "--quantize fp8 on the %s: float8 matmuls are emulated there, slower than bfloat16; "
+            "its speed needs a CUDA GPU of compute capability %s or newer",
+            device,
+            ".".join(map(str, FP8_MIN_CAPABILITY)),
         )
+        return
     import torch
 
     capability = torch.cuda.get_device_capability()
     if capability < FP8_MIN_CAPABILITY:
+        need = ".".join(map(str, FP8_MIN_CAPABILITY))
         name = torch.cuda.get_device_name()
         raise ValueError(
             f"--quantize fp8 needs compute capability {need} or newer (Ada, Hopper, Blackwell); "
             f"{name} is {capability[0]}.{capability[1]}. Use --quantize none"
         )
-    try:
-        import torchao  # noqa: F401
-    except ImportError:
-        raise ValueError("--quantize fp8 needs torchao: pip install 'z-image-turbo-service[fp8]'") from None
 
 
 def resolve_model(spec: str, models_dir: Path, options: ModelOptions | None = None) -> ModelIdentity:
@@ -148,7 +176,7 @@ def resolve_model(spec: str, models_dir: Path, options: ModelOptions | None = No
     box must not quietly serve noise). A hub id is fetched into the Hugging Face
     cache (only the files the pipeline reads), or found there when offline.
     Raises ValueError naming the setting when the spec leads nowhere or the device
-    cannot do `options.quantize`.
+    cannot do `options.quantize`, or is a CUDA GPU without native bfloat16 (T4, V100).
     """
     options = options or ModelOptions()
     device, dtype = pick_device()
@@ -157,7 +185,11 @@ def resolve_model(spec: str, models_dir: Path, options: ModelOptions | None = No
             raise CudaUnavailable(cuda_unusable_reason(driver))
         spec = HUB_ID if device == "cuda" else "tiny"
     check_model_spec(spec)
+    if device == "cuda":
+        check_bf16_gpu()
     check_quantize(options.quantize, device)
+    if options.quantize == "fp8":
+        dtype = "bfloat16"  # torchao's per-row float8 quantizes bfloat16 weights (the CPU too)
     local = Path(spec).expanduser()
     if spec == "tiny":
         path, model_id, fingerprint = ensure_tiny_model(models_dir), TINY_MODEL_ID, None

@@ -29,6 +29,7 @@ from cache.defaults import (
 from cache.redis_url import parse_redis_url
 from cache.units import parse_duration, parse_size
 from pipeline.attention import check_backend_name
+from pipeline.batching import DEFAULT_MAX_BATCH
 from pipeline.compile import CompileSetting
 from pipeline.errors import validation_message
 from pipeline.limits import DEFAULT_MAX_QUEUE, DEFAULT_NORMALIZATION, DEFAULT_SIZE, Normalization
@@ -84,9 +85,10 @@ class Settings(BaseSettings):
     )
     quantize: Quantize = Field(
         "none",
-        description="`fp8`: the transformer in torchao float8 (row-wise scales), half its memory; needs "
-        "compute capability 8.9+ (H100, H200, L40S, RTX 4090, ...) and the `fp8` extra "
-        "(`pip install -e '.[fp8]'`). Part of the cache key. Refused on other devices: `/ready` says why.",
+        description="`fp8`: the transformer blocks' attention and feed-forward layers in torchao float8 "
+        "(row-wise scales), about half its memory; needs compute capability 8.9+ (H100, H200, L40S, "
+        "RTX 4090, ...) and the `fp8` extra (`pip install -e '.[fp8]'`). Part of the cache key. Refused on "
+        "older GPUs (`/ready` says why); emulated on the CPU (slow, in bfloat16: for tests).",
     )
     cache_dir: Path = Field(
         DEFAULT_CACHE_DIR,
@@ -157,6 +159,16 @@ class Settings(BaseSettings):
         description="Generation jobs allowed to wait for the GPU (a batch is one job); past that the API "
         "answers 503 with `Retry-After`, and the UI says the server is busy and tries again by itself.",
         json_schema_extra=readme("See [The UI](#the-ui)."),
+    )
+    engine_batch: int = Field(
+        DEFAULT_MAX_BATCH,
+        ge=1,
+        le=64,
+        description="Most images one model call gathers from concurrent requests that miss the cache with "
+        "the same size, steps and guidance (and captions of the same padded length): jobs queued when the "
+        "GPU frees up, or sent within 20 ms of each other, run as one batch. On CUDA the memory plan may "
+        "allow fewer. `1` turns batching across requests off.",
+        json_schema_extra=readme(CUDA_OPTIONS),
     )
     warmup_sizes: str = Field(
         f"{DEFAULT_SIZE}x{DEFAULT_SIZE}",

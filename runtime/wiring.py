@@ -84,6 +84,7 @@ def build_parts(settings: Settings, on_fatal: OnFatal | None = None) -> Parts:
         settings.model,
         settings.cache_dir / "models",
         max_queue=settings.max_queue,
+        max_batch=settings.engine_batch,
         embedding_cache_bytes=int(settings.embedding_cache_mb * MiB),
         # Looked up now, by module, so a test harness (tests/faults.py) can wrap it.
         warmup=partial(warmup.warm_up, sizes=settings.warmup_size_list),

@@ -51,6 +51,7 @@ def test_the_next_denoising_starts_while_the_last_image_is_encoded(
         return progress
 
     monkeypatch.setattr(pipeline.encoding, "encode_image", slow_encode)
+    monkeypatch.setattr(engine, "max_batch", 1)  # two jobs, not one batched call (tests/test_batching.py)
     first = engine.submit([request("first")], denoising("first"))
     second = engine.submit([request("second")], denoising("second"))
     assert first.result(timeout=60)[0].data[:8] == b"\x89PNG\r\n\x1a\n"

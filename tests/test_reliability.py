@@ -275,6 +275,22 @@ def test_percent_encoded_prompt_names_are_redacted_in_the_access_log(server: Ser
     assert "%70rompt=<redacted>" in log
 
 
+def test_rejected_requests_keep_no_parameter_or_unknown_path_in_the_access_log(server: Server) -> None:
+    # Misspelled prompt names the route refuses (422), which a name-based redaction misses.
+    for query in (
+        "%2570rompt=Quirinus%20the%20lamplighter",
+        "pro%20mpt=Quirinus+sails",
+        "a=1%26prompt%3DQuirinus",
+    ):
+        assert server.client.get(f"/run?{query}&width=64&height=64").status_code == 422
+    assert server.client.get("/run/Quirinus%20at%20dusk").status_code == 404  # words in a path
+    assert server.client.get("/images/Quirinus.png?x=Quirinus").status_code == 404
+    log = server.log_path.read_text()
+    assert "Quirinus" not in log
+    assert '"GET /run?<redacted> HTTP/1.1" 422' in log
+    assert '"GET /run/<redacted> HTTP/1.1" 404' in log
+
+
 def test_a_cache_secret_rejects_forged_and_edited_records(tmp_path: Path, redis_server: RedisServer) -> None:
     secret = "a-cache-secret-0123456789"
     srv = Server(

@@ -14,7 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from web.ui_history import Entry, path_of
-from web.ui_images import UiImages
+from web.ui_images import UiImages, for_gallery
 from web.ui_text import say
 
 PROMPT_SHOWN = 60  # characters of the prompt in a caption (the whole of it is in the parameters)
@@ -30,9 +30,9 @@ def matching(entries: list[Entry], query: str | None) -> list[Entry]:
     ]
 
 
-def listing(images: UiImages, lang: str, tz: str | None, entries: list[Entry]) -> list[tuple[str, str]]:
+def listing(images: UiImages, lang: str, tz: str | None, entries: list[Entry]) -> list[tuple[Any, str]]:
     """(path, caption) of each entry for the panel's gr.Gallery: 'prompt · seed 42 · 14:05'."""
-    return [(path_of(images, e), caption(lang, tz, e)) for e in entries]
+    return [(for_gallery(path_of(images, e)), caption(lang, tz, e)) for e in entries]
 
 
 def caption(lang: str, tz: str | None, entry: Entry) -> str:
