@@ -198,6 +198,12 @@
     else if (el.getAttribute(name) !== value) el.setAttribute(name, value);
   };
   function describe() {
+    // The counter drawn by Gradio is a block 40 px high; drawn by `count`, one line.
+    const counter = $("#prompt-count");
+    if (counter && !counter.dataset.counted) {
+      counter.dataset.counted = "1";
+      count(promptText());
+    }
     for (const region of document.querySelectorAll("#status, #queue-note, #notice, .field-note")) {
       set(region, "role", "status");
       set(region, "aria-live", "polite");

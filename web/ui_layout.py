@@ -144,7 +144,7 @@ def create_tab(normalization: str, states: dict[str, Any]) -> CreateTab:
             # Always on the page, empty when silent (no room taken): live regions.
             queue_note = gr.Markdown("", elem_id="queue-note")
             notice = gr.Markdown("", elem_id="notice")
-            with gr.Row():
+            with gr.Row(elem_id="size-row"):
                 preset = gr.Dropdown(
                     preset_choices("en"),
                     value=PRESET_SIZES[0],
