@@ -20,6 +20,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pipeline.errors import JobInterrupted
+
 if TYPE_CHECKING:
     from pipeline.encoding import GeneratedImage
     from pipeline.rendering import Progress
@@ -72,11 +74,23 @@ def caption_profile(count_tokens: Callable[[str], int], request: CanonicalReques
 
 
 def fan_out(members: list[Member]) -> Progress:
-    """One step callback for a model call that tells every member still attached."""
+    """One step callback for a model call that tells every member still attached.
+
+    A member whose callback raises JobInterrupted (its caller's Interrupt,
+    pipeline/queue_ticket.py) stops the model call when it is the only member still
+    attached; with others it is detached instead: its result is the interruption at
+    once, nothing of it is encoded or stored, and the others go on."""
 
     def progress(step: int, steps: int) -> None:
         for member in members:
-            if member.progress is not None and not member.detached:
+            if member.progress is None or member.detached:
+                continue
+            try:
                 member.progress(step, steps)
+            except JobInterrupted as exc:
+                if all(other is member or other.detached for other in members):
+                    raise
+                member.detached = True
+                member.result.set_exception(exc)
 
     return progress

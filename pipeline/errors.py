@@ -59,6 +59,15 @@ class JobCancelled(Exception):
     was generated, and nothing is stored."""
 
 
+class JobInterrupted(JobCancelled):
+    """The caller interrupted its generation while the model was on it: it stopped
+    after denoising step `step` of `steps`, and nothing is stored."""
+
+    def __init__(self, step: int, steps: int) -> None:
+        super().__init__(f"interrupted at step {step}/{steps}; nothing was stored")
+        self.step, self.steps = step, steps
+
+
 class GenerationFailed(Exception):
     """The model ran but produced no usable image (an error, NaN or a black frame)."""
 

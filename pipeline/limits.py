@@ -27,6 +27,8 @@ MAX_GUIDANCE, DEFAULT_GUIDANCE = 20.0, 0.0
 # Images one call may ask for: the HTTP APIs (ours, OpenAI's, A1111's) and the UI.
 MAX_API_BATCH = 8
 MAX_UI_BATCH = 4
+# Images the UI's history keeps (in the browser), newest first.
+UI_HISTORY_LIMIT = 48
 # Generation jobs allowed to wait for the model (a batch is one job); past that, 503.
 DEFAULT_MAX_QUEUE = 64
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.device_errors import free_device_memory, model_call_failure
 from pipeline.embeddings import MAX_SEQUENCE_LENGTH, EmbeddingCache
 from pipeline.encoding import Rendered
-from pipeline.errors import OutOfMemory
+from pipeline.errors import JobInterrupted, OutOfMemory
 from pipeline.fit import FitRecord, Load
 from pipeline.loading import NOISE_DEVICE, ModelIdentity
 from pipeline.placement import text_encoder_device
@@ -118,6 +118,8 @@ class Render:
             timings["inference"] = time.perf_counter() - started
         except torch.OutOfMemoryError:
             latents = None  # handled below, once the traceback no longer pins the tensors
+        except JobInterrupted:
+            raise  # its caller stopped it at a step (pipeline/queue_ticket.py): no failure
         except Exception as exc:
             raise model_call_failure(exc) from exc
         if latents is None:

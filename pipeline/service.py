@@ -253,6 +253,23 @@ class GenerationService:
                     self.flights.unlist(*name)
         return cancelled
 
+    def interrupt(self, ticket: QueueTicket) -> bool:
+        """Stop the running jobs `ticket` started after the denoising step under way,
+        unless someone else waits for their images (single flight): True when they
+        will stop (their caller then gets JobInterrupted; nothing is stored); False
+        when they are shared, and go on for the others (and are stored): this caller
+        may only stop waiting. Queued jobs are `cancel`'s. Call it on the event loop."""
+        flights = [name for _, names in ticket.jobs for name in names]
+
+        def shared() -> bool:
+            return any(self.flights.waiting(*name) > 1 for name in flights)
+
+        if shared():
+            return False
+        ticket.shared = shared
+        ticket.interrupted = True
+        return True
+
     async def lookup(self, namespace: str, key: str, ext: str = STORED_FORMAT) -> Hit | Any:
         """A stored image by key in the format `ext` (made from the stored PNG when it
         is not kept in that format yet), or MISS."""
@@ -343,7 +360,8 @@ class GenerationService:
         flights: list[tuple[str, str]] | None = None,
     ) -> list[tuple[Entry, dict[str, float]]]:
         queued = time.perf_counter()
-        future = self.engine.submit(canonicals, progress, embedding_scope=embedding_scope)
+        on_step = progress if ticket is None else ticket.stepping(progress)  # (`interrupt`)
+        future = self.engine.submit(canonicals, on_step, embedding_scope=embedding_scope)
         if ticket is not None:
             ticket.add(future, flights or [])
         self.statistics.count("generations")

@@ -1,8 +1,8 @@
 // The page's own behaviour, beside Gradio's (web/ui.py puts it in the page's head):
 // Ctrl+Enter (Cmd+Enter) generates from anywhere on the page, and the keyboard stays
 // where it was (a result arriving never takes it); the prompt's character
-// counter; a note when a slider's number box was out of range; Cancel shown while a
-// generation runs; new results scrolled into view where they are below the fold.
+// counter; a note when a slider's number box was out of range; Interrupt shown (and
+// Esc pressing it) while a generation runs; new results scrolled into view where they are below the fold.
 (() => {
   const TEXT = __TEXT__;
   const LIMIT = __LIMIT__;
@@ -10,6 +10,16 @@
   const say = (key, values) => TEXT[lang][key].replace(/\{(\w+)\}/g, (_, name) => values[name]);
   const $ = (selector) => document.querySelector(selector);
   let showCancel = null;
+
+  // Esc while a generation runs: Interrupt (web/ui_run.py).
+  let running = false;
+  document.addEventListener(
+    "keydown",
+    (event) => {
+      if (event.key === "Escape" && running && !event.isComposing) $("#cancel")?.click();
+    },
+    true,
+  );
 
   document.addEventListener(
     "keydown",
@@ -19,6 +29,7 @@
       if (!button || button.disabled) return;
       event.preventDefault();
       event.stopPropagation();
+      if (tooLongToSend()) return;
       // A number box takes (and clamps) its value on blur: blur it, and focus it again
       // at once, so that the keys typed next still land there. The prompt keeps focus.
       const field = document.activeElement;
@@ -56,6 +67,47 @@
         from.focus({ preventScroll: true });
       } else {
         into.blur();
+      }
+    },
+    true,
+  );
+
+  // A prompt over the limit is not sent (a pasted 64 KB would be refused whole by the
+  // server's body limit, and the page would show Gradio's English error): the note
+  // beside it says so, in the page's language (web/ui.py's #too-long event), and the
+  // images stay.
+  const promptText = () => $("#prompt textarea")?.value || "";
+  function tooLongToSend() {
+    if ([...promptText()].length <= LIMIT) return false;
+    $("#too-long")?.click();
+    return true;
+  }
+  function tooLong() {
+    return {
+      __type__: "update",
+      value: say("prompt_too_long", { length: [...promptText()].length, limit: LIMIT }),
+      elem_classes: ["field-note", "field-error"], // (web/ui_form.py's field_note)
+    };
+  }
+  document.addEventListener(
+    "click",
+    (event) => {
+      if (event.target.closest?.("#generate") && tooLongToSend()) {
+        event.preventDefault();
+        event.stopImmediatePropagation();
+      }
+    },
+    true,
+  );
+  document.addEventListener(
+    "keydown",
+    (event) => {
+      // Enter in the prompt without Ctrl submits it (Gradio's submit): not when too long.
+      if (event.key === "Enter" && !event.ctrlKey && !event.metaKey && event.target.closest?.("#prompt")) {
+        if (event.shiftKey && tooLongToSend()) {
+          event.preventDefault();
+          event.stopImmediatePropagation();
+        }
       }
     },
     true,
@@ -105,12 +157,17 @@
   );
 
   function started() {
+    running = true;
     // Shown only if the answer takes a moment: a cache hit comes back before it appears.
     clearTimeout(showCancel);
     showCancel = setTimeout(() => $("#actions")?.classList.add("zimage-running"), 300);
+    // On a phone the images sit below the form: show the progress there at once.
+    const result = $("#result");
+    if (result && window.innerWidth < 768) result.scrollIntoView({ block: "start", behavior: "instant" });
   }
 
   function finished() {
+    running = false;
     window.zimage.runs += 1; // generations this page has finished (what waits for one reads it)
     clearTimeout(showCancel);
     $("#actions")?.classList.remove("zimage-running");
@@ -122,5 +179,65 @@
     }
   }
 
-  window.zimage = { count, started, finished, runs: 0 };
+  // What Gradio does not say to screen readers: the status line, the queue line, the
+  // notice and each field's note are live regions (always on the page, web/ui_layout.py);
+  // a field names its note (aria-describedby), and is aria-invalid while the note is an
+  // error. An empty gallery's placeholder carries an aria-label its <div> may not have.
+  const NOTES = {
+    "prompt-note": "#prompt textarea",
+    "negative-prompt-note": "#negative textarea",
+    "width-note": "#width input",
+    "height-note": "#height input",
+    "seed-note": "#seed input",
+    "steps-note": "#steps input",
+    "guidance-scale-note": "#guidance input",
+    "batch-size-note": "#batch input",
+  };
+  const set = (el, name, value) => {
+    if (value === null) el.removeAttribute(name);
+    else if (el.getAttribute(name) !== value) el.setAttribute(name, value);
+  };
+  function describe() {
+    // The counter drawn by Gradio is a block 40 px high; drawn by `count`, one line.
+    const counter = $("#prompt-count");
+    if (counter && !counter.dataset.counted) {
+      counter.dataset.counted = "1";
+      count(promptText());
+    }
+    for (const region of document.querySelectorAll("#status, #queue-note, #notice, .field-note")) {
+      set(region, "role", "status");
+      set(region, "aria-live", "polite");
+      set(region, "aria-atomic", "true");
+    }
+    for (const [id, selector] of Object.entries(NOTES)) {
+      const note = document.getElementById(id);
+      if (!note) continue;
+      const error = note.classList.contains("field-error") && note.innerText.trim() !== "";
+      for (const field of document.querySelectorAll(selector)) {
+        set(field, "aria-describedby", id);
+        set(field, "aria-invalid", error ? "true" : null);
+      }
+    }
+    // A thumbnail's name is its caption (Gradio's "Thumbnail 1 of 3" does not say what
+    // the visible caption says).
+    for (const thumb of document.querySelectorAll(".thumbnail-item")) {
+      const caption = thumb.querySelector(".caption-label")?.textContent.trim();
+      if (caption) set(thumb, "aria-label", caption);
+    }
+    for (const empty of document.querySelectorAll(".empty[aria-label]")) {
+      if (!empty.getAttribute("role")) empty.removeAttribute("aria-label");
+    }
+  }
+  // At once (a microtask after each change), so that nothing reads the page between.
+  new MutationObserver(describe).observe(document.documentElement, {
+    childList: true,
+    subtree: true,
+    characterData: true,
+    attributes: true,
+    attributeFilter: ["class"],
+  });
+
+  const ask = (key) => window.confirm(say(key, {}));
+
+  window.zimage = { count, started, finished, ask, tooLong, runs: 0 };
 })();

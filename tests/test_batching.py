@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from pipeline.engine import Engine
+from pipeline.errors import JobInterrupted
 from pipeline.placement import Placement
 from pipeline.request import CanonicalRequest
 from tests.engines import pixels, started
@@ -151,3 +152,30 @@ def test_metrics_has_a_histogram_of_images_per_model_call(server) -> None:  # ty
     assert images == 2 and total(after, "zimage_engine_batch_size_count") > total(
         before, "zimage_engine_batch_size_count"
     )
+
+
+def test_an_interrupted_member_leaves_the_model_call_and_the_others_go_on(
+    batching: tuple[Engine, list[int]],
+) -> None:
+    engine, calls = batching
+    release, _ = blocker(engine)
+    stepped: list[int] = []
+
+    def interrupted(step: int, steps: int) -> None:  # what an interrupted ticket's callback does
+        stepped.append(step)
+        raise JobInterrupted(step, steps)
+
+    stopped = engine.submit([ask("one")], interrupted, embedding_scope=None)
+    kept = engine.submit([ask("three")], embedding_scope=None)
+    calls.clear()
+    release.set()
+    image = kept.result(timeout=120)[0].data
+    with pytest.raises(JobInterrupted):
+        stopped.result(timeout=120)
+    assert calls == [2] and stepped == [1]  # detached at its first step; the call went on
+    assert same_image(image, alone(engine, ask("three")))
+    # Alone in its call, an interrupted job stops the call; the engine goes on.
+    alone_stopped = engine.submit([ask("two")], interrupted, embedding_scope=None)
+    with pytest.raises(JobInterrupted):
+        alone_stopped.result(timeout=120)
+    assert engine.submit([ask("two")], embedding_scope=None).result(timeout=120)[0].data

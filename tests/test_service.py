@@ -19,7 +19,7 @@ from PIL import Image
 from cache import MISS, DiskTier, Hit, LayeredCache, MemoryTier
 from cache.redis_tier import RedisTier
 from pipeline.engine import Engine, EngineState
-from pipeline.errors import GenerationFailed, JobCancelled
+from pipeline.errors import GenerationFailed, JobCancelled, JobInterrupted
 from pipeline.queue_ticket import QueueTicket
 from pipeline.request import CanonicalRequest, GenerationRequest
 from pipeline.service import GenerationService
@@ -302,6 +302,95 @@ def test_cancel_leaves_a_job_that_another_caller_waits_for(engine: Engine, tmp_p
         results = await asyncio.wait_for(asyncio.gather(asking, theirs), BOUND_S)
         assert {r.entry.data for r in results} == {results[0].entry.data}
         assert service.stats()["generations"] == 1
+
+    asyncio.run(scenario())
+
+
+# -- interrupting a running job ------------------------------------------------------------
+
+
+class HeldStep:
+    """A progress callback that holds the job at its first step until released."""
+
+    def __init__(self) -> None:
+        self.reached, self.gate = threading.Event(), threading.Event()
+        self.steps: list[int] = []
+
+    def __call__(self, done: int, total: int) -> None:
+        self.steps.append(done)
+        self.reached.set()
+        self.gate.wait(BOUND_S)
+
+    async def wait_reached(self) -> None:
+        await until(self.reached.is_set, "the job's first step")
+
+
+def test_interrupt_stops_a_running_job_after_its_step_and_stores_nothing(
+    engine: Engine, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        service = local_service(engine, tmp_path)
+        mine, held = QueueTicket(), HeldStep()
+        asked = request("an interrupted lantern", seed=5)
+        key = service.key_for(asked.canonical(), await service.model_identity())
+        running = asyncio.ensure_future(service.generate(asked, progress=held, ticket=mine))
+        await held.wait_reached()
+        assert not service.cancel(mine)  # running: no longer the queue's
+        assert service.interrupt(mine)
+        held.gate.set()
+        with pytest.raises(JobInterrupted) as stopped:
+            await asyncio.wait_for(running, BOUND_S)
+        assert (stopped.value.step, stopped.value.steps) == (2, 8)  # the step under way, then no more
+        assert held.steps == [1]
+        assert await service.lookup("public", key) is MISS
+        assert not service.flights._flights
+        # Asked again, it is made afresh (and stored).
+        assert (await service.generate(asked)).cache == "miss"
+        assert isinstance(await service.lookup("public", key), Hit)
+
+    asyncio.run(scenario())
+
+
+def test_interrupt_only_detaches_a_caller_whose_job_another_caller_waits_for(
+    engine: Engine, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        service = local_service(engine, tmp_path)
+        mine, held = QueueTicket(), HeldStep()
+        shared = request("a shared running lantern", seed=6)
+        key = service.key_for(shared.canonical(), await service.model_identity())
+        asking = asyncio.ensure_future(service.generate(shared, progress=held, ticket=mine))
+        await held.wait_reached()
+        theirs = asyncio.ensure_future(service.generate(shared))
+        await until(lambda: service.flights.waiting("public", key) == 2, "the second caller to join")
+        assert not service.interrupt(mine)  # theirs too: it goes on
+        asking.cancel()  # this caller stops waiting (the UI's Interrupt does so)
+        held.gate.set()
+        assert (await asyncio.wait_for(theirs, BOUND_S)).cache == "miss"
+        assert isinstance(await service.lookup("public", key), Hit)
+        with pytest.raises(asyncio.CancelledError):
+            await asking
+
+    asyncio.run(scenario())
+
+
+def test_a_caller_who_joins_an_interrupted_job_before_its_next_step_still_gets_the_image(
+    engine: Engine, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        service = local_service(engine, tmp_path)
+        mine, held = QueueTicket(), HeldStep()
+        shared = request("a lantern asked for just in time", seed=7)
+        key = service.key_for(shared.canonical(), await service.model_identity())
+        asking = asyncio.ensure_future(service.generate(shared, progress=held, ticket=mine))
+        await held.wait_reached()
+        assert service.interrupt(mine)  # nobody else, yet
+        theirs = asyncio.ensure_future(service.generate(shared))
+        await until(lambda: service.flights.waiting("public", key) == 2, "the second caller to join")
+        held.gate.set()
+        results = await asyncio.wait_for(asyncio.gather(asking, theirs), BOUND_S)
+        assert [r.cache for r in results] == ["miss", "miss"]  # one generation, not interrupted
+        assert isinstance(await service.lookup("public", key), Hit)
 
     asyncio.run(scenario())
 

@@ -277,7 +277,7 @@ def test_a_mistake_is_said_beside_its_field_and_the_page_keeps_its_images(
     assert page.locator(".toast-body").count() == 0
     # Fixed, it generates, and the note goes.
     generate(page, "a lighthouse, fixed", "miss")
-    expect(page.locator("#prompt-note")).to_be_hidden()
+    expect(page.locator("#prompt-note")).to_have_text("")
     page.context.close()
 
 
@@ -332,22 +332,25 @@ def test_a_queued_job_shows_its_place_and_cancel_takes_it_out(
 ) -> None:
     page = open_page(browser, ready(gated, gate).url, locale="en-US")
     small(page, 64)
+    before = gated.client.get("/api/cache/stats").json()["generations"]
     worker = hold_engine(gated, gate, "the job in front")
     try:
         page.locator("#prompt textarea").fill("a queued lighthouse")
         page.locator("#generate").click()
-        expect(page.locator("#queue-note")).to_have_text("In the queue: 1 of 1 · Cancel takes it out")
+        expect(page.locator("#queue-note")).to_have_text(
+            "In the queue: 1 of 1 · Interrupt (or Esc) takes it out"
+        )
         assert engine_queue(gated)["waiting"] == 1
         page.locator("#cancel").click()
         expect(page.locator("#notice")).to_have_text("Cancelled: nothing was generated.")
-        expect(page.locator("#queue-note")).to_be_hidden()
+        expect(page.locator("#queue-note")).to_have_text("")
         expect(page.locator("#cancel")).to_be_hidden()
         assert engine_queue(gated)["waiting"] == 0
     finally:
         gate.unlink(missing_ok=True)
         worker.join(60)
     stats = gated.client.get("/api/cache/stats").json()
-    assert stats["generations"] == 1  # the job in front; the cancelled one never ran
+    assert stats["generations"] == before + 1  # the job in front; the cancelled one never ran
     # Asked again, the same image is made afresh.
     generate(page, "a queued lighthouse", "miss")
     page.context.close()
@@ -374,14 +377,80 @@ def test_a_full_queue_is_a_notice_and_the_page_tries_again(
         expect(page.locator("#queue-note")).to_contain_text(
             "The server is busy (1 generations waiting); trying again in"
         )
-        expect(page.locator("#notice")).to_be_hidden()
+        expect(page.locator("#notice")).to_have_text("")
         assert page.get_by_text("Error", exact=True).count() == 0
     finally:
         gate.unlink(missing_ok=True)
         worker.join(60)
         filler.join(60)
     expect(page.locator("#status")).to_contain_text("miss", timeout=TIMEOUT_MS)  # tried again, made
-    expect(page.locator("#queue-note")).to_be_hidden()
+    expect(page.locator("#queue-note")).to_have_text("")
+    page.context.close()
+
+
+def start_held(page: Page, gate: Path, prompt: str) -> None:
+    """Generate `prompt` from the page; returns once its first denoising step holds at the gate."""
+    reached = Path(f"{gate}.reached")
+    reached.unlink(missing_ok=True)
+    gate.touch()
+    page.locator("#prompt textarea").fill(prompt)
+    page.locator("#generate").click()
+    wait_until(reached.exists, "the page's generation to start", timeout_s=60)
+
+
+@pytest.mark.parametrize("how", ["button", "Esc"])
+def test_interrupt_stops_a_running_generation_after_its_step_and_stores_nothing(
+    browser: Browser, gated: Server, gate: Path, how: str
+) -> None:
+    page = open_page(browser, ready(gated, gate).url, locale="en-US")
+    small(page, 64)
+    page.locator("#seed input").fill("11")
+    prompt = f"a lighthouse interrupted by {how}"
+    try:
+        start_held(page, gate, prompt)
+        expect(page.locator("#cancel")).to_have_text("Interrupt")
+        if how == "button":
+            page.locator("#cancel").click()
+        else:
+            page.keyboard.press("Escape")
+    finally:
+        gate.unlink(missing_ok=True)
+    expect(page.locator("#status")).to_have_text(
+        "Interrupted at step 1/8: nothing was stored.", timeout=TIMEOUT_MS
+    )
+    expect(page.locator("#cancel")).to_be_hidden()
+    # Nothing was stored: asked again, it is made.
+    again = gated.client.get("/run", params={"prompt": prompt, "seed": 11, "width": 64, "height": 64})
+    assert again.json()["cache"] == "miss"
+    page.context.close()
+
+
+def test_interrupt_of_a_shared_generation_only_stops_this_page_waiting(
+    browser: Browser, gated: Server, gate: Path
+) -> None:
+    page = open_page(browser, ready(gated, gate).url, locale="en-US")
+    small(page, 64)
+    page.locator("#seed input").fill("12")
+    prompt = "a lighthouse two people asked for"
+    params = {"prompt": prompt, "seed": 12, "width": 64, "height": 64}
+    answers: list[httpx.Response] = []
+    api = threading.Thread(
+        target=lambda: answers.append(httpx.get(f"{gated.url}/run", params=params, timeout=120))
+    )
+    try:
+        start_held(page, gate, prompt)
+        api.start()  # an API caller asks for the same image, and joins the generation
+        wait_until(lambda: engine_queue(gated)["waiting"] == 0, "the engine to be on it", timeout_s=30)
+        page.wait_for_timeout(3000)  # (the API caller's lookup, and its joining the flight)
+        page.locator("#cancel").click()
+        expect(page.locator("#notice")).to_contain_text(
+            "Stopped waiting: someone else asked for the same image"
+        )
+    finally:
+        gate.unlink(missing_ok=True)
+        api.join(60)
+    assert answers[0].json()["cache"] == "miss"  # made for them, and stored
+    assert gated.client.get("/run", params=params).json()["cache"] == "memory"
     page.context.close()
 
 

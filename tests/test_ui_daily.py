@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser, expect
 
-from bench.browsers import chromium, generate, open_page, small
+from bench.browsers import TIMEOUT_MS, chromium, generate, open_page, small
 from tests.conftest import Server
 
 VIEWER_IMAGE = "#result .media-button img"  # the main viewer's large image
@@ -88,4 +88,119 @@ def test_typing_on_while_a_generation_runs_loses_no_character(
     suffix = "\n" if keys == "Shift+Enter" else ""  # (Shift+Enter both submits and breaks the line)
     assert prompt.input_value() in (f"a harbour at dusk{typed}", f"a harbour at dusk{suffix}{typed}")
     assert page.evaluate(ACTIVE) == "TEXTAREA"
+    page.context.close()
+
+
+# -- the history -----------------------------------------------------------------------------
+
+
+def test_the_history_panel_lists_searches_restores_deletes_and_clears(
+    browser: Browser, server: Server
+) -> None:
+    page = open_page(browser, server.url, locale="en-US")  # 1280x800
+    heading, search = page.locator("#history-heading"), page.locator("#history-search").get_by_role("textbox")
+    expect(heading).to_contain_text("the last 48 images")  # the cap, said
+    for shown in (heading, search):  # above the fold, not 650 px below it
+        box = shown.bounding_box()
+        assert box is not None and box["y"] + box["height"] <= 800, box
+    small(page, 64)
+    prompts = ["a red fox in the snow", "a blue whale", "a red barn at dawn"]
+    for seed, prompt in enumerate(prompts, start=500):
+        page.locator("#seed input").fill(str(seed))
+        generate(page, prompt, f"seed {seed}")
+    captions = page.locator("#history .caption-label")
+    # Each its prompt, seed and time, newest first; its caption is its name.
+    expect(captions).to_have_text(
+        [
+            re.compile(rf"^{p} · seed {s} · \d\d:\d\d$")
+            for s, p in reversed(list(enumerate(prompts, start=500)))
+        ]
+    )
+    thumbs = page.locator("#history .thumbnail-item")
+    expect(thumbs.first).to_have_attribute("aria-label", captions.first.inner_text())
+
+    search.fill("RED")  # any case
+    expect(captions).to_have_text([re.compile("^a red barn"), re.compile("^a red fox")])
+    thumbs.nth(1).click()  # the fox: its settings back in the form
+    expect(page.locator("#prompt textarea")).to_have_value("a red fox in the snow")
+    expect(page.locator("#seed input")).to_have_value("500")
+    page.locator("#history-delete").click()
+    expect(captions).to_have_text([re.compile("^a red barn")])
+    search.fill("")
+    expect(captions).to_have_text([re.compile("^a red barn"), re.compile("^a blue whale")])
+
+    page.reload()  # what was deleted stays deleted
+    expect(captions).to_have_text([re.compile("^a red barn"), re.compile("^a blue whale")])
+    page.once("dialog", lambda dialog: dialog.dismiss())  # "Delete all ...?" No: nothing goes
+    page.locator("#history-clear").click()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#history-clear").click()
+    expect(captions).to_have_count(0)
+    page.reload()
+    page.locator("#history-heading").wait_for()
+    expect(page.locator("#history .thumbnail-item")).to_have_count(0)
+    page.context.close()
+
+
+# -- small things, and the phone --------------------------------------------------------------
+
+
+def test_use_these_settings_waits_for_an_image(browser: Browser, server: Server) -> None:
+    page = open_page(browser, server.url, locale="en-US")
+    use = page.locator("#use-settings")
+    expect(use).to_be_disabled()  # nothing to take settings from yet
+    small(page, 64)
+    page.locator("#seed input").fill("31")
+    generate(page, "a lighthouse whose settings come back", "seed 31")
+    expect(use).to_be_enabled()
+    page.locator("#prompt textarea").fill("something else")
+    use.click()
+    expect(page.locator("#prompt textarea")).to_have_value("a lighthouse whose settings come back")
+    page.context.close()
+
+
+def test_on_a_phone_sizes_share_a_row_the_hint_goes_and_progress_is_in_view(
+    browser: Browser, server: Server
+) -> None:
+    page = open_page(browser, server.url, 390, 844, locale="en-US", is_mobile=True, has_touch=True)
+    width, height = page.locator("#width input").bounding_box(), page.locator("#height input").bounding_box()
+    assert width is not None and height is not None and width["y"] == height["y"]  # one row
+    expect(page.locator("#prompt .info-text")).to_be_hidden()  # no Ctrl+Enter on a touch screen
+    small(page, 512)  # (large enough to be watched for a moment)
+    page.locator("#prompt textarea").fill("a lighthouse watched from a phone")
+    runs = page.evaluate("window.zimage.runs")
+    page.locator("#generate").click()
+    # While it runs (before the page has its result), the images and their progress are in view.
+    page.wait_for_function(
+        """n => { const r = document.querySelector('#result').getBoundingClientRect();
+                  return window.zimage.runs === n && r.top >= 0 && r.top < innerHeight / 2; }""",
+        arg=runs,
+        timeout=TIMEOUT_MS,
+    )
+    page.wait_for_function("n => window.zimage.runs > n", arg=runs, timeout=TIMEOUT_MS)
+    page.context.close()
+
+
+# -- a pasted 64 KB --------------------------------------------------------------------------
+
+
+def test_a_pasted_64_kb_prompt_is_refused_in_the_page_in_its_language_and_the_image_stays(
+    browser: Browser, server: Server
+) -> None:
+    page = open_page(browser, server.url, locale="zh-CN")
+    small(page, 64)
+    page.locator("#seed input").fill("64")
+    generate(page, "一座灯塔", "种子 64")
+    image = page.locator(VIEWER_IMAGE).get_attribute("src")
+    sent: list[int] = []
+    page.on("request", lambda r: sent.append(len(r.post_data_buffer or b"")) if r.method == "POST" else None)
+    prompt = page.locator("#prompt textarea")
+    prompt.fill("灯塔" * 35_000)  # 70,000 characters, 210 KB of UTF-8
+    for press in (lambda: prompt.press("Control+Enter"), lambda: page.locator("#generate").click()):
+        press()
+        expect(page.locator("#prompt-note")).to_have_text("提示词共 70000 个字符，请缩短到 2000 个以内。")
+        expect(prompt).to_have_attribute("aria-invalid", "true")
+    assert max(sent, default=0) < 64 * 1024  # the prompt never went out
+    assert page.locator(VIEWER_IMAGE).get_attribute("src") == image  # the image stays
+    assert page.locator(".toast-body").count() == 0  # and Gradio said nothing in English
     page.context.close()

@@ -20,9 +20,18 @@ from pipeline.engine import Engine, EngineState
 from pipeline.limits import MAX_PROMPT_CHARS, RANDOM_SEED
 from pipeline.service import GenerationService
 from web.ui_api import generate_api
-from web.ui_form import form_values, normalization_choices, preset_choices, preset_size, size_preset, snapper
+from web.ui_form import (
+    NOTED,
+    form_values,
+    normalization_choices,
+    preset_choices,
+    preset_size,
+    size_preset,
+    snapper,
+)
 from web.ui_history import gallery as gallery_items
-from web.ui_history import revalidate
+from web.ui_history import persistable, revalidate
+from web.ui_history_panel import identity, listing, matching, without
 from web.ui_images import UiImages, namespace_of
 from web.ui_layout import CreateTab, create_tab, page_states
 from web.ui_run import QUEUE_WATCH_S, UiRun
@@ -62,6 +71,7 @@ def create_ui(service: GenerationService, engine: Engine, images: UiImages, *, d
 
         _bind_generate(tab, UiRun(service, engine, images, tab), generate_api(service, engine, images))
         _bind_form(tab, engine, images)
+        _bind_history(tab, images)
         _bind_load(ui, tab, service, engine, images, loading)
         stats.refresh_on(ui)
     return ui
@@ -85,7 +95,7 @@ def _bind_generate(tab: CreateTab, runs: UiRun, api: Any) -> None:
             show_progress="hidden",
         ).then(
             runs.page,
-            set(tab.form.values()),
+            set(tab.form.values()) | {tab.tz},
             runs.outputs,
             api_name=False,
             concurrency_limit=None,
@@ -124,6 +134,17 @@ def _bind_form(tab: CreateTab, engine: Engine, images: UiImages) -> None:
             show_progress="hidden",
             **_QUIET,
         )
+    # A prompt over the limit is said beside it in the page, and never sent: a pasted
+    # 64 KB would be refused whole (413) by the server's body limit.
+    tab.too_long.click(
+        None,
+        None,
+        notes["prompt"],
+        js="() => window.zimage.tooLong()",
+        **_QUIET,
+    )
+    for name in NOTED:  # a field's note goes as soon as the field is changed, in the page
+        tab.form[name].input(None, None, notes[name], js="() => ''", **_QUIET)
     tab.dice.click(lambda: RANDOM_SEED, None, tab.seed, **_QUIET)  # a new seed each press again
     tab.reuse.click(lambda last: gr.skip() if last is None else last, tab.last_seed, tab.seed, **_QUIET)
     tab.prompt.change(None, tab.prompt, None, js="(p) => { window.zimage && window.zimage.count(p); }")
@@ -142,18 +163,81 @@ def _bind_form(tab: CreateTab, engine: Engine, images: UiImages) -> None:
 
     tab.gallery.select(pick, tab.shown, [tab.selected, tab.parameters], **_QUIET)
 
+
+def _bind_history(tab: CreateTab, images: UiImages) -> None:
+    """The history panel: a click shows the image and restores its settings; search;
+    delete the clicked one; clear all (once the browser's confirm says so)."""
+
     def view(entries: list[dict[str, Any]], request: gr.Request, evt: gr.SelectData) -> tuple[Any, ...]:
         # The clicked history image in the main viewer, and its settings in the form.
         if evt.index >= len(entries):
-            return tuple(gr.skip() for _ in range(4 + len(tab.settings)))
+            return tuple(gr.skip() for _ in range(7 + len(tab.settings)))
         entry = entries[evt.index]
         viewer = gr.Gallery(value=gallery_items(images, language_of(request), [entry]), selected_index=0)
-        return (viewer, [entry], 0, entry["parameters"], *form_values(entry["params"]))
+        picked = list(identity(entry))
+        return (
+            viewer,
+            [entry],
+            0,
+            entry["parameters"],
+            picked,
+            gr.Button(interactive=True),  # Delete
+            gr.Button(interactive=True),  # Use these settings
+            *form_values(entry["params"]),
+        )
 
     tab.past.select(
         view,
-        tab.history,
-        [tab.gallery, tab.shown, tab.selected, tab.parameters, *tab.settings],
+        tab.listed,
+        [
+            tab.gallery,
+            tab.shown,
+            tab.selected,
+            tab.parameters,
+            tab.picked,
+            tab.history_delete,
+            tab.use_settings,
+            *tab.settings,
+        ],
+        show_progress="hidden",
+        **_QUIET,
+    )
+    shown = [tab.past, tab.listed, tab.picked, tab.history_delete]
+
+    def relist(history: list[dict[str, Any]], query: str, tz: str, request: gr.Request) -> tuple[Any, ...]:
+        listed = matching(history, query)
+        return listing(images, language_of(request), tz, listed), listed, None, gr.Button(interactive=False)
+
+    tab.history_search.change(
+        relist, [tab.history, tab.history_search, tab.tz], shown, show_progress="hidden", **_QUIET
+    )
+
+    def delete(
+        history: list[dict[str, Any]], picked: Any, query: str, tz: str, request: gr.Request
+    ) -> tuple[Any, ...]:
+        kept = without(history, picked)
+        return (kept, persistable(kept), *relist(kept, query, tz, request))
+
+    stores = [tab.history, tab.stored_history]
+    tab.history_delete.click(
+        delete,
+        [tab.history, tab.picked, tab.history_search, tab.tz],
+        stores + shown,
+        show_progress="hidden",
+        **_QUIET,
+    )
+    confirmed = gr.Checkbox(visible=False)  # what the browser's confirm() answered
+
+    def clear(yes: bool, request: gr.Request) -> tuple[Any, ...]:
+        if not yes:
+            return tuple(gr.skip() for _ in range(6))
+        return ([], [], *relist([], "", "", request))
+
+    tab.history_clear.click(
+        clear,
+        confirmed,
+        stores + shown,
+        js="() => window.zimage.ask('clear_history')",
         show_progress="hidden",
         **_QUIET,
     )
@@ -182,21 +266,24 @@ def _bind_load(
     state_timer.tick(model_state, None, [loading, state_timer], **_QUIET)
     ui.load(model_state, None, [loading, state_timer], **_QUIET)
 
-    async def restore(stored: Any, request: gr.Request) -> tuple[Any, ...]:
+    async def restore(stored: Any, tz: str, request: gr.Request) -> tuple[Any, ...]:
         lang = language_of(request)
         kept = await revalidate(service, namespace_of(request), stored)
         return (
             kept,
             kept,
-            gallery_items(images, lang, kept),
+            listing(images, lang, tz, kept),
+            kept,
+            tz,
             gr.Dropdown(choices=preset_choices(lang)),
             gr.Dropdown(choices=normalization_choices(lang)),
         )
 
     ui.load(
         restore,
-        tab.stored_history,
-        [tab.history, tab.stored_history, tab.past, tab.preset, tab.normalization],
+        [tab.stored_history, tab.tz],
+        [tab.history, tab.stored_history, tab.past, tab.listed, tab.tz, tab.preset, tab.normalization],
+        js="(stored) => [stored, Intl.DateTimeFormat().resolvedOptions().timeZone || '']",
         **_QUIET,
     )
 

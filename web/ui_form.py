@@ -181,7 +181,7 @@ def form_values(p: dict[str, Any]) -> tuple[Any, ...]:
 
 def preset_size(preset: str) -> tuple[Any, ...]:
     """A preset chosen: its width and height, and the size notes hidden."""
-    hidden = gr.Markdown(visible=False)
+    hidden = field_note(None)
     if preset == CUSTOM:
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
     w, h = (int(v) for v in preset.split("x"))
@@ -196,11 +196,20 @@ def snapper(engine: Engine, name: str) -> Any:
         value, note = snap(language_of(request), width if name == "width" else height, low, high)
         if not note:
             # Unchanged: set nothing, or this answer could undo what was typed since.
-            return gr.skip(), gr.Markdown(visible=False), gr.skip()
+            return gr.skip(), field_note(None), gr.skip()
         sizes = {"width": width, "height": height, name: value}
-        return value, gr.Markdown(note, visible=True), size_preset(sizes["width"], sizes["height"])
+        return value, field_note(note), size_preset(sizes["width"], sizes["height"])
 
     return snap_on_blur
+
+
+def field_note(text: str | None, error: bool = False) -> gr.Markdown:
+    """The note beside a field: empty (it takes no room, static/style.css) or `text`;
+    an `error` (what stops a generation, not what was adjusted) marks its field
+    aria-invalid (static/ui.js)."""
+    return gr.Markdown(
+        text or "", elem_classes=["field-note", "field-error"] if error and text else ["field-note"]
+    )
 
 
 def _number(value: Any) -> float | None:

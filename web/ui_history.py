@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from pathlib import Path
 from typing import Any, get_args
 
 from cache import Hit, is_key
 from pipeline.image_metadata import a1111_parameters
-from pipeline.limits import IMAGE_FORMATS
+from pipeline.limits import IMAGE_FORMATS, UI_HISTORY_LIMIT
 from pipeline.loading import ModelIdentity
 from pipeline.results import BYPASS_TIER, GENERATED, GenerationResult
 from pipeline.service import GenerationService
@@ -26,7 +27,7 @@ from web.schemas import Tier
 from web.ui_images import ImagePath, UiImages, for_gallery
 from web.ui_text import say
 
-HISTORY_LIMIT = 48
+HISTORY_LIMIT = UI_HISTORY_LIMIT
 TIERS = get_args(Tier)  # in the order the Stats tab shows them
 PARAMS = {  # what an entry's parameters hold, and their types
     "prompt": str,
@@ -69,6 +70,7 @@ def entries_for(
             "ext": r.entry.ext,
             "cache": r.cache,
             "duration": round(r.duration, 6),
+            "at": round(time.time()),
             "params": params,
             "parameters": a1111_parameters(r.request, identity) if identity else "",
         }
@@ -167,12 +169,14 @@ def _well_formed(raw: Any) -> Entry | None:
     if not isinstance(duration, int | float) or isinstance(duration, bool) or not math.isfinite(duration):
         return None
     parameters = raw.get("parameters")
+    at = raw.get("at")  # (entries kept before times were kept have none)
     return {
         "ns": raw["ns"],
         "key": key,
         "ext": ext,
         "cache": tier,
         "duration": float(duration),
+        "at": at if isinstance(at, int) and not isinstance(at, bool) and at >= 0 else None,
         "params": clean,
         "parameters": parameters if isinstance(parameters, str) else "",
     }

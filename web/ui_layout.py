@@ -51,11 +51,18 @@ class CreateTab:
     past: gr.Gallery  # the history's gallery
     api_trigger: gr.Button
     api_seed: gr.Number  # the generate API's seed: the API's default (42), not the page's (-1)
+    too_long: gr.Button  # (never shown) says in the page that the prompt is too long
+    tz: gr.Textbox  # the browser's time zone (hidden)
+    history_search: gr.Textbox
+    history_delete: gr.Button
+    history_clear: gr.Button
     history: gr.State
     stored_history: gr.BrowserState
     shown: gr.State  # the entries of the main viewer, for "Use these settings"
     selected: gr.State
     last_seed: gr.State
+    listed: gr.State  # the history entries the panel lists (the search's matches)
+    picked: gr.State  # (key, seed) of the history entry last clicked, or None
 
     @property
     def form(self) -> dict[str, Any]:
@@ -104,6 +111,8 @@ def page_states() -> dict[str, Any]:
         "shown": gr.State([]),
         "selected": gr.State(0),
         "last_seed": gr.State(None),
+        "listed": gr.State([]),
+        "picked": gr.State(None),
     }
 
 
@@ -121,15 +130,21 @@ def create_tab(normalization: str, states: dict[str, Any]) -> CreateTab:
                 placeholder=t("prompt_placeholder"),
                 elem_id="prompt",
             )
-            # Filled by the page's script as you type (static/ui.js).
-            gr.HTML(f"0 / {limits.MAX_PROMPT_CHARS}", elem_id="prompt-count", padding=False)
-            notes["prompt"] = _note("prompt")
+            # The prompt's note and its character counter (filled by the page's script as
+            # you type, static/ui.js) share one line, so that a note moves nothing.
+            with gr.Row(elem_id="prompt-foot", equal_height=False):
+                notes["prompt"] = _note("prompt")
+                gr.HTML(f"0 / {limits.MAX_PROMPT_CHARS}", elem_id="prompt-count", padding=False)
             with gr.Row(elem_id="actions"):
                 run = gr.Button(t("generate"), variant="primary", elem_id="generate", scale=4)
                 cancel = gr.Button(t("cancel"), variant="stop", elem_id="cancel", scale=1)
-            queue_note = gr.Markdown(visible=False, elem_id="queue-note")
-            notice = gr.Markdown(visible=False, elem_id="notice")
-            with gr.Row():
+            # Pressed by the page's script instead of Generate when the prompt is too
+            # long: the note says so in the page, and nothing is sent (static/ui.js).
+            too_long = gr.Button(elem_id="too-long", elem_classes=["page-only"])
+            # Always on the page, empty when silent (no room taken): live regions.
+            queue_note = gr.Markdown("", elem_id="queue-note")
+            notice = gr.Markdown("", elem_id="notice")
+            with gr.Row(elem_id="size-row"):
                 preset = gr.Dropdown(
                     preset_choices("en"),
                     value=PRESET_SIZES[0],
@@ -140,19 +155,21 @@ def create_tab(normalization: str, states: dict[str, Any]) -> CreateTab:
                 )
                 # No minimum/maximum: Gradio would refuse out-of-range values itself,
                 # in English and naming no field; ours snap, and say so.
-                sizes = []
-                for side in ("width", "height"):
-                    with gr.Column(min_width=90):
-                        sizes.append(
-                            gr.Number(
-                                limits.DEFAULT_SIZE,
-                                label=t(side),
-                                precision=0,
-                                step=limits.SIZE_MULTIPLE,
-                                elem_id=side,
-                            )
-                        )
-                        notes[side] = _note(side)
+                sizes = [
+                    gr.Number(
+                        limits.DEFAULT_SIZE,
+                        label=t(side),
+                        precision=0,
+                        step=limits.SIZE_MULTIPLE,
+                        elem_id=side,
+                        min_width=90,
+                    )
+                    for side in ("width", "height")
+                ]
+            # The sizes' notes on a line of their own across the row, not wrapped in
+            # the narrow columns.
+            with gr.Row(elem_id="size-notes"):
+                notes["width"], notes["height"] = _note("width"), _note("height")
             with gr.Row():
                 with gr.Column(scale=3, min_width=150):
                     # -1: a new seed on every press (A1111's way); a number typed, or the
@@ -198,13 +215,43 @@ def create_tab(normalization: str, states: dict[str, Any]) -> CreateTab:
                 label=t("results"),
                 columns=2,
                 object_fit="contain",
-                height="min(62vh, 680px)",
+                height="min(52vh, 680px)",
                 interactive=False,
                 buttons=["download", "fullscreen"],
                 elem_id="result",
             )
             status = gr.Markdown(elem_id="status")
-            use_settings = gr.Button(t("use_settings"), size="sm", elem_id="use-settings")
+            # Enabled once there is an image whose settings it can use.
+            use_settings = gr.Button(t("use_settings"), size="sm", interactive=False, elem_id="use-settings")
+            # The history, in the column of the images: found without scrolling far.
+            with gr.Group():
+                gr.Markdown(t("history"), elem_id="history-heading")
+                with gr.Row(elem_id="history-tools", equal_height=True):
+                    history_search = gr.Textbox(
+                        label=t("history_search"),
+                        placeholder=t("history_search_placeholder"),
+                        elem_id="history-search",
+                        scale=3,
+                        min_width=140,
+                    )
+                    history_delete = gr.Button(
+                        t("history_delete"),
+                        size="sm",
+                        interactive=False,
+                        elem_id="history-delete",
+                        min_width=80,
+                    )
+                    history_clear = gr.Button(
+                        t("history_clear"), size="sm", elem_id="history-clear", min_width=80
+                    )
+                past = gr.Gallery(
+                    show_label=False,
+                    label=t("history"),
+                    columns=4,
+                    height="auto",
+                    allow_preview=False,
+                    elem_id="history",
+                )
             parameters = gr.Textbox(
                 label=t("parameters"),
                 lines=2,
@@ -213,11 +260,11 @@ def create_tab(normalization: str, states: dict[str, Any]) -> CreateTab:
                 buttons=["copy"],
                 elem_id="parameters",
             )
-    past = gr.Gallery(label=t("history"), columns=6, height="auto", allow_preview=False, elem_id="history")
     # The generate API's trigger: never shown, so its errors reach API callers as
     # errors while the page's own Generate keeps the page as it was.
     api_trigger = gr.Button(visible=False)
     api_seed = gr.Number(limits.DEFAULT_SEED, precision=0, visible=False)
+    tz = gr.Textbox(visible=False)  # the browser's time zone, for the history's times (set on load)
     return CreateTab(
         prompt=prompt,
         negative_prompt=negative_prompt,
@@ -244,13 +291,20 @@ def create_tab(normalization: str, states: dict[str, Any]) -> CreateTab:
         past=past,
         api_trigger=api_trigger,
         api_seed=api_seed,
+        too_long=too_long,
+        tz=tz,
+        history_search=history_search,
+        history_delete=history_delete,
+        history_clear=history_clear,
         **states,
     )
 
 
 def _note(name: str) -> gr.Markdown:
-    """The note beside a field (hidden while it has nothing to say)."""
-    return gr.Markdown(visible=False, elem_id=f"{name.replace('_', '-')}-note", elem_classes=["field-note"])
+    """The note beside a field: always on the page (a live region that screen readers
+    announce, and the field's aria-describedby, static/ui.js), empty and taking no room
+    while it has nothing to say (static/style.css)."""
+    return gr.Markdown("", elem_id=f"{name.replace('_', '-')}-note", elem_classes=["field-note"])
 
 
 def _range(

@@ -5,9 +5,11 @@ The page's handler never raises. A problem is said beside its field (the form
 checks come first, web/ui_form.py) or in the notice under Generate, and the
 images, status line and history stay as they were. While the job waits, a line
 under Generate says its place in the queue (a timer of the page asks for it while
-the generation runs); Cancel takes a job that has not started out of the queue
-(unless another caller waits for the same image). A full queue is no error: the
-page tries again, with back-off, and that line says so.
+the generation runs); Interrupt (or Esc) takes a job that has not started out of
+the queue, and stops one that runs after its denoising step under way ("Interrupted
+at step 3/8"; nothing is stored) — unless another caller waits for the same image:
+then this page only stops waiting, and the image is made (and stored) for them. A
+full queue is no error: the page tries again, with back-off, and that line says so.
 """
 
 from __future__ import annotations
@@ -23,15 +25,16 @@ import gradio as gr
 from pydantic import ValidationError
 
 from pipeline.engine import Engine
-from pipeline.errors import JobCancelled, QueueFull
+from pipeline.errors import JobCancelled, JobInterrupted, QueueFull
 from pipeline.limits import MAX_UI_BATCH
 from pipeline.queue_ticket import QueueTicket
 from pipeline.request import GenerationRequest
 from pipeline.results import GenerationResult
 from pipeline.service import GenerationService
 from web.errors import EXPECTED
-from web.ui_form import NOTED, check_form, explain, size_limits, size_preset
+from web.ui_form import NOTED, check_form, explain, field_note, size_limits, size_preset
 from web.ui_history import entries_for, gallery, merge, persistable, status_line
+from web.ui_history_panel import listing
 from web.ui_images import UiImages, namespace_of
 from web.ui_layout import CreateTab
 from web.ui_text import language_of, say
@@ -54,6 +57,8 @@ class _Waiting:
     ticket: QueueTicket = field(default_factory=QueueTicket)
     stop: bool = False
     busy: tuple[int, float] | None = None  # (generations waiting, monotonic time of the retry)
+    task: asyncio.Task[list[GenerationResult]] | None = None  # the wait, which Interrupt may end
+    detached: bool = False  # Interrupt ended the wait: the shared generation goes on
 
 
 class UiRun:
@@ -79,6 +84,11 @@ class UiRun:
             t.history,
             t.stored_history,
             t.past,
+            t.listed,
+            t.picked,
+            t.history_delete,
+            t.history_search,
+            t.use_settings,
             t.shown,
             t.selected,
             t.parameters,
@@ -132,7 +142,7 @@ class UiRun:
         # Every note says this run's word on its field; a size's note from leaving its
         # box ("rounded to 1008") stays until there is something else to say.
         out: dict[Any, Any] = {
-            t.notes[name]: _shown(check.errors.get(name) or check.notes.get(name))
+            t.notes[name]: field_note(check.errors.get(name) or check.notes.get(name), name in check.errors)
             for name in NOTED
             if name in check.errors or name in check.notes or name not in ("width", "height")
         }
@@ -147,19 +157,31 @@ class UiRun:
         waiting = self._waiting[key] = _Waiting()
         try:
             request_ = GenerationRequest(**{n: check.values[n] for n in form if n != "batch_size"})
-            results = await self._generate(
-                request_,
-                check.values["batch_size"],
-                namespace_of(request),
-                bool(values["no_cache"]),
-                values["prompt_normalization"],
-                waiting,
-                lang,
-                progress,
+            waiting.task = asyncio.ensure_future(
+                self._generate(
+                    request_,
+                    check.values["batch_size"],
+                    namespace_of(request),
+                    bool(values["no_cache"]),
+                    values["prompt_normalization"],
+                    waiting,
+                    lang,
+                    progress,
+                )
             )
+            results = await waiting.task
+        except asyncio.CancelledError:
+            if not waiting.detached:
+                raise  # the page went away
+            out[t.notice] = _shown(say(lang, "detached"))
+            return out
+        except JobInterrupted as exc:
+            out[t.status] = say(lang, "interrupted", step=exc.step, steps=exc.steps)
+            out[t.notice] = _shown(None)
+            return out
         except (ValidationError, *EXPECTED) as exc:
             name, text = explain(lang, exc)
-            out[t.notes[name] if name else t.notice] = _shown(text)
+            out[t.notes[name] if name else t.notice] = field_note(text, error=True) if name else _shown(text)
             return out
         except StillBusy:
             out[t.notice] = _shown(say(lang, "busy_gave_up", minutes=round(BUSY_GIVE_UP_S / 60)))
@@ -179,7 +201,13 @@ class UiRun:
             t.notice: _shown(None),
             t.history: history,
             t.stored_history: persistable(history),
-            t.past: gallery(self.images, lang, history),
+            # The new image on top of the whole history (a search is ended).
+            t.past: listing(self.images, lang, inputs[t.tz], history),
+            t.listed: history,
+            t.picked: None,
+            t.history_delete: gr.Button(interactive=False),
+            t.history_search: "",
+            t.use_settings: gr.Button(interactive=True),
             t.shown: entries,
             t.selected: 0,
             t.parameters: entries[0]["parameters"],
@@ -189,15 +217,20 @@ class UiRun:
         return out
 
     async def cancel(self, request: gr.Request) -> Any:
-        """Cancel: take this page's job out of the queue, or stop waiting for a busy
-        queue; says so when the job is already being made (or shared)."""
+        """Interrupt (the button, or Esc): take this page's job out of the queue, or stop
+        waiting for a busy queue, or stop the running job after its denoising step;
+        when another caller shares that job, only stop waiting for it (it goes on for
+        them, and is stored). The generation itself says which happened."""
         waiting = self._waiting.get(request.session_hash or "")
         if waiting is None:
             return gr.skip()
         waiting.stop = True
         if self.service.cancel(waiting.ticket) or not waiting.ticket.jobs:
-            return gr.skip()  # the generation says "cancelled" itself
-        return _shown(say(language_of(request), "not_cancellable"))
+            return gr.skip()  # "Cancelled: nothing was generated."
+        if not self.service.interrupt(waiting.ticket) and waiting.task is not None:
+            waiting.detached = True  # shared: this page stops waiting
+            waiting.task.cancel()
+        return gr.skip()
 
     async def _generate(
         self,
@@ -250,4 +283,6 @@ def progress_reporter(progress: gr.Progress, lang: str) -> Any:
 
 
 def _shown(text: str | None) -> gr.Markdown:
-    return gr.Markdown(text or "", visible=bool(text))
+    """The queue line or the notice: always on the page (an empty one takes no room,
+    static/style.css), so that screen readers announce what it comes to say."""
+    return gr.Markdown(text or "")

@@ -14,6 +14,8 @@ from typing import Any
 
 import gradio as gr
 
+from pipeline.limits import UI_HISTORY_LIMIT
+
 EN = {
     "tab_generate": "Create",
     "tab_stats": "Stats",
@@ -38,11 +40,16 @@ EN = {
     "normalization_note": "Basic: trim and collapse spaces; aggressive: also full-width to half-width "
     "and lower case.",
     "generate": "Generate",
-    "cancel": "Cancel",
+    "cancel": "Interrupt",
     "results": "Images",
     "use_settings": "Use these settings",
     "parameters": "Parameters (A1111 format)",
-    "history": "History (kept in this browser; click to view and restore)",
+    "history": f"**History**: the last {UI_HISTORY_LIMIT} images, kept in this browser; click one to see it "
+    "and restore its settings.",
+    "history_search": "Search the history",
+    "history_search_placeholder": "words of a prompt, or a seed",
+    "history_delete": "Delete",
+    "history_clear": "Clear all",
     "requests_plot": "Requests per 10 s, by where the answer came from",
     "tiers_table": "Cache tiers",
     "demo_banner": "**Demo model.** No CUDA GPU was found, so this server runs the tiny random-weight model: "
@@ -77,11 +84,15 @@ ZH = {
     "normalization": "提示词规范化",
     "normalization_note": "基本：去除首尾空白并合并空格；激进：另将全角转为半角并转为小写。",
     "generate": "生成",
-    "cancel": "取消",
+    "cancel": "中断",
     "results": "图像",
     "use_settings": "使用此图参数",
     "parameters": "生成参数（A1111 格式）",
-    "history": "历史记录（保存在本浏览器中；点击查看并恢复参数）",
+    "history": f"**历史记录**：本浏览器中保存的最近 {UI_HISTORY_LIMIT} 张图像；点击查看并恢复其参数。",
+    "history_search": "搜索历史记录",
+    "history_search_placeholder": "提示词中的文字，或种子",
+    "history_delete": "删除",
+    "history_clear": "全部清除",
     "requests_plot": "每 10 秒的请求数，按结果来源",
     "tiers_table": "缓存层",
     "demo_banner": "**演示模型。** 未检测到 CUDA GPU，服务器运行的是随机权重的微型模型："
@@ -110,11 +121,13 @@ MESSAGES: dict[str, dict[str, str]] = {
         "s": "{n:.2f} s",
         "denoising": "denoising",
         "steps_unit": "steps",
-        "queued": "In the queue: {place} of {depth} · Cancel takes it out",
+        "queued": "In the queue: {place} of {depth} · Interrupt (or Esc) takes it out",
         "busy": "The server is busy ({depth} generations waiting); trying again in {wait} s…",
         "busy_gave_up": "The server stayed busy for {minutes} minutes; press Generate to try again.",
         "error_cancelled": "Cancelled: nothing was generated.",
-        "not_cancellable": "Already being made, or someone else waits for the same image: it will finish.",
+        "interrupted": "Interrupted at step {step}/{steps}: nothing was stored.",
+        "detached": "Stopped waiting: someone else asked for the same image, so it is still being made "
+        "for them (and will be stored).",
         "error_model_unavailable": "The model is not available: {reason}",
         "error_generation_failed": "The generation failed: {reason}",
         "error_queue_full": "The server is busy: {reason}",
@@ -171,11 +184,12 @@ MESSAGES: dict[str, dict[str, str]] = {
         "s": "{n:.2f} 秒",
         "denoising": "去噪",
         "steps_unit": "步",
-        "queued": "排队中：第 {place} 位，共 {depth} 个 · 可点“取消”退出排队",
+        "queued": "排队中：第 {place} 位，共 {depth} 个 · 可点“中断”（或按 Esc）退出排队",
         "busy": "服务器繁忙（{depth} 个生成任务在等待），{wait} 秒后自动重试……",
         "busy_gave_up": "服务器持续繁忙已 {minutes} 分钟；请再次点击“生成”重试。",
         "error_cancelled": "已取消：未生成任何图像。",
-        "not_cancellable": "已在生成中，或有其他人在等待同一图像：它会完成。",
+        "interrupted": "已在第 {step}/{steps} 步中断：未保存任何内容。",
+        "detached": "已停止等待：其他人也在等待同一图像，它仍会为他们生成（并保存）。",
         "error_model_unavailable": "模型不可用：{reason}",
         "error_generation_failed": "生成失败：{reason}",
         "error_queue_full": "服务器繁忙：{reason}",
@@ -221,10 +235,14 @@ MESSAGES: dict[str, dict[str, str]] = {
 # What the page's own script needs to say (the character counter), by language.
 SCRIPT_TEXT = {
     "en": {
+        "clear_history": "Delete all the images of the history from this browser?",
+        "prompt_too_long": "The prompt is {length} characters; shorten it to at most {limit}.",
         "too_long": "Too long: at most {limit} characters.",
         "range": "Goes from {min} to {max}: set to {value}.",
     },
     "zh": {
+        "clear_history": "从本浏览器中删除历史记录中的所有图像？",
+        "prompt_too_long": "提示词共 {length} 个字符，请缩短到 {limit} 个以内。",
         "too_long": "太长：最多 {limit} 个字符。",
         "range": "取值范围 {min} 到 {max}：已设为 {value}。",
     },
