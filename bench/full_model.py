@@ -36,9 +36,10 @@ def build_full_pipeline(
     )
     from transformers import AutoTokenizer, Qwen3Config, Qwen3Model
 
+    from pipeline.fp8 import quantize_fp8
     from pipeline.loading import check_quantize
     from pipeline.meta_memory import memory_needs
-    from pipeline.placement import Placement, finish_placement, plan_placement, quantize_fp8
+    from pipeline.placement import Placement, finish_placement, plan_placement
     from pipeline.tiny_model import ensure_tiny_model
 
     check_quantize(quantize, device)

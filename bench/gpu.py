@@ -4,6 +4,7 @@ without and with guidance, with the service's speed levers chosen by flags.
     python -m bench.gpu            on CUDA: the real architecture (bench/data/
                                    z-image-turbo-configs) with random bf16 weights, built
                                    directly on the GPU; speed does not depend on weight values
+    python -m bench.gpu --quick    1024x1024, 5 runs, batches 1, 2, 4, no cold start (< 5 min on an H100)
     python -m bench.gpu --tiny     the same code on the CPU with the tiny model (the suite runs it)
     python -m bench.gpu --compile off --attention-backend native    one lever against another
                                    (--offload, --quantize, --compile, --attention-backend:
@@ -18,7 +19,11 @@ memory and disk tiers); peak device memory; images/s at each batch size; cold st
 -> first image, then the same again as a restart; the weights are deleted after);
 the FLOPs of the transformer (counted by torch's FlopCounterMode on the meta device,
 so they are known before anything runs) and the measured matmul peak of the device in
-the same run, hence MFU. Writes JSON and prints a table (bench/gpu_report.py).
+the same run, hence MFU. Writes the JSON after every measurement (a run killed midway
+keeps what it measured) and prints a table at the end (bench/gpu_report.py). The cold
+start needs app.py's packages (fastapi, gradio, uvicorn); without them it is skipped,
+saying so. docs/PERFORMANCE.md says how to run it on a bare GPU box
+(bench/gpu_wheels.py gathers the wheels to carry).
 
 One benchmark run, its measurements side by side, is one concept here, which is
 why this module runs past 300 lines; the model it builds is bench/full_model.py's.
@@ -27,12 +32,14 @@ why this module runs past 300 lines; the model it builds is bench/full_model.py'
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, get_args
 
@@ -96,15 +103,19 @@ def one_image(
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    encode = lambda text: [  # noqa: E731
-        e.to(device)
-        for e in pipe.encode_prompt(
-            prompt=text,
-            device=text_encoder_device(pipe),  # the CPU under --offload text-encoder
-            do_classifier_free_guidance=False,
-            max_sequence_length=MAX_SEQUENCE_LENGTH,
-        )[0]
-    ]
+
+    def encode(text: str) -> list[Any]:
+        # As the engine does: encode_prompt is not under no_grad, and without it the
+        # embeddings keep the text encoder's autograd graph, inflating the peak memory.
+        with torch.no_grad():
+            embeds = pipe.encode_prompt(
+                prompt=text,
+                device=text_encoder_device(pipe),  # the CPU under --offload text-encoder
+                do_classifier_free_guidance=False,
+                max_sequence_length=MAX_SEQUENCE_LENGTH,
+            )[0]
+        return [e.to(device) for e in embeds]
+
     embeds = [e[:tokens] for e in encode(PROMPT)]
     negative = encode("") if guidance > 0 else None
     sync(device)
@@ -126,12 +137,25 @@ def one_image(
     timings["transformer"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    decode_latents(pipe, latents)  # ends on the CPU, so it is synchronised
+    pixels = decode_latents(pipe, latents)  # ends on the CPU, so it is synchronised
     timings["vae_decode"] = time.perf_counter() - started
+    check_finite(pixels, f"{size}x{size}, batch {batch}, guidance {guidance:g}")
     timings["total"] = sum(timings.values())
     timings["caption_tokens"] = int(embeds[0].shape[0])
     timings["negative_tokens"] = int(negative[0].shape[0]) if negative else 0
     return timings
+
+
+class NonFiniteImage(RuntimeError):
+    """A measured image has NaN or infinite values: its timings measure a broken model."""
+
+
+def check_finite(pixels: Any, case: str) -> None:
+    """Raise NonFiniteImage unless every value of the decoded `pixels` is finite."""
+    import numpy as np
+
+    if not np.isfinite(pixels).all():
+        raise NonFiniteImage(f"the {case} image has NaN or infinite values; its figures would mean nothing")
 
 
 def service_overheads(size: int, runs: int, work_dir: Path) -> dict[str, float]:
@@ -147,7 +171,7 @@ def service_overheads(size: int, runs: int, work_dir: Path) -> dict[str, float]:
 
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-    request = CanonicalRequest(PROMPT[:200], "", 42, size, size, 8, 0.0, "png")
+    request = CanonicalRequest(PROMPT[:200], "", 42, size, size, 8, 0.0)
     identity = ModelIdentity("bench", "sha256:bench", work_dir, "cpu", "float32", True, 64)
     memory, disk = MemoryTier(1 << 30), DiskTier(work_dir / "images")
     encode, store_memory, store_disk = [], [], []
@@ -193,6 +217,18 @@ def lever_flags(args: argparse.Namespace) -> list[str]:
     ]
 
 
+# What `app.py` (the cold start) imports beyond what the rest of the bench needs; a
+# bare GPU box often lacks them, and the cold start is then skipped, saying so.
+COLD_START_PACKAGES = ("fastapi", "gradio", "uvicorn")
+
+
+def missing_for_cold_start() -> list[str]:
+    """The packages app.py needs that are not installed here."""
+    import importlib.util
+
+    return [name for name in COLD_START_PACKAGES if importlib.util.find_spec(name) is None]
+
+
 def cold_start(
     model_dir: Path, cache: Path, size: int, timeout_s: float, levers: list[str]
 ) -> dict[str, float]:
@@ -224,12 +260,20 @@ def cold_start(
     return out
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+Save = Callable[[dict[str, Any]], None]
+
+
+def run(args: argparse.Namespace, save: Save) -> dict[str, Any]:
+    """Measure as `args` say; `save(report)` is called after every measurement with
+    what is known so far, so a run killed midway keeps it."""
     import torch
 
     if args.tiny:
         device, dtype = "cpu", torch.float32
     elif torch.cuda.is_available():
+        from pipeline.loading import check_bf16_gpu
+
+        check_bf16_gpu()  # as the service: no run outside the memory plan on a T4 or V100
         device, dtype = "cuda", torch.bfloat16
     else:
         raise SystemExit("python -m bench.gpu: no CUDA device here; run with --tiny for the CPU version")
@@ -237,18 +281,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     work = Path(tempfile.mkdtemp(prefix="zimage-bench-"))  # weights, caches: deleted at the end
     try:
-        return measure(args, device, dtype, models_dir, work)
+        return measure(args, device, dtype, models_dir, work, save)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def measure(
-    args: argparse.Namespace, device: str, dtype: Any, models_dir: Path, work: Path
+    args: argparse.Namespace, device: str, dtype: Any, models_dir: Path, work: Path, save: Save
 ) -> dict[str, Any]:
     import torch
 
+    cold = args.cold_start and not missing_for_cold_start()
     started = time.perf_counter()
-    weights = work / "weights" if args.cold_start else None  # saved before quantization and hooks
+    weights = work / "weights" if cold else None  # saved before quantization and hooks
     if args.tiny:
         pipe = build_tiny_pipeline(models_dir, args.offload, args.quantize)
         if weights is not None:
@@ -260,13 +305,26 @@ def measure(
         name: sum(p.numel() for p in getattr(pipe, name).parameters())
         for name in ("transformer", "text_encoder", "vae")
     }
-
     levers = apply_levers(pipe, device, args)
-
     peak = matmul_peak(device, dtype)
+    report: dict[str, Any] = {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "dtype": str(dtype).removeprefix("torch."),
+        "model": "tiny" if args.tiny else "full-size Z-Image-Turbo architecture, random weights",
+        "levers": {"offload": args.offload, "quantize": args.quantize, **levers},
+        "parameters": params,
+        "size": args.sizes[0],
+        "steps": args.steps,
+        "build_s": build_s,
+        "matmul_peak_tflops": peak / 1e12,
+        "cases": {},
+        "versions": {"torch": torch.__version__},
+    }
+    save(report)
+
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    cases: dict[str, dict[str, Any]] = {}
+    cases: dict[str, dict[str, Any]] = report["cases"]
     for size in args.sizes:
         for guidance in args.guidance_scales:
             started = time.perf_counter()  # the first run of a shape compiles, with --compile
@@ -292,10 +350,22 @@ def measure(
                 "tflop_per_image": flops * args.steps / 1e12,
                 "mfu_transformer": flops * args.steps / p50["transformer"] / peak,
             }
-    peak_memory = torch.cuda.max_memory_allocated() if device == "cuda" else None
+            if len(cases) == 1:  # the headline figures: the first case's
+                flops_per_image = forward * args.steps
+                report.update(
+                    {
+                        "latency_p50_s": p50,
+                        "transformer_forward_tflop": forward / 1e12,
+                        "tflop_per_image": flops_per_image / 1e12,
+                        "mfu_transformer": flops_per_image / p50["transformer"] / peak,
+                        "mfu_end_to_end": flops_per_image / p50["total"] / peak,
+                    }
+                )
+            report["peak_memory_bytes"] = torch.cuda.max_memory_allocated() if device == "cuda" else None
+            save(report)
 
     size = args.sizes[0]
-    throughput = {}
+    report["images_per_s"] = throughput = {}
     for batch in args.batches:
         one_image(pipe, device, size, args.steps, batch, args.caption_tokens)  # warm this shape
         seconds = statistics.median(
@@ -303,43 +373,29 @@ def measure(
             for _ in range(args.batch_runs)
         )
         throughput[batch] = batch / seconds
+        save(report)
 
-    main = next(iter(cases.values()))
-    p50 = main["latency_p50_s"]
-    flops = main["forward_flop"]
-    flops_per_image = flops * args.steps
-    report: dict[str, Any] = {
-        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-        "dtype": str(dtype).removeprefix("torch."),
-        "model": "tiny" if args.tiny else "full-size Z-Image-Turbo architecture, random weights",
-        "levers": {"offload": args.offload, "quantize": args.quantize, **levers},
-        "parameters": params,
-        "size": size,
-        "steps": args.steps,
-        "build_s": build_s,
-        "latency_p50_s": p50,
-        "cases": cases,
-        "service_overheads": {
-            str(s): service_overheads(s, args.overhead_runs, work / "overheads") for s in args.sizes
-        },
-        "peak_memory_bytes": peak_memory,
-        "images_per_s": throughput,
-        "transformer_forward_tflop": flops / 1e12,
-        "tflop_per_image": flops_per_image / 1e12,
-        "matmul_peak_tflops": peak / 1e12,
-        "mfu_transformer": flops_per_image / p50["transformer"] / peak,
-        "mfu_end_to_end": flops_per_image / p50["total"] / peak,
-        "versions": {"torch": torch.__version__},
-    }
+    report["service_overheads"] = overheads = {}
+    for s in args.sizes:
+        overheads[str(s)] = service_overheads(s, args.overhead_runs, work / "overheads")
+        save(report)
+
+    del pipe
+    gc.collect()  # the pipeline's modules hold reference cycles: without this the weights stay
+    if device == "cuda":
+        torch.cuda.empty_cache()
     if weights is not None:
-        del pipe
-        if device == "cuda":
-            torch.cuda.empty_cache()
         report["cold_start"] = cold_start(weights, work / "cache", size, args.cold_timeout, lever_flags(args))
+    elif args.cold_start:
+        missing = ", ".join(missing_for_cold_start())
+        report["cold_start"] = {"skipped": f"app.py needs {missing}, not installed here"}
+        print(f"cold start skipped: app.py needs {missing}, not installed here", flush=True)
+    save(report)
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; `--quick` sets its sizes, runs, batches and cold start."""
     parser = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="the tiny model on the CPU (for the test suite)")
     ints = lambda text: [int(v) for v in text.split(",")]  # noqa: E731
@@ -393,14 +449,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=None, help="JSON path (default bench/results/gpu-<device>.json)"
     )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="1024x1024 only, 5 runs, batches 1, 2 and 4, no cold start: within 5 minutes on an H100",
+    )
     args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.runs, args.batches, args.cold_start = [1024], 5, [1, 2, 4], False
+    return args
 
-    report = run(args)
-    out = args.out or RESULTS / f"gpu-{'tiny-cpu' if args.tiny else report['device'].replace(' ', '-')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+
+    def save(report: dict[str, Any]) -> None:
+        out = (
+            args.out
+            or RESULTS / f"gpu-{'tiny-cpu' if args.tiny else report['device'].replace(' ', '-')}.json"
+        )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_name(out.name + ".part")
+        partial.write_text(json.dumps(report, indent=2))
+        partial.replace(out)  # a reader never sees half a file
+        save.path = out  # type: ignore[attr-defined]
+
+    report = run(args, save)
     print(render(report))
-    print(f"\nwrote {out}")
+    print(f"\nwrote {save.path}")  # type: ignore[attr-defined]
     return 0
 
 

@@ -48,7 +48,8 @@ def render(r: dict[str, Any]) -> str:
         ),
     ]
     for name, value in r.get("cold_start", {}).items():
-        rows.append((f"cold start: {name.replace('_', ' ')}", f"{value:.1f} s"))
+        shown = value if isinstance(value, str) else f"{value:.1f} s"  # "skipped": why
+        rows.append((f"cold start: {name.replace('_', ' ')}", shown))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
 

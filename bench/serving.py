@@ -6,11 +6,15 @@ one run (every figure also as a ratio to the floor, GET /health):
   floor       GET /health latency
   hits        L1 (memory), L2 (disk), L3 (Redis) hits through /run, /images/{key}
               and POST /generate, and misses
+  formats     a JPEG and a WebP of images stored as PNG: the first ask (a hit on the
+              stored PNG, encoded then), and every later one (a hit on the stored copy)
   throughput  hits/s at concurrency 1, 8 and 32, against /health at the same
   contention  hit latency while generations run (head-of-line blocking)
   miss cost   a generation with the cache against one with no_cache
   trace       N requests drawn from PartiPrompts (bench/data) with a Zipf law (s = 1.1):
               hit rate, generations against unique keys, latency by tier
+  batching    images/s of 8 concurrent distinct prompts on A (batching across
+              requests) and on a third server with --engine-batch 1 (bench/batch_throughput.py)
 
 Server A has every tier; server B shares A's Redis but has no memory tier and
 its own empty disk, so that a key's first request on B is a Redis hit (copied to
@@ -39,6 +43,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
+from bench import batch_throughput
 from bench.http_client import Client, Reply, server_timing, summarize, throughput, timed
 from bench.procs import ROOT, RedisServer, Server, wait_until
 from bench.serving_report import plot, render_table
@@ -136,6 +141,7 @@ def main() -> int:
     env = {"OMP_NUM_THREADS": "1", "ZIMAGE_REDIS_URL": redis.url}
     a = Server(work / "a", env=env)
     b = Server(work / "b", "--memory-cache-mb", "0", env=env)
+    unbatched = Server(work / "c", "--engine-batch", "1", env=env)
     report: dict = {
         "machine": {
             "platform": platform.platform(),
@@ -192,6 +198,27 @@ def main() -> int:
             hits[f"L2 disk {route_name}"] = timed(calls_b[route_name], n, expect="disk")
             print(f"hits through {route_name}: done", flush=True)
         report["hits"] = hits
+
+        # 2b. Other formats than the stored PNG: the first ask of each image makes it
+        #     from the PNG in memory (Server-Timing's encode_<ext>); later ones hit the copy.
+        images = populate(ca, "bench formats", KEYS_PER_ROUTE + 20)
+        derived: dict[str, dict] = {}
+        for ext in ("jpeg", "webp"):
+            urls = [img["image_url"].removesuffix(".png") + f".{ext}" for img in images]
+            replies = [ca.request("GET", url) for url in urls]
+            first = replies[20:]  # the first 20 warm the path, as in `timed`
+            assert all(r.status == 200 and r.headers.get("x-cache") == "memory" for r in first)
+            encode_ms = sorted(server_timing(r)[f"encode_{ext}"] for r in first)
+            derived[ext] = {
+                **summarize([r.seconds for r in first]),
+                "encode_p50_ms": statistics.median(encode_ms),
+                "bytes_mean": statistics.fmean(len(r.body) for r in first),
+            }
+            hits[f"L1 memory /images/{{key}}.{ext} (made before)"] = timed(
+                lambda url=urls[-1]: ca.request("GET", url), n, expect="memory"
+            )
+            print(f"{ext} from the stored PNG: done", flush=True)
+        report["derived"] = derived
 
         # 3. Misses, and what the cache adds to one: interleaved, with and without.
         cached, bypass, store_ms = [], [], []
@@ -273,12 +300,18 @@ def main() -> int:
         )
         report["trace"] = replayed
         print("trace: done", flush=True)
+
+        # 7. Batching across requests: concurrent distinct prompts, with and without.
+        unbatched.wait_ready()
+        report["batching"] = batch_throughput.measure(a, unbatched, clients=8, rounds=3)
+        print("batching: done", flush=True)
     except BaseException:
         print(f"the servers' logs and caches are kept in {work}", file=sys.stderr)
         raise
     finally:
         a.stop()
         b.stop()
+        unbatched.stop()
         redis.kill()
     shutil.rmtree(work)  # two caches of hundreds of MB: one per run would fill /tmp
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench import batch_throughput
+
 
 def render_table(r: dict) -> str:
     floor = r["floor"]["p50_ms"]
@@ -14,6 +16,16 @@ def render_table(r: dict) -> str:
         flag = "" if s["p50_ms"] / floor <= float(target[3:-1]) else "  MISSED"
         rows.append(
             (name, f"{s['p50_ms']:.3f}", f"{s['p99_ms']:.3f}", f"{s['p50_ms'] / floor:.2f}", target + flag)
+        )
+    for ext, d in r.get("derived", {}).items():
+        rows.append(
+            (
+                f"{ext} of a PNG in L1, first ask (encode p50 {d['encode_p50_ms']:.1f} ms)",
+                f"{d['p50_ms']:.3f}",
+                f"{d['p99_ms']:.3f}",
+                f"{d['p50_ms'] / floor:.2f}",
+                "",
+            )
         )
     m = r["miss"]
     rows.append(
@@ -96,6 +108,8 @@ def render_table(r: dict) -> str:
                 "",
             )
         )
+    if "batching" in r:
+        rows += batch_throughput.rows(r["batching"])
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -12,6 +12,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import redis
@@ -21,7 +22,17 @@ from redis.exceptions import ClusterError, RedisClusterException
 from redis.lock import Lock
 from redis.retry import Retry
 
-from cache.entry import MISS, CorruptEntry, Entry, UnverifiableEntry, _Miss, decode_record, encode_record
+from cache.entry import (
+    MISS,
+    UNSIGNED,
+    CorruptEntry,
+    Entry,
+    UnverifiableEntry,
+    _Miss,
+    decode_record,
+    encode_record,
+)
+from cache.keyring import Keyring
 from cache.keys import SCHEMA_VERSION
 from cache.layered import TierUnavailable
 from cache.redis_url import parse_redis_url
@@ -47,13 +58,17 @@ OUTAGES = (redis.ConnectionError, redis.TimeoutError, RedisClusterException, Clu
 
 
 class RedisTier:
-    """Entries as Redis strings `zimage:v<schema>:<namespace>:<key>` with a TTL.
+    """Entries as Redis strings `zimage:v<schema>:<kid>:<namespace>:<key>` with a TTL.
 
-    The value is the same checked record as on disk (header with key, size and
-    encoding, the bytes, then an XXH3 checksum or, with `secret`, an HMAC over both), written
-    with one SET, so a reader sees all of it or nothing; with a secret, a writer
-    without it cannot make an entry this tier accepts. `url` is one server, a Sentinel-watched master or a Cluster
-    (cache.redis_url); no command touches two keys but the DEL of `clear`, which
+    The value is the same checked record as on disk (header with key, size, encoding
+    and key id, the bytes, then an XXH3 checksum or, with a `keyring`, an HMAC over
+    both), written with one SET, so a reader sees all of it or nothing; with a
+    secret, a writer without it cannot make an entry this tier accepts. `<kid>` is
+    the key id of the secret that signed it (cache.keyring; `unsigned` without one):
+    writes go under the keyring's first, reads try each of its key ids in turn, so
+    replicas with different secrets on one Redis never read, delete or overwrite
+    each other's entries, and a rotated-in secret still reads the old one's.
+    `url` is one server, a Sentinel-watched master or a Cluster (cache.redis_url); no command touches two keys but the DEL of `clear`, which
     redis-py's cluster client splits by slot, so entries and locks need not share
     a slot. Guarantees: short socket timeouts and no retries inside a call; after
     a failure the tier fails fast (TierUnavailable) for a growing back-off, then
@@ -76,10 +91,10 @@ class RedisTier:
         ttl_s: float,
         timeout_s: float = 0.5,
         lock_ttl_s: float = 30.0,
-        secret: bytes | None = None,
+        keyring: Keyring = UNSIGNED,
     ) -> None:
         self.ttl_ms = int(ttl_s * 1000)
-        self.secret = secret
+        self.keyring = keyring
         self.lock_ttl_s = lock_ttl_s
         self.prefix = f"zimage:v{SCHEMA_VERSION}:"
         self.target = parse_redis_url(url)
@@ -108,78 +123,87 @@ class RedisTier:
         if self.target.kind == "sentinel":
             self._watch = FailoverWatch(self.target, self._follow_failover, timeout_s=timeout_s).start()
 
-    def redis_key(self, namespace: str, key: str) -> str:
-        return f"{self.prefix}{namespace}:{key}"
+    def redis_key(self, namespace: str, key: str, kid: str | None = None) -> str:
+        """The Redis key of an entry under `kid` (default: the one this tier writes)."""
+        return f"{self.prefix}{kid or self.keyring.kid}:{namespace}:{key}"
 
     def get(self, namespace: str, key: str) -> Entry | _Miss:
-        name = self.redis_key(namespace, key)
-        blob = self._call(lambda r: r.get(name))
-        if blob is None:
-            return MISS
-        try:
-            return decode_record(blob, namespace, key, self.secret)
-        except UnverifiableEntry:
-            return MISS  # another replica's, signed with a secret this one lacks
-        except CorruptEntry as exc:
-            self._drop_corrupt(name, exc)
-            self._call(lambda r: r.delete(name))
-            return MISS
+        for kid in self.keyring.kids:
+            name = self.redis_key(namespace, key, kid)
+            blob = self._call(lambda r, name=name: r.get(name))
+            if blob is None:
+                continue
+            try:
+                return decode_record(blob, namespace, key, self.keyring, stored_kid=kid)
+            except UnverifiableEntry:
+                continue
+            except CorruptEntry as exc:
+                self._drop_corrupt(name, exc)
+                self._call(lambda r, name=name: r.delete(name))
+        return MISS
 
     async def aget(self, namespace: str, key: str) -> Entry | _Miss:
         """`get` on the running event loop: the GET through `redis.asyncio`, the check
         inline (a large signed record's on a thread: INLINE_HMAC_MAX_BYTES). Same failures."""
-        name = self.redis_key(namespace, key)
-        blob = await self._acall(lambda r: r.get(name))
-        if blob is None:
-            return MISS
-        try:
-            if self.secret is not None and len(blob) > INLINE_HMAC_MAX_BYTES:
-                return await asyncio.to_thread(decode_record, blob, namespace, key, self.secret)
-            return decode_record(blob, namespace, key, self.secret)
-        except UnverifiableEntry:
-            return MISS
-        except CorruptEntry as exc:
-            self._drop_corrupt(name, exc)
-            await self._acall(lambda r: r.delete(name))
-            return MISS
+        for kid in self.keyring.kids:
+            name = self.redis_key(namespace, key, kid)
+            blob = await self._acall(lambda r, name=name: r.get(name))
+            if blob is None:
+                continue
+            try:
+                if self.keyring.signed and len(blob) > INLINE_HMAC_MAX_BYTES:
+                    return await asyncio.to_thread(
+                        partial(decode_record, blob, namespace, key, self.keyring, stored_kid=kid)
+                    )
+                return decode_record(blob, namespace, key, self.keyring, stored_kid=kid)
+            except UnverifiableEntry:
+                continue
+            except CorruptEntry as exc:
+                self._drop_corrupt(name, exc)
+                await self._acall(lambda r, name=name: r.delete(name))
+        return MISS
 
     def _drop_corrupt(self, name: str, exc: CorruptEntry) -> None:
         log.warning("redis cache: dropping corrupt entry %s (%s)", name, exc)
 
     def put(self, namespace: str, key: str, entry: Entry) -> None:
-        record = encode_record(namespace, key, entry, self.secret)
+        record = encode_record(namespace, key, entry, self.keyring)
         self._call(lambda r: r.set(self.redis_key(namespace, key), record, px=self.ttl_ms))
 
     def discard(self, namespace: str, key: str) -> None:
-        self._call(lambda r: r.delete(self.redis_key(namespace, key)))
+        names = [self.redis_key(namespace, key, kid) for kid in self.keyring.kids]
+        self._call(lambda r: [r.delete(name) for name in names])
 
     def clear(self, namespace: str) -> int:
-        """Delete every entry of `namespace` (SCAN + DEL in batches); returns how many."""
+        """Delete every entry of `namespace` under this tier's key ids (SCAN + DEL in
+        batches); returns how many. Other secrets' entries are theirs to clear."""
 
         def run(r: Any) -> int:
             removed, batch = 0, []
-            for name in r.scan_iter(match=f"{self.prefix}{namespace}:*", count=1000):
-                if not name.endswith(b":lock"):
-                    batch.append(name)
-                if len(batch) >= 500:
-                    removed += r.delete(*batch)
-                    batch = []
+            for kid in self.keyring.kids:
+                for name in r.scan_iter(match=f"{self.prefix}{kid}:{namespace}:*", count=1000):
+                    if not name.endswith(b":lock"):
+                        batch.append(name)
+                    if len(batch) >= 500:
+                        removed += r.delete(*batch)
+                        batch = []
             return removed + (r.delete(*batch) if batch else 0)
 
         return self._call(run)
 
     def stats(self) -> dict[str, int]:
-        """Entries and bytes under our prefix (a SCAN: cheap for a cache-sized Redis)."""
+        """Entries and bytes under our prefix and key ids (a SCAN: cheap for a cache-sized Redis)."""
 
         def count(r: Any) -> dict[str, int]:
             entries = size = 0
             names = []
-            for name in r.scan_iter(match=f"{self.prefix}*", count=1000):
-                if name.endswith(b":lock"):
-                    continue
-                names.append(name)
-                if len(names) >= SCAN_LIMIT:
-                    break
+            for kid in self.keyring.kids:
+                for name in r.scan_iter(match=f"{self.prefix}{kid}:*", count=1000):
+                    if name.endswith(b":lock"):
+                        continue
+                    names.append(name)
+                    if len(names) >= SCAN_LIMIT:
+                        break
             pipe = r.pipeline(transaction=False)
             for name in names:
                 pipe.strlen(name)

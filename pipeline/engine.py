@@ -8,9 +8,11 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from enum import Enum
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from pipeline.batching import BATCH_WINDOW_S, DEFAULT_MAX_BATCH, Member, batch_key, caption_profile, fan_out
 from pipeline.compile import CompileSetting, compiled_graphs
 from pipeline.embeddings import EmbeddingCache
 from pipeline.encoding import EncodePool, GeneratedImage, Rendered, finish_images
@@ -20,7 +22,7 @@ from pipeline.job_queue import JobQueue
 from pipeline.limits import DEFAULT_MAX_QUEUE
 from pipeline.loading import ModelIdentity, ModelOptions, load_pipeline, resolve_model
 from pipeline.placement import Placement
-from pipeline.rendering import Progress, Render
+from pipeline.rendering import Progress, Render, count_tokens, load_of
 from pipeline.request import CanonicalRequest
 from pipeline.speed import apply_speed_levers
 
@@ -61,6 +63,14 @@ class Engine:
 
     Speed levers, applied after loading: `attention_backend` (pipeline.attention)
     and `compile` (pipeline.compile; its caches under `compile_cache_dir`).
+
+    Batching across requests (pipeline.batching): a job that starts takes the waiting
+    jobs of the same size, steps, guidance and padded caption lengths into its model
+    call, those queued now and those submitted within BATCH_WINDOW_S of its own
+    submission, up to `max_batch` images and what the memory plan allows (1: off).
+    Each image is the one it would be alone (within ±1 level); a job taken in is running
+    (it can no longer be cancelled) and gets its own result. `batch_observers` are
+    told the images of every model call.
     """
 
     def __init__(
@@ -76,6 +86,8 @@ class Engine:
         attention_backend: str = "auto",
         compile: CompileSetting = "auto",
         compile_cache_dir: Path | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        batch_window_s: float = BATCH_WINDOW_S,
     ) -> None:
         self.model_spec = model_spec
         self.models_dir = models_dir
@@ -91,6 +103,9 @@ class Engine:
         self.attention_in_use: str | None = None  # the backend chosen at load
         self.compiled = False
         self.fits = FitRecord()
+        self.max_batch = max_batch
+        self.batch_window_s = batch_window_s
+        self.batch_observers: list[Callable[[int], None]] = []  # images per model call
         self.error: str | None = None
         self.fatal = False
         self.accepting = True
@@ -153,7 +168,8 @@ class Engine:
         embedding_scope: str | None = "public",
     ) -> Future[list[GeneratedImage]]:
         """Queue one generation job: the images of `requests` (same prompt and settings,
-        different seeds) made in one batched pipeline call. `progress(step, steps)` is
+        different seeds) made in one batched pipeline call, with other jobs' images
+        where they can share it (batching across requests). `progress(step, steps)` is
         called from the engine thread after each denoising step. Prompt embeddings are
         looked up and kept under `embedding_scope` (the namespace); None neither looks
         them up nor keeps them (prompts that must not be kept anywhere). Raises
@@ -167,8 +183,11 @@ class Engine:
         first = requests[0]
         if any(r.as_dict() | {"seed": 0} != first.as_dict() | {"seed": 0} for r in requests):
             raise ValueError("a batch must share everything but the seed")
-        self.fits.check(first.width, first.height)
-        return self._queue.submit(lambda result: self._generate(requests, progress, embedding_scope, result))
+        self.fits.check(load_of(requests))
+        member = Member(requests, progress, embedding_scope)
+        group = batch_key(first) if self.max_batch > 1 else None
+        member.result = self._queue.submit(lambda result: self._generate(member), group=group, item=member)
+        return member.result
 
     def close(self, timeout_s: float = 0.0) -> bool:
         """Cancel the jobs that have not started and wait up to `timeout_s` for the one
@@ -188,30 +207,54 @@ class Engine:
         `warmup`); keeps no prompt embeddings."""
         assert threading.current_thread().name.startswith("zimage-engine"), "run_now off the engine thread"
         identity = self.identity_future.result()
-        return finish_images(self._run(requests, identity), requests, identity)
+        return finish_images(self._run([Member(requests, None, None)], identity), requests, identity)
 
-    def _run(
-        self,
-        requests: list[CanonicalRequest],
-        identity: ModelIdentity,
-        progress: Progress | None = None,
-        embedding_scope: str | None = None,
-    ) -> Rendered:
-        """One model call (pipeline.rendering) on the engine thread; a fatal device error
-        fails the engine for good before it is raised."""
+    def _run(self, members: list[Member], identity: ModelIdentity) -> Rendered:
+        """One model call (pipeline.rendering) for the images of `members`, on the engine
+        thread; a fatal device error fails the engine for good before it is raised."""
         render = Render(
-            self._pipe,
-            identity,
-            embeddings=self.embeddings,
-            fits=self.fits,
-            progress=progress,
-            embedding_scope=embedding_scope,
+            self._pipe, identity, embeddings=self.embeddings, fits=self.fits, progress=fan_out(members)
         )
+        requests = [r for m in members for r in m.requests]
+        for observe in self.batch_observers:
+            observe(len(requests))
         try:
-            return render(requests)
+            return render(requests, [m.embedding_scope for m in members for _ in m.requests])
         except FatalDeviceError as exc:
             self._fail_fatally(str(exc))
             raise
+
+    def batch_capacity(self, request: CanonicalRequest) -> int:
+        """Most images of `request`'s kind one model call may gather: `max_batch`, and on
+        CUDA what the memory plan's activation budget allows (at least 1)."""
+        allowed = self.placement.max_images(load_of([request])) if self.placement is not None else None
+        return max(1, min(self.max_batch, allowed if allowed is not None else self.max_batch))
+
+    def _gather(self, leader: Member) -> list[Member]:
+        """`leader` and the waiting jobs that can share its model call (see the class)."""
+        if self.max_batch <= 1:
+            return [leader]
+        first = leader.requests[0]
+        room = [self.batch_capacity(first) - leader.images]
+        leader.profile = caption_profile(partial(count_tokens, self._pipe), first)
+
+        def accept(member: Member) -> bool:
+            if member.images > room[0]:
+                return False
+            if member.profile is None:
+                member.profile = caption_profile(partial(count_tokens, self._pipe), member.requests[0])
+            if member.profile != leader.profile:
+                return False
+            room[0] -= member.images
+            return True
+
+        members = [leader]
+        deadline = leader.submitted + self.batch_window_s
+        while True:
+            members += self._queue.claim(batch_key(first), accept)
+            if room[0] <= 0 or time.monotonic() >= deadline:
+                return members
+            self._queue.wait_submitted(deadline)
 
     def _work_started(self) -> None:
         with self._quiet:
@@ -263,7 +306,7 @@ class Engine:
                 self.warmup(self, identity)
             else:  # the least that proves the model makes an image
                 size = identity.min_size
-                self.run_now([CanonicalRequest("warm-up", "", 0, size, size, 1, 0.0, "png")])
+                self.run_now([CanonicalRequest("warm-up", "", 0, size, size, 1, 0.0)])
             if self.compiled:
                 log.info("compile: %d graphs compiled by the warm-up", compiled_graphs())
             self._set_state(EngineState.READY)
@@ -273,15 +316,10 @@ class Engine:
                 self._fail(f"{type(exc).__name__}: {exc}")
             log.exception("model failed to load")
 
-    def _generate(
-        self,
-        requests: list[CanonicalRequest],
-        progress: Progress | None,
-        embedding_scope: str | None,
-        result: Future[list[GeneratedImage]],
-    ) -> None:
-        """One job, started by the queue (its `result` set running)."""
+    def _generate(self, leader: Member) -> None:
+        """One job, started by the queue (its result set running), with the jobs it gathers."""
         self._work_started()
+        members = [leader]
         try:
             try:
                 if self._pipe is None and self._state == EngineState.LOADING:
@@ -289,12 +327,20 @@ class Engine:
                 if self._state == EngineState.FAILED or self._pipe is None:
                     raise ModelUnavailable(f"the model failed: {self.error}")
                 identity = self.identity_future.result()
-                rendered = self._run(requests, identity, progress, embedding_scope)
+                members = self._gather(leader)
+                rendered = self._run(members, identity)
             except BaseException as exc:
-                result.set_exception(exc)
+                for member in members:
+                    if not member.result.done():
+                        member.result.set_exception(exc)
                 return
             # Checking and encoding happen on the pool; this thread takes the next job.
-            self._encoder.submit(rendered, requests, identity, result)
+            start = 0
+            for member in members:
+                part = Rendered(rendered.pixels[start : start + member.images], rendered.timings)
+                start += member.images
+                if not member.detached:
+                    self._encoder.submit(part, member.requests, identity, member.result)
         finally:
             self._work_done()
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
-import hashlib
-import json
 import logging
 import re
 import shutil
@@ -12,20 +9,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from pipeline.fingerprint import DigestCache, fingerprint_dir, pipeline_patterns
 from pipeline.placement import Offload, Placement, quiet_progress_bars
 from pipeline.tiny_model import TINY_MODEL_ID, ensure_tiny_model
 
 log = logging.getLogger(__name__)
 
 HUB_ID = "Tongyi-MAI/Z-Image-Turbo"
-# Files up to this size are fingerprinted by content; larger ones (weights) by
-# name and size, so fingerprinting 30 GB of weights stays instant.
-_HASH_CONTENT_LIMIT = 1 << 20
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
-# Files download tools keep beside a model, none of which the pipeline reads:
-# `hf download --local-dir` writes .cache/huggingface/download/*.metadata (with
-# timestamps) and *.lock files; hashing them would change every key on re-download.
-_BOOKKEEPING = ("*.metadata", "*.lock", "*.incomplete")
+# Beside the models directory's models: the content digests of model files
+# (pipeline/fingerprint.py), so a restart reads no weight bytes to fingerprint them.
+DIGESTS_FILE = "digests.json"
 # Weight formats the pipeline does not load (it reads safetensors): not downloaded.
 _UNUSED_WEIGHTS = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.gguf"]
 # Where the initial noise is drawn. On the CPU a seed gives the same noise on every
@@ -39,6 +33,8 @@ NVIDIA_DRIVER_FILES = (Path("/proc/driver/nvidia/version"), Path("/dev/nvidiactl
 Quantize = Literal["none", "fp8"]
 # float8 matmuls (torch._scaled_mm) need Ada (8.9), Hopper (9.0) or later.
 FP8_MIN_CAPABILITY = (8, 9)
+# bfloat16 in hardware, and the fused attention kernels in it, start with Ampere (8.0).
+BF16_MIN_CAPABILITY = (8, 0)
 
 
 class CudaUnavailable(RuntimeError):
@@ -68,16 +64,27 @@ class ModelIdentity:
     min_size: int
     max_size: int = 2048
     quantize: Quantize = "none"
+    # The dtype the text encoder computes in, where it is not `dtype` (float32 on a
+    # CPU without native bfloat16, for a model served in bfloat16). None: `dtype`.
+    text_encoder_dtype: str | None = None
+
+    @property
+    def encoder_dtype(self) -> str:
+        """The dtype the text encoder computes in."""
+        return self.text_encoder_dtype or self.dtype
 
     def key_fields(self) -> dict[str, str]:
         """What of the model goes into every cache key: whatever changes its pixels for a
-        given request (weights, dtype, quantization, where the noise is drawn), and not
-        where the parts live (placement changes no more than kernel numerics do)."""
+        given request (weights by content, dtype, quantization, where the noise is drawn,
+        the text encoder's compute dtype), and not where the parts live: placement, the
+        text encoder's device included, changes no more than a different GPU's kernels
+        do, and padding the prompt changes nothing (bench/text_encoder_numerics.py)."""
         return {
             "model": self.fingerprint,
             "dtype": self.dtype,
             "quantize": self.quantize,
             "noise": NOISE_DEVICE,
+            "text_encoder": self.encoder_dtype,
         }
 
 
@@ -89,6 +96,27 @@ def pick_device() -> tuple[str, str]:
     if torch.cuda.is_available():
         return "cuda", "bfloat16"
     return "cpu", "float32"
+
+
+def check_bf16_gpu() -> None:
+    """Raise ValueError naming the card and what to use instead unless the CUDA GPU
+    computes in bfloat16 natively (compute capability 8.0+). On older cards (T4, V100)
+    torch would emulate bfloat16 and SDPA fall back to its unfused path, which holds the
+    full attention scores (about 5 GB at 1024x1024 guided) that no memory plan here
+    counts; float16, their native type, gives NaN images with this model."""
+    import torch
+
+    capability = torch.cuda.get_device_capability()
+    if capability >= BF16_MIN_CAPABILITY:
+        return
+    name = torch.cuda.get_device_name()
+    need = ".".join(map(str, BF16_MIN_CAPABILITY))
+    raise ValueError(
+        f"{name} (compute capability {capability[0]}.{capability[1]}) has no native bfloat16, which this "
+        "model needs (float16 gives NaN images, and emulated bfloat16 runs attention outside the memory "
+        f"plan); use a GPU of compute capability {need} or newer (A10, A100, L4, L40S, RTX 3090/4090, "
+        "H100), or --model tiny to serve the demo model"
+    )
 
 
 def nvidia_driver() -> str | None:
@@ -116,28 +144,33 @@ def cuda_unusable_reason(driver: str) -> str:
 
 
 def check_quantize(quantize: str, device: str) -> None:
-    """Raise ValueError saying why, unless `device` can run `--quantize quantize`."""
+    """Raise ValueError saying why, unless `device` can run `--quantize quantize`: on
+    CUDA a GPU of compute capability 8.9 or newer; on the CPU torch emulates float8
+    matmuls (slow: for tests and the tiny model), which is allowed with a warning."""
     if quantize == "none":
         return
-    need = ".".join(map(str, FP8_MIN_CAPABILITY))
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        raise ValueError("--quantize fp8 needs torchao: pip install 'z-image-turbo-service[fp8]'") from None
     if device != "cuda":
-        raise ValueError(
-            f"--quantize fp8 needs a CUDA GPU of compute capability {need} or newer (Ada, Hopper, "
-            "Blackwell); this machine serves on the CPU. Use --quantize none"
+        log.warning(
+            "--quantize fp8 on the %s: float8 matmuls are emulated there, slower than bfloat16; "
+            "its speed needs a CUDA GPU of compute capability %s or newer",
+            device,
+            ".".join(map(str, FP8_MIN_CAPABILITY)),
         )
+        return
     import torch
 
     capability = torch.cuda.get_device_capability()
     if capability < FP8_MIN_CAPABILITY:
+        need = ".".join(map(str, FP8_MIN_CAPABILITY))
         name = torch.cuda.get_device_name()
         raise ValueError(
             f"--quantize fp8 needs compute capability {need} or newer (Ada, Hopper, Blackwell); "
             f"{name} is {capability[0]}.{capability[1]}. Use --quantize none"
         )
-    try:
-        import torchao  # noqa: F401
-    except ImportError:
-        raise ValueError("--quantize fp8 needs torchao: pip install 'z-image-turbo-service[fp8]'") from None
 
 
 def resolve_model(spec: str, models_dir: Path, options: ModelOptions | None = None) -> ModelIdentity:
@@ -148,7 +181,7 @@ def resolve_model(spec: str, models_dir: Path, options: ModelOptions | None = No
     box must not quietly serve noise). A hub id is fetched into the Hugging Face
     cache (only the files the pipeline reads), or found there when offline.
     Raises ValueError naming the setting when the spec leads nowhere or the device
-    cannot do `options.quantize`.
+    cannot do `options.quantize`, or is a CUDA GPU without native bfloat16 (T4, V100).
     """
     options = options or ModelOptions()
     device, dtype = pick_device()
@@ -157,19 +190,23 @@ def resolve_model(spec: str, models_dir: Path, options: ModelOptions | None = No
             raise CudaUnavailable(cuda_unusable_reason(driver))
         spec = HUB_ID if device == "cuda" else "tiny"
     check_model_spec(spec)
+    if device == "cuda":
+        check_bf16_gpu()
     check_quantize(options.quantize, device)
+    if options.quantize == "fp8":
+        dtype = "bfloat16"  # torchao's per-row float8 quantizes bfloat16 weights (the CPU too)
     local = Path(spec).expanduser()
     if spec == "tiny":
-        path, model_id, fingerprint = ensure_tiny_model(models_dir), TINY_MODEL_ID, None
+        path, model_id = ensure_tiny_model(models_dir), TINY_MODEL_ID
     elif local.is_dir():
-        path, model_id, fingerprint = local, str(local.resolve()), None
+        path, model_id = local, str(local.resolve())
     else:
         path, model_id = download(spec), spec
-        fingerprint = f"{spec}@{path.name}"  # the snapshot directory is named by commit
     demo = spec == "tiny"
     return ModelIdentity(
         model_id=model_id,
-        fingerprint=fingerprint or fingerprint_dir(path),
+        # By content, wherever the files are: a hub model's by its blobs' names.
+        fingerprint=fingerprint_dir(path, DigestCache(models_dir / DIGESTS_FILE)),
         path=path,
         device=device,
         dtype=dtype,
@@ -194,15 +231,6 @@ def check_model_spec(spec: str) -> None:
         )
 
 
-def pipeline_patterns(model_index: Path) -> list[str]:
-    """The files ZImagePipeline.from_pretrained reads, as glob patterns relative to the
-    model directory: model_index.json and each component's folder (config, weights,
-    tokenizer files); not the README, sample images or other repositories' extras."""
-    index = json.loads(model_index.read_text())
-    components = [name for name, value in index.items() if isinstance(value, list) and value[0] is not None]
-    return ["model_index.json", *(f"{name}/*" for name in sorted(components))]
-
-
 def download(hub_id: str) -> Path:
     """Fetch the files of `hub_id` the pipeline reads (no other weight formats, no
     README assets) into the Hugging Face cache, or find them there when offline;
@@ -219,32 +247,6 @@ def download(hub_id: str) -> Path:
             ignore_patterns=_UNUSED_WEIGHTS,
         )
     )
-
-
-def is_bookkeeping(rel: str) -> bool:
-    """Whether a path (relative to the model directory) is a download tool's or a hidden file."""
-    parts = rel.split("/")
-    return any(part.startswith(".") for part in parts) or any(
-        fnmatch.fnmatch(parts[-1], pattern) for pattern in _BOOKKEEPING
-    )
-
-
-def fingerprint_dir(path: Path) -> str:
-    """SHA-256 over the files of the model directory the pipeline reads (pipeline_patterns),
-    small ones by content, large ones (weights) by name and size. Download tools'
-    bookkeeping (.cache/, *.metadata, *.lock) and hidden files are left out, so
-    downloading the same model again keeps every key."""
-    patterns = pipeline_patterns(path / "model_index.json")
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        rel = file.relative_to(path).as_posix()
-        if is_bookkeeping(rel) or not any(fnmatch.fnmatch(rel, pattern) for pattern in patterns):
-            continue
-        size = file.stat().st_size
-        digest.update(f"{rel}\0{size}\0".encode())
-        if size <= _HASH_CONTENT_LIMIT:
-            digest.update(file.read_bytes())
-    return "sha256:" + digest.hexdigest()
 
 
 def load_pipeline(identity: ModelIdentity, options: ModelOptions | None = None) -> tuple[Any, Placement]:

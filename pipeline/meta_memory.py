@@ -19,15 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.fp8 import is_fp8_target
+
 COMPONENTS = ("transformer", "text_encoder", "vae")
 # The request the working memory is sized for: the service's default size, with
 # guidance on (the transformer then runs a batch of two) and a prompt of the
 # longest length the service encodes.
 REFERENCE_SIZE = 1024
 REFERENCE_CAPTION_TOKENS = 512
-# torchao's float8 matmul needs both sides of a weight to be multiples of 16; other
-# linear layers stay in bfloat16 (torchao skips them the same way).
-_FP8_MULTIPLE = 16
 
 
 @dataclass(frozen=True)
@@ -96,16 +95,12 @@ def memory_needs(model_dir: Path, dtype: Any, quantize: str = "none") -> MemoryN
 
 
 def module_bytes(module: Any, *, fp8: bool = False) -> int:
-    """Parameter and buffer bytes; with `fp8`, linear weights torchao can quantize count
-    one byte per value plus a float32 scale per row."""
-    import torch
-
+    """Parameter and buffer bytes; with `fp8`, the weights of the linears fp8 quantizes
+    (pipeline.fp8.is_fp8_target) count one byte per value plus a float32 scale per row."""
     total = sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
     if fp8:
-        for m in module.modules():
-            if isinstance(m, torch.nn.Linear) and not (
-                m.in_features % _FP8_MULTIPLE or m.out_features % _FP8_MULTIPLE
-            ):
+        for name, m in module.named_modules():
+            if is_fp8_target(name, m):
                 total -= m.weight.numel() * (m.weight.element_size() - 1) - m.out_features * 4
     return total
 

@@ -25,7 +25,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.meta_memory import MemoryNeeds
+from pipeline.fit import Load
+from pipeline.fp8 import quantize_fp8
+from pipeline.meta_memory import REFERENCE_SIZE, MemoryNeeds
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,17 @@ class Placement:
     free_bytes: int | None = None
     total_bytes: int | None = None
     needs: dict[str, int] = field(default_factory=dict)
+    # Transformer activation bytes the free memory leaves for one model call, and what
+    # one unit of load (pipeline.fit.Load: a pixel of one transformer row) takes.
+    activation_budget: int | None = None
+    bytes_per_unit: float | None = None
+
+    def max_images(self, load: Load) -> int | None:
+        """Most images like `load` (one image) one model call fits by the plan; None
+        without a plan (the CPU)."""
+        if self.activation_budget is None or not self.bytes_per_unit:
+            return None
+        return int(self.activation_budget // (self.bytes_per_unit * load.units))
 
     @property
     def vae_slicing(self) -> bool:
@@ -117,6 +130,12 @@ def plan_placement(requested: str, device: str, needs: MemoryNeeds | None) -> Pl
     assert needs is not None, "a CUDA plan needs the model's memory needs"
     free, total = torch.cuda.mem_get_info()
     by_mode = mode_needs(needs)
+    # The reference load of transformer_work: one guided REFERENCE_SIZE² image (2 rows).
+    per_unit = needs.transformer_work / Load(REFERENCE_SIZE, REFERENCE_SIZE, 1, True).units
+
+    def budget(mode: str) -> dict[str, Any]:
+        return {"activation_budget": free - (by_mode[mode] - needs.work), "bytes_per_unit": per_unit}
+
     if requested != "auto":
         if by_mode[requested] > free:
             log.warning(
@@ -126,10 +145,12 @@ def plan_placement(requested: str, device: str, needs: MemoryNeeds | None) -> Pl
                 gib(by_mode[requested]),
                 gib(free),
             )
-        return Placement(requested, device, "chosen by --offload", free, total, by_mode)
+        return Placement(requested, device, "chosen by --offload", free, total, by_mode, **budget(requested))
     for mode in OFFLOAD_MODES:
         if by_mode[mode] <= free:
-            return Placement(mode, device, "auto: the fastest mode that fits", free, total, by_mode)
+            return Placement(
+                mode, device, "auto: the fastest mode that fits", free, total, by_mode, **budget(mode)
+            )
     raise DoesNotFit(
         f"the GPU has {gib(free)} free of {gib(total)}; even --offload sequential needs about "
         f"{gib(by_mode['sequential'])} (free GPU memory, or use a larger card)"
@@ -176,17 +197,6 @@ def finish_placement(pipe: Any, plan: Placement) -> None:
         pipe.vae.enable_slicing()
     if plan.vae_tiling:
         pipe.vae.enable_tiling()
-
-
-def quantize_fp8(transformer: Any, device: str) -> None:
-    """torchao float8: weights and activations in e4m3 with a scale per row, on Ada,
-    Hopper and later (check_fp8 refuses other devices first). Quantizes each linear
-    layer on `device`, then moves the rest of the transformer there."""
-    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
-
-    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
-    quantize_(transformer, config, device=None if device == "cpu" else device)
-    transformer.to(device)
 
 
 def text_encoder_device(pipe: Any) -> Any:

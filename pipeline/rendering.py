@@ -17,7 +17,7 @@ from pipeline.device_errors import free_device_memory, model_call_failure
 from pipeline.embeddings import MAX_SEQUENCE_LENGTH, EmbeddingCache
 from pipeline.encoding import Rendered
 from pipeline.errors import OutOfMemory
-from pipeline.fit import FitRecord
+from pipeline.fit import FitRecord, Load
 from pipeline.loading import NOISE_DEVICE, ModelIdentity
 from pipeline.placement import text_encoder_device
 
@@ -30,7 +30,8 @@ Progress = Callable[[int, int], None]  # (denoising steps done, steps in all)
 
 
 class Render:
-    """Renders batches of one prompt and settings with `pipe` for `identity`.
+    """Renders batches of one size, steps and guidance (prompts may differ) with `pipe`
+    for `identity`.
 
     Guarantees: always the Turbo-style explicit settings (the pipeline's own
     defaults, 50 steps and CFG 5, are for the base model); one CPU generator per
@@ -59,10 +60,19 @@ class Render:
         self.progress = progress
         self.embedding_scope = embedding_scope
 
-    def __call__(self, requests: list[CanonicalRequest], *, retried: bool = False) -> Rendered:
+    def __call__(
+        self,
+        requests: list[CanonicalRequest],
+        scopes: list[str | None] | None = None,
+        *,
+        retried: bool = False,
+    ) -> Rendered:
+        """Images of `requests`, request i's prompt embeddings kept under `scopes[i]`
+        (default: the render's `embedding_scope` for all)."""
         import torch
 
         request, batch = requests[0], len(requests)
+        scopes = scopes or [self.embedding_scope] * batch
         timings: dict[str, float] = {}
 
         def step_done(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
@@ -74,10 +84,17 @@ class Render:
             # 1. Encode the prompt(s), or reuse the encoder's earlier output.
             started = time.perf_counter()
             device = torch.device(self.identity.device)
-            prompt_embeds = self.embed(request.prompt, device) * batch
+            known: dict[tuple[str, str | None], list[Any]] = {}  # a prompt once per call
+
+            def embed(text: str, scope: str | None) -> Any:
+                if (text, scope) not in known:
+                    known[text, scope] = self.embed(text, device, scope)
+                return known[text, scope][0]
+
+            prompt_embeds = [embed(r.prompt, s) for r, s in zip(requests, scopes, strict=True)]
             negative_embeds = None
             if request.guidance_scale > 0:
-                negative_embeds = self.embed(request.negative_prompt, device) * batch
+                negative_embeds = [embed(r.negative_prompt, s) for r, s in zip(requests, scopes, strict=True)]
             timings["text"] = time.perf_counter() - started
 
             # 2. Denoise, always with explicit Turbo-style settings. One generator per
@@ -104,7 +121,7 @@ class Render:
         except Exception as exc:
             raise model_call_failure(exc) from exc
         if latents is None:
-            return self._denoise_out_of_memory(requests, retried)
+            return self._denoise_out_of_memory(requests, scopes, retried)
 
         # 3. Decode to pixels on the CPU (checked and encoded by the pool).
         started = time.perf_counter()
@@ -116,17 +133,17 @@ class Render:
             raise model_call_failure(exc) from exc
         if pixels is None:
             if batch == 1:
-                return self._single_out_of_memory(requests, retried)
+                return self._single_out_of_memory(requests, scopes, retried)
             pixels = self._decode_one_at_a_time(latents)
             if pixels is None:
-                return self._denoise_out_of_memory(requests, retried)
+                return self._denoise_out_of_memory(requests, scopes, retried)
         timings["decode"] = time.perf_counter() - started
-        self.fits.made(request.width, request.height)
+        self.fits.made(load_of(requests))
         return Rendered(pixels=pixels, timings=timings)
 
-    def embed(self, text: str, device: Any) -> list[Any]:
+    def embed(self, text: str, device: Any, scope: str | None) -> list[Any]:
         """The text encoder's output for `text` on `device`, from the cache of the
-        embedding scope when there is one; with none, encoded and kept nowhere."""
+        embedding `scope` when there is one; with none, encoded and kept nowhere."""
 
         def encode() -> list[Any]:
             import torch
@@ -143,11 +160,11 @@ class Render:
                 )
             return [t.detach().to("cpu") for t in embeds]
 
-        if self.embedding_scope is None:
+        if scope is None:
             self.embeddings.count_miss()
             return [t.to(device) for t in encode()]
         identity = self.identity
-        key = (self.embedding_scope, text, MAX_SEQUENCE_LENGTH, identity.fingerprint, identity.dtype)
+        key = (scope, text, MAX_SEQUENCE_LENGTH, identity.fingerprint, identity.dtype)
         return [t.to(device) for t in self.embeddings.get_or_encode(key, encode)]
 
     def _decode_one_at_a_time(self, latents: Any) -> Any:
@@ -167,40 +184,58 @@ class Render:
         free_device_memory(self.identity.device)
         return None
 
-    def _denoise_out_of_memory(self, requests: list[CanonicalRequest], retried: bool) -> Rendered:
+    def _denoise_out_of_memory(
+        self, requests: list[CanonicalRequest], scopes: list[str | None], retried: bool
+    ) -> Rendered:
         """Free what the failed call held, then make a batch in two halves (recursively)."""
         import numpy as np
 
         free_device_memory(self.identity.device)
         if len(requests) == 1:
-            return self._single_out_of_memory(requests, retried)
+            return self._single_out_of_memory(requests, scopes, retried)
         log.warning("out of memory on a batch of %d; generating it in two halves", len(requests))
         half = len(requests) // 2
-        first, second = self(requests[:half]), self(requests[half:])
+        first, second = self(requests[:half], scopes[:half]), self(requests[half:], scopes[half:])
         timings = {k: first.timings.get(k, 0.0) + second.timings.get(k, 0.0) for k in first.timings}
         return Rendered(pixels=np.concatenate([first.pixels, second.pixels]), timings=timings)
 
-    def _single_out_of_memory(self, requests: list[CanonicalRequest], retried: bool) -> Rendered:
-        """One image did not fit. No larger than one made before: memory is held
-        elsewhere, a 503 (it may fit later). Larger: retried once with memory freed,
-        then refused with ImageTooLarge, and so is every size as large from then on."""
-        request = requests[0]
+    def _single_out_of_memory(
+        self, requests: list[CanonicalRequest], scopes: list[str | None], retried: bool
+    ) -> Rendered:
+        """One image did not fit. No heavier than a load made before (pixels x images,
+        doubled by guidance: pipeline.fit): memory is held elsewhere, a 503 (it may fit
+        later). Heavier: retried once with memory freed, then refused with ImageTooLarge,
+        and so is every image as heavy from then on."""
+        load = load_of(requests)
         free_device_memory(self.identity.device)
-        if self.fits.known_to_fit(request.width, request.height):
+        if self.fits.known_to_fit(load):
             raise OutOfMemory(
-                f"the GPU ran out of memory for a {request.width}x{request.height} image; "
-                "retry shortly, or ask for a smaller size"
+                f"the GPU ran out of memory for a {load.describe()} image; retry shortly, or ask for a smaller size"
             )
         if not retried:
             log.warning(
-                "out of memory on a %dx%d image, larger than any made here; trying once more",
-                request.width,
-                request.height,
+                "out of memory on a %s image, larger than any made here; trying once more", load.describe()
             )
-            return self(requests, retried=True)
-        error = self.fits.refuse(request.width, request.height)
-        log.warning("%s; refusing images of this size or larger until restart", error.message)
+            return self(requests, scopes, retried=True)
+        error = self.fits.refuse(load)
+        log.warning("%s; refusing images as heavy or heavier until restart", error.message)
         raise error
+
+
+def count_tokens(pipe: Any, text: str) -> int:
+    """How many tokens the pipeline's encode_prompt keeps of `text` (its chat template,
+    truncated to MAX_SEQUENCE_LENGTH): the caption's length before the transformer pads it."""
+    messages = [{"role": "user", "content": text}]
+    chat = pipe.tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, enable_thinking=True
+    )
+    return len(pipe.tokenizer(chat, truncation=True, max_length=MAX_SEQUENCE_LENGTH).input_ids)
+
+
+def load_of(requests: list[CanonicalRequest]) -> Load:
+    """What a model call of `requests` (one size and guidance) weighs in the memory plan."""
+    first = requests[0]
+    return Load(first.width, first.height, len(requests), first.guidance_scale > 0)
 
 
 def decode_latents(pipe: Any, latents: Any) -> Any:

@@ -26,9 +26,11 @@ from cache.defaults import (
     DEFAULT_REDIS_TTL,
     images_dir,
 )
+from cache.keyring import MIN_SECRET_BYTES, parse_secrets
 from cache.redis_url import parse_redis_url
 from cache.units import parse_duration, parse_size
 from pipeline.attention import check_backend_name
+from pipeline.batching import DEFAULT_MAX_BATCH
 from pipeline.compile import CompileSetting
 from pipeline.errors import validation_message
 from pipeline.limits import DEFAULT_MAX_QUEUE, DEFAULT_NORMALIZATION, DEFAULT_SIZE, Normalization
@@ -84,9 +86,10 @@ class Settings(BaseSettings):
     )
     quantize: Quantize = Field(
         "none",
-        description="`fp8`: the transformer in torchao float8 (row-wise scales), half its memory; needs "
-        "compute capability 8.9+ (H100, H200, L40S, RTX 4090, ...) and the `fp8` extra "
-        "(`pip install -e '.[fp8]'`). Part of the cache key. Refused on other devices: `/ready` says why.",
+        description="`fp8`: the transformer blocks' attention and feed-forward layers in torchao float8 "
+        "(row-wise scales), about half its memory; needs compute capability 8.9+ (H100, H200, L40S, "
+        "RTX 4090, ...) and the `fp8` extra (`pip install -e '.[fp8]'`). Part of the cache key. Refused on "
+        "older GPUs (`/ready` says why); emulated on the CPU (slow, in bfloat16: for tests).",
     )
     cache_dir: Path = Field(
         DEFAULT_CACHE_DIR,
@@ -116,9 +119,11 @@ class Settings(BaseSettings):
     redis_ttl: Duration = Field(DEFAULT_REDIS_TTL, description="How long an image lives in Redis.")
     cache_secret: str | None = Field(
         None,
-        description="A secret (16+ characters) that signs every disk and Redis entry with HMAC-SHA256; "
-        "entries not signed with it are rejected and regenerated. Give every process that shares a cache "
-        "directory or a Redis the same one, through the environment (a flag shows in `ps`).",
+        description=f"Secrets of {MIN_SECRET_BYTES}+ random bytes, comma-separated, newest first, that sign "
+        "every disk and Redis entry with HMAC-SHA256: writes sign with the first, reads accept any (to "
+        "rotate, put the new one in front). Entries signed with another secret are neither served nor "
+        "removed. Give every process that shares a cache directory or a Redis the same list, through the "
+        "environment (a flag shows in `ps`).",
         json_schema_extra=readme("See [What is protected](#what-is-protected-and-what-is-not)."),
     )
     embedding_cache_mb: float = Field(
@@ -157,6 +162,16 @@ class Settings(BaseSettings):
         description="Generation jobs allowed to wait for the GPU (a batch is one job); past that the API "
         "answers 503 with `Retry-After`, and the UI says the server is busy and tries again by itself.",
         json_schema_extra=readme("See [The UI](#the-ui)."),
+    )
+    engine_batch: int = Field(
+        DEFAULT_MAX_BATCH,
+        ge=1,
+        le=64,
+        description="Most images one model call gathers from concurrent requests that miss the cache with "
+        "the same size, steps and guidance (and captions of the same padded length): jobs queued when the "
+        "GPU frees up, or sent within 20 ms of each other, run as one batch. On CUDA the memory plan may "
+        "allow fewer. `1` turns batching across requests off.",
+        json_schema_extra=readme(CUDA_OPTIONS),
     )
     warmup_sizes: str = Field(
         f"{DEFAULT_SIZE}x{DEFAULT_SIZE}",
@@ -237,7 +252,19 @@ class Settings(BaseSettings):
             read_api_keys(v)
         return v
 
-    @field_validator("admin_token", "cache_secret")
+    @field_validator("cache_secret")
+    @classmethod
+    def _cache_secret(cls, v: str | None) -> str | None:
+        if v:
+            parse_secrets(v)
+        return v or None
+
+    @property
+    def cache_secrets(self) -> list[bytes]:
+        """`--cache-secret` as bytes, newest first (none: entries are unsigned)."""
+        return parse_secrets(self.cache_secret) if self.cache_secret else []
+
+    @field_validator("admin_token")
     @classmethod
     def _secret(cls, v: str | None) -> str | None:
         if v is not None and len(v) < MIN_TOKEN_CHARS:

@@ -19,7 +19,7 @@ from tests.engines import LONG_NEGATIVE, pixels, started
 
 def request(prompt: str, seed: int = 0, **kw: object) -> CanonicalRequest:
     fields = {"negative_prompt": "", "width": 64, "height": 64, "steps": 2, "guidance_scale": 0.0} | kw
-    return CanonicalRequest(prompt=prompt, seed=seed, format="png", **fields)  # type: ignore[arg-type]
+    return CanonicalRequest(prompt=prompt, seed=seed, **fields)  # type: ignore[arg-type]
 
 
 # -- encoding off the engine thread ---------------------------------------------------------
@@ -51,6 +51,7 @@ def test_the_next_denoising_starts_while_the_last_image_is_encoded(
         return progress
 
     monkeypatch.setattr(pipeline.encoding, "encode_image", slow_encode)
+    monkeypatch.setattr(engine, "max_batch", 1)  # two jobs, not one batched call (tests/test_batching.py)
     first = engine.submit([request("first")], denoising("first"))
     second = engine.submit([request("second")], denoising("second"))
     assert first.result(timeout=60)[0].data[:8] == b"\x89PNG\r\n\x1a\n"

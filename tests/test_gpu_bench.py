@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from bench.full_model import CONFIGS, transformer_flops
@@ -108,3 +109,53 @@ def test_the_full_size_pipeline_builds_in_bfloat16_without_a_float32_copy(tmp_pa
         assert {p.dtype for p in getattr(pipe, name).parameters()} == {torch.bfloat16}
         assert {p.device.type for p in getattr(pipe, name).parameters()} == {"meta"}
     assert torch.get_default_dtype() == torch.float32  # restored for everything else
+
+
+def test_a_bare_gpu_box_run_keeps_each_measurement_skips_the_cold_start_and_frees_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As on a borrowed GPU box: no gradio/fastapi, killed before the end."""
+    import weakref
+
+    from bench import full_model, gpu
+
+    out = tmp_path / "gpu.json"
+    args = ["--tiny", "--sizes", "128", "--guidance-scales", "0,2", "--warmup", "1", "--runs", "1"]
+    args += ["--batches", "1", "--batch-runs", "1", "--overhead-runs", "1"]
+    args += ["--models-dir", str(tmp_path / "models"), "--out", str(out)]
+    grad_enabled: list[bool] = []
+    pipes: list[weakref.ref] = []
+    build = full_model.build_tiny_pipeline
+
+    def built(*a, **kw):  # type: ignore[no-untyped-def]
+        pipe = build(*a, **kw)
+        encode = pipe.encode_prompt
+        pipe.encode_prompt = lambda **k: grad_enabled.append(torch.is_grad_enabled()) or encode(**k)
+        pipes.append(weakref.ref(pipe.transformer))
+        return pipe
+
+    monkeypatch.setattr(gpu, "build_tiny_pipeline", built)
+    monkeypatch.setattr(gpu, "missing_for_cold_start", lambda: ["fastapi", "gradio"])
+    assert gpu.main(args) == 0
+    report = json.loads(out.read_text())
+    assert report["cold_start"] == {"skipped": "app.py needs fastapi, gradio, not installed here"}
+    assert "cold start skipped: app.py needs fastapi, gradio" in capsys.readouterr().out
+    assert grad_enabled and not any(grad_enabled)  # the text encoder ran under no_grad
+    assert pipes[0]() is None  # the weights were freed before the cold start would run
+
+    # Killed during the service overheads: what was measured before is on disk.
+    out.unlink()
+    monkeypatch.setattr(gpu, "service_overheads", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        gpu.main(args)
+    kept = json.loads(out.read_text())
+    assert set(kept["cases"]) == {"128x128 guidance 0", "128x128 guidance 2"} and kept["images_per_s"]
+    assert kept["latency_p50_s"]["transformer"] > 0 and "service_overheads" not in kept
+
+
+def test_quick_is_one_size_five_runs_three_batches_and_no_cold_start() -> None:
+    from bench.gpu import parse
+
+    quick = parse(["--quick"])
+    assert (quick.sizes, quick.runs, quick.batches, quick.cold_start) == ([1024], 5, [1, 2, 4], False)
+    assert quick.guidance_scales == [0.0, 4.0]

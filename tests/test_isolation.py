@@ -418,7 +418,6 @@ def test_history_from_browser_storage_grants_nothing(tmp_path: Path) -> None:
         entry("alice", theirs),  # another namespace's key, claimed as alice's
         entry("alice", "0" * 64),  # evicted, or never made
         entry("alice", "../" * 21 + "x"),  # not a key
-        entry("alice", mine, ext="jpeg"),  # not what is stored
         entry("alice", mine, cache="bypass"),  # never kept in the browser
         entry("alice", mine, params={"prompt": 5}),
         "rubbish",

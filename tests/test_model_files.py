@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from pipeline import loading
+from pipeline.fingerprint import fingerprint_dir
 from pipeline.loading import (
     CudaUnavailable,
     download,
-    fingerprint_dir,
     is_demo_spec,
     resolve_model,
 )
@@ -124,9 +124,10 @@ def test_a_hub_download_fetches_only_the_files_the_pipeline_reads(
         "transformer/*",
         "vae/*",
     ]
-    # And it loads: the hub id's identity points at the snapshot, named by its commit.
+    # And it loads: the hub id's identity points at the snapshot, and its fingerprint is
+    # its files' content, the same as any copy's, not its commit.
     identity = resolve_model("Tongyi-MAI/Z-Image-Turbo", tmp_path / "models")
-    assert identity.path == path and identity.fingerprint == f"Tongyi-MAI/Z-Image-Turbo@{COMMIT}"
+    assert identity.path == path and identity.fingerprint == fingerprint_dir(tiny)
 
 
 @pytest.fixture
@@ -165,3 +166,36 @@ def test_without_a_driver_auto_serves_the_demo_model(tmp_path: Path, monkeypatch
     monkeypatch.setattr(loading, "NVIDIA_DRIVER_FILES", (tmp_path / "absent",))
     monkeypatch.setattr(shutil, "which", lambda name: None)
     assert resolve_model("auto", tmp_path / "models").demo and is_demo_spec("auto")
+
+
+@pytest.mark.parametrize(
+    ("card", "capability", "refused"),
+    [
+        ("Tesla T4", (7, 5), True),
+        ("Tesla V100-SXM2-16GB", (7, 0), True),
+        ("NVIDIA A10G", (8, 6), False),
+        ("NVIDIA H100 80GB HBM3", (9, 0), False),
+    ],
+)
+def test_a_gpu_without_native_bfloat16_is_refused_naming_the_card_and_what_to_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, card: str, capability: tuple[int, int], refused: bool
+) -> None:
+    from pipeline.engine import Engine, EngineState
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: card)
+    if not refused:  # the demo model on a mocked GPU: the check passes, the plan goes on
+        identity = resolve_model("tiny", tmp_path / "models")
+        assert (identity.device, identity.dtype) == ("cuda", "bfloat16")
+        return
+    expected = rf"{card} \(compute capability {capability[0]}.{capability[1]}\) has no native bfloat16"
+    with pytest.raises(ValueError, match=expected) as failed:
+        resolve_model("tiny", tmp_path / "models")
+    assert "compute capability 8.0 or newer (A10, A100" in str(failed.value)
+    # The engine fails at start with that reason (what /ready shows), never runs unplanned.
+    engine = Engine("tiny", tmp_path / "models")
+    engine.start()
+    assert engine.wait_settled(60) == EngineState.FAILED
+    assert card in (engine.error or "") and "no native bfloat16" in (engine.error or "")
+    engine.close(10)

@@ -194,7 +194,7 @@ def test_the_text_encoder_runs_where_it_lives_and_its_output_goes_to_the_transfo
     monkeypatch.setattr(pipe, "encode_prompt", lambda **kw: seen.append(kw["device"]) or encode(**kw))
     # The transformer's device stands in for CUDA: meta takes any tensor without a GPU.
     render = Render(pipe, identity, embeddings=engine.embeddings, fits=engine.fits)
-    embeds = render.embed("a lighthouse", torch.device("meta"))
+    embeds = render.embed("a lighthouse", torch.device("meta"), None)
     assert seen == [torch.device("cpu")] and {t.device.type for t in embeds} == {"meta"}
 
     # Under accelerate's offload hooks the encoder runs on the hooks' execution device.

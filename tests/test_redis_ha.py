@@ -185,7 +185,9 @@ def test_a_failover_under_load_loses_no_answered_image(
         made = a.client.post("/generate", json=body(f"after the failover {n}"))
         hit = b.client.post("/generate", json=body(f"after the failover {n}")).headers["x-cache"]
         return hit == "redis" and bool(
-            sentinel.node(new_master).exists(f"zimage:v{SCHEMA_VERSION}:public:{made.headers['x-key']}")
+            sentinel.node(new_master).exists(
+                f"zimage:v{SCHEMA_VERSION}:unsigned:public:{made.headers['x-key']}"
+            )
         )
 
     wait_until(shared_through_the_new_master, "the replicas to reach the new master", timeout_s=90)

@@ -19,6 +19,7 @@ import pytest
 from bench.procs import wait_until
 from cache import SCHEMA_VERSION, Entry
 from cache.entry import encode_record
+from cache.keyring import key_id
 from pipeline.tiny_model import ensure_tiny_model
 from tests.conftest import ROOT, RedisServer, Server, ui_call
 from web.access_log import redact_query
@@ -323,7 +324,7 @@ def test_gradio_session_hashes_stay_out_of_the_access_log(server: Server) -> Non
 
 
 def test_a_cache_secret_rejects_forged_and_edited_records(tmp_path: Path, redis_server: RedisServer) -> None:
-    secret = "a-cache-secret-0123456789"
+    secret = "a-cache-secret-0123456789".ljust(32, "-")
     srv = Server(
         tmp_path / "cache",
         "--memory-cache-mb",
@@ -338,7 +339,7 @@ def test_a_cache_secret_rejects_forged_and_edited_records(tmp_path: Path, redis_
         body = {"prompt": "a signed vase", **SMALL}
         made = srv.client.post("/generate", json=body)
         key = made.headers["x-key"]
-        name = f"zimage:v{SCHEMA_VERSION}:public:{key}"
+        name = f"zimage:v{SCHEMA_VERSION}:{key_id(secret.encode())}:public:{key}"
 
         def only_in_redis(value: bytes) -> None:
             for path in (tmp_path / "cache" / "images").rglob(key):
@@ -380,7 +381,7 @@ def test_a_tampered_redis_value_is_rejected_and_regenerated(
         for path in (tmp_path / "cache" / "images").rglob(key):
             path.unlink()  # only Redis has it now
         client = redis_server.client()
-        name = f"zimage:v{SCHEMA_VERSION}:public:{key}"
+        name = f"zimage:v{SCHEMA_VERSION}:unsigned:public:{key}"
         value = bytearray(client.get(name))
         value[-100] ^= 0xFF  # one flipped byte in the image
         client.set(name, bytes(value))
@@ -410,11 +411,15 @@ def test_a_model_that_fails_to_load_still_serves_hits(tmp_path: Path) -> None:
         stored = srv.client.get("/run", params=params).json()
     finally:
         srv.stop()
-    # Damage the transformer's weights without changing their size: the
-    # fingerprint (name and size of large files) stays, so the cache still applies.
+    # Damage the transformer's weights in place, keeping size, mtime and inode (as
+    # bit rot does): the fingerprint's digest cache, keyed by those, still names
+    # the old content, so the key is the same and the cache still applies.
     weights = model / "transformer" / "diffusion_pytorch_model.safetensors"
-    size = weights.stat().st_size
-    weights.write_bytes(b"\xff" * size)
+    before = weights.stat()
+    with open(weights, "r+b") as f:
+        f.write(b"\xff" * before.st_size)
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert weights.stat().st_ino == before.st_ino
 
     broken = Server(cache, "--model", str(model))
     try:

@@ -425,7 +425,7 @@ def test_do_not_cache_patterns_generate_but_never_store(engine: Engine, tmp_path
 def test_cached_prompt_embeddings_hold_no_autograd_graph(engine: Engine) -> None:
     # A graph kept alive by a cached embedding is memory the cache's byte bound
     # never sees (it grew a server by ~2.7 MB per new prompt under load).
-    engine.submit([CanonicalRequest("a graph-free prompt", "", 1, 64, 64, 1, 0.0, "png")]).result()
+    engine.submit([CanonicalRequest("a graph-free prompt", "", 1, 64, 64, 1, 0.0)]).result()
     cached = [tensors for tensors in engine.embeddings._lru.values()]
     assert cached
     for tensors in cached:

@@ -17,6 +17,7 @@ from pipeline.service import GenerationService
 
 HIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 GENERATION_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 60.0)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16)
 
 
 class Metrics:
@@ -43,6 +44,13 @@ class Metrics:
             buckets=HIT_BUCKETS,
             registry=self.registry,
         )
+        self.batch_size = Histogram(
+            "zimage_engine_batch_size",
+            "Images per model call (jobs of concurrent requests gathered into one call; warm-up included).",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        service.engine.batch_observers.append(self.batch_size.observe)
         self.registry.register(_StatsCollector(service))
         service.observers.append(self.observe)
 

@@ -138,12 +138,9 @@ async def revalidate(service: GenerationService, namespace: str, stored: Any) ->
     candidates = [
         e for e in map(_well_formed, stored[:HISTORY_LIMIT]) if e is not None and e["ns"] == namespace
     ]
+    # The stored image is what must still be there: any format is made from it when shown.
     hits = await asyncio.gather(*(service.lookup(namespace, e["key"]) for e in candidates))
-    return [
-        e
-        for e, hit in zip(candidates, hits, strict=True)
-        if isinstance(hit, Hit) and hit.entry.ext == e["ext"]
-    ]
+    return [e for e, hit in zip(candidates, hits, strict=True) if isinstance(hit, Hit)]
 
 
 def _well_formed(raw: Any) -> Entry | None:

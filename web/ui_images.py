@@ -162,7 +162,7 @@ class UiImages:
             if found is None or found[0] != caller_namespace or found[1].ext != match["ext"]:
                 return None
             return found[1]
-        hit = await self.service.lookup(caller_namespace, match["key"])
+        hit = await self.service.lookup(caller_namespace, match["key"], match["ext"])
         if not isinstance(hit, Hit) or hit.entry.ext != match["ext"]:
             return None
         return hit.entry

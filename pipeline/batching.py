@@ -1,0 +1,82 @@
+"""Batching across requests: which waiting jobs the engine may make in one model call.
+
+Concurrent misses with different prompts but the same size, steps and guidance are
+made together (pipeline/engine.py gathers them). Each image stays the one made
+alone: one CPU generator per image (as always), and only jobs whose captions the
+transformer pads to the same lengths are grouped. The transformer pads each caption
+to a multiple of 32 tokens, then the batch to its longest sequence with zero rows
+and an attention mask when lengths differ (diffusers' `transformer_z_image.py`);
+equal padded lengths give every row the attention, mask and padding it has alone.
+What is left is the rounding of matrix products, which depends on their number of
+rows (on this CPU the latents differ by about 6e-7): within the ±1 level DESIGN.md
+allows a batched image, not byte for byte (tests/test_batching.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.encoding import GeneratedImage
+    from pipeline.rendering import Progress
+    from pipeline.request import CanonicalRequest
+
+# How long a job that starts at once waits for companions, from its submission (a job
+# that waited in the queue longer takes whatever is queued, without waiting).
+BATCH_WINDOW_S = 0.02
+# Images one model call may gather on a device without a memory plan (the CPU).
+DEFAULT_MAX_BATCH = 8
+# The transformer pads each caption to a multiple of this many tokens.
+CAPTION_MULTIPLE = 32
+
+# What every job of one model call shares; the hook for future parts of a request
+# that change the model (a LoRA set joins here, issue 24).
+BatchKey = tuple[Any, ...]
+
+
+def batch_key(request: CanonicalRequest) -> BatchKey:
+    """The coarse criterion of jobs made together: size, steps and guidance. The
+    caption lengths (`caption_profile`) are checked when the jobs are gathered."""
+    return (request.width, request.height, request.steps, request.guidance_scale)
+
+
+@dataclass
+class Member:
+    """One submitted job in a model call: its images, progress, embedding scope and result.
+
+    `detached` is set once its result no longer follows the model call (a future
+    Interrupt of one caller sets it from the step callback); the others go on."""
+
+    requests: list[CanonicalRequest]
+    progress: Progress | None
+    embedding_scope: str | None
+    result: Future[list[GeneratedImage]] = field(default_factory=Future)
+    profile: tuple[int, ...] | None = None
+    detached: bool = False
+    submitted: float = field(default_factory=time.monotonic)
+
+    @property
+    def images(self) -> int:
+        return len(self.requests)
+
+
+def caption_profile(count_tokens: Callable[[str], int], request: CanonicalRequest) -> tuple[int, ...]:
+    """The lengths the transformer pads the caption(s) of `request` to: the prompt's, and
+    the negative prompt's with guidance on."""
+    texts = [request.prompt] + ([request.negative_prompt] if request.guidance_scale > 0 else [])
+    return tuple(-(-count_tokens(text) // CAPTION_MULTIPLE) * CAPTION_MULTIPLE for text in texts)
+
+
+def fan_out(members: list[Member]) -> Progress:
+    """One step callback for a model call that tells every member still attached."""
+
+    def progress(step: int, steps: int) -> None:
+        for member in members:
+            if member.progress is not None and not member.detached:
+                member.progress(step, steps)
+
+    return progress
