@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -17,9 +18,26 @@ from runtime.wiring import build_app
 log = logging.getLogger("app")
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, as uvicorn would make it (SO_REUSEADDR, IPv6
+    for an address with a colon); raises OSError when the port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Serve until SIGTERM/SIGINT, then stop gracefully. Exit status 0, or 1 after an
-    unrecoverable device error (so that Supervisor restarts a fresh process)."""
+    """Serve until SIGTERM/SIGINT, then stop gracefully. Exit status 0, 1 after an
+    unrecoverable device error (so that Supervisor restarts a fresh process), or 2
+    at once when the port cannot be had (before the model loads)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     settings = load_settings(sys.argv[1:] if argv is None else argv)
     setup_logging(settings.log_level)
@@ -29,6 +47,16 @@ def main(argv: list[str] | None = None) -> int:
     from web.http_protocol import with_header_timeout
 
     logging.getLogger("uvicorn.access").addFilter(RedactPrompts())
+    # The port first: a port in use ends the start at once, before the model loads.
+    try:
+        listener = bind(settings.host, settings.port)
+    except OSError as exc:
+        print(
+            f"app.py: cannot listen on {settings.host}:{settings.port} ({exc.strerror or exc}); "
+            "is another server on that port? Choose another with --port (ZIMAGE_PORT)",
+            file=sys.stderr,
+        )
+        return 2
     runtime = build_app(settings, on_fatal=lambda reason: os.kill(os.getpid(), signal.SIGTERM))
     engine = runtime.engine
     stopping_since: list[float] = []
@@ -66,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime.start()
     log.info("serving on http://%s:%d", settings.host, settings.port)
     try:
-        Server(config).run()
+        Server(config).run(sockets=[listener])
     finally:
         spent = time.monotonic() - stopping_since[0] if stopping_since else 0.0
         idle = runtime.close(max(0.0, settings.shutdown_timeout - spent))

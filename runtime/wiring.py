@@ -143,6 +143,7 @@ def build_app(settings: Settings, on_fatal: OnFatal | None = None) -> Runtime:
     from pipeline.loading import is_demo_spec
     from web.api import create_api
     from web.auth import Access, read_api_keys
+    from web.gradio_guard import GradioGuard
     from web.ui import create_ui, page_head
     from web.ui_images import UiImageRoute, UiImages, gradio_user
     from web.ui_text import I18N
@@ -175,6 +176,7 @@ def build_app(settings: Settings, on_fatal: OnFatal | None = None) -> Runtime:
         auth=access.ui_login if access.api_keys else None,
         auth_message="Log in with your namespace as user name and its API token as password.",
     )
+    app.add_middleware(GradioGuard, blocks=ui)
     # Without API keys every UI user is in the default namespace; with them, the
     # Gradio login session says whose the UI's images are.
     app.add_middleware(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -75,6 +77,37 @@ def test_prewarm_fills_the_cache_from_a_prompt_file(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     assert "2 prompts" in again.stdout and "2 hits (disk 2), 0 generated, 0 failed" in again.stdout
     assert "loading" not in again.stderr  # all hits: the model was never loaded
+
+
+def test_a_port_in_use_ends_the_start_at_once_with_status_2_naming_it(tmp_path: Path) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "app.py",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--cache-dir",
+                str(tmp_path),
+            ],
+            cwd=ROOT,
+            env={**os.environ, "ZIMAGE_MODEL": "tiny"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        taken.close()
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"127.0.0.1:{port}" in done.stderr and "--port" in done.stderr
+    # Before anything was loaded or announced.
+    assert "serving on" not in done.stderr and "loading" not in done.stderr.lower()
 
 
 def test_prewarm_check(tmp_path: Path) -> None:

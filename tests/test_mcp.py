@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import socket
+import time
 from typing import Any
 
 import httpx
@@ -93,3 +95,36 @@ def test_with_api_keys_mcp_needs_the_token_and_uses_its_namespace(keyed_server: 
     url = result.structured_content["url"]
     assert httpx.get(url).status_code == 401
     assert httpx.get(url, headers={"Authorization": f"Bearer {KEYED_TOKEN}"}).status_code == 200
+
+
+def raw_exchange(server: Server, data: bytes, timeout_s: float = 10) -> bytes:
+    """Send `data` on one connection and read until the server closes it (the last
+    request should say `Connection: close`), or the time is up."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=timeout_s) as sock:
+        sock.sendall(data)
+        got = b""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            got += chunk
+        return got
+
+
+def test_head_and_get_on_mcp_complete_and_the_connection_serves_on(server: Server) -> None:
+    # HEAD was served as the SDK's GET: an event stream that never ended, so the
+    # HEAD never completed and the next request on the connection was never answered.
+    got = raw_exchange(
+        server,
+        b"HEAD /mcp HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n"
+        b"GET /mcp HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n"
+        b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    heads = [part.split(b"\r\n", 1)[0] for part in got.split(b"HTTP/1.1 ")[1:]]
+    assert heads == [b"405 Method Not Allowed"] * 2 + [b"200 OK"], got[:2000]
+    assert got.count(b"allow: POST\r\n") == 2
+    assert got.endswith(b"}") and b'"status":"ok"' in got.rsplit(b"\r\n\r\n", 1)[1]

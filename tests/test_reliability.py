@@ -292,6 +292,37 @@ def test_rejected_requests_keep_no_parameter_or_unknown_path_in_the_access_log(s
     assert '"GET /run/<redacted> HTTP/1.1" 404' in log
 
 
+def test_unknown_gradio_events_and_sessions_get_404_and_one_line_not_a_traceback(server: Server) -> None:
+    before = server.log_path.read_text()
+    posted = {
+        "/gradio_api/queue/join": {"data": [], "fn_index": 9999, "session_hash": "s1"},
+        "/gradio_api/run/predict": {"data": [], "fn_index": 9999},
+        "/gradio_api/run/no_such_api": {"data": []},
+        "/gradio_api/call/no_such_api": {"data": []},
+        "/gradio_api/queue/join?x=1": {"data": [], "fn_index": "7", "session_hash": "s2"},
+    }
+    for path, body in posted.items():
+        resp = server.client.post(path, json=body)
+        assert resp.status_code == 404, (path, resp.text)
+        assert "no API named" in resp.text or "is no event of this page" in resp.text
+    for _ in range(3):
+        resp = server.client.get("/gradio_api/queue/data?session_hash=neverjoined", timeout=5)
+        assert resp.status_code == 404
+    added = server.log_path.read_text()[len(before) :]
+    assert "Traceback" not in added and "KeyError" not in added
+    assert added.count("gradio: queue/data for a session with nothing pending") == 3
+
+
+def test_gradio_session_hashes_stay_out_of_the_access_log(server: Server) -> None:
+    secret = "sessionhashzq81"
+    server.client.get(f"/gradio_api/queue/data?session_hash={secret}", timeout=5)
+    with server.client.stream("GET", f"/gradio_api/heartbeat/{secret}", timeout=5) as beat:
+        assert beat.status_code == 200
+    log = server.log_path.read_text()
+    assert secret not in log
+    assert "/gradio_api/heartbeat/<redacted>" in log and "/gradio_api/<redacted>?<redacted>" in log
+
+
 def test_a_cache_secret_rejects_forged_and_edited_records(tmp_path: Path, redis_server: RedisServer) -> None:
     secret = "a-cache-secret-0123456789".ljust(32, "-")
     srv = Server(

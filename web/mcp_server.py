@@ -135,7 +135,8 @@ def create_mcp_server(service: GenerationService) -> MCPServer:
 
 class McpEndpoint:
     """ASGI app for `/mcp`: authenticates like every API route (401/403/422 before any
-    MCP message is read), then hands the request to the MCP session manager."""
+    MCP message is read), answers any method but POST with 405, then hands the
+    request to the MCP session manager."""
 
     def __init__(self, mcp: MCPServer) -> None:
         # API keys protect it; a Host check would refuse every deployment behind a
@@ -159,6 +160,21 @@ class McpEndpoint:
         except RequestInvalid as exc:
             detail = [{"type": "value_error", "loc": ["header", exc.field], "msg": exc.message}]
             await JSONResponse({"detail": detail}, status_code=422)(scope, receive, send)
+            return
+        if scope["method"] != "POST":
+            # Stateless and JSON-only: no session to end (DELETE) and no server-sent
+            # stream to open (GET, and HEAD, which HeadAsGet serves as GET), which
+            # MCP answers with 405. The SDK's GET would hold an idle stream open for ever.
+            answer = JSONResponse(
+                {
+                    "jsonrpc": "2.0",
+                    "id": "server-error",
+                    "error": {"code": -32600, "message": "Method Not Allowed: MCP here is POST only"},
+                },
+                status_code=405,
+                headers={"Allow": "POST"},
+            )
+            await answer(scope, receive, send)
             return
         scope.setdefault("state", {})[NAMESPACE_STATE] = namespace
         await self.manager.handle_request(scope, receive, send)

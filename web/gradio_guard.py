@@ -1,0 +1,103 @@
+"""Gradio's event routes, checked before Gradio sees them: an unknown event or session
+is a 4xx and one log line, not a 500 with a `KeyError` traceback."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import parse_qs
+
+from starlette.responses import JSONResponse
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/gradio_api/"
+# Routes that name an event in their path (`run/<api name>`, ...), and the one that
+# names it only in its body (`queue/join`, by fn_index).
+NAMED = ("run/", "api/", "call/v2/", "call/")
+JOIN = "queue/join"
+DATA = "queue/data"
+
+
+class GradioGuard:
+    """ASGI middleware in front of Gradio's routes.
+
+    - `queue/join`, `run/<name>`, `api/<name>`, `call/<name>`: an `fn_index` that is
+      no event of the page, or a name that is no API of it, gets 404 naming it.
+    - `queue/data?session_hash=<h>` for a session with nothing pending gets 404
+      (Gradio raised inside its stream and logged a traceback on every request).
+
+    Bodies are small (the body limit, outside, has read them already), so this
+    reads the JSON once and hands the same bytes on.
+    """
+
+    def __init__(self, app: Any, blocks: Any) -> None:
+        self.app = app
+        self.blocks = blocks
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        path = scope["path"] if scope["type"] == "http" else ""
+        if not path.startswith(PREFIX):
+            await self.app(scope, receive, send)
+            return
+        route = path[len(PREFIX) :].rstrip("/")
+        if scope["method"] == "GET" and route == DATA:
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            session = (query.get("session_hash") or [""])[-1]
+            if session not in self.blocks._queue.pending_messages_per_session:
+                log.info("gradio: queue/data for a session with nothing pending")
+                await _refuse(404, "no such session, or nothing pending for it", scope, receive, send)
+                return
+        if scope["method"] == "POST" and (route == JOIN or route.startswith(NAMED)):
+            body, receive = await _read(receive)
+            problem = self._problem(route, body)
+            if problem is not None:
+                log.info("gradio: %s refused: %s", route.split("/", 1)[0], problem)
+                await _refuse(404, problem, scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _problem(self, route: str, body: bytes) -> str | None:
+        try:
+            fields = json.loads(body) if body else {}
+        except ValueError:
+            return None  # Gradio's own 422 says what is wrong with it
+        fn_index = fields.get("fn_index") if isinstance(fields, dict) else None
+        fns = self.blocks.fns
+        if fn_index is not None:
+            if not isinstance(fn_index, int) or isinstance(fn_index, bool) or fn_index not in fns:
+                return f"fn_index {str(fn_index)[:20]!r} is no event of this page"
+            return None
+        if route == JOIN:
+            return None
+        name = next(route[len(p) :] for p in NAMED if route.startswith(p)).split("/", 1)[0]
+        if not any(fn.api_name == name for fn in fns.values()):
+            return f"no API named {name[:40]!r}; see /gradio_api/info"
+        return None
+
+
+async def _read(receive: Any) -> tuple[bytes, Any]:
+    """The whole body, and a `receive` that hands it on once, then the server's."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"", receive
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    pending: dict | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+    async def replay() -> dict:
+        nonlocal pending
+        if pending is not None:
+            message, pending = pending, None
+            return message
+        return await receive()
+
+    return pending["body"], replay
+
+
+async def _refuse(status: int, detail: str, scope: dict, receive: Any, send: Any) -> None:
+    await JSONResponse({"detail": detail}, status_code=status)(scope, receive, send)
