@@ -70,6 +70,10 @@ class ModelIdentity:
     min_size: int
     max_size: int = 2048
     quantize: Quantize = "none"
+    # How the text encoder computes a prompt: over its real tokens only (not padded to
+    # 512; pipeline.rendering). Not in the key: the embeddings equal the padded ones
+    # (exactly in bfloat16, within 1e-8 in float32).
+    text_encoder_tokens: str = "real"
 
     def key_fields(self) -> dict[str, str]:
         """What of the model goes into every cache key: whatever changes its pixels for a
