@@ -170,7 +170,7 @@ def service_overheads(size: int, runs: int, work_dir: Path) -> dict[str, float]:
 
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-    request = CanonicalRequest(PROMPT[:200], "", 42, size, size, 8, 0.0, "png")
+    request = CanonicalRequest(PROMPT[:200], "", 42, size, size, 8, 0.0)
     identity = ModelIdentity("bench", "sha256:bench", work_dir, "cpu", "float32", True, 64)
     memory, disk = MemoryTier(1 << 30), DiskTier(work_dir / "images")
     encode, store_memory, store_disk = [], [], []

@@ -2,7 +2,7 @@
 
 Safe to run while servers use the same directory (see cache.maintenance).
 Exit status: 0 on success, 1 when verify found corrupt entries, 2 on bad arguments
-or when verify met entries signed with a cache secret it was not given.
+or when verify met (and kept) entries signed with a cache secret it was not given.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cache.defaults import DEFAULT_CACHE_DIR, images_dir
 from cache.disk import DiskTier
+from cache.keyring import Keyring, parse_secrets
 from cache.keys import bad_namespace, is_namespace
 from cache.maintenance import namespace_stats, prune, verify
 from cache.units import format_duration, format_size, parse_duration, parse_size
@@ -52,8 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     # environment variable, so the secret need not appear on a command line.
     v.add_argument(
         "--cache-secret",
+        type=_secrets,
         default=os.environ.get("ZIMAGE_CACHE_SECRET") or None,
-        help="the service's --cache-secret, when it has one (default: $ZIMAGE_CACHE_SECRET)",
+        help="the service's --cache-secret, when it has one: secrets of 32+ bytes, comma-separated, "
+        "newest first (default: $ZIMAGE_CACHE_SECRET)",
+    )
+    v.add_argument(
+        "--remove-unverifiable",
+        action="store_true",
+        help="also remove entries signed with a secret not given (kept by default: a retired "
+        "secret's leftovers, or another fleet's)",
     )
     c = commands.add_parser("clear", parents=[common], help="remove every entry, or those of one namespace")
     c.add_argument("--namespace", type=_namespace, default=None)
@@ -65,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if not root.is_dir():
         print(f"python -m cache: no disk cache at {root} (check --cache-dir)", file=sys.stderr)
         return 2
-    secret = getattr(args, "cache_secret", None)
-    disk = DiskTier(root, secret=secret.encode() if secret else None)
+    disk = DiskTier(root, keyring=Keyring.of(getattr(args, "cache_secret", None)))
     report: dict
     status = 0
     if args.command == "prune":
@@ -90,18 +98,23 @@ def main(argv: list[str] | None = None) -> int:
         ]
         text = "\n".join([*lines, f"total: {total_entries} entries, {format_size(total_bytes)} in {root}"])
     elif args.command == "verify":
-        r = verify(disk, dry_run=args.dry_run)
-        report = {**vars(r), "problems": dict(r.problems)}
+        r = verify(disk, dry_run=args.dry_run, remove_unverifiable=args.remove_unverifiable)
+        report = {**vars(r), "problems": dict(r.problems), "unknown_kids": dict(r.unknown_kids)}
         text = f"checked {r.checked} entries: {r.ok} ok, {r.corrupt} corrupt, {r.removed} removed"
         if r.problems:
             text += " (" + ", ".join(f"{k}: {n}" for k, n in r.problems.items()) + ")"
         status = 1 if r.corrupt else 0
         if r.unverifiable:
-            text += (
-                f"; {r.unverifiable} signed with a cache secret were not checked (and kept): "
-                "pass --cache-secret or set ZIMAGE_CACHE_SECRET"
-            )
-            status = status or 2
+            kids = ", ".join(f"{kid}: {n}" for kid, n in sorted(r.unknown_kids.items()))
+            text += f"; {r.unverifiable} signed with a secret not given here (key ids {kids})"
+            if args.remove_unverifiable:
+                text += " were removed"
+            else:
+                text += (
+                    " were not checked, and kept: pass every secret in use with --cache-secret "
+                    "(or ZIMAGE_CACHE_SECRET), newest first, or --remove-unverifiable"
+                )
+                status = status or 2
     else:
         count, size = disk.remove_all(args.namespace, dry_run=args.dry_run)
         report = {"removed": count, "bytes": size, "namespace": args.namespace}
@@ -125,6 +138,13 @@ def _duration(text: str) -> float:
         return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _secrets(text: str) -> list[bytes]:
+    try:
+        return parse_secrets(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (--cache-secret or ZIMAGE_CACHE_SECRET)") from None
 
 
 def _namespace(text: str) -> str:

@@ -12,7 +12,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cache.entry import MISS, CorruptEntry, Entry, UnverifiableEntry, _Miss, decode_record, encode_record
+from cache.entry import (
+    MISS,
+    UNSIGNED,
+    CorruptEntry,
+    Entry,
+    UnverifiableEntry,
+    _Miss,
+    decode_record,
+    encode_record,
+)
+from cache.keyring import Keyring
 from cache.keys import is_key, is_namespace
 
 log = logging.getLogger(__name__)
@@ -43,19 +53,20 @@ class DiskTier:
     thread or process see a whole old entry, a whole new one, or none; a failed
     write (disk full, ...) removes its temp file and raises OSError for the
     caller to count. Every read verifies the record's tag (an XXH3 checksum, or with
-    `secret` an HMAC, over header and payload); a corrupt file is removed and
-    reported as a miss, one signed with a secret this tier lacks is a miss left
-    in place. Survives restarts. Size and age bounds are enforced
+    a `keyring` an HMAC under the secret its key id names, over header and payload);
+    a corrupt file is removed and reported as a miss, one signed with a secret this
+    tier lacks is a miss left in place. Writes sign with the keyring's first secret.
+    Survives restarts. Size and age bounds are enforced
     by `cache.maintenance.prune`, which evicts least recently used first.
     """
 
     name = "disk"
     blocking = True
 
-    def __init__(self, root: Path, *, secret: bytes | None = None) -> None:
+    def __init__(self, root: Path, *, keyring: Keyring = UNSIGNED) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
-        self.secret = secret
+        self.keyring = keyring
         self._warned_unverifiable = False
 
     def path_for(self, namespace: str, key: str) -> Path:
@@ -70,7 +81,7 @@ class DiskTier:
         except FileNotFoundError:
             return MISS
         try:
-            entry = decode_record(blob, namespace, key, self.secret)
+            entry = decode_record(blob, namespace, key, self.keyring)
         except UnverifiableEntry as exc:
             if not self._warned_unverifiable:
                 self._warned_unverifiable = True
@@ -100,7 +111,7 @@ class DiskTier:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=TEMP_SUFFIX)
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(encode_record(namespace, key, entry, self.secret))
+                f.write(encode_record(namespace, key, entry, self.keyring))
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)

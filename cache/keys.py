@@ -16,8 +16,11 @@ from typing import Any
 # Bumped whenever what a key covers or how an entry is stored changes, so old
 # entries are simply never found again instead of being misread. 2: the record's
 # tag covers its header too (and can be an HMAC). 3: unsigned records carry an
-# XXH3-128 checksum instead of a SHA-256.
-SCHEMA_VERSION = 3
+# XXH3-128 checksum instead of a SHA-256. 4: the format is out of the key (one
+# stored PNG per generation, other encodings under keys of their own) and the key's
+# fields are in sections (pipeline/keys.py). 5: records name the key id of their
+# secret, and so do Redis keys (cache/keyring.py).
+SCHEMA_VERSION = 5
 
 # The namespace of callers who name none (no API keys, no X-Namespace header).
 DEFAULT_NAMESPACE = "public"

@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 
 from cache.disk import DiskTier
-from cache.entry import CorruptEntry, UnverifiableEntry, decode_record
+from cache.entry import CorruptEntry, UnverifiableEntry, decode_record, record_kid
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,8 @@ class VerifyReport:
     ok: int = 0
     corrupt: int = 0
     removed: int = 0
-    unverifiable: int = 0  # signed with a cache secret that was not given: kept
+    unverifiable: int = 0  # signed with a secret not given (or unsigned, when one is): kept
+    unknown_kids: Counter[str] = field(default_factory=Counter)  # those, by the key id they claim
     problems: Counter[str] = field(default_factory=Counter)
 
 
@@ -93,22 +94,28 @@ def prune(
     return report
 
 
-def verify(disk: DiskTier, *, dry_run: bool = False) -> VerifyReport:
-    """Read and check every entry with the disk tier's secret; remove those that fail
-    (unless `dry_run`). Entries signed with a secret the tier lacks are counted as
-    `unverifiable` and kept: forgetting the secret must not empty the cache."""
+def verify(disk: DiskTier, *, dry_run: bool = False, remove_unverifiable: bool = False) -> VerifyReport:
+    """Read and check every entry with the disk tier's keyring; remove those that fail
+    (unless `dry_run`). Entries signed with a secret the keyring lacks (or unsigned,
+    under a keyring with secrets) are counted as `unverifiable`, by the key id they
+    claim, and kept: a forgotten, mistyped or rotated-out secret must not empty the
+    cache. `remove_unverifiable` removes them too (a retired secret's leftovers)."""
     report = VerifyReport()
     for stored in disk.files():
         report.checked += 1
         try:
             with open(stored.path, "rb") as f:
                 inode = os.fstat(f.fileno()).st_ino
-                decode_record(f.read(), stored.namespace, stored.key, disk.secret)
+                blob = f.read()
+            decode_record(blob, stored.namespace, stored.key, disk.keyring)
         except FileNotFoundError:
             report.checked -= 1  # pruned or replaced under us: nothing to judge
             continue
         except UnverifiableEntry:
             report.unverifiable += 1
+            report.unknown_kids[record_kid(blob) or "?"] += 1
+            if remove_unverifiable and disk.remove(replace(stored, inode=inode), dry_run=dry_run):
+                report.removed += 1
             continue
         except CorruptEntry as exc:
             report.corrupt += 1

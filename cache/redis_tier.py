@@ -10,7 +10,9 @@ import logging
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import redis
@@ -20,7 +22,17 @@ from redis.exceptions import ClusterError, RedisClusterException
 from redis.lock import Lock
 from redis.retry import Retry
 
-from cache.entry import MISS, CorruptEntry, Entry, UnverifiableEntry, _Miss, decode_record, encode_record
+from cache.entry import (
+    MISS,
+    UNSIGNED,
+    CorruptEntry,
+    Entry,
+    UnverifiableEntry,
+    _Miss,
+    decode_record,
+    encode_record,
+)
+from cache.keyring import Keyring
 from cache.keys import SCHEMA_VERSION
 from cache.layered import TierUnavailable
 from cache.redis_url import parse_redis_url
@@ -33,6 +45,8 @@ T = TypeVar("T")
 # instead of each request paying a connect timeout while Redis is down.
 BACKOFF_START_S, BACKOFF_MAX_S = 0.5, 5.0
 SCAN_LIMIT = 200_000
+# How many foreign lock keys are remembered as logged (so each is logged once).
+FOREIGN_LOGGED = 1024
 # A record's checksum (XXH3: 0.04 ms for 3 MB) is checked on the event loop. Its
 # HMAC-SHA256, with a cache secret, is too up to this size; a larger record (a
 # 1024x1024 PNG is 1.5-3 MB, about 1.5 ms of hashing) on a thread, so that one big
@@ -44,13 +58,17 @@ OUTAGES = (redis.ConnectionError, redis.TimeoutError, RedisClusterException, Clu
 
 
 class RedisTier:
-    """Entries as Redis strings `zimage:v<schema>:<namespace>:<key>` with a TTL.
+    """Entries as Redis strings `zimage:v<schema>:<kid>:<namespace>:<key>` with a TTL.
 
-    The value is the same checked record as on disk (header with key, size and
-    encoding, the bytes, then an XXH3 checksum or, with `secret`, an HMAC over both), written
-    with one SET, so a reader sees all of it or nothing; with a secret, a writer
-    without it cannot make an entry this tier accepts. `url` is one server, a Sentinel-watched master or a Cluster
-    (cache.redis_url); no command touches two keys but the DEL of `clear`, which
+    The value is the same checked record as on disk (header with key, size, encoding
+    and key id, the bytes, then an XXH3 checksum or, with a `keyring`, an HMAC over
+    both), written with one SET, so a reader sees all of it or nothing; with a
+    secret, a writer without it cannot make an entry this tier accepts. `<kid>` is
+    the key id of the secret that signed it (cache.keyring; `unsigned` without one):
+    writes go under the keyring's first, reads try each of its key ids in turn, so
+    replicas with different secrets on one Redis never read, delete or overwrite
+    each other's entries, and a rotated-in secret still reads the old one's.
+    `url` is one server, a Sentinel-watched master or a Cluster (cache.redis_url); no command touches two keys but the DEL of `clear`, which
     redis-py's cluster client splits by slot, so entries and locks need not share
     a slot. Guarantees: short socket timeouts and no retries inside a call; after
     a failure the tier fails fast (TierUnavailable) for a growing back-off, then
@@ -73,10 +91,10 @@ class RedisTier:
         ttl_s: float,
         timeout_s: float = 0.5,
         lock_ttl_s: float = 30.0,
-        secret: bytes | None = None,
+        keyring: Keyring = UNSIGNED,
     ) -> None:
         self.ttl_ms = int(ttl_s * 1000)
-        self.secret = secret
+        self.keyring = keyring
         self.lock_ttl_s = lock_ttl_s
         self.prefix = f"zimage:v{SCHEMA_VERSION}:"
         self.target = parse_redis_url(url)
@@ -92,6 +110,8 @@ class RedisTier:
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
+        # Foreign lock keys already logged (most recent last), so each is logged once.
+        self._foreign_logged: OrderedDict[str, None] = OrderedDict()
         self._retry_at = 0.0
         self._backoff = BACKOFF_START_S
         # Sentinel: how many failovers were heard; each loop's client catches up on its next call.
@@ -103,78 +123,87 @@ class RedisTier:
         if self.target.kind == "sentinel":
             self._watch = FailoverWatch(self.target, self._follow_failover, timeout_s=timeout_s).start()
 
-    def redis_key(self, namespace: str, key: str) -> str:
-        return f"{self.prefix}{namespace}:{key}"
+    def redis_key(self, namespace: str, key: str, kid: str | None = None) -> str:
+        """The Redis key of an entry under `kid` (default: the one this tier writes)."""
+        return f"{self.prefix}{kid or self.keyring.kid}:{namespace}:{key}"
 
     def get(self, namespace: str, key: str) -> Entry | _Miss:
-        name = self.redis_key(namespace, key)
-        blob = self._call(lambda r: r.get(name))
-        if blob is None:
-            return MISS
-        try:
-            return decode_record(blob, namespace, key, self.secret)
-        except UnverifiableEntry:
-            return MISS  # another replica's, signed with a secret this one lacks
-        except CorruptEntry as exc:
-            self._drop_corrupt(name, exc)
-            self._call(lambda r: r.delete(name))
-            return MISS
+        for kid in self.keyring.kids:
+            name = self.redis_key(namespace, key, kid)
+            blob = self._call(lambda r, name=name: r.get(name))
+            if blob is None:
+                continue
+            try:
+                return decode_record(blob, namespace, key, self.keyring, stored_kid=kid)
+            except UnverifiableEntry:
+                continue
+            except CorruptEntry as exc:
+                self._drop_corrupt(name, exc)
+                self._call(lambda r, name=name: r.delete(name))
+        return MISS
 
     async def aget(self, namespace: str, key: str) -> Entry | _Miss:
         """`get` on the running event loop: the GET through `redis.asyncio`, the check
         inline (a large signed record's on a thread: INLINE_HMAC_MAX_BYTES). Same failures."""
-        name = self.redis_key(namespace, key)
-        blob = await self._acall(lambda r: r.get(name))
-        if blob is None:
-            return MISS
-        try:
-            if self.secret is not None and len(blob) > INLINE_HMAC_MAX_BYTES:
-                return await asyncio.to_thread(decode_record, blob, namespace, key, self.secret)
-            return decode_record(blob, namespace, key, self.secret)
-        except UnverifiableEntry:
-            return MISS
-        except CorruptEntry as exc:
-            self._drop_corrupt(name, exc)
-            await self._acall(lambda r: r.delete(name))
-            return MISS
+        for kid in self.keyring.kids:
+            name = self.redis_key(namespace, key, kid)
+            blob = await self._acall(lambda r, name=name: r.get(name))
+            if blob is None:
+                continue
+            try:
+                if self.keyring.signed and len(blob) > INLINE_HMAC_MAX_BYTES:
+                    return await asyncio.to_thread(
+                        partial(decode_record, blob, namespace, key, self.keyring, stored_kid=kid)
+                    )
+                return decode_record(blob, namespace, key, self.keyring, stored_kid=kid)
+            except UnverifiableEntry:
+                continue
+            except CorruptEntry as exc:
+                self._drop_corrupt(name, exc)
+                await self._acall(lambda r, name=name: r.delete(name))
+        return MISS
 
     def _drop_corrupt(self, name: str, exc: CorruptEntry) -> None:
         log.warning("redis cache: dropping corrupt entry %s (%s)", name, exc)
 
     def put(self, namespace: str, key: str, entry: Entry) -> None:
-        record = encode_record(namespace, key, entry, self.secret)
+        record = encode_record(namespace, key, entry, self.keyring)
         self._call(lambda r: r.set(self.redis_key(namespace, key), record, px=self.ttl_ms))
 
     def discard(self, namespace: str, key: str) -> None:
-        self._call(lambda r: r.delete(self.redis_key(namespace, key)))
+        names = [self.redis_key(namespace, key, kid) for kid in self.keyring.kids]
+        self._call(lambda r: [r.delete(name) for name in names])
 
     def clear(self, namespace: str) -> int:
-        """Delete every entry of `namespace` (SCAN + DEL in batches); returns how many."""
+        """Delete every entry of `namespace` under this tier's key ids (SCAN + DEL in
+        batches); returns how many. Other secrets' entries are theirs to clear."""
 
         def run(r: Any) -> int:
             removed, batch = 0, []
-            for name in r.scan_iter(match=f"{self.prefix}{namespace}:*", count=1000):
-                if not name.endswith(b":lock"):
-                    batch.append(name)
-                if len(batch) >= 500:
-                    removed += r.delete(*batch)
-                    batch = []
+            for kid in self.keyring.kids:
+                for name in r.scan_iter(match=f"{self.prefix}{kid}:{namespace}:*", count=1000):
+                    if not name.endswith(b":lock"):
+                        batch.append(name)
+                    if len(batch) >= 500:
+                        removed += r.delete(*batch)
+                        batch = []
             return removed + (r.delete(*batch) if batch else 0)
 
         return self._call(run)
 
     def stats(self) -> dict[str, int]:
-        """Entries and bytes under our prefix (a SCAN: cheap for a cache-sized Redis)."""
+        """Entries and bytes under our prefix and key ids (a SCAN: cheap for a cache-sized Redis)."""
 
         def count(r: Any) -> dict[str, int]:
             entries = size = 0
             names = []
-            for name in r.scan_iter(match=f"{self.prefix}*", count=1000):
-                if name.endswith(b":lock"):
-                    continue
-                names.append(name)
-                if len(names) >= SCAN_LIMIT:
-                    break
+            for kid in self.keyring.kids:
+                for name in r.scan_iter(match=f"{self.prefix}{kid}:*", count=1000):
+                    if name.endswith(b":lock"):
+                        continue
+                    names.append(name)
+                    if len(names) >= SCAN_LIMIT:
+                        break
             pipe = r.pipeline(transaction=False)
             for name in names:
                 pipe.strlen(name)
@@ -188,23 +217,54 @@ class RedisTier:
 
     def try_lock(self, namespace: str, key: str) -> Lease | None:
         """Take the generation lock for this entry (SET NX PX with a random token), or None
-        if another replica holds it. A lock key that never expires (no TTL, whatever its
-        type) was not written by a replica, whose locks always expire: it is ignored, and
-        the lease returned holds nothing, so the caller generates at once instead of
-        waiting forever. Raises TierUnavailable when Redis is unreachable."""
+        if another replica holds it. Raises TierUnavailable when Redis is unreachable.
+
+        A replica's lock is a string that never has more than `lock_ttl_s` left (it
+        is set, and refreshed, with that TTL). A lock key with more time left, none
+        at all, or of another type was not written by a replica (planted, or left by
+        hand): it is ignored, logged once per key, and the lease returned holds
+        nothing, so the caller generates at once instead of waiting on it."""
         name = self.redis_key(namespace, key) + ":lock"
 
         def take(r: Any) -> Lock | None:
             lock = Lock(r, name, timeout=self.lock_ttl_s, blocking=False, thread_local=False)
             return lock if lock.acquire() else None
 
+        def inspect(r: Any) -> tuple[int, Any]:
+            pipe = r.pipeline(transaction=False)
+            pipe.pttl(name)
+            pipe.type(name)
+            left, kind = pipe.execute()
+            return left, kind
+
         lock = self._call(take)
         if lock is not None:
             return Lease(self, lock)
-        if self._call(lambda r: r.pttl(name)) == -1:
-            log.warning("redis: ignoring %s: a lock key without a TTL was not set by a replica", name)
-            return Lease(self, None)
-        return None
+        left_ms, kind = self._call(inspect)
+        kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+        if left_ms == -2:  # gone between the two calls: released; the caller looks again
+            return None
+        # Slack for clock granularity only: a replica sets exactly lock_ttl_s.
+        foreign = kind != "string" or left_ms == -1 or left_ms > self.lock_ttl_s * 1000 + 1000
+        if not foreign:
+            return None
+        with self._lock:
+            first = name not in self._foreign_logged
+            self._foreign_logged[name] = None
+            self._foreign_logged.move_to_end(name)
+            while len(self._foreign_logged) > FOREIGN_LOGGED:
+                self._foreign_logged.popitem(last=False)
+        if first:
+            left = "no TTL" if left_ms == -1 else f"{left_ms / 1000:.0f} s left"
+            log.warning(
+                "redis: ignoring lock key %s (a %s, %s): no replica sets one like it "
+                "(a string with at most %.0f s left)",
+                name,
+                kind,
+                left,
+                self.lock_ttl_s,
+            )
+        return Lease(self, None)
 
     def lock_held(self, namespace: str, key: str) -> bool:
         name = self.redis_key(namespace, key) + ":lock"

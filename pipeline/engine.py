@@ -311,7 +311,7 @@ class Engine:
                 self.warmup(self, identity)
             else:  # the least that proves the model makes an image
                 size = identity.min_size
-                self.run_now([CanonicalRequest("warm-up", "", 0, size, size, 1, 0.0, "png")])
+                self.run_now([CanonicalRequest("warm-up", "", 0, size, size, 1, 0.0)])
             if self.compiled:
                 log.info("compile: %d graphs compiled by the warm-up", compiled_graphs())
             self._set_state(EngineState.READY)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
-import hashlib
-import json
 import logging
 import re
 import shutil
@@ -12,20 +9,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from pipeline.fingerprint import DigestCache, fingerprint_dir, pipeline_patterns
 from pipeline.placement import Offload, Placement, quiet_progress_bars
 from pipeline.tiny_model import TINY_MODEL_ID, ensure_tiny_model
 
 log = logging.getLogger(__name__)
 
 HUB_ID = "Tongyi-MAI/Z-Image-Turbo"
-# Files up to this size are fingerprinted by content; larger ones (weights) by
-# name and size, so fingerprinting 30 GB of weights stays instant.
-_HASH_CONTENT_LIMIT = 1 << 20
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
-# Files download tools keep beside a model, none of which the pipeline reads:
-# `hf download --local-dir` writes .cache/huggingface/download/*.metadata (with
-# timestamps) and *.lock files; hashing them would change every key on re-download.
-_BOOKKEEPING = ("*.metadata", "*.lock", "*.incomplete")
+# Beside the models directory's models: the content digests of model files
+# (pipeline/fingerprint.py), so a restart reads no weight bytes to fingerprint them.
+DIGESTS_FILE = "digests.json"
 # Weight formats the pipeline does not load (it reads safetensors): not downloaded.
 _UNUSED_WEIGHTS = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.gguf"]
 # Where the initial noise is drawn. On the CPU a seed gives the same noise on every
@@ -71,19 +65,30 @@ class ModelIdentity:
     max_size: int = 2048
     quantize: Quantize = "none"
     # How the text encoder computes a prompt: over its real tokens only (not padded to
-    # 512; pipeline.rendering). Not in the key: the embeddings equal the padded ones
-    # (exactly in bfloat16, within 1e-8 in float32).
+    # 512; pipeline.rendering). Not in the key: the embeddings equal the padded ones up
+    # to rounding (about one unit in the last place).
     text_encoder_tokens: str = "real"
+    # The dtype the text encoder computes in, where it is not `dtype` (float32 on a
+    # CPU without native bfloat16, for a model served in bfloat16). None: `dtype`.
+    text_encoder_dtype: str | None = None
+
+    @property
+    def encoder_dtype(self) -> str:
+        """The dtype the text encoder computes in."""
+        return self.text_encoder_dtype or self.dtype
 
     def key_fields(self) -> dict[str, str]:
         """What of the model goes into every cache key: whatever changes its pixels for a
-        given request (weights, dtype, quantization, where the noise is drawn), and not
-        where the parts live (placement changes no more than kernel numerics do)."""
+        given request (weights by content, dtype, quantization, where the noise is drawn,
+        the text encoder's compute dtype), and not where the parts live: placement, the
+        text encoder's device included, changes no more than a different GPU's kernels
+        do, and padding the prompt changes nothing (bench/text_encoder_numerics.py)."""
         return {
             "model": self.fingerprint,
             "dtype": self.dtype,
             "quantize": self.quantize,
             "noise": NOISE_DEVICE,
+            "text_encoder": self.encoder_dtype,
         }
 
 
@@ -196,16 +201,16 @@ def resolve_model(spec: str, models_dir: Path, options: ModelOptions | None = No
         dtype = "bfloat16"  # torchao's per-row float8 quantizes bfloat16 weights (the CPU too)
     local = Path(spec).expanduser()
     if spec == "tiny":
-        path, model_id, fingerprint = ensure_tiny_model(models_dir), TINY_MODEL_ID, None
+        path, model_id = ensure_tiny_model(models_dir), TINY_MODEL_ID
     elif local.is_dir():
-        path, model_id, fingerprint = local, str(local.resolve()), None
+        path, model_id = local, str(local.resolve())
     else:
         path, model_id = download(spec), spec
-        fingerprint = f"{spec}@{path.name}"  # the snapshot directory is named by commit
     demo = spec == "tiny"
     return ModelIdentity(
         model_id=model_id,
-        fingerprint=fingerprint or fingerprint_dir(path),
+        # By content, wherever the files are: a hub model's by its blobs' names.
+        fingerprint=fingerprint_dir(path, DigestCache(models_dir / DIGESTS_FILE)),
         path=path,
         device=device,
         dtype=dtype,
@@ -230,15 +235,6 @@ def check_model_spec(spec: str) -> None:
         )
 
 
-def pipeline_patterns(model_index: Path) -> list[str]:
-    """The files ZImagePipeline.from_pretrained reads, as glob patterns relative to the
-    model directory: model_index.json and each component's folder (config, weights,
-    tokenizer files); not the README, sample images or other repositories' extras."""
-    index = json.loads(model_index.read_text())
-    components = [name for name, value in index.items() if isinstance(value, list) and value[0] is not None]
-    return ["model_index.json", *(f"{name}/*" for name in sorted(components))]
-
-
 def download(hub_id: str) -> Path:
     """Fetch the files of `hub_id` the pipeline reads (no other weight formats, no
     README assets) into the Hugging Face cache, or find them there when offline;
@@ -255,32 +251,6 @@ def download(hub_id: str) -> Path:
             ignore_patterns=_UNUSED_WEIGHTS,
         )
     )
-
-
-def is_bookkeeping(rel: str) -> bool:
-    """Whether a path (relative to the model directory) is a download tool's or a hidden file."""
-    parts = rel.split("/")
-    return any(part.startswith(".") for part in parts) or any(
-        fnmatch.fnmatch(parts[-1], pattern) for pattern in _BOOKKEEPING
-    )
-
-
-def fingerprint_dir(path: Path) -> str:
-    """SHA-256 over the files of the model directory the pipeline reads (pipeline_patterns),
-    small ones by content, large ones (weights) by name and size. Download tools'
-    bookkeeping (.cache/, *.metadata, *.lock) and hidden files are left out, so
-    downloading the same model again keeps every key."""
-    patterns = pipeline_patterns(path / "model_index.json")
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        rel = file.relative_to(path).as_posix()
-        if is_bookkeeping(rel) or not any(fnmatch.fnmatch(rel, pattern) for pattern in patterns):
-            continue
-        size = file.stat().st_size
-        digest.update(f"{rel}\0{size}\0".encode())
-        if size <= _HASH_CONTENT_LIMIT:
-            digest.update(file.read_bytes())
-    return "sha256:" + digest.hexdigest()
 
 
 def load_pipeline(identity: ModelIdentity, options: ModelOptions | None = None) -> tuple[Any, Placement]:

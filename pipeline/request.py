@@ -75,7 +75,11 @@ class GenerationRequest(BaseModel):
         description=f"Classifier-free guidance, 0..{limits.MAX_GUIDANCE:g} and finite; 0 turns it off (Turbo).",
         json_schema_extra={"minimum": 0, "maximum": limits.MAX_GUIDANCE},
     )
-    format: ImageFormat = Field(limits.DEFAULT_FORMAT, description="Image encoding: png, jpeg or webp.")
+    format: ImageFormat = Field(
+        limits.DEFAULT_FORMAT,
+        description="Image encoding: png, jpeg or webp. Not part of the generation: one image "
+        "serves all three (JPEG and WebP are made from the stored PNG).",
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -126,7 +130,8 @@ class GenerationRequest(BaseModel):
 
     def canonical(self, normalization: Normalization = limits.DEFAULT_NORMALIZATION) -> CanonicalRequest:
         """The request as it is hashed and generated: prompt normalised, seed drawn,
-        fields that cannot change the pixels dropped."""
+        fields that cannot change the pixels dropped (the format among them: it is
+        how the pixels are delivered, `self.format`, not what they are)."""
         prompt = normalize_prompt(self.prompt, normalization)
         if not prompt:
             raise RequestInvalid("prompt", "prompt is empty after normalization; describe the image you want")
@@ -151,13 +156,13 @@ class GenerationRequest(BaseModel):
             height=self.height,
             steps=self.steps,
             guidance_scale=guidance,
-            format=self.format,
         )
 
 
 @dataclass(frozen=True)
 class CanonicalRequest:
-    """A validated request in the exact form the model sees and the key covers."""
+    """A validated request in the exact form the model sees and the key covers: what
+    changes the pixels, and nothing else (no output format)."""
 
     prompt: str
     negative_prompt: str
@@ -166,7 +171,6 @@ class CanonicalRequest:
     height: int
     steps: int
     guidance_scale: float
-    format: ImageFormat
 
     def as_dict(self) -> dict[str, Any]:
         # Every field is a str or a number: no deep copy needed (dataclasses.asdict

@@ -1,4 +1,5 @@
-"""The one generation path: canonical request -> key -> cache -> engine -> cache -> result.
+"""The one generation path: canonical request -> key -> cache -> engine -> cache -> result,
+in the format asked for (made from the stored PNG: pipeline/derived.py).
 
 The UI, every HTTP route and prewarm call `GenerationService.generate` (or its
 batch form); there is no second way to produce or look up an image.
@@ -14,9 +15,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
-from cache import DEFAULT_NAMESPACE, MISS, Entry, Hit, LayeredCache, bad_namespace, is_namespace, make_key
+from cache import DEFAULT_NAMESPACE, MISS, Entry, Hit, LayeredCache, bad_namespace, is_namespace
+from pipeline.derived import Encodings
+from pipeline.encoding import STORED_FORMAT
 from pipeline.engine import Engine
 from pipeline.errors import JobCancelled, ModelUnavailable, RequestInvalid
+from pipeline.keys import generation_key
 from pipeline.limits import MAX_SEED, RANDOM_SEED, Normalization
 from pipeline.loading import ModelIdentity
 from pipeline.queue_ticket import QueueTicket
@@ -41,7 +45,10 @@ class GenerationService:
     by `replica_wait_s` (then this replica generates itself) and ends as soon as no
     caller waits for the result. `no_cache`, and prompts matching
     `no_store_patterns`, neither read nor write the cache, the prompt-embedding
-    cache included. Observers see every result (for metrics).
+    cache included. The format asked for is not part of the generation: the image
+    is generated and stored once, as PNG, and served in any format, a JPEG or WebP
+    made from the stored PNG (and stored too) when first asked for (pipeline.derived).
+    Observers see every result (for metrics).
     """
 
     def __init__(
@@ -63,6 +70,7 @@ class GenerationService:
         self.model_wait_s = model_wait_s
         self.log_prompts = log_prompts
         self.flights = SingleFlight(cache, locks, replica_wait_s=replica_wait_s)
+        self.encodings = Encodings(cache)
         self.statistics = ServiceStatistics()
         self.observers: list[Callable[[GenerationResult], None]] = []
 
@@ -100,7 +108,8 @@ class GenerationService:
         ticket: QueueTicket | None = None,
     ) -> list[GenerationResult]:
         """`batch_size` images of one prompt, image i with seed `seed + i` (each drawn when
-        the seed is -1). Each is looked up on its own; the misses are generated together.
+        the seed is -1), in `request.format`. Each is looked up on its own; the misses
+        are generated together.
         `ticket`, when given, is told the engine jobs this call starts (see `cancel`);
         JobCancelled when they were cancelled before they started."""
         started = time.perf_counter()
@@ -119,19 +128,25 @@ class GenerationService:
             seeds = [(base.seed + i) % (MAX_SEED + 1) for i in range(batch_size)]
         canonicals = [replace(base, seed=seed) for seed in seeds]
         keys = [self.key_for(c, identity) for c in canonicals]
+        ext = request.format
 
         # 2. Bypass (asked for, or a do-not-cache prompt): generate, store nothing.
         if no_cache or self.must_not_store(base):
             generated = await self._generate(canonicals, progress, embedding_scope=None, ticket=ticket)
+            bypassed = await asyncio.gather(*(self.encodings.convert(e, ext, t) for e, t in generated))
             took = [time.perf_counter() - started] * batch_size
-            return self._results(keys, canonicals, [(BYPASS_TIER, e, t) for e, t in generated], took)
+            return self._results(keys, canonicals, [(BYPASS_TIER, e, t) for e, t in bypassed], took)
 
         # 3. Look up the tiers, fastest first, on the event loop: memory and Redis
         #    (redis.asyncio) take no thread hop, the disk only to read a file it has.
-        hits = await self.cache.aget_many(namespace, keys)
+        #    Another format than the stored one: its stored copy, else made from the
+        #    stored image (on a thread) and stored.
+        hits = await self.encodings.lookup_many(namespace, keys, ext)
         lookup = time.perf_counter() - started
         outcomes: dict[int, Outcome] = {
-            i: (hit.tier, hit.entry, {"lookup": lookup}) for i, hit in enumerate(hits) if isinstance(hit, Hit)
+            i: (hit.tier, hit.entry, {"lookup": lookup, **made})
+            for i, (hit, made) in enumerate(hits)
+            if isinstance(hit, Hit)
         }
         # Each image's own time: a hit's is its lookup (in a batch with misses too,
         # the misses' generation is not the hits' time); a miss's, until its flight lands.
@@ -149,9 +164,16 @@ class GenerationService:
             made = await self.flights.run(
                 namespace, missed, produce, lambda key: landed.setdefault(key, time.perf_counter() - started)
             )
-            for i in range(batch_size):
-                if i not in outcomes:
-                    outcomes[i], took[i] = made[keys[i]], landed[keys[i]]
+            # The flights made (or found) the stored images; this caller's format is
+            # made from them, once for all callers asking for it.
+            todo = [i for i in range(batch_size) if i not in outcomes]
+            encoded = await asyncio.gather(
+                *(self.encodings.encode(namespace, keys[i], made[keys[i]][1], ext) for i in todo)
+            )
+            for i, (entry, encode_s) in zip(todo, encoded, strict=True):
+                tier, _, timings = made[keys[i]]
+                outcomes[i] = (tier, entry, {**timings, **encode_s})
+                took[i] = landed[keys[i]] + sum(encode_s.values())
 
         # 5. The results, counted and shown to the observers.
         return self._results(
@@ -181,11 +203,16 @@ class GenerationService:
                     self.flights.unlist(*name)
         return cancelled
 
-    async def lookup(self, namespace: str, key: str) -> Hit | Any:
-        """A stored entry by key (for `/images/{key}`), or MISS."""
+    async def lookup(self, namespace: str, key: str, ext: str = STORED_FORMAT) -> Hit | Any:
+        """A stored image by key in the format `ext` (made from the stored PNG when it
+        is not kept in that format yet), or MISS."""
+        return (await self.image(namespace, key, ext))[0]
+
+    async def image(self, namespace: str, key: str, ext: str) -> tuple[Hit | Any, dict[str, float]]:
+        """`lookup`, with the seconds it took to make the format (for `/images/{key}.{ext}`)."""
         if not is_namespace(namespace):
-            return MISS
-        return await self.cache.aget(namespace, key)
+            return MISS, {}
+        return await self.encodings.lookup(namespace, key, ext)
 
     async def model_identity(self) -> ModelIdentity:
         """The served model's identity; waits (bounded) while it is being resolved."""
@@ -206,7 +233,8 @@ class GenerationService:
 
     @staticmethod
     def key_for(request: CanonicalRequest, identity: ModelIdentity) -> str:
-        return make_key({"request": request.as_dict(), **identity.key_fields()})
+        """The generation's key (pipeline.keys): the same for every format."""
+        return generation_key(request, identity)
 
     def stats(self) -> dict[str, Any]:
         """Requests (images asked for), generations (pipeline runs), images generated,

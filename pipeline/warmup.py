@@ -83,7 +83,7 @@ def warm_up(engine: Engine, identity: ModelIdentity, sizes: list[tuple[int, int]
         )
     for width, height in usable:
         started = time.perf_counter()
-        engine.run_now([CanonicalRequest("warm-up", "", 0, width, height, WARMUP_STEPS, 0.0, "png")])
+        engine.run_now([CanonicalRequest("warm-up", "", 0, width, height, WARMUP_STEPS, 0.0)])
         log.info("warm-up %dx%d: %.2f s", width, height, time.perf_counter() - started)
     if engine.compiled:
         for label, requests in compile_variants(*usable[0]):
@@ -96,7 +96,7 @@ def compile_variants(width: int, height: int) -> list[tuple[str, list[CanonicalR
     """The requests that make a compiled transformer compile every graph the service
     needs (pipeline/compile.py), beyond one image without guidance: a batch (every
     batch size from 2 shares one dynamic-shape graph) and guidance with a mask."""
-    base = CanonicalRequest("warm-up", "", 0, width, height, WARMUP_STEPS, 0.0, "png")
+    base = CanonicalRequest("warm-up", "", 0, width, height, WARMUP_STEPS, 0.0)
     return [
         ("batch of 2", [base, replace(base, seed=1)]),
         ("guidance with a mask", [replace(base, negative_prompt=_WARMUP_NEGATIVE, guidance_scale=1.5)]),

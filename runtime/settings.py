@@ -26,6 +26,7 @@ from cache.defaults import (
     DEFAULT_REDIS_TTL,
     images_dir,
 )
+from cache.keyring import MIN_SECRET_BYTES, parse_secrets
 from cache.redis_url import parse_redis_url
 from cache.units import parse_duration, parse_size
 from pipeline.attention import check_backend_name
@@ -118,9 +119,11 @@ class Settings(BaseSettings):
     redis_ttl: Duration = Field(DEFAULT_REDIS_TTL, description="How long an image lives in Redis.")
     cache_secret: str | None = Field(
         None,
-        description="A secret (16+ characters) that signs every disk and Redis entry with HMAC-SHA256; "
-        "entries not signed with it are rejected and regenerated. Give every process that shares a cache "
-        "directory or a Redis the same one, through the environment (a flag shows in `ps`).",
+        description=f"Secrets of {MIN_SECRET_BYTES}+ random bytes, comma-separated, newest first, that sign "
+        "every disk and Redis entry with HMAC-SHA256: writes sign with the first, reads accept any (to "
+        "rotate, put the new one in front). Entries signed with another secret are neither served nor "
+        "removed. Give every process that shares a cache directory or a Redis the same list, through the "
+        "environment (a flag shows in `ps`).",
         json_schema_extra=readme("See [What is protected](#what-is-protected-and-what-is-not)."),
     )
     embedding_cache_mb: float = Field(
@@ -250,7 +253,19 @@ class Settings(BaseSettings):
             read_api_keys(v)
         return v
 
-    @field_validator("admin_token", "cache_secret")
+    @field_validator("cache_secret")
+    @classmethod
+    def _cache_secret(cls, v: str | None) -> str | None:
+        if v:
+            parse_secrets(v)
+        return v or None
+
+    @property
+    def cache_secrets(self) -> list[bytes]:
+        """`--cache-secret` as bytes, newest first (none: entries are unsigned)."""
+        return parse_secrets(self.cache_secret) if self.cache_secret else []
+
+    @field_validator("admin_token")
     @classmethod
     def _secret(cls, v: str | None) -> str | None:
         if v is not None and len(v) < MIN_TOKEN_CHARS:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cache import DEFAULT_NAMESPACE, DiskTier, LayeredCache, MemoryTier
+from cache.keyring import Keyring
 from cache.layered import Tier
 from cache.maintenance import Pruner
 from cache.redis_tier import RedisTier
@@ -94,12 +95,12 @@ def build_parts(settings: Settings, on_fatal: OnFatal | None = None) -> Parts:
         compile=settings.compile,
         compile_cache_dir=settings.cache_dir / "compile",
     )
-    secret = settings.cache_secret.encode() if settings.cache_secret else None
-    disk = DiskTier(settings.images_dir, secret=secret)
+    keyring = Keyring.of(settings.cache_secrets)
+    disk = DiskTier(settings.images_dir, keyring=keyring)
     tiers: list[Tier] = [MemoryTier(int(settings.memory_cache_mb * MiB)), disk]
     locks = None
     if settings.redis_url:
-        locks = RedisTier(settings.redis_url, ttl_s=settings.redis_ttl, secret=secret)
+        locks = RedisTier(settings.redis_url, ttl_s=settings.redis_ttl, keyring=keyring)
         tiers.append(locks)
     cache = LayeredCache(tiers)
     service = GenerationService(

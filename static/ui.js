@@ -1,5 +1,6 @@
 // The page's own behaviour, beside Gradio's (web/ui.py puts it in the page's head):
-// Ctrl+Enter (Cmd+Enter) generates from anywhere on the page; the prompt's character
+// Ctrl+Enter (Cmd+Enter) generates from anywhere on the page, and the keyboard stays
+// where it was (a result arriving never takes it); the prompt's character
 // counter; a note when a slider's number box was out of range; Cancel shown while a
 // generation runs; new results scrolled into view where they are below the fold.
 (() => {
@@ -18,10 +19,44 @@
       if (!button || button.disabled) return;
       event.preventDefault();
       event.stopPropagation();
-      // Leave the field first: a slider's number box takes (and clamps) its value on blur.
+      // A number box takes (and clamps) its value on blur: blur it, and focus it again
+      // at once, so that the keys typed next still land there. The prompt keeps focus.
       const field = document.activeElement;
-      if (field && field !== document.body && field.blur) field.blur();
+      if (field instanceof HTMLInputElement) {
+        field.blur();
+        field.focus({ preventScroll: true });
+      }
       setTimeout(() => button.click(), 50);
+    },
+    true,
+  );
+
+  // Gradio's gallery focuses its selected thumbnail whenever the selection changes, as
+  // it does when a result arrives: the keys typed into the prompt meanwhile would be
+  // lost. Focus goes into the images only when the person moves it there (a pointer,
+  // Tab, or a key pressed inside them); otherwise it goes back where it was.
+  const IMAGES = "#result, #history";
+  let movedAt = 0;
+  const moved = () => (movedAt = performance.now());
+  document.addEventListener("pointerdown", moved, true);
+  document.addEventListener(
+    "keydown",
+    (event) => {
+      if (event.key === "Tab" || event.target.closest?.(IMAGES)) moved();
+    },
+    true,
+  );
+  document.addEventListener(
+    "focusin",
+    (event) => {
+      const into = event.target;
+      const from = event.relatedTarget;
+      if (!into.closest?.(IMAGES) || performance.now() - movedAt < 1000) return;
+      if (from instanceof HTMLElement && from.isConnected && !from.closest(IMAGES)) {
+        from.focus({ preventScroll: true });
+      } else {
+        into.blur();
+      }
     },
     true,
   );

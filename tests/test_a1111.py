@@ -15,6 +15,7 @@ from sd_parsers import ParserManager
 from sd_parsers.data import Generators
 from sd_prompt_reader.image_data_reader import ImageDataReader
 
+from pipeline.image_metadata import SAMPLER
 from tests.conftest import KEYED_NAMESPACE, KEYED_TOKEN, Server
 
 EXIF_IFD, USER_COMMENT, IMAGE_DESCRIPTION, SOFTWARE = 0x8769, 0x9286, 0x010E, 0x0131
@@ -70,6 +71,27 @@ def test_cfg_scale_is_a1111s_and_bad_input_names_the_field(server: Server) -> No
         bad = server.client.post("/sdapi/v1/txt2img", json=body)
         assert bad.status_code == 422, bad.text
         assert bad.json()["detail"][0]["loc"] == ["body", field]
+
+
+@pytest.mark.parametrize(
+    "field", ["override_settings", "script_args", "alwayson_scripts", "sampler_name", "x"]
+)
+def test_anything_in_a_field_we_ignore_is_ignored_never_a_500(server: Server, field: str) -> None:
+    # A lone surrogate cannot be written out as JSON: echoed back, it was a 500 after
+    # the image had been made and stored.
+    odd = {
+        "override_settings": {"k": "\ud800"},
+        "script_args": ["\udfff"],
+        "alwayson_scripts": {"\ud800": {}},
+    }
+    body = {"prompt": f"an ignored {field}", "width": 64, "height": 64, field: odd.get(field, "\ud800")}
+    resp = server.client.post(
+        "/sdapi/v1/txt2img", content=json.dumps(body), headers={"Content-Type": "application/json"}
+    )
+    assert resp.status_code == 200, resp.text
+    shown = resp.json()["parameters"]
+    assert field not in shown or (field, shown[field]) == ("sampler_name", SAMPLER)  # what served it
+    assert base64.b64decode(resp.json()["images"][0]).startswith(b"\x89PNG")
 
 
 def test_the_lookups_a1111_clients_make_when_connecting(server: Server) -> None:

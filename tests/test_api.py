@@ -110,7 +110,8 @@ def test_image_route_etag_and_404s(server: Server) -> None:
         == 304
     )
     assert server.client.get(f"/images/{'0' * 64}.png").status_code == 404
-    assert server.client.get(f"/images/{body['key']}.webp").status_code == 404
+    assert server.client.get(f"/images/{'0' * 64}.webp").status_code == 404
+    assert server.client.get(f"/images/{body['key']}.webp").status_code == 200  # made from the PNG
     assert server.client.get("/images/..%2f..%2fetc%2fpasswd").status_code == 404
     assert server.client.get("/images/nothex.png").status_code == 404
 
@@ -208,13 +209,52 @@ def test_a_hit_answers_while_a_long_generation_runs(server: Server) -> None:
     assert hit["duration"] < long_result["duration"] / 10
 
 
-def test_output_format_is_part_of_the_key(server: Server) -> None:
-    png = server.client.post("/generate", json={"prompt": "a format probe", "width": 64, "height": 64})
-    webp = server.client.post(
-        "/generate", json={"prompt": "a format probe", "width": 64, "height": 64, "format": "webp"}
-    )
-    assert png.headers["x-key"] != webp.headers["x-key"]
-    assert webp.headers["x-cache"] == "miss"
+def test_one_generation_serves_every_format(server: Server) -> None:
+    body = {"prompt": "a format probe", "width": 64, "height": 64}
+    generations = server.client.get("/api/cache/stats").json()["generations"]
+    png = server.client.post("/generate", json=body)
+    webp = server.client.post("/generate", json={**body, "format": "webp"})
+    # One key, one generation: the WebP is made from the stored PNG, a hit on its tier.
+    assert png.headers["x-key"] == webp.headers["x-key"]
+    assert (png.headers["x-cache"], webp.headers["x-cache"]) == ("miss", "memory")
+    assert "encode_webp;dur=" in webp.headers["server-timing"]
+    assert server.client.get("/api/cache/stats").json()["generations"] == generations + 1
     assert webp.headers["content-type"] == "image/webp"
     assert webp.content[:4] == b"RIFF" and webp.content[8:12] == b"WEBP"
+    with Image.open(io.BytesIO(webp.content)) as made, Image.open(io.BytesIO(png.content)) as stored:
+        assert made.size == stored.size == (64, 64)
+        # Lossy (and the demo model's noise is the worst case for it: about 11 on
+        # average), but of the same image: another noise image differs by about 85.
+        diff = [abs(a - b) for a, b in zip(made.convert("RGB").tobytes(), stored.tobytes(), strict=True)]
+        assert sum(diff) / len(diff) < 30
+    # Made once, then stored: a second WebP is the same bytes without an encode.
+    again = server.client.post("/generate", json={**body, "format": "webp"})
+    assert again.content == webp.content and "encode_webp" not in again.headers["server-timing"]
     assert server.client.get(f"/images/{webp.headers['x-key']}.webp").content == webp.content
+
+
+def test_a_jpeg_of_an_image_first_asked_for_as_png_is_a_hit(server: Server) -> None:
+    first = run(server, prompt="a jpeg probe", width=64, height=80, seed=5)
+    assert first["cache"] == "miss" and first["image_url"].endswith(".png")
+    key = first["key"]
+    made = server.client.get(f"/images/{key}.jpeg")
+    assert made.status_code == 200 and made.headers["content-type"] == "image/jpeg"
+    assert made.headers["x-cache"] == "memory"  # the tier the stored PNG came from
+    assert "encode_jpeg;dur=" in made.headers["server-timing"]
+    assert made.content[:3] == b"\xff\xd8\xff"
+    # The parameters travel into the JPEG's EXIF, as A1111 writes them there.
+    with Image.open(io.BytesIO(made.content)) as jpeg:
+        assert "Seed: 5" in piexif_user_comment(jpeg.info["exif"])
+    stored = server.client.get(f"/images/{key}.jpeg")
+    assert stored.content == made.content and "encode_jpeg" not in stored.headers["server-timing"]
+    via_run = run(server, prompt="a jpeg probe", width=64, height=80, seed=5, format="jpeg")
+    assert (via_run["key"], via_run["cache"]) == (key, "memory")
+    assert via_run["image_url"] == f"/images/{key}.jpeg"
+    assert server.client.get(f"/images/{'0' * 64}.jpeg").status_code == 404
+
+
+def piexif_user_comment(exif: bytes) -> str:
+    import piexif
+    import piexif.helper
+
+    return piexif.helper.UserComment.load(piexif.load(exif)["Exif"][piexif.ExifIFD.UserComment])

@@ -16,7 +16,7 @@ from cache.defaults import DEFAULT_CACHE_DIR, DEFAULT_DISK_MAX_AGE, DEFAULT_DISK
 from runtime.settings import Settings
 from tests.conftest import ROOT
 
-PACKAGES = ("runtime", "web", "pipeline", "cache", "bench")
+PACKAGES = ("runtime", "web", "pipeline", "similarity", "cache", "bench")
 ENTRY_POINTS = ("app.py", "prewarm.py")
 
 
@@ -25,7 +25,7 @@ def python_files(*folders: str) -> list[Path]:
 
 
 def test_the_import_contracts_hold() -> None:
-    """runtime -> web -> pipeline -> cache, and the forbidden imports (pyproject.toml)."""
+    """runtime -> web -> pipeline -> similarity -> cache, and the forbidden imports (pyproject.toml)."""
     lint = ROOT / ".venv" / "bin" / "lint-imports"
     command = [str(lint)] if lint.exists() else [sys.executable, "-m", "importlinter.cli"]
     done = subprocess.run([*command, "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -77,7 +77,7 @@ def test_only_the_composition_roots_read_the_environment() -> None:
     reads = re.compile(r"os\.environ\.get|os\.getenv|os\.environ\[[^]]+\](?!\s*=)")
     readers = {
         str(p.relative_to(ROOT))
-        for p in python_files("pipeline", "cache", "web")
+        for p in python_files("pipeline", "similarity", "cache", "web")
         if reads.search(p.read_text())
     }
     assert readers == {"cache/__main__.py"}
@@ -112,11 +112,11 @@ def test_nothing_is_installed_under_our_folder_names() -> None:
         [
             sys.executable,
             "-c",
-            "import importlib.util as u; print([u.find_spec(n) for n in ('cache', 'pipeline', 'web', 'runtime', 'bench', 'app', 'prewarm')])",
+            "import importlib.util as u; print([u.find_spec(n) for n in ('cache', 'similarity', 'pipeline', 'web', 'runtime', 'bench', 'app', 'prewarm')])",
         ],
         cwd="/",
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert done.stdout.strip() == str([None] * 7), done.stdout + done.stderr
+    assert done.stdout.strip() == str([None] * 8), done.stdout + done.stderr

@@ -13,7 +13,8 @@ import pytest
 
 import cache.layered as layered_module
 from cache import MISS, DiskTier, Entry, Hit, LayeredCache, MemoryTier, is_key, make_key
-from cache.entry import MAGIC
+from cache.entry import MAGIC, encode_record, record_kid
+from cache.keyring import UNSIGNED_KID, Keyring, key_id, parse_secrets
 
 
 def entry(n: int, size: int = 1000) -> Entry:
@@ -107,19 +108,56 @@ def test_an_edited_header_is_caught_by_the_checksum(tmp_path: Path, caplog: pyte
     assert not path.exists() and dropped(caplog) == 1
 
 
+SECRET_A, SECRET_B, SECRET_C = (f"cache-secret-{c}-".encode().ljust(32, c.encode()) for c in "abc")
+
+
 def test_with_a_secret_only_records_signed_with_it_are_accepted(tmp_path: Path) -> None:
-    signed = DiskTier(tmp_path, secret=b"the-cache-secret-0123")
-    plain, other = DiskTier(tmp_path), DiskTier(tmp_path, secret=b"another-secret-012345")
+    signed = DiskTier(tmp_path, keyring=Keyring.of([SECRET_A]))
+    plain, other = DiskTier(tmp_path), DiskTier(tmp_path, keyring=Keyring.of([SECRET_B]))
     a, b = make_key({"x": "signed"}), make_key({"x": "plain"})
     signed.put("public", a, entry(1))
     plain.put("public", b, entry(2))
     assert signed.get("public", a) == entry(1)
-    # Written without the secret (a forger's well-formed record): rejected, removed.
-    assert signed.get("public", b) is MISS and not signed.path_for("public", b).exists()
-    # Read without the secret: cannot be checked, so a miss, but left for its owners.
+    # Unsigned (as a forger without the secret writes): never served, and not the
+    # signed reader's to judge, so left in place.
+    assert signed.get("public", b) is MISS and signed.path_for("public", b).exists()
+    # Read without the secret, or with another one: not served, and kept for its owners.
     assert plain.get("public", a) is MISS and signed.path_for("public", a).exists()
-    # Read with another secret: corrupt.
-    assert other.get("public", a) is MISS and not signed.path_for("public", a).exists()
+    assert other.get("public", a) is MISS and signed.path_for("public", a).exists()
+    assert signed.get("public", a) == entry(1)
+
+
+def test_a_forged_record_under_our_key_id_is_removed(tmp_path: Path) -> None:
+    signed = DiskTier(tmp_path, keyring=Keyring.of([SECRET_A]))
+    key = make_key({"x": "forged"})
+    signed.put("public", key, entry(1))
+    path = signed.path_for("public", key)
+    # The right key id, a tag made with another secret: damaged or forged, so removed.
+    forged = encode_record("public", key, entry(2), Keyring.of([SECRET_B]))
+    path.write_bytes(forged.replace(key_id(SECRET_B).encode(), key_id(SECRET_A).encode()))
+    assert signed.get("public", key) is MISS and not path.exists()
+
+
+def test_rotation_reads_with_any_secret_and_writes_with_the_first(tmp_path: Path) -> None:
+    old = DiskTier(tmp_path, keyring=Keyring.of([SECRET_A]))
+    rotated = DiskTier(tmp_path, keyring=Keyring.of([SECRET_C, SECRET_A]))
+    a, c = make_key({"x": "old"}), make_key({"x": "new"})
+    old.put("public", a, entry(1))
+    assert rotated.get("public", a) == entry(1)  # nothing lost by adding a secret
+    rotated.put("public", c, entry(2))
+    assert record_kid(rotated.path_for("public", c).read_bytes()) == key_id(SECRET_C)
+    assert old.get("public", c) is MISS and rotated.path_for("public", c).exists()
+
+
+def test_secrets_shorter_than_32_bytes_are_refused_naming_which() -> None:
+    assert parse_secrets(f"{SECRET_C.decode()}, {SECRET_A.decode()}") == [SECRET_C, SECRET_A]
+    with pytest.raises(ValueError, match="the secret is 5 bytes; use at least 32"):
+        parse_secrets("short")
+    with pytest.raises(ValueError, match="secret 2 of 2 is 31 bytes"):
+        parse_secrets(f"{SECRET_A.decode()},{'x' * 31}")
+    # A key id names a secret without revealing it, and tells secrets apart.
+    assert key_id(SECRET_A) != key_id(SECRET_B) and SECRET_A.hex()[:16] not in key_id(SECRET_A)
+    assert Keyring().kids == (UNSIGNED_KID,) and Keyring.of([SECRET_C, SECRET_A]).kid == key_id(SECRET_C)
 
 
 def test_disk_tier_rejects_a_file_copied_to_another_key(tmp_path: Path) -> None:

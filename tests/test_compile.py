@@ -70,11 +70,11 @@ def test_after_the_warm_up_nothing_recompiles_or_breaks_the_graph_and_a_restart_
         on_engine_thread(engine, lambda: setattr(torch._dynamo.config, "error_on_recompile", True))
         long_prompt = "a much longer prompt about a harbour at night " * 4
         jobs = [  # batches > 1, guidance > 0 with and without a mask, other sizes and lengths
-            [CanonicalRequest("a lantern on a pier", "", s, 96, 80, 2, 0.0, "png") for s in range(3)],
-            [CanonicalRequest(long_prompt, "", s, 128, 64, 2, 0.0, "png") for s in (1, 2)],
-            [CanonicalRequest("x", LONG_NEGATIVE, 7, 64, 112, 2, 2.0, "png")],
-            [CanonicalRequest("rain", LONG_NEGATIVE, s, 80, 80, 3, 4.0, "png") for s in range(4)],
-            [CanonicalRequest("same length", "same length", 3, 64, 64, 2, 1.5, "png")],
+            [CanonicalRequest("a lantern on a pier", "", s, 96, 80, 2, 0.0) for s in range(3)],
+            [CanonicalRequest(long_prompt, "", s, 128, 64, 2, 0.0) for s in (1, 2)],
+            [CanonicalRequest("x", LONG_NEGATIVE, 7, 64, 112, 2, 2.0)],
+            [CanonicalRequest("rain", LONG_NEGATIVE, s, 80, 80, 3, 4.0) for s in range(4)],
+            [CanonicalRequest("same length", "same length", 3, 64, 64, 2, 1.5)],
         ]
         for job in jobs:
             images = engine.submit(job).result(timeout=300)

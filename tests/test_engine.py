@@ -19,7 +19,7 @@ from tests.engines import LONG_NEGATIVE, pixels, started
 
 def request(prompt: str, seed: int = 0, **kw: object) -> CanonicalRequest:
     fields = {"negative_prompt": "", "width": 64, "height": 64, "steps": 2, "guidance_scale": 0.0} | kw
-    return CanonicalRequest(prompt=prompt, seed=seed, format="png", **fields)  # type: ignore[arg-type]
+    return CanonicalRequest(prompt=prompt, seed=seed, **fields)  # type: ignore[arg-type]
 
 
 # -- encoding off the engine thread ---------------------------------------------------------

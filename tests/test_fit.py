@@ -44,8 +44,7 @@ def small_gpu(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Eng
 
 def make(engine: Engine, size: int, guidance: float, images: int = 1) -> int:
     requests = [
-        CanonicalRequest("fit", "a longer negative prompt", s, size, size, 1, guidance, "png")
-        for s in range(images)
+        CanonicalRequest("fit", "a longer negative prompt", s, size, size, 1, guidance) for s in range(images)
     ]
     return len(engine.submit(requests, embedding_scope=None).result(timeout=120))
 

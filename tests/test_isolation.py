@@ -14,6 +14,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 import httpx
 import pytest
@@ -166,9 +167,9 @@ def test_a_ui_image_is_served_only_to_its_own_namespace(keyed: Server) -> None:
         ui_session(keyed),
     )
     path, url = ui_image(keyed, alice, prompt="alice's private harbour", seed=5)
-    # <namespace>/<key>/<readable name>: the name is what a download is saved as.
+    # <namespace>/<key>/seed-<n>.<ext>: no prompt words (see the next test).
     key = Path(path).parent.name
-    assert Path(path).name == "seed-5-alice-s-private-harbour.png"
+    assert Path(path).name == "seed-5.png"
     mine = alice.get(url)
     assert mine.status_code == 200 and mine.headers["content-type"] == "image/png"
     api = keyed.client.get(f"/images/{key}.png", headers=bearer(ALICE))
@@ -191,6 +192,29 @@ def test_a_ui_image_is_served_only_to_its_own_namespace(keyed: Server) -> None:
         assert bob.get(file_url(keyed, spelling)).status_code == 403
         assert alice.get(file_url(keyed, spelling)).content == mine.content
     assert not Path(path).exists()  # served from the cache: the UI wrote no file
+
+
+def test_no_prompt_words_reach_a_url_or_the_log_but_downloads_keep_a_readable_name(keyed: Server) -> None:
+    alice = ui_session(keyed, "alice", ALICE)
+    for fields, tier in (
+        ({"prompt": "alice's sunken zeppelin harbour"}, "miss"),
+        ({"prompt": "alice's bypassed zeppelin lighthouse", "no_cache": True}, "bypass"),
+        ({"prompt": f"a {HIDDEN} zeppelin chart"}, "bypass"),
+    ):
+        event, outputs = ui_call(alice, **fields, seed=11)
+        assert event == "complete" and outputs[1].startswith(tier), outputs
+        image = outputs[0][0]["image"]
+        # Gradio's Download button saves it under orig_name; the URL carries no words.
+        readable = "seed-11-" + fields["prompt"].replace("'", "-").replace(" ", "-") + ".png"
+        assert image["orig_name"] == readable
+        assert "zeppelin" not in unquote(image["url"]) and "zeppelin" not in image["path"]
+        fetched = alice.get(image["url"])
+        assert fetched.status_code == 200 and fetched.content.startswith(b"\x89PNG")
+        # "Save image as" on the image itself: the same readable name, for the browser only.
+        assert fetched.headers["content-disposition"] == f"inline; filename*=UTF-8''{quote(readable)}"
+    log = keyed.log_path.read_text(errors="replace")
+    assert "/gradio_api/file=" in log  # the fetches were logged ...
+    assert "zeppelin" not in log  # ... with no word of any prompt
 
 
 def test_images_that_must_not_be_stored_are_never_written_anywhere(keyed: Server, parent: Path) -> None:
@@ -394,7 +418,6 @@ def test_history_from_browser_storage_grants_nothing(tmp_path: Path) -> None:
         entry("alice", theirs),  # another namespace's key, claimed as alice's
         entry("alice", "0" * 64),  # evicted, or never made
         entry("alice", "../" * 21 + "x"),  # not a key
-        entry("alice", mine, ext="jpeg"),  # not what is stored
         entry("alice", mine, cache="bypass"),  # never kept in the browser
         entry("alice", mine, params={"prompt": 5}),
         "rubbish",
@@ -405,7 +428,8 @@ def test_history_from_browser_storage_grants_nothing(tmp_path: Path) -> None:
     assert "path" not in kept[0]
     images = UiImages(service, tmp_path / "results")
     shown = path_of(images, kept[0])
-    assert shown == str(images.root / "alice" / mine / "seed-1-etc-passwd.png")
+    assert shown == str(images.root / "alice" / mine / "seed-1.png")
+    assert shown.download_name == "seed-1-etc-passwd.png"  # a name, never a path
     assert asyncio.run(images.fetch("alice", shown)).data == b"alice's image"
     assert asyncio.run(images.fetch("bob", shown)) is None
     assert asyncio.run(revalidate(service, "alice", {"not": "a list"})) == []

@@ -15,6 +15,7 @@ import pytest
 from cache import DiskTier, Entry, make_key
 from cache.disk import TOUCH_INTERVAL_S
 from cache.entry import MAGIC
+from cache.keyring import UNSIGNED_KID, Keyring, key_id
 from cache.maintenance import STALE_TEMP_S, prune, verify
 from cache.units import parse_duration, parse_size
 from tests.test_cache import edit_ext
@@ -222,8 +223,8 @@ def test_cli_takes_its_options_after_the_command_as_the_readme_writes_them(tmp_p
 
 
 def test_cli_verify_catches_an_edited_header_and_takes_the_secret(tmp_path: Path) -> None:
-    secret = "the-cache-secret-0123"
-    disk = DiskTier(tmp_path / "images", secret=secret.encode())
+    secret = "the-cache-secret-0123".ljust(32, "-")
+    disk = DiskTier(tmp_path / "images", keyring=Keyring.of([secret.encode()]))
     keys = fill(disk, 3)
     path = disk.path_for("public", keys[0])
     path.write_bytes(edit_ext(path.read_bytes(), b"jpeg"))  # PNG bytes labelled JPEG
@@ -244,6 +245,49 @@ def test_cli_verify_catches_an_edited_header_and_takes_the_secret(tmp_path: Path
     report = json.loads(env.stdout)
     assert env.returncode == 1 and (report["ok"], report["corrupt"], report["removed"]) == (2, 1, 1)
     assert report["problems"] == {"checksum mismatch": 1} and not path.exists()
+
+
+def test_cli_verify_with_a_wrong_secret_keeps_every_entry(tmp_path: Path) -> None:
+    right, wrong = "r" * 32, "w" * 32
+    signed = DiskTier(tmp_path / "images", keyring=Keyring.of([right.encode()]))
+    unsigned = DiskTier(tmp_path / "images")
+    fill(signed, 3)
+    plain = [make_key({"plain": n}) for n in range(2)]
+    for n, key in enumerate(plain):
+        unsigned.put("public", key, Entry(bytes([n]) * 100, "png"))
+    before = sorted(p.read_bytes() for p in (tmp_path / "images").rglob("*") if p.is_file())
+    # A wrong secret judges nothing it cannot check: 5 kept, reported by key id, exit 2.
+    blind = cli(tmp_path, "--json", "verify", "--cache-secret", wrong)
+    report = json.loads(blind.stdout)
+    assert blind.returncode == 2 and (report["unverifiable"], report["removed"]) == (5, 0)
+    assert report["unknown_kids"] == {key_id(right.encode()): 3, UNSIGNED_KID: 2}
+    assert sorted(p.read_bytes() for p in (tmp_path / "images").rglob("*") if p.is_file()) == before
+    # The right one, rotated behind a new one: every signed entry checks out.
+    rotated = cli(tmp_path, "--json", "verify", "--cache-secret", f"{wrong},{right}")
+    assert json.loads(rotated.stdout)["ok"] == 3
+    # Removing them takes a flag.
+    purge = cli(tmp_path, "--json", "verify", "--cache-secret", wrong, "--remove-unverifiable")
+    assert purge.returncode == 0 and json.loads(purge.stdout)["removed"] == 5
+    assert not any(p.is_file() for p in (tmp_path / "images").rglob("*"))
+
+
+@pytest.mark.parametrize("given", ["flag", "environment"])
+def test_cli_refuses_a_short_secret_naming_the_setting(tmp_path: Path, given: str) -> None:
+    fill(DiskTier(tmp_path / "images"), 1)
+    if given == "flag":
+        done = cli(tmp_path, "verify", "--cache-secret", "short")
+    else:
+        done = subprocess.run(
+            [sys.executable, "-m", "cache", "--cache-dir", str(tmp_path), "verify"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "ZIMAGE_CACHE_SECRET": "short"},
+        )
+    assert done.returncode == 2
+    assert "5 bytes; use at least 32" in done.stderr and "ZIMAGE_CACHE_SECRET" in done.stderr
+    assert sum(1 for p in (tmp_path / "images").rglob("*") if p.is_file()) == 1
 
 
 def test_cli_verify_catches_an_edited_header_without_a_secret(tmp_path: Path) -> None:

@@ -97,7 +97,7 @@ def test_fp8_images_are_finite_with_or_without_guidance_and_any_prompt_lengths(
     prompt = "a red fox on a snowy hill"
     equal = caption_tokens(identity.path, negative) == caption_tokens(identity.path, prompt)
     assert equal == (negative == "a tan dog on a snowy hill")  # the cases are what they say
-    request = CanonicalRequest(prompt, negative, 7, 128, 128, 2, guidance, "png")
+    request = CanonicalRequest(prompt, negative, 7, 128, 128, 2, guidance)
     # finish_images refuses NaN (GenerationFailed), so an image is a finite one.
     [image] = fp8_engine.submit([request], embedding_scope=None).result(timeout=120)
     values = pixels(image.data)
@@ -163,7 +163,7 @@ def test_fp8_weights_equal_torchaos_own_quantize(tmp_path: Path, monkeypatch: py
 def test_fp8_and_unquantized_images_never_share_a_key(tmp_path: Path) -> None:
     identity = resolve_model("tiny", tmp_path / "models")
     fp8 = dataclasses.replace(identity, quantize="fp8")
-    request = CanonicalRequest("a red fox", "", 42, 1024, 1024, 8, 0.0, "png")
+    request = CanonicalRequest("a red fox", "", 42, 1024, 1024, 8, 0.0)
     assert GenerationService.key_for(request, identity) != GenerationService.key_for(request, fp8)
     assert fp8.key_fields()["quantize"] == "fp8" and identity.key_fields()["quantize"] == "none"
     # The image files say so too (unquantized ones unchanged).

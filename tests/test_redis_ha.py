@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
-from bench.procs import wait_until
+from bench.procs import ROOT, wait_until
 from cache import MISS, SCHEMA_VERSION, Entry, Hit, LayeredCache, MemoryTier, TierUnavailable, make_key
 from cache.redis_tier import RedisTier
 from cache.redis_url import parse_redis_url
@@ -44,9 +47,11 @@ def test_sentinel_and_cluster_urls_parse_into_nodes_service_and_db() -> None:
     ("url", "says"),
     [
         ("redis+sentinel://h:26379", "names no master"),
-        ("redis+sentinel://h/zimage", "is not host:port"),
-        ("redis+sentinel://h:port/zimage", "is not a TCP port"),
-        ("redis+sentinel://h:26379/zimage/x", "database 'x' is not a number"),
+        ("redis+sentinel://h/zimage", "node 1 is not host:port"),
+        ("redis+sentinel://h:1,h:port/zimage", "the port of node 2 is not a TCP port"),
+        ("redis+sentinel://h:26379/zimage/x", "the database (after the master name) is not a number"),
+        ("rediss://h:6379/abc", "the database (after host:port) is not a number"),
+        ("redis://h:6379/1x", "the database (after host:port) is not a number"),
         ("redis+sentinel://h:26379/zimage?sentinel_pass=x", "unknown option(s) sentinel_pass"),
         ("redis+cluster://h:7000/3", "only database 0"),
         ("sentinel://h:26379/zimage", "unknown scheme 'sentinel'"),
@@ -57,6 +62,48 @@ def test_a_bad_redis_url_is_refused_saying_what_to_write(url: str, says: str) ->
     with pytest.raises(ValueError) as info:
         parse_redis_url(url)
     assert says in str(info.value)
+
+
+SECRET, SENTINEL_SECRET = "Pw-s3cr3t-9f", "Sp-s3cr3t-7e"
+MALFORMED_WITH_SECRETS = [
+    f"redis://:{SECRET}@h:6379/abc",
+    f"rediss://user:{SECRET}@h:6379/abc",
+    f"redis://user:{SECRET}@h:99999/0",
+    f"redis://:{SECRET}@[::1/0",
+    f"redis://:{SECRET[:4]}/{SECRET[4:]}@h:6379/0x",  # a raw / in the password
+    f"redis+sentinel://:{SECRET}@h:26379/m/x?sentinel_password={SENTINEL_SECRET}",
+    f"redis+sentinel://:{SECRET}@h:26379?sentinel_password={SENTINEL_SECRET}",
+    f"redis+sentinel://:{SECRET}@h:26379/m?sentinel_password={SENTINEL_SECRET}&x=1",
+    f"redis+sentinel://:{SECRET}@h/m?sentinel_password={SENTINEL_SECRET}",
+    f"redis+cluster://:{SECRET[:4]}/{SECRET[4:]}@h:7000",  # a raw / again
+    f"redis+cluster://:{SECRET}@h:7000/3",
+    f"redis+cluster://:{SECRET}@h:notaport",
+    f"sentinel://:{SECRET}@h:26379/m",
+    f"redis://:{SECRET}@h:6379/0?password={SENTINEL_SECRET}&db=x",
+]
+
+
+@pytest.mark.parametrize("url", MALFORMED_WITH_SECRETS)
+def test_a_bad_redis_url_is_refused_without_echoing_a_password(url: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_redis_url(url)
+    message = str(info.value)
+    for fragment in (SECRET, SENTINEL_SECRET, SECRET[:4], SECRET[4:], SENTINEL_SECRET[4:]):
+        assert fragment not in message
+    assert "***" in message or "is not a Redis URL" in message
+
+
+@pytest.mark.parametrize("url", [MALFORMED_WITH_SECRETS[i] for i in (1, 4, 5)])
+def test_start_up_refuses_a_bad_redis_url_naming_it_without_its_password(tmp_path: Path, url: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "app.py", "--redis-url", url, "--cache-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "--redis-url" in done.stderr and SECRET not in done.stderr and SENTINEL_SECRET not in done.stderr
 
 
 # -- Sentinel: failover under load ---------------------------------------------------
@@ -138,7 +185,9 @@ def test_a_failover_under_load_loses_no_answered_image(
         made = a.client.post("/generate", json=body(f"after the failover {n}"))
         hit = b.client.post("/generate", json=body(f"after the failover {n}")).headers["x-cache"]
         return hit == "redis" and bool(
-            sentinel.node(new_master).exists(f"zimage:v{SCHEMA_VERSION}:public:{made.headers['x-key']}")
+            sentinel.node(new_master).exists(
+                f"zimage:v{SCHEMA_VERSION}:unsigned:public:{made.headers['x-key']}"
+            )
         )
 
     wait_until(shared_through_the_new_master, "the replicas to reach the new master", timeout_s=90)

@@ -9,6 +9,7 @@ import pytest
 
 from bench.procs import wait_until
 from cache import MISS, SCHEMA_VERSION, Entry, Hit, LayeredCache, MemoryTier, TierUnavailable, make_key
+from cache.keyring import Keyring
 from cache.redis_tier import INLINE_HMAC_MAX_BYTES, RedisTier
 from tests.conftest import RedisServer
 
@@ -20,12 +21,12 @@ def test_entries_live_under_the_documented_key_with_a_ttl(redis_server: RedisSer
     key = make_key({"x": 1})
     tier.put("public", key, ENTRY)
     client = redis_server.client()
-    assert client.exists(f"zimage:v{SCHEMA_VERSION}:public:{key}")
-    assert 3500_000 < client.pttl(f"zimage:v{SCHEMA_VERSION}:public:{key}") <= 3600_000
+    assert client.exists(f"zimage:v{SCHEMA_VERSION}:unsigned:public:{key}")
+    assert 3500_000 < client.pttl(f"zimage:v{SCHEMA_VERSION}:unsigned:public:{key}") <= 3600_000
     assert tier.get("public", key) == ENTRY
     assert tier.get("other", key) is MISS
     assert tier.stats()["entries"] == 1
-    assert tier.stats()["bytes"] == client.strlen(f"zimage:v{SCHEMA_VERSION}:public:{key}")
+    assert tier.stats()["bytes"] == client.strlen(f"zimage:v{SCHEMA_VERSION}:unsigned:public:{key}")
 
 
 @pytest.mark.parametrize("secret", [None, b"s" * 32], ids=["checksum", "hmac"])
@@ -33,7 +34,7 @@ def test_entries_live_under_the_documented_key_with_a_ttl(redis_server: RedisSer
 def test_a_tampered_or_truncated_value_is_dropped(
     redis_server: RedisServer, api: str, secret: bytes | None, caplog: pytest.LogCaptureFixture
 ) -> None:
-    tier = RedisTier(redis_server.url, ttl_s=3600, secret=secret)
+    tier = RedisTier(redis_server.url, ttl_s=3600, keyring=Keyring.of([secret] if secret else []))
     read = tier.get if api == "get" else lambda ns, k: asyncio.run(tier.aget(ns, k))
     client = redis_server.client()
     big = Entry(data=bytes(INLINE_HMAC_MAX_BYTES + 1), ext="png")  # signed: checked on a thread by aget
@@ -42,7 +43,7 @@ def test_a_tampered_or_truncated_value_is_dropped(
         key = make_key({"x": n})
         tier.put("public", key, entry)
         assert read("public", key) == entry
-        name = f"zimage:v{SCHEMA_VERSION}:public:{key}"
+        name = tier.redis_key("public", key)
         client.set(name, damage(client.get(name)))
         assert read("public", key) is MISS
         assert not client.exists(name)
@@ -94,7 +95,7 @@ def test_dead_redis_is_a_fast_miss_counted_once_and_reconnects(redis_server: Red
 
     def stored() -> bool:
         layered.put("public", key, ENTRY)
-        return bool(redis_server.client().exists(f"zimage:v{SCHEMA_VERSION}:public:{key}"))
+        return bool(redis_server.client().exists(f"zimage:v{SCHEMA_VERSION}:unsigned:public:{key}"))
 
     wait_until(stored, "the Redis tier to reconnect", timeout_s=15, interval_s=0.2)
     fresh = LayeredCache([MemoryTier(1 << 20), RedisTier(redis_server.url, ttl_s=60)])

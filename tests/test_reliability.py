@@ -19,6 +19,7 @@ import pytest
 from bench.procs import wait_until
 from cache import SCHEMA_VERSION, Entry
 from cache.entry import encode_record
+from cache.keyring import key_id
 from pipeline.tiny_model import ensure_tiny_model
 from tests.conftest import ROOT, RedisServer, Server, ui_call
 from web.access_log import redact_query
@@ -275,8 +276,24 @@ def test_percent_encoded_prompt_names_are_redacted_in_the_access_log(server: Ser
     assert "%70rompt=<redacted>" in log
 
 
+def test_rejected_requests_keep_no_parameter_or_unknown_path_in_the_access_log(server: Server) -> None:
+    # Misspelled prompt names the route refuses (422), which a name-based redaction misses.
+    for query in (
+        "%2570rompt=Quirinus%20the%20lamplighter",
+        "pro%20mpt=Quirinus+sails",
+        "a=1%26prompt%3DQuirinus",
+    ):
+        assert server.client.get(f"/run?{query}&width=64&height=64").status_code == 422
+    assert server.client.get("/run/Quirinus%20at%20dusk").status_code == 404  # words in a path
+    assert server.client.get("/images/Quirinus.png?x=Quirinus").status_code == 404
+    log = server.log_path.read_text()
+    assert "Quirinus" not in log
+    assert '"GET /run?<redacted> HTTP/1.1" 422' in log
+    assert '"GET /run/<redacted> HTTP/1.1" 404' in log
+
+
 def test_a_cache_secret_rejects_forged_and_edited_records(tmp_path: Path, redis_server: RedisServer) -> None:
-    secret = "a-cache-secret-0123456789"
+    secret = "a-cache-secret-0123456789".ljust(32, "-")
     srv = Server(
         tmp_path / "cache",
         "--memory-cache-mb",
@@ -291,7 +308,7 @@ def test_a_cache_secret_rejects_forged_and_edited_records(tmp_path: Path, redis_
         body = {"prompt": "a signed vase", **SMALL}
         made = srv.client.post("/generate", json=body)
         key = made.headers["x-key"]
-        name = f"zimage:v{SCHEMA_VERSION}:public:{key}"
+        name = f"zimage:v{SCHEMA_VERSION}:{key_id(secret.encode())}:public:{key}"
 
         def only_in_redis(value: bytes) -> None:
             for path in (tmp_path / "cache" / "images").rglob(key):
@@ -333,7 +350,7 @@ def test_a_tampered_redis_value_is_rejected_and_regenerated(
         for path in (tmp_path / "cache" / "images").rglob(key):
             path.unlink()  # only Redis has it now
         client = redis_server.client()
-        name = f"zimage:v{SCHEMA_VERSION}:public:{key}"
+        name = f"zimage:v{SCHEMA_VERSION}:unsigned:public:{key}"
         value = bytearray(client.get(name))
         value[-100] ^= 0xFF  # one flipped byte in the image
         client.set(name, bytes(value))
@@ -363,11 +380,15 @@ def test_a_model_that_fails_to_load_still_serves_hits(tmp_path: Path) -> None:
         stored = srv.client.get("/run", params=params).json()
     finally:
         srv.stop()
-    # Damage the transformer's weights without changing their size: the
-    # fingerprint (name and size of large files) stays, so the cache still applies.
+    # Damage the transformer's weights in place, keeping size, mtime and inode (as
+    # bit rot does): the fingerprint's digest cache, keyed by those, still names
+    # the old content, so the key is the same and the cache still applies.
     weights = model / "transformer" / "diffusion_pytorch_model.safetensors"
-    size = weights.stat().st_size
-    weights.write_bytes(b"\xff" * size)
+    before = weights.stat()
+    with open(weights, "r+b") as f:
+        f.write(b"\xff" * before.st_size)
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert weights.stat().st_ino == before.st_ino
 
     broken = Server(cache, "--model", str(model))
     try:

@@ -111,7 +111,7 @@ def test_do_not_cache_prompts_are_never_stored_or_logged(
     assert run["cache"] == "bypass" and run["image_url"] is None
     key = first.headers["x-key"]
     assert a.client.get(f"/images/{key}.png").status_code == 404
-    assert not redis_srv.client().exists(f"zimage:v{SCHEMA_VERSION}:public:{key}")
+    assert not redis_srv.client().exists(f"zimage:v{SCHEMA_VERSION}:unsigned:public:{key}")
     assert not list(Path(a.cache_dir / "images").rglob(key))
     for server in (a, b):
         assert SECRET not in server.log_path.read_text()
@@ -125,7 +125,7 @@ def test_a_replica_stops_waiting_for_another_when_its_client_disconnects(
     params = {"prompt": "a harbour nobody waits for", "width": 64, "height": 64}
     key = a.client.get("/run", params={**params, "no_cache": True}).json()["key"]
     before = generations(a)
-    lock = f"zimage:v{SCHEMA_VERSION}:public:{key}:lock"
+    lock = f"zimage:v{SCHEMA_VERSION}:unsigned:public:{key}:lock"
     redis_srv.client().set(lock, "another replica, making it for minutes", px=120_000)
     try:
         with pytest.raises(httpx.ReadTimeout):  # the client gives up and hangs up

@@ -48,7 +48,7 @@ def test_noise_is_drawn_on_the_cpu_whatever_the_device(
     on_gpu = dataclasses.replace(engine.identity, device="meta")
     recorder = RecordingPipe(engine._pipe)
     monkeypatch.setattr(engine, "_pipe", recorder)
-    requests = [CanonicalRequest("a red fox", "", seed, 64, 64, 2, 0.0, "png") for seed in (5, 6, 7)]
+    requests = [CanonicalRequest("a red fox", "", seed, 64, 64, 2, 0.0) for seed in (5, 6, 7)]
     engine._run(requests, on_gpu)
     (call,) = recorder.calls
     assert [g.device.type for g in call["generator"]] == ["cpu"] * 3
@@ -69,12 +69,13 @@ def test_the_pipeline_draws_cpu_noise_for_another_device_and_moves_it(engine: En
 
 def test_the_key_records_the_noise_source(engine: Engine) -> None:
     identity = engine.identity
-    request = CanonicalRequest("a red fox", "", 42, 1024, 1024, 8, 0.0, "png")
+    request = CanonicalRequest("a red fox", "", 42, 1024, 1024, 8, 0.0)
     assert identity.key_fields() == {
         "model": identity.fingerprint,
         "dtype": identity.dtype,
         "quantize": "none",
         "noise": "cpu",
+        "text_encoder": identity.dtype,
     }
     # Images made before with CUDA generators (keyed without it) are never returned.
     before = make_key({"request": request.as_dict(), "model": identity.fingerprint, "dtype": identity.dtype})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -151,22 +152,35 @@ def test_concurrent_identical_requests_in_one_process_generate_once(engine: Engi
 BOUND_S = 30
 
 
-@pytest.mark.parametrize("plant", ["string", "hash"])
-def test_a_lock_key_without_a_ttl_does_not_hold_a_request(
-    engine: Engine, redis_server: RedisServer, plant: str
+@pytest.mark.parametrize(
+    ("plant", "ttl_ms"),
+    [("string", None), ("hash", None), ("string", 3_600_000), ("hash", 3_600_000), ("hash", 20_000)],
+)
+def test_a_planted_lock_key_does_not_hold_a_request(
+    engine: Engine,
+    redis_server: RedisServer,
+    plant: str,
+    ttl_ms: int | None,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    # No replica's lock lacks a TTL, has more than its 30 s left, or is not a string.
     async def scenario() -> None:
         service, tier = redis_replica(engine, redis_server)
-        req = request(f"a stuck lantern ({plant})")
+        req = request(f"a stuck lantern ({plant}, {ttl_ms})")
         key = service.key_for(req.canonical(), await service.model_identity())
         name = tier.redis_key("public", key) + ":lock"
         client = redis_server.client()
         if plant == "string":
-            client.set(name, "left by hand")  # no TTL: no replica's lock ever lacks one
+            client.set(name, "left by hand")
         else:
-            client.hset(name, "a", "b")  # the wrong type, no TTL
-        result = await asyncio.wait_for(service.generate(req), BOUND_S)
-        assert result.cache == "miss" and tier.get("public", key) != MISS
+            client.hset(name, "a", "b")
+        if ttl_ms is not None:
+            client.pexpire(name, ttl_ms)
+        with caplog.at_level(logging.WARNING, logger="cache.redis_tier"):
+            result = await asyncio.wait_for(service.generate(req), BOUND_S)
+            assert result.cache == "miss" and tier.get("public", key) != MISS
+            assert tier.try_lock("public", key) is not None  # ignored again, ...
+        assert len([r for r in caplog.records if name in r.getMessage()]) == 1  # ... logged once
         assert client.exists(name)  # not ours to remove
 
     asyncio.run(scenario())
@@ -174,12 +188,11 @@ def test_a_lock_key_without_a_ttl_does_not_hold_a_request(
 
 def test_waiting_for_another_replica_is_bounded(engine: Engine, redis_server: RedisServer) -> None:
     async def scenario() -> None:
-        service, tier = redis_replica(engine, redis_server, replica_wait_s=1.0)
+        service, _tier = redis_replica(engine, redis_server, replica_wait_s=1.0)
         req = request("a lantern somebody else is making")
         key = service.key_for(req.canonical(), await service.model_identity())
-        # A lock that looks alive for ten minutes (a TTL, though of the wrong type).
-        redis_server.client().hset(tier.redis_key("public", key) + ":lock", "a", "b")
-        redis_server.client().pexpire(tier.redis_key("public", key) + ":lock", 600_000)
+        # Another replica's lock (the same TTL as this one's), never released.
+        assert RedisTier(redis_server.url, ttl_s=60, lock_ttl_s=5).try_lock("public", key) is not None
         result = await asyncio.wait_for(service.generate(req), BOUND_S)
         assert result.cache == "miss" and service.stats()["generations"] == 1
 
@@ -191,8 +204,8 @@ def test_a_replica_stops_waiting_when_its_caller_leaves(engine: Engine, redis_se
         service, _ = redis_replica(engine, redis_server)
         req = request("a lantern nobody waits for")
         key = service.key_for(req.canonical(), await service.model_identity())
-        other = RedisTier(redis_server.url, ttl_s=60, lock_ttl_s=600).try_lock("public", key)
-        assert other is not None  # another replica is making it, for a long time
+        other = RedisTier(redis_server.url, ttl_s=60, lock_ttl_s=5).try_lock("public", key)
+        assert other is not None  # another replica is making it (its lock lives 5 s)
         caller = asyncio.ensure_future(service.generate(req))
         await until(lambda: bool(service.flights._fills), "the wait for the other replica")
         assert service.flights._fills and not caller.done()
@@ -412,7 +425,7 @@ def test_do_not_cache_patterns_generate_but_never_store(engine: Engine, tmp_path
 def test_cached_prompt_embeddings_hold_no_autograd_graph(engine: Engine) -> None:
     # A graph kept alive by a cached embedding is memory the cache's byte bound
     # never sees (it grew a server by ~2.7 MB per new prompt under load).
-    engine.submit([CanonicalRequest("a graph-free prompt", "", 1, 64, 64, 1, 0.0, "png")]).result()
+    engine.submit([CanonicalRequest("a graph-free prompt", "", 1, 64, 64, 1, 0.0)]).result()
     cached = [tensors for tensors in engine.embeddings._lru.values()]
     assert cached
     for tensors in cached:

@@ -34,6 +34,12 @@ def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: P
         ([], {"ZIMAGE_COMPILE": "yes"}, "--compile (ZIMAGE_COMPILE)"),
         (["--cache-dir", "/proc/forbidden"], {}, "--cache-dir (ZIMAGE_CACHE_DIR)"),
         (["--cors-origins", "https://chat.example.com/app"], {}, "--cors-origins (ZIMAGE_CORS_ORIGINS)"),
+        ([], {"ZIMAGE_CACHE_SECRET": "short"}, "--cache-secret (ZIMAGE_CACHE_SECRET): the secret is 5 bytes"),
+        (
+            ["--cache-secret", f"{'n' * 32},{'o' * 20}"],
+            {},
+            "--cache-secret (ZIMAGE_CACHE_SECRET): secret 2 of 2",
+        ),
     ],
 )
 def test_bad_settings_fail_at_start_naming_the_setting(

@@ -91,3 +91,17 @@ def test_ui_hit_does_not_wait_behind_a_ui_generation(client: Client, server: Ser
     assert hit == cached
     assert slow_was_running, "the hit should have answered while the UI generation was still running"
     assert slow_status.startswith("miss")
+
+
+def test_ui_api_keeps_the_api_seed_default_while_the_page_draws_a_new_one(client: Client) -> None:
+    # The page's seed box starts at -1 (a new seed each press); a gradio_client caller
+    # that names no seed gets the API's 42, so that a repeated call is a hit.
+    _, captions, status = ui_generate(client, prompt="a UI default seed", width=64, height=64)
+    assert status.endswith("seed 42") and captions[0].startswith("seed 42 · miss")
+    params = {
+        p["parameter_name"]: p
+        for p in client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/generate"][
+            "parameters"
+        ]
+    }
+    assert params["seed"]["parameter_default"] == 42

@@ -48,7 +48,8 @@ A1111_FIELD = {"guidance_scale": "cfg_scale"}
 class Txt2ImgRequest(BaseModel):
     """A1111's txt2img body. The fields below are used; any other A1111 field
     (`sampler_name`, `scheduler`, `restore_faces`, `override_settings`, ...) is
-    accepted and ignored: this server has one model and one sampler."""
+    accepted and ignored, whatever it holds (and not echoed in `parameters`):
+    this server has one model and one sampler."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -131,7 +132,10 @@ def create_a1111_router(service: GenerationService) -> APIRouter:
                 [{**e, "loc": ("body", A1111_FIELD.get(str(e["loc"][0]), e["loc"][0]))} for e in exc.errors()]
             ) from None
         results = await service.generate_batch(request, count, namespace=namespace)
-        served = {**body.model_dump(), "width": width, "height": height, "seed": results[0].seed}
+        # The fields we ignore are not echoed: they are the client's to send, and
+        # anything at all (a lone surrogate cannot even be written out as JSON).
+        served = {**body.model_dump(exclude=set(body.model_extra or ())), "width": width, "height": height}
+        served["seed"] = results[0].seed
         served |= {"batch_size": body.batch_size, "sampler_name": SAMPLER, "scheduler": SCHEDULE_TYPE}
         infotexts = [a1111_parameters(r.request, identity) for r in results]
         info = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any
 
@@ -195,24 +196,31 @@ def create_api(
         responses={200: image_response("The stored image."), **error_responses(304, 401, 403, 404, 422)},
     )
     async def image(name: str, request: Request, namespace: Namespace) -> Response:
-        """Stored bytes by key. Immutable: browsers may keep them forever, and shared caches
-        too where anyone may fetch them (no API keys, default namespace); else `private`."""
+        """Stored bytes by key, in any of the three formats whichever the image was first
+        asked for in (a JPEG or WebP is made from the stored PNG once, then stored:
+        `Server-Timing` shows `encode_<format>` when it was made for this request).
+        Immutable: browsers may keep them forever, and shared caches too where anyone may
+        fetch them (no API keys, default namespace); else `private`."""
+        started = time.perf_counter()
         match = IMAGE_NAME.fullmatch(name)
         if match is None:
             return JSONResponse({"detail": "expected /images/<64 hex key>.<png|jpeg|webp>"}, status_code=404)
         key, ext = match.groups()
         etag = f'"{key}"'
-        hit = await service.lookup(namespace, key)
-        if not isinstance(hit, Hit) or hit.entry.ext != ext:
+        hit, made = await service.image(namespace, key, ext)
+        if not isinstance(hit, Hit):
             return JSONResponse(
                 {"detail": "no such image in the cache (evicted, or never made)"}, status_code=404
             )
         shared = not access.api_keys and namespace == DEFAULT_NAMESPACE
+        timing = [f"total;dur={(time.perf_counter() - started) * 1000:.3f}"]
+        timing += [f"{step};dur={seconds * 1000:.3f}" for step, seconds in made.items()]
         headers = {
             "ETag": etag,
             "Cache-Control": PUBLIC_IMMUTABLE if shared else PRIVATE_IMMUTABLE,
             "Vary": IMAGE_VARY,
             "X-Cache": hit.tier,
+            "Server-Timing": ", ".join(timing),
         }
         if etag_matches(request.headers.get("if-none-match"), etag):
             return Response(status_code=304, headers=headers)

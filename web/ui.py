@@ -17,8 +17,7 @@ from typing import Any
 import gradio as gr
 
 from pipeline.engine import Engine, EngineState
-from pipeline.limits import MAX_PROMPT_CHARS
-from pipeline.request import random_seed
+from pipeline.limits import MAX_PROMPT_CHARS, RANDOM_SEED
 from pipeline.service import GenerationService
 from web.ui_api import generate_api
 from web.ui_form import form_values, normalization_choices, preset_choices, preset_size, size_preset, snapper
@@ -102,7 +101,7 @@ def _bind_generate(tab: CreateTab, runs: UiRun, api: Any) -> None:
         )
     tab.api_trigger.click(
         api,
-        list(tab.form.values()),
+        tab.api_form,
         [tab.gallery, tab.status, tab.history, tab.past],
         api_name="generate",
         concurrency_limit=None,
@@ -125,7 +124,7 @@ def _bind_form(tab: CreateTab, engine: Engine, images: UiImages) -> None:
             show_progress="hidden",
             **_QUIET,
         )
-    tab.dice.click(random_seed, None, tab.seed, **_QUIET)
+    tab.dice.click(lambda: RANDOM_SEED, None, tab.seed, **_QUIET)  # a new seed each press again
     tab.reuse.click(lambda last: gr.skip() if last is None else last, tab.last_seed, tab.seed, **_QUIET)
     tab.prompt.change(None, tab.prompt, None, js="(p) => { window.zimage && window.zimage.count(p); }")
 

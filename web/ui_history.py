@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from pathlib import Path
 from typing import Any, get_args
 
 from cache import Hit, is_key
@@ -22,7 +23,7 @@ from pipeline.loading import ModelIdentity
 from pipeline.results import BYPASS_TIER, GENERATED, GenerationResult
 from pipeline.service import GenerationService
 from web.schemas import Tier
-from web.ui_images import UiImages, download_name
+from web.ui_images import ImagePath, UiImages, for_gallery
 from web.ui_text import say
 
 HISTORY_LIMIT = 48
@@ -89,16 +90,16 @@ def persistable(history: list[Entry]) -> list[Entry]:
     return [e for e in history if e["cache"] != BYPASS_TIER]
 
 
-def gallery(images: UiImages, lang: str, entries: list[Entry]) -> list[tuple[str, str]]:
+def gallery(images: UiImages, lang: str, entries: list[Entry]) -> list[tuple[Path, str]]:
     """(path, caption) of each entry, for a gr.Gallery."""
-    return [(path_of(images, e), caption(lang, e)) for e in entries]
+    return [(for_gallery(path_of(images, e)), caption(lang, e)) for e in entries]
 
 
-def path_of(images: UiImages, entry: Entry) -> str:
+def path_of(images: UiImages, entry: Entry) -> ImagePath:
     if "path" in entry:  # an image that must not be stored: its one-off token path
-        return str(entry["path"])
-    name = download_name(entry["params"]["seed"], entry["params"]["prompt"])
-    return images.stored_path(entry["ns"], entry["key"], entry["ext"], name)
+        return entry["path"]
+    params = entry["params"]
+    return images.stored_path(entry["ns"], entry["key"], entry["ext"], params["seed"], params["prompt"])
 
 
 def caption(lang: str, entry: Entry) -> str:
@@ -137,12 +138,9 @@ async def revalidate(service: GenerationService, namespace: str, stored: Any) ->
     candidates = [
         e for e in map(_well_formed, stored[:HISTORY_LIMIT]) if e is not None and e["ns"] == namespace
     ]
+    # The stored image is what must still be there: any format is made from it when shown.
     hits = await asyncio.gather(*(service.lookup(namespace, e["key"]) for e in candidates))
-    return [
-        e
-        for e, hit in zip(candidates, hits, strict=True)
-        if isinstance(hit, Hit) and hit.entry.ext == e["ext"]
-    ]
+    return [e for e, hit in zip(candidates, hits, strict=True) if isinstance(hit, Hit)]
 
 
 def _well_formed(raw: Any) -> Entry | None:

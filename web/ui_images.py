@@ -6,11 +6,16 @@ which serves any file of Gradio's temp directory to any logged-in user. So the U
 writes no file at all: its gallery paths point into a directory that does not
 exist (`<private temp dir>/results/<namespace>/<key>/<name>.<ext>`), and
 `UiImageRoute` answers the file route for that directory itself, from the cache,
-after checking that the caller's namespace is the one in the path. The last part
-is a readable name (`seed-42-a-red-fox.png`), what the browser saves the image
-as; only the namespace and the key say which image it is. Images that must not be
-stored (bypass, do-not-cache prompts) are held in memory for a few minutes, long
-enough for the browser to fetch them, and never written anywhere.
+after checking that the caller's namespace is the one in the path. Images that
+must not be stored (bypass, do-not-cache prompts) are held in memory for a few
+minutes, long enough for the browser to fetch them, and never written anywhere.
+
+No word of a prompt is ever in a path, hence in a URL: URLs are logged, by us and
+by any proxy in front, bypassed and do-not-cache prompts included. The last part
+is only `seed-<n>.<ext>`. What a person saves the image as is still readable
+(`seed-42-a-red-fox.png`): the gallery's download name (`ImagePath.download_name`,
+which Gradio's Download button uses: see `SavedAs`) and the file route's `Content-Disposition`
+both go to the browser only.
 """
 
 from __future__ import annotations
@@ -47,8 +52,26 @@ _NAME = re.compile(
 )
 _WORD = re.compile(r"\w+")
 NAME_CHARS = 48  # of the prompt, in a download name
+# Download names remembered for Content-Disposition, by (namespace, key): the most
+# recently shown ones (a few hundred bytes each). A forgotten one is `seed-<n>.<ext>`.
+REMEMBERED_NAMES = 4096
 
 NamespaceOf = Callable[[Request], "str | None"]
+
+
+class ImagePath(str):
+    """A gallery path (no prompt words in it) that carries the readable name a
+    download should have; `for_gallery` hands both to Gradio."""
+
+    download_name: str
+
+    def __new__(cls, path: str, download_name: str) -> ImagePath:
+        made = super().__new__(cls, path)
+        made.download_name = download_name
+        return made
+
+    def __getnewargs__(self) -> tuple[str, str]:  # type: ignore[override]
+        return (str(self), self.download_name)  # copies (gr.State's) keep the name
 
 
 class UiImages:
@@ -73,28 +96,52 @@ class UiImages:
         self.root = Path(os.path.abspath(root))
         self.unstored_ttl_s = unstored_ttl_s
         self.max_unstored_bytes = max_unstored_bytes
-        self._unstored: OrderedDict[str, tuple[str, Entry, float]] = (
-            OrderedDict()
-        )  # token -> ns, entry, expiry
+        # token -> ns, entry, expiry, download name
+        self._unstored: OrderedDict[str, tuple[str, Entry, float, str]] = OrderedDict()
         self._unstored_bytes = 0
+        self._names: OrderedDict[tuple[str, str], str] = OrderedDict()  # (ns, key) -> download name
         self._lock = threading.Lock()
 
-    def unstored_path(self, namespace: str, result: GenerationResult) -> str:
+    def unstored_path(self, namespace: str, result: GenerationResult) -> ImagePath:
         """The gallery path of a result that must not be stored: by a fresh random
         token, its bytes kept here for the browser (a stored one's is `stored_path`)."""
         name = download_name(result.seed, result.request.prompt)
         token = secrets.token_hex(16)
         with self._lock:
             self._expire(time.monotonic())
-            self._unstored[token] = (namespace, result.entry, time.monotonic() + self.unstored_ttl_s)
+            expiry = time.monotonic() + self.unstored_ttl_s
+            self._unstored[token] = (namespace, result.entry, expiry, name)
             self._unstored_bytes += len(result.entry.data)
             while self._unstored_bytes > self.max_unstored_bytes and len(self._unstored) > 1:
                 self._drop_oldest()
-        return str(self.root / namespace / token / f"{name}.{result.entry.ext}")
+        ext = result.entry.ext
+        return ImagePath(str(self.root / namespace / token / f"seed-{result.seed}.{ext}"), f"{name}.{ext}")
 
-    def stored_path(self, namespace: str, key: str, ext: str, name: str) -> str:
-        """The gallery path of a stored entry (which `fetch` serves to `namespace` only)."""
-        return str(self.root / namespace / key / f"{name}.{ext}")
+    def stored_path(self, namespace: str, key: str, ext: str, seed: int, prompt: str) -> ImagePath:
+        """The gallery path of a stored entry (which `fetch` serves to `namespace` only);
+        its download name is remembered for the file route's Content-Disposition."""
+        name = download_name(seed, prompt)
+        with self._lock:
+            self._names[(namespace, key)] = name
+            self._names.move_to_end((namespace, key))
+            while len(self._names) > REMEMBERED_NAMES:
+                self._names.popitem(last=False)
+        return ImagePath(str(self.root / namespace / key / f"seed-{seed}.{ext}"), f"{name}.{ext}")
+
+    def download_name_of(self, path: str) -> str:
+        """What the browser should save the image at `path` (one of ours) as: the
+        readable name given when its path was made, else the path's own last part."""
+        match = _NAME.fullmatch(os.path.relpath(os.path.abspath(path), self.root))
+        fallback = path.rsplit("/", 1)[-1]
+        if match is None:
+            return fallback
+        with self._lock:
+            if match["token"]:
+                found = self._unstored.get(match["token"])
+                name = found[3] if found is not None else None
+            else:
+                name = self._names.get((match["ns"], match["key"]))
+        return f"{name}.{match['ext']}" if name else fallback
 
     def owns(self, path: str) -> bool:
         """Whether `path` (as Gradio's file route reads it) is in this directory."""
@@ -115,7 +162,7 @@ class UiImages:
             if found is None or found[0] != caller_namespace or found[1].ext != match["ext"]:
                 return None
             return found[1]
-        hit = await self.service.lookup(caller_namespace, match["key"])
+        hit = await self.service.lookup(caller_namespace, match["key"], match["ext"])
         if not isinstance(hit, Hit) or hit.entry.ext != match["ext"]:
             return None
         return hit.entry
@@ -130,7 +177,7 @@ class UiImages:
             self._drop_oldest()
 
     def _drop_oldest(self) -> None:
-        _, (_, entry, _) = self._unstored.popitem(last=False)
+        _, (_, entry, _, _) = self._unstored.popitem(last=False)
         self._unstored_bytes -= len(entry.data)
 
 
@@ -160,7 +207,7 @@ class UiImageRoute:
         if entry is None:
             response: Response = JSONResponse({"detail": f"File not allowed: {target}."}, status_code=403)
         else:
-            name = target.rsplit("/", 1)[-1]
+            name = self.images.download_name_of(target)
             headers = {
                 "Cache-Control": "private, max-age=3600",
                 # What "Save image as" offers: the readable name (RFC 6266/5987 for non-ASCII).
@@ -178,6 +225,27 @@ def download_name(seed: int, prompt: str) -> str:
     prompt's words (any script), lower case, joined by '-', cut at NAME_CHARS."""
     slug = "-".join(_WORD.findall(prompt.lower()))[:NAME_CHARS].strip("-_")
     return f"seed-{seed}-{slug}" if slug else f"seed-{seed}"
+
+
+class SavedAs(type(Path())):  # type: ignore[misc]  # PosixPath (WindowsPath there)
+    """A gallery path whose `name` is what the browser saves the image as.
+
+    gr.Gallery takes a Path's `str()` for the image's URL and its `.name` for the
+    download name (`orig_name`) its Download button saves under; so the URL keeps
+    the path (no prompt words) and the download gets the readable name."""
+
+    saved_as: str
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.saved_as
+
+
+def for_gallery(path: ImagePath | str) -> Path:
+    """`path` as gr.Gallery should be handed it (see `SavedAs`)."""
+    shown = SavedAs(str(path))
+    shown.saved_as = getattr(path, "download_name", None) or Path(path).name
+    return shown
 
 
 def namespace_of(request: Any) -> str:

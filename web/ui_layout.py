@@ -50,6 +50,7 @@ class CreateTab:
     parameters: gr.Textbox
     past: gr.Gallery  # the history's gallery
     api_trigger: gr.Button
+    api_seed: gr.Number  # the generate API's seed: the API's default (42), not the page's (-1)
     history: gr.State
     stored_history: gr.BrowserState
     shown: gr.State  # the entries of the main viewer, for "Use these settings"
@@ -72,6 +73,11 @@ class CreateTab:
             "prompt_normalization": self.normalization,
             "history": self.history,
         }
+
+    @property
+    def api_form(self) -> list[Any]:
+        """The generate API's inputs: `form`'s, with the seed of the API's default."""
+        return [self.api_seed if c is self.seed else c for c in self.form.values()]
 
     @property
     def settings(self) -> list[Any]:
@@ -149,7 +155,9 @@ def create_tab(normalization: str, states: dict[str, Any]) -> CreateTab:
                         notes[side] = _note(side)
             with gr.Row():
                 with gr.Column(scale=3, min_width=150):
-                    seed = gr.Number(limits.DEFAULT_SEED, label=t("seed"), precision=0, elem_id="seed")
+                    # -1: a new seed on every press (A1111's way); a number typed, or the
+                    # drawn one put back with "Reuse", is kept until Random sets -1 again.
+                    seed = gr.Number(limits.RANDOM_SEED, label=t("seed"), precision=0, elem_id="seed")
                     notes["seed"] = _note("seed")
                 with gr.Column(scale=2, min_width=100):
                     dice = gr.Button(t("random_seed"), size="sm", elem_id="random-seed")
@@ -209,6 +217,7 @@ def create_tab(normalization: str, states: dict[str, Any]) -> CreateTab:
     # The generate API's trigger: never shown, so its errors reach API callers as
     # errors while the page's own Generate keeps the page as it was.
     api_trigger = gr.Button(visible=False)
+    api_seed = gr.Number(limits.DEFAULT_SEED, precision=0, visible=False)
     return CreateTab(
         prompt=prompt,
         negative_prompt=negative_prompt,
@@ -234,6 +243,7 @@ def create_tab(normalization: str, states: dict[str, Any]) -> CreateTab:
         parameters=parameters,
         past=past,
         api_trigger=api_trigger,
+        api_seed=api_seed,
         **states,
     )
 

@@ -83,6 +83,7 @@ class UiRun:
             t.selected,
             t.parameters,
             t.last_seed,
+            t.reuse,
             t.width,
             t.height,
             t.preset,
@@ -183,6 +184,7 @@ class UiRun:
             t.selected: 0,
             t.parameters: entries[0]["parameters"],
             t.last_seed: entries[0]["params"]["seed"],
+            t.reuse: gr.Button(say(lang, "reuse_seed_n", seed=entries[0]["params"]["seed"])),
         }
         return out
 
