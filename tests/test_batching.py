@@ -33,7 +33,7 @@ def batching(models_dir: Path) -> Iterator[tuple[Engine, list[int]]]:
 
 
 def ask(prompt: str, size: int = 128, guidance: float = 0.0, seed: int = 3) -> CanonicalRequest:
-    return CanonicalRequest(prompt, "", seed, size, size, 2, guidance, "png")
+    return CanonicalRequest(prompt, "", seed, size, size, 2, guidance)
 
 
 def blocker(engine: Engine) -> tuple[threading.Event, object]:
