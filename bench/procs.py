@@ -98,8 +98,13 @@ class Server:
         self.log_path = cache_dir.parent / f"server-{self.port}.log"
         cmd = [sys.executable, *launcher, "app.py", "--port", str(self.port), "--cache-dir", str(cache_dir)]
         cmd += args
-        # The tiny model, warmed at one small size: a start costs what loading costs.
-        defaults = {"ZIMAGE_MODEL": "tiny", "ZIMAGE_WARMUP_SIZES": "256x256"}
+        # The tiny model, warmed at one small size: a start costs what loading costs. Near-
+        # repeats off unless asked for: their model costs seconds of CPU on a first miss.
+        defaults = {
+            "ZIMAGE_MODEL": "tiny",
+            "ZIMAGE_WARMUP_SIZES": "256x256",
+            "ZIMAGE_SIMILAR_PROMPTS": "false",
+        }
         full_env = {**os.environ, **defaults, **(env or {})}
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)

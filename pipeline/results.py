@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from cache import Entry
 from pipeline.request import CanonicalRequest
+from similarity import Match
 
 # The tier names of images that were generated: stored (`miss`) or not (`bypass`);
 # a hit is named by the cache tier that answered (memory, disk, redis).
@@ -20,13 +21,17 @@ class GenerationResult:
     """What a caller gets back for one image: the stored bytes and where they came from."""
 
     key: str
-    cache: str  # memory | disk | redis | miss | bypass
+    cache: str  # memory | disk | redis | miss | bypass | similar
     entry: Entry
     request: CanonicalRequest
     # Seconds from the call until this image was there: its lookup for a hit, until
     # it was generated and stored for a miss (in a batch, each image its own).
     duration: float
     timings: dict[str, float] = field(default_factory=dict)
+    # On a miss: stored images of the same namespace whose prompts are like this one
+    # (near-repeats), nearest first. For `cache == "similar"`: the stored prompt served.
+    similar: tuple[Match, ...] = ()
+    near: Match | None = None
 
     @property
     def seed(self) -> int:

@@ -29,6 +29,8 @@ from pipeline.request import CanonicalRequest, GenerationRequest, check_size, ra
 from pipeline.results import BYPASS_TIER, MISS_TIER, GenerationResult, Outcome
 from pipeline.single_flight import WAIT_LIMIT_S, FlightLocks, SingleFlight
 from pipeline.statistics import ServiceStatistics
+from pipeline.suggestions import SIMILAR_TIER, NearLook, Suggestions
+from similarity import Match
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,10 @@ class GenerationService:
     cache included. The format asked for is not part of the generation: the image
     is generated and stored once, as PNG, and served in any format, a JPEG or WebP
     made from the stored PNG (and stored too) when first asked for (pipeline.derived).
-    Observers see every result (for metrics).
+    With `suggestions`, a miss also carries the stored prompts of its namespace like
+    its own (`similar`), and a request with `similar_threshold` gets the nearest
+    stored image at or above it, labelled `similar` (never by default). Observers
+    see every result (for metrics).
     """
 
     def __init__(
@@ -62,8 +67,10 @@ class GenerationService:
         model_wait_s: float = 600.0,
         replica_wait_s: float = WAIT_LIMIT_S,
         log_prompts: bool = False,
+        suggestions: Suggestions | None = None,
     ) -> None:
         self.engine = engine
+        self.suggestions = suggestions
         self.cache = cache
         self.normalization = normalization
         self.no_store_patterns = list(no_store_patterns)
@@ -83,6 +90,7 @@ class GenerationService:
         normalization: Normalization | None = None,
         progress: Progress | None = None,
         ticket: QueueTicket | None = None,
+        similar_threshold: float | None = None,
     ) -> GenerationResult:
         """One image: a hit from the fastest tier that has it, else a generation."""
         results = await self.generate_batch(
@@ -93,6 +101,7 @@ class GenerationService:
             normalization=normalization,
             progress=progress,
             ticket=ticket,
+            similar_threshold=similar_threshold,
         )
         return results[0]
 
@@ -106,6 +115,7 @@ class GenerationService:
         normalization: Normalization | None = None,
         progress: Progress | None = None,
         ticket: QueueTicket | None = None,
+        similar_threshold: float | None = None,
     ) -> list[GenerationResult]:
         """`batch_size` images of one prompt, image i with seed `seed + i` (each drawn when
         the seed is -1), in `request.format`. Each is looked up on its own; the misses
@@ -118,6 +128,10 @@ class GenerationService:
         # 1. Validate what depends on the served model, and canonicalise.
         if not is_namespace(namespace):
             raise RequestInvalid("namespace", bad_namespace(namespace))
+        if similar_threshold is not None and not (0 < similar_threshold <= 1 and batch_size == 1):
+            raise RequestInvalid(
+                "similar_threshold", "must be above 0 and at most 1, for one image (batch_size 1)"
+            )
         identity = await self.model_identity()
         base = request.canonical(normalization or self.normalization)
         check_size("width", base.width, identity.min_size, identity.max_size)
@@ -152,13 +166,43 @@ class GenerationService:
         # the misses' generation is not the hits' time); a miss's, until its flight lands.
         took = dict.fromkeys(outcomes, lookup)
 
+        # 3b. Near-repeats, on a miss: the stored prompts of this namespace like this
+        #     one; with `similar_threshold`, the nearest stored image at or above it.
+        look: NearLook | None = None
+        near: Match | None = None
+        if len(outcomes) < batch_size and self.suggestions is not None:
+            look = await self.suggestions.look(namespace, identity, base.prompt, similar_threshold or 1.0)
+            if similar_threshold is not None:
+                found = await self.suggestions.approximate(
+                    self.cache, namespace, look, similar_threshold, base.width, base.height
+                )
+                if found is not None:
+                    near, stored = found
+                    entry, encode_s = await self.encodings.encode(namespace, near.key, stored, ext)
+                    keys[0] = near.key
+                    meta = stored.meta
+                    canonicals[0] = replace(
+                        base,
+                        prompt=near.prompt,
+                        seed=meta.get("seed", base.seed),
+                        steps=meta.get("steps", base.steps),
+                    )
+                    outcomes[0] = (SIMILAR_TIER, entry, {"lookup": time.perf_counter() - started, **encode_s})
+                    took[0] = time.perf_counter() - started
+
         # 4. Misses: one flight per key, here and across replicas; the keys nobody is
         #    making yet are generated in one batch and stored.
         missed = {keys[i]: canonicals[i] for i in range(batch_size) if i not in outcomes}
         if missed:
 
             async def produce(todo: dict[str, CanonicalRequest]) -> dict[str, Outcome]:
-                return await self._generate_and_store(namespace, todo, progress, ticket)
+                made = await self._generate_and_store(namespace, todo, progress, ticket, identity)
+                if self.suggestions is not None:
+                    for key, canonical in todo.items():
+                        await self.suggestions.remember(
+                            namespace, identity, key, canonical.prompt, look.vector if look else None
+                        )
+                return made
 
             landed: dict[str, float] = {}
             made = await self.flights.run(
@@ -176,8 +220,14 @@ class GenerationService:
                 took[i] = landed[keys[i]] + sum(encode_s.values())
 
         # 5. The results, counted and shown to the observers.
+        similar = look.shown if look is not None else ()
         return self._results(
-            keys, canonicals, [outcomes[i] for i in range(batch_size)], [took[i] for i in range(batch_size)]
+            keys,
+            canonicals,
+            [outcomes[i] for i in range(batch_size)],
+            [took[i] for i in range(batch_size)],
+            similar=tuple(m for m in similar if m.key not in keys),
+            near=near,
         )
 
     def queue_position(self, ticket: QueueTicket) -> int | None:
@@ -242,6 +292,8 @@ class GenerationService:
         the queue, latency percentiles (pipeline.statistics)."""
         stats = self.statistics.snapshot(self.cache.stats())
         latency = stats.pop("latency")
+        if self.suggestions is not None:
+            stats["near_repeats"] = self.suggestions.stats()
         return {
             **stats,
             "embeddings": self.engine.embeddings.stats(),
@@ -255,8 +307,10 @@ class GenerationService:
         todo: dict[str, CanonicalRequest],
         progress: Progress | None,
         ticket: QueueTicket | None,
+        identity: ModelIdentity,
     ) -> dict[str, Outcome]:
-        """Generate the entries of `todo` in one batch and store them in every tier."""
+        """Generate the entries of `todo` in one batch and store them in every tier
+        (with near-repeats on, each tagged with its prompt: a lost index is rebuilt from it)."""
         generated = await self._generate(
             list(todo.values()),
             progress,
@@ -264,6 +318,11 @@ class GenerationService:
             ticket=ticket,
             flights=[(namespace, key) for key in todo],
         )
+        if self.suggestions is not None:
+            generated = [
+                (self.suggestions.tagged(entry, c.prompt, identity), t)
+                for c, (entry, t) in zip(todo.values(), generated, strict=True)
+            ]
         stored = time.perf_counter()
         await asyncio.to_thread(
             lambda: [self.cache.put(namespace, k, e) for k, (e, _) in zip(todo, generated, strict=True)]
@@ -328,10 +387,19 @@ class GenerationService:
         canonicals: list[CanonicalRequest],
         outcomes: list[Outcome],
         durations: list[float],
+        similar: tuple[Match, ...] = (),
+        near: Match | None = None,
     ) -> list[GenerationResult]:
         results = [
             GenerationResult(
-                key=key, cache=tier, entry=entry, request=canonical, duration=duration, timings=timings
+                key=key,
+                cache=tier,
+                entry=entry,
+                request=canonical,
+                duration=duration,
+                timings=timings,
+                similar=similar,
+                near=near if tier == SIMILAR_TIER else None,
             )
             for key, canonical, (tier, entry, timings), duration in zip(
                 keys, canonicals, outcomes, durations, strict=True

@@ -132,6 +132,20 @@ class Settings(BaseSettings):
         description="Size of the in-memory cache of text-encoder outputs in MiB (`0` disables it): a known "
         "prompt with a new seed or size skips the text encoder.",
     )
+    similar_prompts: bool = Field(
+        True,
+        description="Near-repeats: on a miss, offer up to 4 stored images of the same namespace whose prompts "
+        "are like the new one (`similar` in `/run` and `/api/generate`), and let a request ask for the nearest "
+        "with `similar_threshold`. A multilingual sentence-embedding model on the CPU (about 150 MB, loaded on "
+        "the first miss); the index is kept under `<cache-dir>/similar/`.",
+        json_schema_extra=readme("See [Near-repeats](#near-repeats)."),
+    )
+    similar_min: float = Field(
+        0.7,
+        gt=0,
+        le=1,
+        description="The cosine similarity (0..1) a stored prompt needs to be offered as a near-repeat.",
+    )
     no_cache_patterns: Path | None = Field(
         None,
         description="A file of regular expressions, one a line (`#` comments; case-insensitive). A request "

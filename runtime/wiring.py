@@ -24,11 +24,17 @@ from cache.maintenance import Pruner
 from cache.redis_tier import RedisTier
 from cache.redis_url import parse_redis_url
 from pipeline import warmup
+from pipeline.encoding import STORED_FORMAT
 from pipeline.engine import Engine
 from pipeline.line_files import read_patterns
 from pipeline.loading import ModelOptions
 from pipeline.service import GenerationService
+from pipeline.suggestions import Suggestions
 from runtime.settings import Settings
+from similarity import load_embedder
+from similarity.near_repeats import NearRepeats
+from similarity.shared import SharedPrompts
+from similarity.stored import disk_prompts
 
 MiB = 1 << 20
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -51,6 +57,8 @@ class Parts:
         abandon it: a generation writes nothing; storing is the service's, on the loop)."""
         idle = self.engine.close(timeout_s)
         self.cache.close()
+        if self.service.suggestions is not None:
+            self.service.suggestions.near.close()
         return idle
 
 
@@ -103,6 +111,19 @@ def build_parts(settings: Settings, on_fatal: OnFatal | None = None) -> Parts:
         locks = RedisTier(settings.redis_url, ttl_s=settings.redis_ttl, keyring=keyring)
         tiers.append(locks)
     cache = LayeredCache(tiers)
+    suggestions = None
+    if settings.similar_prompts:
+        embedder = load_embedder()
+        shared = (
+            SharedPrompts(settings.redis_url, embedder.name, embedder.dim) if settings.redis_url else None
+        )
+        near = NearRepeats(
+            embedder,
+            settings.cache_dir / "similar",
+            stored_prompts=disk_prompts(disk, STORED_FORMAT),
+            shared=shared,
+        )
+        suggestions = Suggestions(near, min_score=settings.similar_min)
     service = GenerationService(
         engine,
         cache,
@@ -110,6 +131,7 @@ def build_parts(settings: Settings, on_fatal: OnFatal | None = None) -> Parts:
         normalization=settings.prompt_normalization,
         no_store_patterns=read_patterns(settings.no_cache_patterns) if settings.no_cache_patterns else (),
         log_prompts=settings.log_prompts,
+        suggestions=suggestions,
     )
     return Parts(engine=engine, cache=cache, disk=disk, service=service)
 

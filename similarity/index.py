@@ -12,6 +12,9 @@ from usearch.index import Index
 # of them: where the scan's p50 passes the graph's on this machine
 # (`python -m bench.similarity --lookup`, docs/PERFORMANCE.md).
 EXACT_LIMIT = 8192
+# Candidates the graph search keeps (usearch's default is 64): more finds the planted
+# near neighbour more often at a little more time (bench/similarity.py's recall).
+EXPANSION_SEARCH = 128
 
 
 @dataclass(frozen=True)
@@ -28,8 +31,8 @@ class VectorIndex:
 
     Up to `exact_limit` vectors a search is an exact scan (one matrix-vector
     product); past it every vector moves into a usearch HNSW graph (half-precision,
-    M=16), which answers in well under a millisecond at 100k vectors with a recall
-    measured in the benchmark. A key is held once (adding it again changes
+    M=16, ef 128), whose time and recall against the scan `python -m
+    bench.similarity` measures (docs/PERFORMANCE.md). A key is held once (adding it again changes
     nothing). `discard` drops a key whose entry is gone. Thread-safe.
     """
 
@@ -58,9 +61,10 @@ class VectorIndex:
         """Hold `key` with its prompt; False if it was held already."""
         return self.add_many([key], [prompt], vector.reshape(1, -1)) == 1
 
-    def add_many(self, keys: list[str], prompts: list[str], vectors: np.ndarray) -> int:
+    def add_many(self, keys: list[str], prompts: list[str], vectors: np.ndarray, *, threads: int = 1) -> int:
         """Hold each key with its prompt and row of `vectors` (one graph insertion
-        for all, for loading); keys held already are skipped. Returns how many were new."""
+        for all, for loading, on `threads` threads); keys held already are skipped.
+        Returns how many were new."""
         with self._lock:
             rows = []
             for i, key in enumerate(keys):
@@ -75,8 +79,8 @@ class VectorIndex:
             first = len(self._keys) - len(rows)
             new = np.ascontiguousarray(vectors[rows], dtype=np.float32)
             if self._graph is not None:
-                # One thread: the server's cores are for the model and the requests.
-                self._graph.add(np.arange(first, len(self._keys), dtype=np.uint64), new, threads=1)
+                # One thread by default: the server's cores are for the model and the requests.
+                self._graph.add(np.arange(first, len(self._keys), dtype=np.uint64), new, threads=threads)
                 return len(rows)
             if len(self._keys) > len(self._vectors):
                 grown = np.zeros((max(2 * len(self._vectors), len(self._keys)), self.dim), np.float32)
@@ -84,7 +88,7 @@ class VectorIndex:
                 self._vectors = grown
             self._vectors[first : len(self._keys)] = new
             if len(self._keys) > self.exact_limit:
-                self._to_graph()
+                self._to_graph(threads)
             return len(rows)
 
     def discard(self, key: str) -> None:
@@ -110,7 +114,9 @@ class VectorIndex:
                     (int(label), 1.0 - float(d)) for label, d in zip(found.keys, found.distances, strict=True)
                 ]
             else:
-                scores = self._vectors[: len(self._keys)] @ vector
+                # einsum, not `@`: one thread, where BLAS's threads cost more than they
+                # save for one vector and fight the model for the cores.
+                scores = np.einsum("ij,j->i", self._vectors[: len(self._keys)], vector)
                 top = np.argpartition(-scores, k - 1)[:k] if len(scores) > k else np.arange(len(scores))
                 pairs = [(int(i), float(scores[i])) for i in top]
             return sorted(
@@ -122,11 +128,13 @@ class VectorIndex:
                 key=lambda m: -m.score,
             )
 
-    def _to_graph(self) -> None:
+    def _to_graph(self, threads: int) -> None:
         """Move every held vector into an HNSW graph (called with the lock held)."""
-        graph = Index(ndim=self.dim, metric="cos", dtype="f16", connectivity=16)
+        graph = Index(
+            ndim=self.dim, metric="cos", dtype="f16", connectivity=16, expansion_search=EXPANSION_SEARCH
+        )
         labels = np.array(sorted(self._labels.values()), dtype=np.uint64)
         if len(labels):
-            graph.add(labels, self._vectors[labels.astype(np.int64)], threads=1)
+            graph.add(labels, self._vectors[labels.astype(np.int64)], threads=threads)
         self._graph = graph
         self._vectors = np.zeros((0, self.dim), np.float32)

@@ -19,7 +19,7 @@ BACKOFF_S = 5.0
 
 
 class SharedPrompts:
-    """Each stored prompt is XADDed to `zimage:v<schema>:similar:<model>:<namespace>`
+    """Each stored prompt is XADDed to `zimage:v<schema>:similar:<embedder>:<scope>/<namespace>`
     with its key and vector; every replica reads the stream of a namespace from
     where it stopped before each search in it, so a prompt stored on one replica
     is suggested on the others at their next request. Only the asking
@@ -43,18 +43,19 @@ class SharedPrompts:
     def available(self) -> bool:
         return time.monotonic() >= self._retry_at
 
-    def publish(self, namespace: str, record: Record) -> None:
+    def publish(self, space: str, record: Record) -> None:
         fields = {"k": record.key, "p": record.prompt, "v": np.asarray(record.vector, "<f4").tobytes()}
         self._guard(
-            lambda: self._client.xadd(self.prefix + namespace, fields, maxlen=STREAM_LENGTH, approximate=True)
+            lambda: self._client.xadd(self.prefix + space, fields, maxlen=STREAM_LENGTH, approximate=True)
         )
 
-    def read(self, namespace: str, after: str) -> tuple[list[Record], str]:
-        """The records published after stream id `after` ("0" for all), and the last id read."""
+    def read(self, space: str, after: str) -> tuple[list[Record], str]:
+        """The records of `space` (scope/namespace) published after stream id `after`
+        ("0" for all), and the last id read."""
         records: list[Record] = []
         while True:
             found = self._guard(
-                lambda a=after: self._client.xread({self.prefix + namespace: a}, count=READ_BATCH)
+                lambda a=after: self._client.xread({self.prefix + space: a}, count=READ_BATCH)
             )
             items = found[0][1] if found else []
             for item_id, fields in items:

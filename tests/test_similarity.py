@@ -16,7 +16,7 @@ from similarity.embedding import Embedder, normalise
 from similarity.journal import Journal, JournalDamaged, Record
 from similarity.near_repeats import NearRepeats
 from similarity.shared import SharedPrompts
-from similarity.stored import PROMPT_FIELD, disk_prompts
+from similarity.stored import PROMPT_FIELD, SCOPE_FIELD, disk_prompts
 from tests.conftest import RedisServer
 
 FOX = "a red fox standing in the snow"
@@ -60,8 +60,10 @@ def test_suggestions_come_from_the_asking_namespace_only(embedder: Embedder, tmp
     fox = near.embed("a red fox in the snow")
     assert [m.key for m in near.search("tenant-a", fox, 4, 0.6)][:1] == [key(0)]
     assert near.search("tenant-b", fox, 4, 0.0) == []
+    # another model's images (another scope) are not offered either
+    assert near.search("tenant-a", fox, 4, 0.0, scope="another-model") == []
     # each namespace has its own file: tenant-b's holds nothing of tenant-a's
-    assert not (tmp_path / embedder.name / "tenant-b.log").exists()
+    assert not (tmp_path / embedder.name / "any" / "tenant-b.log").exists()
     with pytest.raises(ValueError, match="namespace"):
         near.search("../tenant-a", fox, 4, 0.0)
 
@@ -93,8 +95,10 @@ def test_journal_survives_a_restart_without_embedding_again(embedder: Embedder, 
 def stored_disk(root: Path) -> DiskTier:
     disk = DiskTier(root / "images")
     for i, prompt in enumerate(STORED):
-        disk.put("default", key(i), Entry(b"png bytes", "png", {PROMPT_FIELD: prompt, "seed": i}))
+        disk.put("default", key(i), Entry(b"png bytes", "png", {PROMPT_FIELD: prompt, SCOPE_FIELD: "any"}))
+    disk.put("default", key(98), Entry(b"another model's", "png", {PROMPT_FIELD: FOX, SCOPE_FIELD: "older"}))
     disk.put("default", key(99), Entry(b"no prompt in its metadata", "png", {"seed": 1}))
+    disk.put("default", key(97), Entry(b"a JPEG copy", "jpeg", {PROMPT_FIELD: FOX, SCOPE_FIELD: "any"}))
     return disk
 
 
@@ -104,7 +108,7 @@ def test_lost_or_damaged_journal_is_rebuilt_from_the_entries(
 ) -> None:
     disk = stored_disk(tmp_path)
     filled(NearRepeats(embedder, tmp_path))
-    path = tmp_path / embedder.name / "default.log"
+    path = tmp_path / embedder.name / "any" / "default.log"
     data = bytearray(path.read_bytes())
     if damage == "lost":
         path.unlink()
@@ -118,12 +122,13 @@ def test_lost_or_damaged_journal_is_rebuilt_from_the_entries(
     else:
         path.write_bytes(b"\x00" * 100)
     caplog.set_level(logging.INFO)
-    near = NearRepeats(embedder, tmp_path, stored_prompts=disk_prompts(disk))
+    near = NearRepeats(embedder, tmp_path, stored_prompts=disk_prompts(disk, "png"))
     near.search("default", near.embed(FOX), 1, 0.6)  # loads the namespace: starts the rebuild
     near.wait_rebuilt(60)
     assert "rebuilding namespace 'default'" in caplog.text
     assert [m.key for m in near.search("default", near.embed("雪地里的一只红狐狸"), 1, 0.6)] == [key(0)]
-    assert near.stats()["prompts"] == len(STORED)  # the entry without a prompt is not indexed
+    # neither the entry without a prompt, nor another model's, nor a copy in another format
+    assert near.stats()["prompts"] == len(STORED)
     # the rebuilt journal is whole: a restart reads it back without rebuilding
     reread = Journal(path, embedder.name, embedder.dim).read()
     assert sorted(r.key for r in reread) == [key(i) for i in range(len(STORED))]

@@ -47,6 +47,7 @@ from web.schemas import (
     image_response,
     query_parameters,
     read_query,
+    similar_fields,
 )
 
 IMAGE_NAME = re.compile(r"([0-9a-f]{64})\.(png|jpeg|webp)")
@@ -132,7 +133,13 @@ def create_api(
         params = read_query(RunQuery, raw)  # not a parameter: see read_query
         # RunQuery is a GenerationRequest (no_cache aside, which canonical() leaves out).
         result = await unless_client_leaves(
-            raw, service.generate(params, namespace=namespace, no_cache=params.no_cache)
+            raw,
+            service.generate(
+                params,
+                namespace=namespace,
+                no_cache=params.no_cache,
+                similar_threshold=params.similar_threshold,
+            ),
         )
         # A response, not a dict: FastAPI would validate what is built right here
         # against RunResult once more, on every hit.
@@ -145,6 +152,7 @@ def create_api(
             "height": result.request.height,
             "steps": result.request.steps,
             "image_url": image_path(result),
+            **similar_fields(result),
         }
         return JSONResponse(body, headers=_result_headers(result))
 
@@ -172,10 +180,18 @@ def create_api(
     )
     async def generate_batch(body: BatchRequest, namespace: Namespace, raw: Request) -> dict[str, Any]:
         """Up to 8 images of one prompt, each with its own seed; hits and misses mixed."""
-        request = GenerationRequest(**body.model_dump(exclude={"batch_size", "no_cache"}))
+        request = GenerationRequest(
+            **body.model_dump(exclude={"batch_size", "no_cache", "similar_threshold"})
+        )
         results = await unless_client_leaves(
             raw,
-            service.generate_batch(request, body.batch_size, namespace=namespace, no_cache=body.no_cache),
+            service.generate_batch(
+                request,
+                body.batch_size,
+                namespace=namespace,
+                no_cache=body.no_cache,
+                similar_threshold=body.similar_threshold,
+            ),
         )
         images = [
             {
@@ -184,11 +200,13 @@ def create_api(
                 "seed": r.seed,
                 "duration": round(r.duration, 6),
                 "image_url": image_path(r),
+                **similar_fields(r),
             }
             for r in results
         ]
+        similar = next(image.pop("similar") for image in images)  # the same for every image of a call
         duration = max(r.duration for r in results)
-        return {"images": images, "duration": round(duration, 6)}
+        return {"images": images, "duration": round(duration, 6), "similar": similar}
 
     @app.get(
         "/images/{name}",

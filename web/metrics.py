@@ -97,6 +97,23 @@ class _StatsCollector(Collector):
                 size.add_metric([name], tier["bytes"])
             errors.add_metric([name], tier["errors"])
         yield from (entries, size, errors)
+        if (near := stats.get("near_repeats")) is not None:
+            yield CounterMetricFamily(
+                "zimage_similar_suggested", "Misses given near-repeat suggestions.", near["suggested"]
+            )
+            yield CounterMetricFamily(
+                "zimage_similar_suggestions",
+                "Near-repeat suggestions shown (up to 4 a miss).",
+                near["suggestions"],
+            )
+            yield CounterMetricFamily(
+                "zimage_similar_approximate_hits",
+                "Requests with similar_threshold answered by a stored near-repeat (cache: similar).",
+                near["approximate_hits"],
+            )
+            yield GaugeMetricFamily(
+                "zimage_similar_prompts", "Prompts in the near-repeat indexes.", near["prompts"]
+            )
         emb = stats["embeddings"]
         yield CounterMetricFamily(
             "zimage_embedding_cache_hits", "Prompts that skipped the text encoder.", emb["hits"]

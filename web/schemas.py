@@ -16,16 +16,24 @@ from pipeline.limits import MAX_API_BATCH
 from pipeline.request import GenerationRequest
 from pipeline.results import BYPASS_TIER, GenerationResult
 
-Tier = Literal["memory", "disk", "redis", "miss", "bypass"]
+Tier = Literal["memory", "disk", "redis", "miss", "bypass", "similar"]
 ModelState = Literal["loading", "warming", "ready", "failed"]
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
 M = TypeVar("M", bound=BaseModel)
 
 
+SIMILAR_THRESHOLD_HELP = (
+    "Opt-in approximate hit: on a miss, answer with the stored image of the same namespace and size whose "
+    "prompt is nearest, if its similarity (cosine, 0..1) is at least this, labelled `cache: similar`. "
+    "Never the default."
+)
+
+
 class RunQuery(GenerationRequest):
-    """The query string of `GET /run`: the request fields plus `no_cache`."""
+    """The query string of `GET /run`: the request fields plus `no_cache` and `similar_threshold`."""
 
     no_cache: bool = Field(False, description="Neither read nor write the cache; always generate.")
+    similar_threshold: float | None = Field(None, gt=0, le=1, description=SIMILAR_THRESHOLD_HELP)
 
 
 class GenerateQuery(BaseModel):
@@ -44,6 +52,9 @@ class BatchRequest(GenerationRequest):
         description=f"Images to make, 1..{MAX_API_BATCH}; image i has seed `seed + i` (each drawn when seed is -1).",
     )
     no_cache: bool = Field(False, description="Neither read nor write the cache; always generate.")
+    similar_threshold: float | None = Field(
+        None, gt=0, le=1, description=SIMILAR_THRESHOLD_HELP + " Only with `batch_size` 1."
+    )
 
 
 class ErrorDetail(BaseModel):
@@ -71,6 +82,15 @@ class Readiness(BaseModel):
     reason: str | None = Field(None, description="Why the model failed, when it did.")
 
 
+class SimilarImage(BaseModel):
+    """A stored image of the same namespace whose prompt is like the one asked for."""
+
+    key: str
+    prompt: str = Field(description="The prompt it was made for.")
+    similarity: float = Field(description="Cosine similarity of the two prompts, 0..1.")
+    image_url: str
+
+
 class RunResult(BaseModel):
     key: str = Field(description="The cache key (SHA-256, hex).")
     cache: Tier = Field(description="The tier that answered; `miss` and `bypass` were generated.")
@@ -80,6 +100,13 @@ class RunResult(BaseModel):
     height: int
     steps: int
     image_url: str | None = Field(description="Where to fetch the image; null for `bypass` (nothing stored).")
+    similar: list[SimilarImage] = Field(
+        description="On a miss: up to 4 stored images of this namespace made for similar prompts, nearest first."
+    )
+    similarity: float | None = Field(
+        None, description="For `cache: similar`: how close the served prompt is."
+    )
+    original_prompt: str | None = Field(None, description="For `cache: similar`: the prompt it was made for.")
 
 
 class BatchImage(BaseModel):
@@ -90,10 +117,17 @@ class BatchImage(BaseModel):
         description="Seconds until this image was there: its lookup for a hit, its generation for a miss."
     )
     image_url: str | None
+    similarity: float | None = Field(
+        None, description="For `cache: similar`: how close the served prompt is."
+    )
+    original_prompt: str | None = Field(None, description="For `cache: similar`: the prompt it was made for.")
 
 
 class BatchResult(BaseModel):
     images: list[BatchImage]
+    similar: list[SimilarImage] = Field(
+        description="When an image was a miss: up to 4 stored images of this namespace made for similar prompts."
+    )
     duration: float = Field(description="Seconds spent in the service for the slowest image.")
 
 
@@ -117,6 +151,14 @@ class Percentiles(BaseModel):
     count: int
 
 
+class NearRepeatStats(BaseModel):
+    suggested: int = Field(description="Misses given near-repeat suggestions.")
+    suggestions: int = Field(description="Suggestions shown.")
+    approximate_hits: int = Field(description="Requests with `similar_threshold` answered `cache: similar`.")
+    namespaces: int = Field(description="Namespace indexes loaded (per served model).")
+    prompts: int = Field(description="Prompts in them.")
+
+
 class CacheStats(BaseModel):
     requests: int = Field(description="Images asked for.")
     generations: int = Field(description="Pipeline runs of this process (a batch is one).")
@@ -126,6 +168,7 @@ class CacheStats(BaseModel):
     embeddings: EmbeddingStats
     queue_depth: int
     latency: dict[str, Percentiles]
+    near_repeats: NearRepeatStats | None = Field(None, description="Near-repeats; null when off.")
 
 
 class ClearResult(BaseModel):
@@ -197,6 +240,20 @@ def error_responses(*codes: int, model: type[BaseModel] = ErrorResponse) -> dict
             entry["headers"] = RETRY_AFTER_HEADER
         out[code] = entry
     return out
+
+
+def similar_fields(result: GenerationResult) -> dict[str, Any]:
+    """`similar` (the near-repeats of a miss) and, for an approximate hit, its
+    similarity and original prompt, as /run and /api/generate answer them."""
+    fields: dict[str, Any] = {
+        "similar": [
+            {"key": m.key, "prompt": m.prompt, "similarity": m.score, "image_url": f"/images/{m.key}.png"}
+            for m in result.similar
+        ]
+    }
+    if result.near is not None:
+        fields |= {"similarity": result.near.score, "original_prompt": result.near.prompt}
+    return fields
 
 
 def image_path(result: GenerationResult) -> str | None:

@@ -158,4 +158,14 @@ def latency_text(lang: str, stats: dict[str, Any]) -> str:
     )
     generation = say(lang, "latency_generation", value=fmt(lat["generation"]))
     hit = say(lang, "latency_hit", value=fmt(lat["hit"]))
-    return f"{head}\n\n{generation}  \n{hit}"
+    text = f"{head}\n\n{generation}  \n{hit}"
+    if (near := stats.get("near_repeats")) is not None:
+        text += "\n\n" + say(
+            lang,
+            "near_line",
+            suggested=near["suggested"],
+            suggestions=near["suggestions"],
+            approximate=near["approximate_hits"],
+            prompts=near["prompts"],
+        )
+    return text

@@ -140,6 +140,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "**queue** {queue}",
         "latency_generation": "**Generation latency** {value}",
         "latency_hit": "**Hit latency** {value}",
+        "near_line": "**Near-repeats** {suggested} misses given {suggestions} suggestions · "
+        "**close matches served** {approximate} · **prompts indexed** {prompts}",
         "percentiles": "p50 {p50} · p95 {p95} ({count})",
         "col_tier": "tier",
         "col_hits": "hits",
@@ -198,6 +200,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "stats_line": "**请求** {requests} · **命中率** {hit_rate} · **生成次数** {generations} · **排队** {queue}",
         "latency_generation": "**生成延迟** {value}",
         "latency_hit": "**命中延迟** {value}",
+        "near_line": "**相似提示** {suggested} 次未命中给出 {suggestions} 条建议 · "
+        "**采用近似结果** {approximate} 次 · **已索引提示** {prompts} 条",
         "percentiles": "p50 {p50} · p95 {p95}（{count} 次）",
         "col_tier": "缓存层",
         "col_hits": "命中",
