@@ -1,6 +1,7 @@
 """Batching across requests, measured: images/s of N concurrent distinct prompts (tiny
 model, 256x256, outside the cache) on a server that batches them (`--engine-batch 8`,
-the default) and on one that does not (`--engine-batch 1`), in one run, plus the
+the default on CUDA) and on one that does not (`--engine-batch 1`, the CPU's default),
+in one run, plus the
 images per model call the first made (`zimage_engine_batch_size` in /metrics).
 
     python -m bench.batch_throughput [--clients 8] [--rounds 3]
@@ -101,7 +102,10 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="zimage-bench-"))
     env = {"OMP_NUM_THREADS": "1"}
-    on, off = Server(work / "on", env=env), Server(work / "off", "--engine-batch", "1", env=env)
+    on, off = (
+        Server(work / "on", "--engine-batch", "8", env=env),
+        Server(work / "off", "--engine-batch", "1", env=env),
+    )
     try:
         on.wait_ready(600)  # a shared machine can be slow to start two servers
         off.wait_ready(600)

@@ -11,7 +11,7 @@ without and with guidance, with the service's speed levers chosen by flags.
                                    the service's levers, as app.py names them)
 
 Measures, in one run: warm latency p50 per size and guidance scale with the text
-encoder (at the service's 512-token length), the transformer (all steps) and the
+encoder (over the prompt's real tokens, as the engine), the transformer (all steps) and the
 VAE decode timed apart, and the first (warm-up, compiling) run; the service's own
 overheads per size (PNG encoding with the parameters inside, and storing to the
 memory and disk tiers); peak device memory; images/s at each batch size; cold start
@@ -50,8 +50,8 @@ from pipeline.loading import Quantize
 from pipeline.placement import Offload
 
 RESULTS = ROOT / "bench" / "results"
-# A long prompt. The text encoder runs it at the service's length (512 tokens, padded,
-# as encode_prompt does); the transformer gets its first --caption-tokens tokens
+# A long prompt. The text encoder runs its real tokens, as the engine does (no longer
+# padded to 512); the transformer gets its first --caption-tokens tokens
 # (default 128: a detailed prompt in Qwen3's tokenizer with the chat template), so the
 # caption part of the sequence costs what it does in use, whatever the tokenizer.
 # Guided runs use the service's default negative prompt, "" (its chat template alone).
@@ -97,9 +97,8 @@ def one_image(
     """One generation, stage by stage, the way the engine runs it: encode, denoise, decode."""
     import torch
 
-    from pipeline.embeddings import MAX_SEQUENCE_LENGTH
     from pipeline.placement import text_encoder_device
-    from pipeline.rendering import decode_latents
+    from pipeline.rendering import count_tokens, decode_latents
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -112,7 +111,7 @@ def one_image(
                 prompt=text,
                 device=text_encoder_device(pipe),  # the CPU under --offload text-encoder
                 do_classifier_free_guidance=False,
-                max_sequence_length=MAX_SEQUENCE_LENGTH,
+                max_sequence_length=count_tokens(pipe, text),  # its real tokens, as the engine
             )[0]
         return [e.to(device) for e in embeds]
 

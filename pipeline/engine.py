@@ -67,7 +67,9 @@ class Engine:
     Batching across requests (pipeline.batching): a job that starts takes the waiting
     jobs of the same size, steps, guidance and padded caption lengths into its model
     call, those queued now and those submitted within BATCH_WINDOW_S of its own
-    submission, up to `max_batch` images and what the memory plan allows (1: off).
+    submission, up to `max_batch` images and what the memory plan allows (1: off;
+    None: DEFAULT_MAX_BATCH on CUDA, 1 on the CPU, where a batch only costs the sum
+    of its images' arithmetic: docs/PERFORMANCE.md).
     Each image is the one it would be alone (within ±1 level); a job taken in is running
     (it can no longer be cancelled) and gets its own result. `batch_observers` are
     told the images of every model call.
@@ -86,7 +88,7 @@ class Engine:
         attention_backend: str = "auto",
         compile: CompileSetting = "auto",
         compile_cache_dir: Path | None = None,
-        max_batch: int = DEFAULT_MAX_BATCH,
+        max_batch: int | None = None,
         batch_window_s: float = BATCH_WINDOW_S,
     ) -> None:
         self.model_spec = model_spec
@@ -185,7 +187,7 @@ class Engine:
             raise ValueError("a batch must share everything but the seed")
         self.fits.check(load_of(requests))
         member = Member(requests, progress, embedding_scope)
-        group = batch_key(first) if self.max_batch > 1 else None
+        group = batch_key(first) if (self.max_batch or 1) > 1 else None
         member.result = self._queue.submit(lambda result: self._generate(member), group=group, item=member)
         return member.result
 
@@ -227,12 +229,13 @@ class Engine:
     def batch_capacity(self, request: CanonicalRequest) -> int:
         """Most images of `request`'s kind one model call may gather: `max_batch`, and on
         CUDA what the memory plan's activation budget allows (at least 1)."""
+        most = self.max_batch or 1
         allowed = self.placement.max_images(load_of([request])) if self.placement is not None else None
-        return max(1, min(self.max_batch, allowed if allowed is not None else self.max_batch))
+        return max(1, min(most, allowed if allowed is not None else most))
 
     def _gather(self, leader: Member) -> list[Member]:
         """`leader` and the waiting jobs that can share its model call (see the class)."""
-        if self.max_batch <= 1:
+        if (self.max_batch or 1) <= 1:
             return [leader]
         first = leader.requests[0]
         room = [self.batch_capacity(first) - leader.images]
@@ -274,6 +277,8 @@ class Engine:
         self._work_started()
         try:
             identity = resolve_model(self.model_spec, self.models_dir, self.options)
+            if self.max_batch is None:  # before any submit: the service waits for the identity
+                self.max_batch = DEFAULT_MAX_BATCH if identity.device == "cuda" else 1
             self.identity_future.set_result(identity)
             if identity.demo:
                 log.warning("DEMO MODEL: serving the tiny random-weight model; images are noise")

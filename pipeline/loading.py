@@ -64,6 +64,10 @@ class ModelIdentity:
     min_size: int
     max_size: int = 2048
     quantize: Quantize = "none"
+    # How the text encoder computes a prompt: over its real tokens only (not padded to
+    # 512; pipeline.rendering). Not in the key: the embeddings equal the padded ones up
+    # to rounding (about one unit in the last place).
+    text_encoder_tokens: str = "real"
     # The dtype the text encoder computes in, where it is not `dtype` (float32 on a
     # CPU without native bfloat16, for a model served in bfloat16). None: `dtype`.
     text_encoder_dtype: str | None = None

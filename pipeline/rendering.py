@@ -153,12 +153,16 @@ class Render:
             # encode_prompt is not under no_grad (only the pipeline's __call__ is):
             # without it each cached embedding would keep the text encoder's whole
             # autograd graph alive, megabytes the cache's byte count never sees.
+            # Only the real tokens are encoded: encode_prompt pads to its
+            # max_sequence_length, and with right padding and causal attention the pad
+            # tokens change nothing for the real ones (tests/test_engine.py), so padding
+            # to 512 only multiplied the encoder's work (a 40-token prompt: 13x).
             with torch.no_grad():
                 embeds, _ = self.pipe.encode_prompt(
                     prompt=text,
                     device=text_encoder_device(self.pipe),  # the CPU in text-encoder mode
                     do_classifier_free_guidance=False,
-                    max_sequence_length=MAX_SEQUENCE_LENGTH,
+                    max_sequence_length=count_tokens(self.pipe, text),
                 )
             return [t.detach().to("cpu") for t in embeds]
 

@@ -177,14 +177,15 @@ class Settings(BaseSettings):
         "answers 503 with `Retry-After`, and the UI says the server is busy and tries again by itself.",
         json_schema_extra=readme("See [The UI](#the-ui)."),
     )
-    engine_batch: int = Field(
-        DEFAULT_MAX_BATCH,
+    engine_batch: int | None = Field(
+        None,
         ge=1,
         le=64,
-        description="Most images one model call gathers from concurrent requests that miss the cache with "
+        description=f"Most images one model call gathers from concurrent requests that miss the cache with "
         "the same size, steps and guidance (and captions of the same padded length): jobs queued when the "
         "GPU frees up, or sent within 20 ms of each other, run as one batch. On CUDA the memory plan may "
-        "allow fewer. `1` turns batching across requests off.",
+        f"allow fewer. `1` turns batching across requests off. Default: {DEFAULT_MAX_BATCH} on CUDA, 1 on "
+        "the CPU (where batching does not pay).",
         json_schema_extra=readme(CUDA_OPTIONS),
     )
     warmup_sizes: str = Field(

@@ -26,7 +26,7 @@ LONG_PROMPT = "a lighthouse on a cliff at dusk, waves, spray, gulls, fog, " * 3 
 @pytest.fixture
 def batching(models_dir: Path) -> Iterator[tuple[Engine, list[int]]]:
     """A started engine and the images of each of its model calls after warm-up."""
-    engine = started(Engine("tiny", models_dir))
+    engine = started(Engine("tiny", models_dir, max_batch=8))  # on the CPU the default is 1
     calls: list[int] = []
     engine.batch_observers.append(calls.append)
     yield engine, calls
@@ -125,6 +125,14 @@ def test_a_call_gathers_no_more_images_than_the_memory_plan_allows(
     release.set()
     assert [len(job.result(timeout=120)) for job in jobs] == [1, 1, 1]
     assert calls == [2, 1]
+
+
+def test_the_cpu_default_is_no_batching(models_dir: Path) -> None:
+    engine = Engine("tiny", models_dir)
+    engine.start(load=False)
+    engine.identity_future.result(timeout=120)
+    assert engine.max_batch == 1
+    engine.close()
 
 
 def test_metrics_has_a_histogram_of_images_per_model_call(server) -> None:  # type: ignore[no-untyped-def]

@@ -198,3 +198,40 @@ def test_auto_is_native_off_cuda_and_the_probe_reports_why_a_backend_cannot_run(
     assert attention.backend_problem("native", "cpu", torch.float32, 2, 16) is None
     problem = attention.backend_problem("flash", "cpu", torch.float32, 2, 16)
     assert problem is not None and "flash-attn" in problem
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_encoding_only_the_real_tokens_equals_encoding_them_padded_to_512(
+    engine: Engine, dtype: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With right padding and causal attention the pad tokens change nothing for the
+    real ones: the engine encodes only those (count_tokens), with the same result up to
+    rounding."""
+    import torch
+
+    from pipeline.embeddings import EmbeddingCache
+    from pipeline.fit import FitRecord
+    from pipeline.rendering import Render, count_tokens
+
+    pipe, identity = engine._pipe, engine.identity
+    pipe.text_encoder.to(getattr(torch, dtype))
+    lengths: list[int] = []
+    encode = pipe.encode_prompt
+    monkeypatch.setattr(
+        pipe, "encode_prompt", lambda **kw: lengths.append(kw["max_sequence_length"]) or encode(**kw)
+    )
+    try:
+        render = Render(pipe, identity, embeddings=EmbeddingCache(0), fits=FitRecord())
+        for text in ("a red fox", "", "a lighthouse on a cliff at dusk, waves, spray, gulls, fog, " * 3):
+            [real] = render.embed(text, torch.device("cpu"), None)
+            with torch.no_grad():
+                [padded] = encode(
+                    prompt=text, device="cpu", do_classifier_free_guidance=False, max_sequence_length=512
+                )[0]
+            assert lengths[-1] == count_tokens(pipe, text) == len(real) < 512
+            # Equal up to the rounding of products of another shape (about one unit in the
+            # last place: 4e-9 in float32; bfloat16 loaded as such measured bit-equal).
+            tolerance = {"bfloat16": 1e-2, "float32": 1e-6}[dtype]
+            assert torch.allclose(real.float(), padded.float(), rtol=tolerance, atol=tolerance * 1e-1)
+    finally:
+        pipe.text_encoder.to(torch.float32)
