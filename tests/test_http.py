@@ -319,4 +319,5 @@ METRIC_NAMES = [
     "cache_errors",
     "embedding_cache_hits",
     "embedding_cache_misses",
+    "engine_batch_size",
 ]
