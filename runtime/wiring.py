@@ -139,10 +139,12 @@ def build_parts(settings: Settings, on_fatal: OnFatal | None = None) -> Parts:
 def build_app(settings: Settings, on_fatal: OnFatal | None = None) -> Runtime:
     """Build the parts and hand them to each other; starts nothing."""
     import gradio as gr
+    from starlette.middleware import Middleware
 
     from pipeline.loading import is_demo_spec
     from web.api import create_api
     from web.auth import Access, read_api_keys
+    from web.body_limit import BodyLimit
     from web.gradio_guard import GradioGuard
     from web.ui import create_ui, page_head
     from web.ui_images import UiImageRoute, UiImages, gradio_user
@@ -176,7 +178,10 @@ def build_app(settings: Settings, on_fatal: OnFatal | None = None) -> Runtime:
         auth=access.ui_login if access.api_keys else None,
         auth_message="Log in with your namespace as user name and its API token as password.",
     )
-    app.add_middleware(GradioGuard, blocks=ui)
+    # Just inside the body limit, which has read and capped the body by then:
+    # add_middleware would put the guard outermost, reading an uncapped body first.
+    limit = next(i for i, m in enumerate(app.user_middleware) if m.cls is BodyLimit)
+    app.user_middleware.insert(limit + 1, Middleware(GradioGuard, blocks=ui))
     # Without API keys every UI user is in the default namespace; with them, the
     # Gradio login session says whose the UI's images are.
     app.add_middleware(
