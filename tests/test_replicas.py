@@ -126,7 +126,9 @@ def test_a_replica_stops_waiting_for_another_when_its_client_disconnects(
     key = a.client.get("/run", params={**params, "no_cache": True}).json()["key"]
     before = generations(a)
     lock = f"zimage:v{SCHEMA_VERSION}:unsigned:public:{key}:lock"
-    redis_srv.client().set(lock, "another replica, making it for minutes", px=120_000)
+    # Another replica's lock: a string with at most the lock TTL (30 s) left; one with
+    # more is foreign and ignored (test_service's planted-lock test).
+    redis_srv.client().set(lock, "another replica, making it", px=30_000)
     try:
         with pytest.raises(httpx.ReadTimeout):  # the client gives up and hangs up
             httpx.get(f"{a.url}/run", params=params, timeout=1.5)
