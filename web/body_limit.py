@@ -15,6 +15,20 @@ from web.openai_api import openai_error
 MAX_BODY_BYTES = 64 * 1024
 
 
+def replaying(body: bytes, receive: Any) -> Any:
+    """A `receive` that hands on `body` (already read whole) once, then the server's."""
+    pending: dict | None = {"type": "http.request", "body": body, "more_body": False}
+
+    async def replay() -> dict:
+        nonlocal pending
+        if pending is not None:
+            message, pending = pending, None
+            return message
+        return await receive()
+
+    return replay
+
+
 class BodyLimit:
     """ASGI middleware: 413 for a request body over `max_bytes`, on every route (the
     API's, Gradio's and any other), judged by Content-Length and by counting what
@@ -52,16 +66,7 @@ class BodyLimit:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        body: dict | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-
-        async def replay() -> dict:
-            nonlocal body
-            if body is not None:
-                message, body = body, None
-                return message
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replaying(b"".join(chunks), receive), send)
 
     @property
     def message(self) -> str:

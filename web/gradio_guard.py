@@ -10,6 +10,8 @@ from urllib.parse import parse_qs
 
 from starlette.responses import JSONResponse
 
+from web.body_limit import replaying
+
 log = logging.getLogger(__name__)
 
 PREFIX = "/gradio_api/"
@@ -87,16 +89,8 @@ async def _read(receive: Any) -> tuple[bytes, Any]:
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             break
-    pending: dict | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-
-    async def replay() -> dict:
-        nonlocal pending
-        if pending is not None:
-            message, pending = pending, None
-            return message
-        return await receive()
-
-    return pending["body"], replay
+    body = b"".join(chunks)
+    return body, replaying(body, receive)
 
 
 async def _refuse(status: int, detail: str, scope: dict, receive: Any, send: Any) -> None:
