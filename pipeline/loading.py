@@ -256,11 +256,13 @@ def download(hub_id: str) -> Path:
 def load_pipeline(identity: ModelIdentity, options: ModelOptions | None = None) -> tuple[Any, Placement]:
     """Load the diffusers ZImagePipeline from local files, placed by `options.offload`
     (placement.py) and quantized as the identity says; returns it with the plan.
-    Raises placement.DoesNotFit when no mode fits the GPU's free memory."""
+    Out of device memory while loading under `--offload auto`, it steps down to the
+    next mode that fits (placement.step_down, logged). Raises placement.DoesNotFit
+    when no mode fits the GPU's free memory."""
     import torch
 
     from pipeline.meta_memory import memory_needs
-    from pipeline.placement import load_placed, plan_placement
+    from pipeline.placement import load_placed, plan_placement, step_down
 
     options = options or ModelOptions()
     quiet_progress_bars()
@@ -268,7 +270,18 @@ def load_pipeline(identity: ModelIdentity, options: ModelOptions | None = None) 
     needs = memory_needs(identity.path, dtype, identity.quantize) if identity.device == "cuda" else None
     plan = plan_placement(options.offload, identity.device, needs)
     log.info("%s", plan.describe())
-    pipe = load_placed(identity.path, dtype, plan, identity.quantize)
+    while True:
+        try:
+            pipe = load_placed(identity.path, dtype, plan, identity.quantize)
+            break
+        except torch.OutOfMemoryError as exc:
+            # Memory taken since the plan was made (another replica or process on the
+            # card). Stepping down happens outside this block, once the traceback, which
+            # holds the half-loaded components, is gone.
+            error = str(exc).splitlines()[0] if str(exc) else "CUDA out of memory"
+        assert needs is not None, "only a CUDA load runs out of device memory"
+        plan = step_down(plan, needs, error)
+        log.info("%s", plan.describe())
     pipe.set_progress_bar_config(disable=True)
     return pipe, plan
 

@@ -14,6 +14,9 @@ The plan weighs the model's device bytes (meta_memory.py, from the configs) agai
 
 `auto` takes the first that fits. Weights go from the files straight to their
 device (`device_map` in `from_pretrained`), never first whole into CPU memory.
+Under `auto`, running out of device memory while loading (another process or
+replica took memory after the plan was made) steps down to the next mode that
+fits the memory free then (`step_down`), and logs the step.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -154,6 +157,42 @@ def plan_placement(requested: str, device: str, needs: MemoryNeeds | None) -> Pl
     raise DoesNotFit(
         f"the GPU has {gib(free)} free of {gib(total)}; even --offload sequential needs about "
         f"{gib(by_mode['sequential'])} (free GPU memory, or use a larger card)"
+    )
+
+
+def step_down(plan: Placement, needs: MemoryNeeds, error: str) -> Placement:
+    """The plan to load with after `plan` ran out of device memory while loading
+    (`error`: the first line of torch's message): under `auto`, the first mode after
+    `plan.mode` that fits the memory free now, logged as a warning. Call it once the
+    failed attempt's tensors are unreachable: it collects them and empties torch's
+    cache before measuring. Raises DoesNotFit naming the failure when the mode was
+    chosen by `--offload` (obeyed, never changed) or no later mode fits."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    failed = f"out of memory while loading with --offload {plan.mode} ({error})"
+    if not plan.reason.startswith("auto"):
+        raise DoesNotFit(f"{failed}; free GPU memory, or use --offload auto to step down to a mode that fits")
+    free, total = torch.cuda.mem_get_info()
+    later = OFFLOAD_MODES[OFFLOAD_MODES.index(plan.mode) + 1 :]
+    for mode in later:
+        if plan.needs[mode] <= free:
+            log.warning("%s; %s free now: stepping down to %s", failed, gib(free), mode)
+            budget = free - (plan.needs[mode] - needs.work)
+            return replace(
+                plan,
+                mode=mode,
+                reason=f"auto: stepped down from {plan.mode}, out of memory while loading",
+                free_bytes=free,
+                total_bytes=total,
+                activation_budget=budget,
+            )
+    raise DoesNotFit(
+        f"{failed}; {gib(free)} free now of {gib(total)}, and no later mode fits "
+        f"({', '.join(f'{m} needs {gib(plan.needs[m])}' for m in later) or 'none is left'})"
     )
 
 

@@ -245,3 +245,74 @@ def test_the_meta_peak_counts_tensors_alive_at_once_and_attention_as_a_fused_ker
     with peak_bytes(torch.nn.Identity(), q) as peak:
         torch.nn.functional.scaled_dot_product_attention(q, q, q)
     assert peak.value == q.numel() * 2  # the output, not a 4096x4096 score matrix per head
+
+
+def full_size_on_a_card(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, full_size: dict, free: list[int]
+) -> Any:
+    """The tiny model's files with the full-size model's needs, on a card whose free
+    memory is `free[0]` (a test changes it to mimic another process taking memory)."""
+    import dataclasses
+
+    from pipeline import meta_memory
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free[0], 24 * GiB))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(meta_memory, "memory_needs", lambda path, dtype, quantize: full_size[quantize])
+    return dataclasses.replace(resolve_model("tiny", tmp_path / "models"), device="cuda", dtype="bfloat16")
+
+
+def oom_on_the_gpu(monkeypatch: pytest.MonkeyPatch, free: list[int], now_free: int) -> list[Any]:
+    """The text encoder's load to the GPU runs out of memory, which leaves `now_free`."""
+    from transformers import Qwen3Model
+
+    seen: list[Any] = []
+    original = Qwen3Model.from_pretrained
+
+    def load(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs.get("device_map"))
+        if kwargs.pop("device_map", None) == "cuda":
+            free[0] = now_free
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 594.00 MiB")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(Qwen3Model, "from_pretrained", load)
+    return seen
+
+
+def test_out_of_memory_while_loading_steps_down_to_the_next_mode_that_fits(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, full_size: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A 24 GB card plans `none`; while loading, another process takes 8 GiB: the text
+    # encoder's load to the GPU fails, and the load goes on with the text encoder on the CPU.
+    free = [int(23.5 * GiB)]
+    identity = full_size_on_a_card(monkeypatch, tmp_path, full_size, free)
+    calls = spies(monkeypatch)
+    seen = oom_on_the_gpu(monkeypatch, free, int(15.5 * GiB))
+    pipe, plan = load_pipeline(identity)
+    assert seen == ["cuda", None]  # the second try loads it to the CPU
+    assert plan.mode == "text-encoder" and plan.free_bytes == int(15.5 * GiB)
+    assert plan.reason == "auto: stepped down from none, out of memory while loading"
+    assert plan.activation_budget == int(15.5 * GiB) - (plan.needs["text-encoder"] - full_size["none"].work)
+    assert [c.get("device_map") for c in calls["transformer"].calls] == ["cuda", "cuda"]
+    assert text_encoder_device(pipe) == torch.device("cpu")
+    assert (
+        "out of memory while loading with --offload none (CUDA out of memory. Tried to allocate 594.00 MiB); "
+        "15.5 GiB free now: stepping down to text-encoder" in caplog.text
+    )
+
+
+def test_out_of_memory_while_loading_with_nothing_left_or_an_explicit_mode_names_the_failure(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, full_size: dict
+) -> None:
+    from pipeline.loading import ModelOptions
+
+    free = [int(23.5 * GiB)]
+    identity = full_size_on_a_card(monkeypatch, tmp_path, full_size, free)
+    spies(monkeypatch)
+    oom_on_the_gpu(monkeypatch, free, 2 * GiB)
+    with pytest.raises(DoesNotFit, match=r"2.0 GiB free now of 24.0 GiB, and no later mode fits \(text-enc"):
+        load_pipeline(identity)
+    free[0] = int(23.5 * GiB)
+    with pytest.raises(DoesNotFit, match=r"--offload none \(CUDA out of memory.*use --offload auto to step"):
+        load_pipeline(identity, ModelOptions(offload="none"))
