@@ -221,7 +221,8 @@ class Settings(BaseSettings):
     attention_backend: str = Field(
         "auto",
         description="The attention kernel, through diffusers' attention dispatcher: `auto` "
-        "(FlashAttention-3 on Hopper when installed, then `flash-attn`, cuDNN, PyTorch native) or a "
+        "(on CUDA, times FlashAttention-3, cuDNN, `flash-attn` and PyTorch native on the model's real "
+        "attention shape, keeps those whose output matches native, takes the fastest and logs the table) or a "
         "diffusers backend name (`native`, `flash`, `_flash_3`, `_native_cudnn`, `_native_flash`, ...). An "
         "unknown name stops the start naming the choices; a known one that cannot run on this machine fails "
         "the model with the reason.",
