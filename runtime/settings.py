@@ -80,7 +80,8 @@ class Settings(BaseSettings):
     offload: Offload = Field(
         "auto",
         description="Where the model's parts live on a CUDA GPU: `none` (all on the GPU), `text-encoder` "
-        "(the text encoder on the CPU), `model` or `sequential` (accelerate's offload; slower); `auto` takes "
+        "(the text encoder on the CPU), `model` (every part streamed block by block from pinned CPU memory: "
+        "diffusers' group offloading) or `sequential` (accelerate's, module by module; slowest); `auto` takes "
         "the first that fits the free GPU memory. Ignored on the CPU.",
         json_schema_extra=readme(CUDA_SECTION),
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -58,11 +59,11 @@ def test_the_full_size_model_needs_19_gib_of_weights_measured_on_meta(full_size:
         (80, "none", "none"),
         (24, "none", "none"),
         (16, "none", "text-encoder"),  # a 16 GB card starts: the transformer stays resident
-        (12, "none", "sequential"),
-        (8, "none", "sequential"),
+        (12, "none", "model"),  # streamed by group offloading, no longer sequential
+        (8, "none", "model"),
         (16, "fp8", "text-encoder"),
         (12, "fp8", "text-encoder"),
-        (8, "fp8", "sequential"),
+        (8, "fp8", "model"),
     ],
 )
 def test_auto_placement_by_card(
@@ -77,7 +78,10 @@ def test_auto_placement_by_card(
 
 def test_what_each_mode_needs_for_the_full_size_model(full_size: dict) -> None:
     needs = {mode: round(b / GiB, 1) for mode, b in mode_needs(full_size["none"]).items()}
-    assert needs == {"none": 21.6, "text-encoder": 14.1, "model": 14.0, "sequential": 3.2}
+    assert needs == {"none": 21.6, "text-encoder": 14.1, "model": 3.6, "sequential": 3.2}
+    # model mode streams each component: its non-block part and two blocks on the GPU.
+    streamed = {name: round(b / GiB, 2) for name, b in full_size["none"].streamed.items()}
+    assert streamed == {"transformer": 0.68, "text_encoder": 1.1, "vae": 0.16}
     assert GiB == MARGIN
 
 
@@ -136,6 +140,7 @@ def spies(monkeypatch: pytest.MonkeyPatch) -> dict[str, Spy]:
         "vae": Spy(monkeypatch, AutoencoderKL, "from_pretrained"),
         "model_offload": Spy(monkeypatch, ZImagePipeline, "enable_model_cpu_offload", run=False),
         "sequential_offload": Spy(monkeypatch, ZImagePipeline, "enable_sequential_cpu_offload", run=False),
+        "group_offload": Spy(monkeypatch, ZImagePipeline, "enable_group_offload", run=False),
     }
 
 
@@ -144,7 +149,7 @@ def spies(monkeypatch: pytest.MonkeyPatch) -> dict[str, Spy]:
     [
         ("none", {"transformer": "cuda", "text_encoder": "cuda", "vae": "cuda"}, None),
         ("text-encoder", {"transformer": "cuda", "text_encoder": None, "vae": "cuda"}, None),
-        ("model", {"transformer": None, "text_encoder": None, "vae": None}, "model_offload"),
+        ("model", {"transformer": None, "text_encoder": None, "vae": None}, "group_offload"),
         ("sequential", {"transformer": None, "text_encoder": None, "vae": None}, "sequential_offload"),
     ],
 )
@@ -158,8 +163,18 @@ def test_loading_puts_each_component_straight_on_its_device(
         (kwargs,) = calls[name].calls
         assert kwargs.get("device_map") == device_map, name  # None: from_pretrained's CPU default
         assert kwargs["dtype"] == torch.float32
-    for hook in ("model_offload", "sequential_offload"):
-        assert calls[hook].calls == ([{"device": "cuda"}] if hook == offload else [])
+    expected = {
+        "sequential_offload": {"device": "cuda"},
+        # Block by block from pinned memory, the next block copied on a CUDA stream.
+        "group_offload": {
+            "onload_device": torch.device("cuda"),
+            "offload_type": "block_level",
+            "num_blocks_per_group": 1,
+            "use_stream": True,
+        },
+    }
+    for hook in ("model_offload", "sequential_offload", "group_offload"):
+        assert calls[hook].calls == ([expected[hook]] if hook == offload else [])
     # Batches decode an image at a time; sides over the VAE's tile are decoded in tiles.
     assert pipe.vae.use_slicing and pipe.vae.use_tiling
 
@@ -316,3 +331,49 @@ def test_out_of_memory_while_loading_with_nothing_left_or_an_explicit_mode_names
     free[0] = int(23.5 * GiB)
     with pytest.raises(DoesNotFit, match=r"--offload none \(CUDA out of memory.*use --offload auto to step"):
         load_pipeline(identity, ModelOptions(offload="none"))
+
+
+def test_model_mode_streams_blocks_and_copies_nothing_back_after_a_generation(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The model mode's hooks on the CPU (no CUDA stream there): the image is the plain
+    # pipeline's, the text encoder runs where the hooks put it, and the call ends
+    # without diffusers' `pipe.to("cpu")`, which under accelerate's model offload
+    # copied every weight back over pageable memory after every request.
+    from diffusers import ZImagePipeline
+
+    from pipeline.embeddings import EmbeddingCache
+    from pipeline.fit import FitRecord
+    from pipeline.rendering import Render
+    from pipeline.request import CanonicalRequest
+
+    identity = resolve_model("tiny", tmp_path / "models")
+    request = CanonicalRequest("a lighthouse", "", 7, 64, 64, 2, 0.0)
+
+    def render(plan: Placement) -> tuple[Any, Any, list[Any]]:
+        pipe = load_placed(identity.path, torch.float32, plan)
+        moves: list[Any] = []
+        monkeypatch.setattr(pipe, "to", lambda *args, **kw: moves.append(args) or pipe)
+        rendered = Render(pipe, identity, embeddings=EmbeddingCache(0), fits=FitRecord())([request])
+        return pipe, rendered.pixels, moves
+
+    plain_pipe, plain, _ = render(Placement("none", "cpu", "test"))
+    group = Spy(monkeypatch, ZImagePipeline, "enable_group_offload")
+    pipe, streamed, moves = render(Placement("model", "cpu", "test"))
+    assert group.calls == [
+        {"onload_device": torch.device("cpu"), "offload_type": "block_level", "num_blocks_per_group": 1}
+        | {"use_stream": False}
+    ]
+    assert hasattr(pipe.transformer.layers[0], "_diffusers_hook")  # the blocks carry the hooks
+    assert text_encoder_device(pipe) == torch.device("cpu")  # the hooks' onload device
+    assert moves == []
+    assert np.array_equal(np.asarray(streamed), np.asarray(plain))
+    # Under group offloading the encoder runs on the hooks' onload device, not where its
+    # weights rest (the CPU): its inputs are put there.
+    from diffusers.hooks import apply_group_offloading
+
+    apply_group_offloading(
+        plain_pipe.text_encoder, onload_device="cuda", offload_type="block_level", num_blocks_per_group=1
+    )
+    assert plain_pipe.text_encoder.device == torch.device("cpu")
+    assert text_encoder_device(plain_pipe) == torch.device("cuda")
