@@ -4,6 +4,11 @@ The plan weighs the model's device bytes (meta_memory.py, from the configs) agai
 `torch.cuda.mem_get_info()`. Modes, from fastest to smallest:
 
 - none: everything on the GPU.
+- stream-text-encoder: the transformer and the VAE on the GPU; the text encoder's
+  weights in pinned CPU memory, streamed through the GPU block by block when a new
+  prompt is encoded (diffusers' group offloading with a CUDA stream, as `model`
+  does for every part): it holds about 1.1 GiB of the GPU while encoding, and a
+  new prompt costs one pass over PCIe (7.5 GiB) instead of one on the CPU.
 - text-encoder: the transformer and the VAE on the GPU, the text encoder (7.5 GiB
   of the full model) on the CPU; the prompt-embedding cache keeps it off the path
   of every repeated prompt, and a new prompt costs one text-encoder pass on the CPU.
@@ -38,8 +43,8 @@ from pipeline.meta_memory import REFERENCE_SIZE, MemoryNeeds
 
 log = logging.getLogger(__name__)
 
-Offload = Literal["auto", "none", "text-encoder", "model", "sequential"]
-OFFLOAD_MODES: tuple[str, ...] = ("none", "text-encoder", "model", "sequential")
+Offload = Literal["auto", "none", "stream-text-encoder", "text-encoder", "model", "sequential"]
+OFFLOAD_MODES: tuple[str, ...] = ("none", "stream-text-encoder", "text-encoder", "model", "sequential")
 GiB = 1 << 30
 # Device memory the tensor counts cannot see: cuBLAS/cuDNN workspaces, the caching
 # allocator's rounding and fragmentation, torch.compile's graphs. A guess to be
@@ -92,7 +97,7 @@ class Placement:
         them later in the model and sequential modes)."""
         if self.mode == "none":
             return {"transformer": self.device, "text_encoder": self.device, "vae": self.device}
-        if self.mode == "text-encoder":
+        if self.mode in ("stream-text-encoder", "text-encoder"):
             return {"transformer": self.device, "text_encoder": "cpu", "vae": self.device}
         return {"transformer": "cpu", "text_encoder": "cpu", "vae": "cpu"}
 
@@ -116,6 +121,7 @@ def mode_needs(needs: MemoryNeeds) -> dict[str, int]:
     w = needs.weights
     resident = {
         "none": sum(w.values()),
+        "stream-text-encoder": w["transformer"] + w["vae"] + needs.streamed["text_encoder"],
         "text-encoder": w["transformer"] + w["vae"],
         "model": max(needs.streamed.values()),
         "sequential": needs.largest_module,
@@ -234,6 +240,8 @@ def finish_placement(pipe: Any, plan: Placement) -> None:
     """Offload hooks for the model and sequential modes, and the VAE's slicing and tiling."""
     if plan.mode == "model":
         stream_components(pipe, plan.device)
+    elif plan.mode == "stream-text-encoder":
+        stream_components(pipe, plan.device, only="text_encoder")
     elif plan.mode == "sequential":
         pipe.enable_sequential_cpu_offload(device=plan.device)
     if plan.vae_slicing:
@@ -242,24 +250,30 @@ def finish_placement(pipe: Any, plan: Placement) -> None:
         pipe.vae.enable_tiling()
 
 
-def stream_components(pipe: Any, device: str) -> None:
-    """Stream every component's weights through `device` from pinned CPU memory:
-    diffusers' block-level group offloading, one block per group (its ModuleList
+def stream_components(pipe: Any, device: str, only: str | None = None) -> None:
+    """Stream every component's weights (or component `only`'s) through `device` from
+    pinned CPU memory: diffusers' block-level group offloading, one block per group (its ModuleList
     blocks; the rest of a component is one group held for the component's whole
     forward), with a CUDA stream that copies the next block while one computes
     (meta_memory.streamed_bytes counts what that holds). Off CUDA (the tests) the same
     hooks move blocks without a stream. The pinned copies are made
-    here, once: the CPU then holds every weight in page-locked memory (19.1 GiB for
-    the full model), which the kernel cannot swap out."""
+    here, once: the CPU then holds those weights in page-locked memory (19.1 GiB for
+    the full model, 7.5 GiB for its text encoder), which the kernel cannot swap out."""
     import torch
 
     onload = torch.device(device)
-    pipe.enable_group_offload(
-        onload_device=onload,
-        offload_type="block_level",
-        num_blocks_per_group=1,
-        use_stream=onload.type == "cuda",  # the CPU (tests) has no streams: plain moves there
-    )
+    options: dict[str, Any] = {
+        "onload_device": onload,
+        "offload_type": "block_level",
+        "num_blocks_per_group": 1,
+        "use_stream": onload.type == "cuda",  # the CPU (tests) has no streams: plain moves there
+    }
+    if only is None:
+        pipe.enable_group_offload(**options)
+        return
+    from diffusers.hooks import apply_group_offloading
+
+    apply_group_offloading(module=getattr(pipe, only), **options)
 
 
 def text_encoder_device(pipe: Any) -> Any:

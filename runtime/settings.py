@@ -79,7 +79,8 @@ class Settings(BaseSettings):
     )
     offload: Offload = Field(
         "auto",
-        description="Where the model's parts live on a CUDA GPU: `none` (all on the GPU), `text-encoder` "
+        description="Where the model's parts live on a CUDA GPU: `none` (all on the GPU), `stream-text-encoder` "
+        "(the text encoder streamed through the GPU from pinned CPU memory), `text-encoder` "
         "(the text encoder on the CPU), `model` (every part streamed block by block from pinned CPU memory: "
         "diffusers' group offloading) or `sequential` (accelerate's, module by module; slowest); `auto` takes "
         "the first that fits the free GPU memory. Ignored on the CPU.",

@@ -58,11 +58,11 @@ def test_the_full_size_model_needs_19_gib_of_weights_measured_on_meta(full_size:
     [
         (80, "none", "none"),
         (24, "none", "none"),
-        (16, "none", "text-encoder"),  # a 16 GB card starts: the transformer stays resident
+        (16, "none", "stream-text-encoder"),  # a 16 GB card: the transformer resident, the encoder streamed
         (12, "none", "model"),  # streamed by group offloading, no longer sequential
         (8, "none", "model"),
-        (16, "fp8", "text-encoder"),
-        (12, "fp8", "text-encoder"),
+        (16, "fp8", "stream-text-encoder"),
+        (12, "fp8", "stream-text-encoder"),
         (8, "fp8", "model"),
     ],
 )
@@ -78,7 +78,13 @@ def test_auto_placement_by_card(
 
 def test_what_each_mode_needs_for_the_full_size_model(full_size: dict) -> None:
     needs = {mode: round(b / GiB, 1) for mode, b in mode_needs(full_size["none"]).items()}
-    assert needs == {"none": 21.6, "text-encoder": 14.1, "model": 3.6, "sequential": 3.2}
+    assert needs == {
+        "none": 21.6,
+        "stream-text-encoder": 15.2,
+        "text-encoder": 14.1,
+        "model": 3.6,
+        "sequential": 3.2,
+    }
     # model mode streams each component: its non-block part and two blocks on the GPU.
     streamed = {name: round(b / GiB, 2) for name, b in full_size["none"].streamed.items()}
     assert streamed == {"transformer": 0.68, "text_encoder": 1.1, "vae": 0.16}
@@ -131,6 +137,7 @@ class Spy:
 
 
 def spies(monkeypatch: pytest.MonkeyPatch) -> dict[str, Spy]:
+    import diffusers.hooks
     from diffusers import AutoencoderKL, ZImagePipeline, ZImageTransformer2DModel
     from transformers import Qwen3Model
 
@@ -141,6 +148,7 @@ def spies(monkeypatch: pytest.MonkeyPatch) -> dict[str, Spy]:
         "model_offload": Spy(monkeypatch, ZImagePipeline, "enable_model_cpu_offload", run=False),
         "sequential_offload": Spy(monkeypatch, ZImagePipeline, "enable_sequential_cpu_offload", run=False),
         "group_offload": Spy(monkeypatch, ZImagePipeline, "enable_group_offload", run=False),
+        "stream_one": Spy(monkeypatch, diffusers.hooks, "apply_group_offloading", run=False),
     }
 
 
@@ -148,6 +156,7 @@ def spies(monkeypatch: pytest.MonkeyPatch) -> dict[str, Spy]:
     ("mode", "device_maps", "offload"),
     [
         ("none", {"transformer": "cuda", "text_encoder": "cuda", "vae": "cuda"}, None),
+        ("stream-text-encoder", {"transformer": "cuda", "text_encoder": None, "vae": "cuda"}, "stream_one"),
         ("text-encoder", {"transformer": "cuda", "text_encoder": None, "vae": "cuda"}, None),
         ("model", {"transformer": None, "text_encoder": None, "vae": None}, "group_offload"),
         ("sequential", {"transformer": None, "text_encoder": None, "vae": None}, "sequential_offload"),
@@ -163,17 +172,19 @@ def test_loading_puts_each_component_straight_on_its_device(
         (kwargs,) = calls[name].calls
         assert kwargs.get("device_map") == device_map, name  # None: from_pretrained's CPU default
         assert kwargs["dtype"] == torch.float32
+    # Block by block from pinned memory, the next block copied on a CUDA stream.
+    streamed = {
+        "onload_device": torch.device("cuda"),
+        "offload_type": "block_level",
+        "num_blocks_per_group": 1,
+        "use_stream": True,
+    }
     expected = {
         "sequential_offload": {"device": "cuda"},
-        # Block by block from pinned memory, the next block copied on a CUDA stream.
-        "group_offload": {
-            "onload_device": torch.device("cuda"),
-            "offload_type": "block_level",
-            "num_blocks_per_group": 1,
-            "use_stream": True,
-        },
+        "group_offload": streamed,
+        "stream_one": streamed | {"module": pipe.text_encoder},  # the text encoder alone
     }
-    for hook in ("model_offload", "sequential_offload", "group_offload"):
+    for hook in ("model_offload", "sequential_offload", "group_offload", "stream_one"):
         assert calls[hook].calls == ([expected[hook]] if hook == offload else [])
     # Batches decode an image at a time; sides over the VAE's tile are decoded in tiles.
     assert pipe.vae.use_slicing and pipe.vae.use_tiling
@@ -217,7 +228,7 @@ def test_the_text_encoder_runs_where_it_lives_and_its_output_goes_to_the_transfo
     assert text_encoder_device(pipe) == torch.device("cuda")
 
 
-def test_a_16_gb_card_loads_the_transformer_on_the_gpu_and_the_text_encoder_on_the_cpu(
+def test_a_16_gb_card_loads_the_transformer_on_the_gpu_and_streams_the_text_encoder_from_the_cpu(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, full_size: dict
 ) -> None:
     # The whole start-up path on a mocked 16 GB card: the full-size model's needs
@@ -233,14 +244,17 @@ def test_a_16_gb_card_loads_the_transformer_on_the_gpu_and_the_text_encoder_on_t
     monkeypatch.setattr(meta_memory, "memory_needs", lambda path, dtype, quantize: full_size[quantize])
     calls = spies(monkeypatch)
     pipe, plan = load_pipeline(identity)
-    assert plan.mode == "text-encoder" and plan.device == "cuda"
+    assert plan.mode == "stream-text-encoder" and plan.device == "cuda"
+    assert plan.needs["stream-text-encoder"] <= plan.free_bytes < plan.needs["none"]
     assert [calls[name].calls[0].get("device_map") for name in ("transformer", "text_encoder", "vae")] == [
         "cuda",
         None,
         "cuda",
     ]
     assert calls["model_offload"].calls == [] and calls["sequential_offload"].calls == []
-    assert text_encoder_device(pipe) == torch.device("cpu")
+    assert calls["group_offload"].calls == []  # the pipeline's parts are not all streamed
+    [streamed] = calls["stream_one"].calls  # only the text encoder, from pinned CPU memory
+    assert streamed["module"] is pipe.text_encoder and streamed["use_stream"] is True
     assert pipe.vae.use_slicing and pipe.vae.use_tiling
 
 
@@ -306,14 +320,15 @@ def test_out_of_memory_while_loading_steps_down_to_the_next_mode_that_fits(
     seen = oom_on_the_gpu(monkeypatch, free, int(15.5 * GiB))
     pipe, plan = load_pipeline(identity)
     assert seen == ["cuda", None]  # the second try loads it to the CPU
-    assert plan.mode == "text-encoder" and plan.free_bytes == int(15.5 * GiB)
+    assert plan.mode == "stream-text-encoder" and plan.free_bytes == int(15.5 * GiB)
     assert plan.reason == "auto: stepped down from none, out of memory while loading"
-    assert plan.activation_budget == int(15.5 * GiB) - (plan.needs["text-encoder"] - full_size["none"].work)
+    work = full_size["none"].work
+    assert plan.activation_budget == int(15.5 * GiB) - (plan.needs["stream-text-encoder"] - work)
     assert [c.get("device_map") for c in calls["transformer"].calls] == ["cuda", "cuda"]
     assert text_encoder_device(pipe) == torch.device("cpu")
     assert (
         "out of memory while loading with --offload none (CUDA out of memory. Tried to allocate 594.00 MiB); "
-        "15.5 GiB free now: stepping down to text-encoder" in caplog.text
+        "15.5 GiB free now: stepping down to stream-text-encoder" in caplog.text
     )
 
 
@@ -326,14 +341,17 @@ def test_out_of_memory_while_loading_with_nothing_left_or_an_explicit_mode_names
     identity = full_size_on_a_card(monkeypatch, tmp_path, full_size, free)
     spies(monkeypatch)
     oom_on_the_gpu(monkeypatch, free, 2 * GiB)
-    with pytest.raises(DoesNotFit, match=r"2.0 GiB free now of 24.0 GiB, and no later mode fits \(text-enc"):
+    with pytest.raises(
+        DoesNotFit,
+        match=r"2.0 GiB free now of 24.0 GiB, and no later mode fits \(stream-text-encoder needs 15.2",
+    ):
         load_pipeline(identity)
     free[0] = int(23.5 * GiB)
     with pytest.raises(DoesNotFit, match=r"--offload none \(CUDA out of memory.*use --offload auto to step"):
         load_pipeline(identity, ModelOptions(offload="none"))
 
 
-def test_model_mode_streams_blocks_and_copies_nothing_back_after_a_generation(
+def test_streamed_modes_make_the_same_image_and_copy_nothing_back_after_a_generation(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # The model mode's hooks on the CPU (no CUDA stream there): the image is the plain
@@ -368,6 +386,11 @@ def test_model_mode_streams_blocks_and_copies_nothing_back_after_a_generation(
     assert text_encoder_device(pipe) == torch.device("cpu")  # the hooks' onload device
     assert moves == []
     assert np.array_equal(np.asarray(streamed), np.asarray(plain))
+    # stream-text-encoder: the same hooks on the text encoder alone; the same image.
+    pipe, streamed, moves = render(Placement("stream-text-encoder", "cpu", "test"))
+    assert hasattr(pipe.text_encoder.layers[0], "_diffusers_hook")
+    assert not hasattr(pipe.transformer.layers[0], "_diffusers_hook")
+    assert moves == [] and np.array_equal(np.asarray(streamed), np.asarray(plain))
     # Under group offloading the encoder runs on the hooks' onload device, not where its
     # weights rest (the CPU): its inputs are put there.
     from diffusers.hooks import apply_group_offloading
