@@ -1,7 +1,7 @@
 """Batching across requests: which waiting jobs the engine may make in one model call.
 
 Concurrent misses with different prompts but the same size, steps and guidance are
-made together (pipeline/engine.py gathers them). Each image stays the one made
+made together (`gather`, called by pipeline/engine.py). Each image stays the one made
 alone: one CPU generator per image (as always), and only jobs whose captions the
 transformer pads to the same lengths are grouped. The transformer pads each caption
 to a multiple of 32 tokens, then the batch to its longest sequence with zero rows
