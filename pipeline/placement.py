@@ -206,13 +206,16 @@ def step_down(plan: Placement, needs: MemoryNeeds, error: str) -> Placement:
     )
 
 
-def load_placed(model_dir: Path, dtype: Any, plan: Placement, quantize: str = "none") -> Any:
+def load_placed(
+    model_dir: Path, dtype: Any, plan: Placement, quantize: str = "none", encoder_dtype: Any = None
+) -> Any:
     """Load the pipeline from `model_dir` by `plan`: each weight-bearing component with
     `from_pretrained(..., device_map=<its device>)` (straight from the safetensors to
     the GPU), the rest (scheduler, tokenizer) by the pipeline; then the offload hooks
     and the VAE's memory savers. With fp8 the transformer is read to the CPU and
     quantized layer by layer onto its device, so its bfloat16 form never sits whole
-    on the GPU.
+    on the GPU. The text encoder is loaded in `encoder_dtype` when given (float32 on
+    a CPU without native bfloat16: loading.cpu_encoder_dtype).
 
     Per component rather than the pipeline's own `device_map`: diffusers 0.42.1
     takes only a string there ("cuda", "cpu", "balanced"), so it cannot keep the text
@@ -227,7 +230,8 @@ def load_placed(model_dir: Path, dtype: Any, plan: Placement, quantize: str = "n
         fp8 = quantize == "fp8" and name == "transformer"
         target = "cpu" if fp8 else device
         # The CPU is from_pretrained's own default; a device map there only adds hooks.
-        kwargs = {"dtype": dtype} if target == "cpu" else {"dtype": dtype, "device_map": target}
+        load_dtype = encoder_dtype if name == "text_encoder" and encoder_dtype is not None else dtype
+        kwargs = {"dtype": load_dtype} if target == "cpu" else {"dtype": load_dtype, "device_map": target}
         components[name] = cls.from_pretrained(model_dir / name, **kwargs)
         if fp8:
             quantize_fp8(components[name], device)

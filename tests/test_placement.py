@@ -400,3 +400,58 @@ def test_streamed_modes_make_the_same_image_and_copy_nothing_back_after_a_genera
     )
     assert plain_pipe.text_encoder.device == torch.device("cpu")
     assert text_encoder_device(plain_pipe) == torch.device("cuda")
+
+
+def test_the_cpu_flags_say_whether_it_computes_in_bfloat16(tmp_path: Path) -> None:
+    from pipeline.loading import cpu_has_native_bf16
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu avx2\n")
+    assert cpu_has_native_bf16(info) is False  # an AVX2 CPU, like this one: bfloat16 emulated
+    info.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile\n")
+    assert cpu_has_native_bf16(info) is True
+    info.write_text("Features\t: fp asimd bf16 i8mm\n")  # ARM (Graviton 3, Grace)
+    assert cpu_has_native_bf16(info) is True
+    assert cpu_has_native_bf16(tmp_path / "absent") is False
+
+
+@pytest.mark.parametrize(
+    ("free_gib", "cpu_bf16", "encoder"),
+    [
+        (14.5, False, "float32"),  # text-encoder mode on an AVX2 CPU: float32, cast after
+        (14.5, True, None),  # a CPU with native bfloat16 encodes in it
+        (15.5, False, None),  # stream-text-encoder: the encoder runs on the GPU
+    ],
+)
+def test_the_text_encoder_computes_in_float32_on_a_cpu_without_native_bfloat16(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    full_size: dict,
+    free_gib: float,
+    cpu_bf16: bool,
+    encoder: str | None,
+) -> None:
+    from pipeline import loading, meta_memory
+    from pipeline.embeddings import EmbeddingCache
+    from pipeline.fit import FitRecord
+    from pipeline.rendering import Render
+
+    monkeypatch.setattr(loading, "pick_device", lambda: ("cuda", "bfloat16"))
+    monkeypatch.setattr(loading, "check_bf16_gpu", lambda: None)
+    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: cpu_bf16)
+    monkeypatch.setattr(meta_memory, "memory_needs", lambda path, dtype, quantize: full_size[quantize])
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(free_gib * GiB), 16 * GiB))
+    identity = resolve_model("tiny", tmp_path / "models")
+    assert identity.text_encoder_dtype == encoder
+    assert identity.key_fields()["text_encoder"] == (encoder or "bfloat16")  # in the key
+    if encoder is None:
+        return
+    calls = spies(monkeypatch)
+    pipe, plan = load_pipeline(identity)
+    assert plan.mode == "text-encoder"
+    assert calls["text_encoder"].calls[0]["dtype"] == torch.float32
+    assert calls["transformer"].calls[0]["dtype"] == torch.bfloat16
+    # The float32 encoder's output reaches the transformer in its dtype.
+    render = Render(pipe, identity, embeddings=EmbeddingCache(1 << 20), fits=FitRecord())
+    [embeds] = render.embed("a red fox", torch.device("cpu"), "scope")
+    assert embeds.dtype == torch.bfloat16 and torch.isfinite(embeds.float()).all()
