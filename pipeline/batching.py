@@ -1,7 +1,7 @@
 """Batching across requests: which waiting jobs the engine may make in one model call.
 
 Concurrent misses with different prompts but the same size, steps and guidance are
-made together (pipeline/engine.py gathers them). Each image stays the one made
+made together (`gather`, called by pipeline/engine.py). Each image stays the one made
 alone: one CPU generator per image (as always), and only jobs whose captions the
 transformer pads to the same lengths are grouped. The transformer pads each caption
 to a multiple of 32 tokens, then the batch to its longest sequence with zero rows
@@ -24,6 +24,7 @@ from pipeline.errors import JobInterrupted
 
 if TYPE_CHECKING:
     from pipeline.encoding import GeneratedImage
+    from pipeline.job_queue import JobQueue
     from pipeline.rendering import Progress
     from pipeline.request import CanonicalRequest
 
@@ -71,6 +72,38 @@ def caption_profile(count_tokens: Callable[[str], int], request: CanonicalReques
     the negative prompt's with guidance on."""
     texts = [request.prompt] + ([request.negative_prompt] if request.guidance_scale > 0 else [])
     return tuple(-(-count_tokens(text) // CAPTION_MULTIPLE) * CAPTION_MULTIPLE for text in texts)
+
+
+def gather(
+    leader: Member, queue: JobQueue, capacity: int, count_tokens: Callable[[str], int], window_s: float
+) -> list[Member]:
+    """`leader` and the waiting jobs of `queue` that can share its model call: the same
+    `batch_key` and `caption_profile` (tokens counted by `count_tokens`), up to
+    `capacity` images in all. Jobs are claimed (their results set running) in queue
+    order; it waits for more until `window_s` after the leader's submission or until
+    the call is full, so a leader that waited in the queue longer takes whatever is
+    queued at once."""
+    first = leader.requests[0]
+    room = [capacity - leader.images]
+    leader.profile = caption_profile(count_tokens, first)
+
+    def accept(member: Member) -> bool:  # under the queue's lock: quick
+        if member.images > room[0]:
+            return False
+        if member.profile is None:
+            member.profile = caption_profile(count_tokens, member.requests[0])
+        if member.profile != leader.profile:
+            return False
+        room[0] -= member.images
+        return True
+
+    members = [leader]
+    deadline = leader.submitted + window_s
+    while True:
+        members += queue.claim(batch_key(first), accept)
+        if room[0] <= 0 or time.monotonic() >= deadline:
+            return members
+        queue.wait_submitted(deadline)
 
 
 def fan_out(members: list[Member]) -> Progress:

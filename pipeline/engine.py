@@ -12,7 +12,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from pipeline.batching import BATCH_WINDOW_S, DEFAULT_MAX_BATCH, Member, batch_key, caption_profile, fan_out
+from pipeline.batching import BATCH_WINDOW_S, DEFAULT_MAX_BATCH, Member, batch_key, fan_out, gather
 from pipeline.compile import CompileSetting, compiled_graphs
 from pipeline.embeddings import EmbeddingCache
 from pipeline.encoding import EncodePool, GeneratedImage, Rendered, finish_images
@@ -237,27 +237,8 @@ class Engine:
         """`leader` and the waiting jobs that can share its model call (see the class)."""
         if (self.max_batch or 1) <= 1:
             return [leader]
-        first = leader.requests[0]
-        room = [self.batch_capacity(first) - leader.images]
-        leader.profile = caption_profile(partial(count_tokens, self._pipe), first)
-
-        def accept(member: Member) -> bool:
-            if member.images > room[0]:
-                return False
-            if member.profile is None:
-                member.profile = caption_profile(partial(count_tokens, self._pipe), member.requests[0])
-            if member.profile != leader.profile:
-                return False
-            room[0] -= member.images
-            return True
-
-        members = [leader]
-        deadline = leader.submitted + self.batch_window_s
-        while True:
-            members += self._queue.claim(batch_key(first), accept)
-            if room[0] <= 0 or time.monotonic() >= deadline:
-                return members
-            self._queue.wait_submitted(deadline)
+        capacity = self.batch_capacity(leader.requests[0])
+        return gather(leader, self._queue, capacity, partial(count_tokens, self._pipe), self.batch_window_s)
 
     def _work_started(self) -> None:
         with self._quiet:

@@ -164,7 +164,9 @@ class Render:
                     do_classifier_free_guidance=False,
                     max_sequence_length=count_tokens(self.pipe, text),
                 )
-            return [t.detach().to("cpu") for t in embeds]
+            # In the model's dtype: a float32 encoder (a CPU without native bfloat16)
+            # feeds a bfloat16 transformer.
+            return [t.detach().to("cpu", getattr(torch, self.identity.dtype)) for t in embeds]
 
         if scope is None:
             self.embeddings.count_miss()

@@ -79,8 +79,10 @@ class Settings(BaseSettings):
     )
     offload: Offload = Field(
         "auto",
-        description="Where the model's parts live on a CUDA GPU: `none` (all on the GPU), `text-encoder` "
-        "(the text encoder on the CPU), `model` or `sequential` (accelerate's offload; slower); `auto` takes "
+        description="Where the model's parts live on a CUDA GPU: `none` (all on the GPU), `stream-text-encoder` "
+        "(the text encoder streamed through the GPU from pinned CPU memory), `text-encoder` "
+        "(the text encoder on the CPU), `model` (every part streamed block by block from pinned CPU memory: "
+        "diffusers' group offloading) or `sequential` (accelerate's, module by module; slowest); `auto` takes "
         "the first that fits the free GPU memory. Ignored on the CPU.",
         json_schema_extra=readme(CUDA_SECTION),
     )
@@ -221,7 +223,8 @@ class Settings(BaseSettings):
     attention_backend: str = Field(
         "auto",
         description="The attention kernel, through diffusers' attention dispatcher: `auto` "
-        "(FlashAttention-3 on Hopper when installed, then `flash-attn`, cuDNN, PyTorch native) or a "
+        "(on CUDA, times FlashAttention-3, cuDNN, `flash-attn` and PyTorch native on the model's real "
+        "attention shape, keeps those whose output matches native, takes the fastest and logs the table) or a "
         "diffusers backend name (`native`, `flash`, `_flash_3`, `_native_cudnn`, `_native_flash`, ...). An "
         "unknown name stops the start naming the choices; a known one that cannot run on this machine fails "
         "the model with the reason.",
