@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import JobInterrupted
+from pipeline.lora import LoraSet, lora_set_key
 
 if TYPE_CHECKING:
     from pipeline.encoding import GeneratedImage
@@ -36,15 +37,16 @@ DEFAULT_MAX_BATCH = 8
 # The transformer pads each caption to a multiple of this many tokens.
 CAPTION_MULTIPLE = 32
 
-# What every job of one model call shares; the hook for future parts of a request
-# that change the model (a LoRA set joins here, issue 24).
+# What every job of one model call shares: the request's shape and the parts of a
+# request that change the model (its LoRA set).
 BatchKey = tuple[Any, ...]
 
 
-def batch_key(request: CanonicalRequest) -> BatchKey:
-    """The coarse criterion of jobs made together: size, steps and guidance. The
-    caption lengths (`caption_profile`) are checked when the jobs are gathered."""
-    return (request.width, request.height, request.steps, request.guidance_scale)
+def batch_key(request: CanonicalRequest, loras: LoraSet = ()) -> BatchKey:
+    """The coarse criterion of jobs made together: size, steps, guidance and the LoRA set
+    (by content and scale: one model call runs one set of adapters). The caption
+    lengths (`caption_profile`) are checked when the jobs are gathered."""
+    return (request.width, request.height, request.steps, request.guidance_scale, lora_set_key(loras))
 
 
 @dataclass
@@ -61,6 +63,7 @@ class Member:
     profile: tuple[int, ...] | None = None
     detached: bool = False
     submitted: float = field(default_factory=time.monotonic)
+    loras: LoraSet = ()
 
     @property
     def images(self) -> int:
@@ -100,7 +103,7 @@ def gather(
     members = [leader]
     deadline = leader.submitted + window_s
     while True:
-        members += queue.claim(batch_key(first), accept)
+        members += queue.claim(batch_key(first, leader.loras), accept)
         if room[0] <= 0 or time.monotonic() >= deadline:
             return members
         queue.wait_submitted(deadline)

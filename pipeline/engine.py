@@ -17,10 +17,13 @@ from pipeline.compile import CompileSetting, compiled_graphs
 from pipeline.embeddings import EmbeddingCache
 from pipeline.encoding import EncodePool, GeneratedImage, Rendered, finish_images
 from pipeline.errors import FatalDeviceError, ModelUnavailable, ShuttingDown
+from pipeline.fingerprint import DigestCache
 from pipeline.fit import FitRecord
 from pipeline.job_queue import JobQueue
 from pipeline.limits import DEFAULT_MAX_QUEUE
-from pipeline.loading import ModelIdentity, ModelOptions, load_pipeline, resolve_model
+from pipeline.loading import DIGESTS_FILE, ModelIdentity, ModelOptions, load_pipeline, resolve_model
+from pipeline.lora import LoraCatalog, LoraSet
+from pipeline.lora_adapters import DEFAULT_MAX_ADAPTER_BYTES, DEFAULT_MAX_ADAPTERS, Adapters
 from pipeline.placement import Placement
 from pipeline.rendering import Progress, Render, count_tokens, load_of
 from pipeline.request import CanonicalRequest
@@ -73,6 +76,12 @@ class Engine:
     Each image is the one it would be alone (within ±1 level); a job taken in is running
     (it can no longer be cancelled) and gets its own result. `batch_observers` are
     told the images of every model call.
+
+    LoRAs (pipeline/lora.py, pipeline/lora_adapters.py): `loras` lists the files a
+    request may name (under `lora_dir`, and the demo LoRA with the demo model); a
+    job's LoRA set is applied to the pipeline before its model call (the base
+    weights are never reloaded), the adapters kept in an LRU bounded by
+    `max_adapters` and `max_adapter_bytes`; only jobs with the same set share a call.
     """
 
     def __init__(
@@ -90,6 +99,9 @@ class Engine:
         compile_cache_dir: Path | None = None,
         max_batch: int | None = None,
         batch_window_s: float = BATCH_WINDOW_S,
+        lora_dir: Path | None = None,
+        max_adapters: int = DEFAULT_MAX_ADAPTERS,
+        max_adapter_bytes: int = DEFAULT_MAX_ADAPTER_BYTES,
     ) -> None:
         self.model_spec = model_spec
         self.models_dir = models_dir
@@ -108,6 +120,9 @@ class Engine:
         self.max_batch = max_batch
         self.batch_window_s = batch_window_s
         self.batch_observers: list[Callable[[int], None]] = []  # images per model call
+        # LoRAs (pipeline/lora.py): the files a request may name; the adapters loaded.
+        self.loras = LoraCatalog(lora_dir, models_dir, DigestCache(models_dir / DIGESTS_FILE))
+        self.adapters = Adapters(max_adapters, max_adapter_bytes)
         self.error: str | None = None
         self.fatal = False
         self.accepting = True
@@ -168,6 +183,7 @@ class Engine:
         progress: Progress | None = None,
         *,
         embedding_scope: str | None = "public",
+        loras: LoraSet = (),
     ) -> Future[list[GeneratedImage]]:
         """Queue one generation job: the images of `requests` (same prompt and settings,
         different seeds) made in one batched pipeline call, with other jobs' images
@@ -177,7 +193,9 @@ class Engine:
         them up nor keeps them (prompts that must not be kept anywhere). Raises
         QueueFull when `max_queue` jobs are already waiting to start, ImageTooLarge for
         a size at least as large as one that did not fit before. The future resolves
-        once the images are encoded; cancelling it before the job starts drops the job."""
+        once the images are encoded; cancelling it before the job starts drops the job.
+        `loras` (resolved by `self.loras`) are applied to every image of the job;
+        RequestInvalid("loras") from the future when one cannot be loaded."""
         if not self.accepting:
             raise ShuttingDown("the service is shutting down; retry shortly or on another replica")
         if self._state == EngineState.FAILED:
@@ -186,8 +204,8 @@ class Engine:
         if any(r.as_dict() | {"seed": 0} != first.as_dict() | {"seed": 0} for r in requests):
             raise ValueError("a batch must share everything but the seed")
         self.fits.check(load_of(requests))
-        member = Member(requests, progress, embedding_scope)
-        group = batch_key(first) if (self.max_batch or 1) > 1 else None
+        member = Member(requests, progress, embedding_scope, loras=loras)
+        group = batch_key(first, loras) if (self.max_batch or 1) > 1 else None
         member.result = self._queue.submit(lambda result: self._generate(member), group=group, item=member)
         return member.result
 
@@ -218,6 +236,7 @@ class Engine:
             self._pipe, identity, embeddings=self.embeddings, fits=self.fits, progress=fan_out(members)
         )
         requests = [r for m in members for r in m.requests]
+        self.adapters.apply(self._pipe, members[0].loras)  # one set per call (batch_key)
         for observe in self.batch_observers:
             observe(len(requests))
         try:

@@ -23,6 +23,7 @@ from pipeline.errors import JobCancelled, ModelUnavailable, RequestInvalid
 from pipeline.keys import generation_key
 from pipeline.limits import MAX_SEED, RANDOM_SEED, Normalization
 from pipeline.loading import ModelIdentity
+from pipeline.lora import LoraSet, lora_inputs
 from pipeline.queue_ticket import QueueTicket
 from pipeline.rendering import Progress
 from pipeline.request import CanonicalRequest, GenerationRequest, check_size, random_seed
@@ -141,12 +142,16 @@ class GenerationService:
         else:
             seeds = [(base.seed + i) % (MAX_SEED + 1) for i in range(batch_size)]
         canonicals = [replace(base, seed=seed) for seed in seeds]
-        keys = [self.key_for(c, identity) for c in canonicals]
+        loras = await asyncio.to_thread(self.engine.loras.resolve, request.loras, identity.demo)
+        inputs = lora_inputs(loras)
+        keys = [self.key_for(c, identity, inputs) for c in canonicals]
         ext = request.format
 
         # 2. Bypass (asked for, or a do-not-cache prompt): generate, store nothing.
         if no_cache or self.must_not_store(base):
-            generated = await self._generate(canonicals, progress, embedding_scope=None, ticket=ticket)
+            generated = await self._generate(
+                canonicals, progress, embedding_scope=None, ticket=ticket, loras=loras
+            )
             bypassed = await asyncio.gather(*(self.encodings.convert(e, ext, t) for e, t in generated))
             took = [time.perf_counter() - started] * batch_size
             return self._results(keys, canonicals, [(BYPASS_TIER, e, t) for e, t in bypassed], took)
@@ -172,7 +177,7 @@ class GenerationService:
         near: Match | None = None
         if len(outcomes) < batch_size and self.suggestions is not None:
             look = await self.suggestions.look(namespace, identity, base.prompt, similar_threshold or 1.0)
-            if similar_threshold is not None:
+            if similar_threshold is not None and not inputs:  # a stored image has no LoRAs
                 found = await self.suggestions.approximate(
                     self.cache, namespace, look, similar_threshold, base.width, base.height
                 )
@@ -196,7 +201,7 @@ class GenerationService:
         if missed:
 
             async def produce(todo: dict[str, CanonicalRequest]) -> dict[str, Outcome]:
-                made = await self._generate_and_store(namespace, todo, progress, ticket, identity)
+                made = await self._generate_and_store(namespace, todo, progress, ticket, identity, loras)
                 if self.suggestions is not None:
                     for key, canonical in todo.items():
                         await self.suggestions.remember(
@@ -290,6 +295,11 @@ class GenerationService:
         except TimeoutError:
             raise ModelUnavailable("the model is still being fetched; retry shortly") from None
 
+    async def lora_listing(self) -> list[dict[str, Any]]:
+        """The LoRAs requests may name (pipeline.lora): name, file name and size."""
+        identity = await self.model_identity()
+        return await asyncio.to_thread(self.engine.loras.listing, identity.demo)
+
     def must_not_store(self, request: CanonicalRequest) -> bool:
         """Whether a do-not-cache pattern matches the prompt or the negative prompt."""
         return any(
@@ -299,9 +309,12 @@ class GenerationService:
         )
 
     @staticmethod
-    def key_for(request: CanonicalRequest, identity: ModelIdentity) -> str:
-        """The generation's key (pipeline.keys): the same for every format."""
-        return generation_key(request, identity)
+    def key_for(
+        request: CanonicalRequest, identity: ModelIdentity, inputs: dict[str, Any] | None = None
+    ) -> str:
+        """The generation's key (pipeline.keys): the same for every format; `inputs`
+        (e.g. `lora_inputs`) by content."""
+        return generation_key(request, identity, inputs)
 
     def stats(self) -> dict[str, Any]:
         """Requests (images asked for), generations (pipeline runs), images generated,
@@ -325,6 +338,7 @@ class GenerationService:
         progress: Progress | None,
         ticket: QueueTicket | None,
         identity: ModelIdentity,
+        loras: LoraSet = (),
     ) -> dict[str, Outcome]:
         """Generate the entries of `todo` in one batch and store them in every tier
         (with near-repeats on, each tagged with its prompt: a lost index is rebuilt from it)."""
@@ -334,6 +348,7 @@ class GenerationService:
             embedding_scope=namespace,
             ticket=ticket,
             flights=[(namespace, key) for key in todo],
+            loras=loras,
         )
         if self.suggestions is not None:
             generated = [
@@ -358,10 +373,11 @@ class GenerationService:
         embedding_scope: str | None,
         ticket: QueueTicket | None = None,
         flights: list[tuple[str, str]] | None = None,
+        loras: LoraSet = (),
     ) -> list[tuple[Entry, dict[str, float]]]:
         queued = time.perf_counter()
         on_step = progress if ticket is None else ticket.stepping(progress)  # (`interrupt`)
-        future = self.engine.submit(canonicals, on_step, embedding_scope=embedding_scope)
+        future = self.engine.submit(canonicals, on_step, embedding_scope=embedding_scope, loras=loras)
         if ticket is not None:
             ticket.add(future, flights or [])
         self.statistics.count("generations")

@@ -33,9 +33,10 @@ from pipeline.attention import check_backend_name
 from pipeline.batching import DEFAULT_MAX_BATCH
 from pipeline.compile import CompileSetting
 from pipeline.errors import validation_message
-from pipeline.limits import DEFAULT_MAX_QUEUE, DEFAULT_NORMALIZATION, DEFAULT_SIZE, Normalization
+from pipeline.limits import DEFAULT_MAX_QUEUE, DEFAULT_NORMALIZATION, DEFAULT_SIZE, MAX_LORAS, Normalization
 from pipeline.line_files import read_patterns
 from pipeline.loading import Quantize, check_model_spec
+from pipeline.lora_adapters import DEFAULT_MAX_ADAPTER_BYTES, DEFAULT_MAX_ADAPTERS
 from pipeline.placement import Offload
 from pipeline.warmup import parse_sizes
 from web.auth import MIN_TOKEN_CHARS, read_api_keys
@@ -189,6 +190,23 @@ class Settings(BaseSettings):
         f"allow fewer. `1` turns batching across requests off. Default: {DEFAULT_MAX_BATCH} on CUDA, 1 on "
         "the CPU (where batching does not pay).",
         json_schema_extra=readme(CUDA_OPTIONS),
+    )
+    lora_dir: Path | None = Field(
+        None,
+        description="A folder of LoRA `.safetensors` files (diffusers, Kohya and other trainers' formats "
+        "that diffusers reads) that requests may name in `loras`, by file name without the suffix; "
+        "files added later are seen at once. The demo model also has its demo LoRA, `tiny-demo`.",
+        json_schema_extra=readme("See [LoRAs](#loras)."),
+    )
+    lora_cache_count: int = Field(
+        DEFAULT_MAX_ADAPTERS,
+        ge=MAX_LORAS,
+        le=256,
+        description="Most LoRA adapters kept loaded in the model; the least recently used is unloaded first.",
+    )
+    lora_cache_size: Size = Field(
+        DEFAULT_MAX_ADAPTER_BYTES,
+        description="Most bytes of LoRA files kept loaded in the model (`2GiB`, `500MB`, or bytes).",
     )
     warmup_sizes: str = Field(
         f"{DEFAULT_SIZE}x{DEFAULT_SIZE}",
