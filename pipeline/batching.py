@@ -24,6 +24,7 @@ from pipeline.errors import JobInterrupted
 
 if TYPE_CHECKING:
     from pipeline.encoding import GeneratedImage
+    from pipeline.image_input import ImageInput
     from pipeline.rendering import Progress
     from pipeline.request import CanonicalRequest
 
@@ -40,9 +41,14 @@ CAPTION_MULTIPLE = 32
 BatchKey = tuple[Any, ...]
 
 
-def batch_key(request: CanonicalRequest) -> BatchKey:
+def batch_key(request: CanonicalRequest, image: ImageInput | None = None) -> BatchKey | None:
     """The coarse criterion of jobs made together: size, steps and guidance. The
-    caption lengths (`caption_profile`) are checked when the jobs are gathered."""
+    caption lengths (`caption_profile`) are checked when the jobs are gathered.
+    None for an edit (a job with an input image): edits are never batched across
+    requests, since each call of the edit pipelines takes one image (and mask) for
+    all its rows; its own images (one request's seeds) still share one model call."""
+    if image is not None:
+        return None
     return (request.width, request.height, request.steps, request.guidance_scale)
 
 
@@ -56,6 +62,7 @@ class Member:
     requests: list[CanonicalRequest]
     progress: Progress | None
     embedding_scope: str | None
+    image: ImageInput | None = None  # an edit's input (pipeline.image_input): never batched
     result: Future[list[GeneratedImage]] = field(default_factory=Future)
     profile: tuple[int, ...] | None = None
     detached: bool = False

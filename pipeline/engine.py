@@ -14,10 +14,12 @@ from typing import Any
 
 from pipeline.batching import BATCH_WINDOW_S, DEFAULT_MAX_BATCH, Member, batch_key, caption_profile, fan_out
 from pipeline.compile import CompileSetting, compiled_graphs
+from pipeline.editing import EditPipes
 from pipeline.embeddings import EmbeddingCache
 from pipeline.encoding import EncodePool, GeneratedImage, Rendered, finish_images
 from pipeline.errors import FatalDeviceError, ModelUnavailable, ShuttingDown
 from pipeline.fit import FitRecord
+from pipeline.image_input import ImageInput
 from pipeline.job_queue import JobQueue
 from pipeline.limits import DEFAULT_MAX_QUEUE
 from pipeline.loading import ModelIdentity, ModelOptions, load_pipeline, resolve_model
@@ -115,6 +117,7 @@ class Engine:
         self._state = EngineState.LOADING
         self._settled = threading.Event()  # set once ready or failed
         self._pipe: Any = None
+        self._edits: EditPipes | None = None  # img2img and inpainting over `_pipe`
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zimage-engine")
         self._queue = JobQueue(self._executor, max_queue)
         # Work in flight: the engine's job and the encodes it handed over.
@@ -168,6 +171,7 @@ class Engine:
         progress: Progress | None = None,
         *,
         embedding_scope: str | None = "public",
+        image: ImageInput | None = None,
     ) -> Future[list[GeneratedImage]]:
         """Queue one generation job: the images of `requests` (same prompt and settings,
         different seeds) made in one batched pipeline call, with other jobs' images
@@ -177,7 +181,9 @@ class Engine:
         them up nor keeps them (prompts that must not be kept anywhere). Raises
         QueueFull when `max_queue` jobs are already waiting to start, ImageTooLarge for
         a size at least as large as one that did not fit before. The future resolves
-        once the images are encoded; cancelling it before the job starts drops the job."""
+        once the images are encoded; cancelling it before the job starts drops the job.
+        With `image`, the images are edits of it (pipeline.editing), never batched
+        with other jobs (pipeline.batching.batch_key)."""
         if not self.accepting:
             raise ShuttingDown("the service is shutting down; retry shortly or on another replica")
         if self._state == EngineState.FAILED:
@@ -186,8 +192,8 @@ class Engine:
         if any(r.as_dict() | {"seed": 0} != first.as_dict() | {"seed": 0} for r in requests):
             raise ValueError("a batch must share everything but the seed")
         self.fits.check(load_of(requests))
-        member = Member(requests, progress, embedding_scope)
-        group = batch_key(first) if (self.max_batch or 1) > 1 else None
+        member = Member(requests, progress, embedding_scope, image)
+        group = batch_key(first, image) if (self.max_batch or 1) > 1 else None
         member.result = self._queue.submit(lambda result: self._generate(member), group=group, item=member)
         return member.result
 
@@ -215,7 +221,13 @@ class Engine:
         """One model call (pipeline.rendering) for the images of `members`, on the engine
         thread; a fatal device error fails the engine for good before it is raised."""
         render = Render(
-            self._pipe, identity, embeddings=self.embeddings, fits=self.fits, progress=fan_out(members)
+            self._pipe,
+            identity,
+            embeddings=self.embeddings,
+            fits=self.fits,
+            progress=fan_out(members),
+            image=members[0].image,  # an edit is never batched with another job
+            edits=self._edits,
         )
         requests = [r for m in members for r in m.requests]
         for observe in self.batch_observers:
@@ -235,9 +247,9 @@ class Engine:
 
     def _gather(self, leader: Member) -> list[Member]:
         """`leader` and the waiting jobs that can share its model call (see the class)."""
-        if (self.max_batch or 1) <= 1:
-            return [leader]
         first = leader.requests[0]
+        if (self.max_batch or 1) <= 1 or (key := batch_key(first, leader.image)) is None:
+            return [leader]
         room = [self.batch_capacity(first) - leader.images]
         leader.profile = caption_profile(partial(count_tokens, self._pipe), first)
 
@@ -254,7 +266,7 @@ class Engine:
         members = [leader]
         deadline = leader.submitted + self.batch_window_s
         while True:
-            members += self._queue.claim(batch_key(first), accept)
+            members += self._queue.claim(key, accept)
             if room[0] <= 0 or time.monotonic() >= deadline:
                 return members
             self._queue.wait_submitted(deadline)
@@ -297,6 +309,7 @@ class Engine:
             started = time.perf_counter()
             log.info("loading %s on %s (%s)", identity.model_id, identity.device, identity.dtype)
             self._pipe, self.placement = load_pipeline(identity, self.options)
+            self._edits = EditPipes(self._pipe)
             levers = apply_speed_levers(
                 self._pipe.transformer,
                 identity.device,
