@@ -89,6 +89,35 @@ class ImageInput:
         return fit(self.image), fit(self.mask) if self.mask is not None else None
 
 
+def edit_input(
+    image_data: bytes,
+    image_field: str,
+    *,
+    mask_data: bytes | None = None,
+    mask_field: str = "mask",
+    strength: float | None = None,
+    strength_field: str = "strength",
+    invert_mask: bool = False,
+    alpha_mask: bool = False,
+) -> ImageInput:
+    """A request's input from its uploaded bytes: the image, the mask (inverted when
+    asked, as A1111's `inpainting_mask_invert`; with `alpha_mask` and no mask, the
+    image's transparent pixels, as OpenAI's edits), and the strength (by default
+    DEFAULT_INPAINT_STRENGTH with a mask, else DEFAULT_IMG2IMG_STRENGTH). Errors name
+    the field at fault. CPU work (decoding): call it off the event loop."""
+    image = decode_image(image_data, image_field)
+    mask = decode_mask(mask_data, mask_field) if mask_data is not None else None
+    if mask is None and alpha_mask:
+        mask = mask_from_alpha(image_data, image_field)
+    if mask is not None and invert_mask:
+        from PIL import ImageOps
+
+        mask = _identified(ImageOps.invert(mask.pixels))
+    if strength is None:
+        strength = DEFAULT_INPAINT_STRENGTH if mask is not None else DEFAULT_IMG2IMG_STRENGTH
+    return ImageInput(image, check_strength(strength_field, strength), mask)
+
+
 def check_strength(field: str, strength: float) -> float:
     """`strength` as a float in (0, 1], else RequestInvalid naming `field`."""
     try:
