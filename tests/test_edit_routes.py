@@ -4,18 +4,23 @@ OpenAI's `/v1/images/edits` (the `openai` SDK) and A1111's `/sdapi/v1/img2img`
 
 from __future__ import annotations
 
+import asyncio
 import base64
 
 import httpx
+import httpx2
 import numpy as np
 import openai
 import pytest
 import webuiapi
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
 
 from tests.conftest import Server
 from tests.engines import pixels
 from tests.test_image_input import encoded, picture, square_mask
+from tests.test_mcp import mcp_session
 
 SIZE = 64
 
@@ -189,3 +194,41 @@ def test_webuiapi_img2img_and_inpainting(server: Server) -> None:
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][-1] == "init_images[0]"
     empty = server.client.post("/sdapi/v1/img2img", json={"prompt": "x", "init_images": []})
     assert empty.status_code == 422 and empty.json()["detail"][0]["loc"][-1] == "init_images"
+
+
+def test_mcp_edit_image_takes_base64_or_a_cached_url_of_its_own_namespace(server: Server) -> None:
+    made = ok(
+        server.client.get(
+            "/run", params={"prompt": "an mcp source", "steps": 1, "width": 64, "height": 64, "seed": 1}
+        )
+    )
+    url = f"{server.url}{made['image_url']}"
+    source = server.client.get(made["image_url"]).content
+    ask = {"prompt": "an mcp edit", "seed": 5, "steps": 4, "strength": 0.6}
+
+    async def calls() -> list:
+        async with mcp_session(server) as client:
+            return [
+                await client.call_tool("edit_image", {**ask, "image": base64.b64encode(source).decode()}),
+                await client.call_tool("edit_image", {**ask, "image": url}),
+                await client.call_tool("edit_image", {**ask, "image": made["image_url"]}),
+                await client.call_tool("edit_image", {**ask, "image": f"{server.url}/images/{'0' * 64}.png"}),
+                await client.call_tool("edit_image", {**ask, "image": "http://example.com/cat.png"}),
+                await client.call_tool("edit_image", {**ask, "image": "bm90IGFuIGltYWdl"}),
+            ]
+
+    by_bytes, by_url, by_path, unknown, foreign, garbage = asyncio.run(calls())
+    assert not by_bytes.is_error and by_bytes.structured_content["cache"] == "miss"
+    assert by_url.structured_content["cache"] == "memory" == by_path.structured_content["cache"]
+    assert by_url.structured_content["key"] == by_bytes.structured_content["key"]
+    for refused in (unknown, foreign, garbage):
+        assert refused.is_error and "image" in refused.content[0].text
+
+    async def other_tenant() -> object:
+        http = httpx2.AsyncClient(headers={"X-Namespace": "tenant-mcp"}, timeout=120)
+        async with Client(streamable_http_client(f"{server.url}/mcp", http_client=http)) as client:
+            return await client.call_tool("edit_image", {**ask, "image": url})
+
+    # Another namespace cannot use this one's cached image by its URL.
+    theirs = asyncio.run(other_tenant())
+    assert theirs.is_error and "cache" in theirs.content[0].text

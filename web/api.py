@@ -99,7 +99,8 @@ def create_api(
     app.state.access = access
     app.router.route_class = NamespacedRoute
     # Last added runs first: CORS answers preflights before anything else.
-    app.add_middleware(BodyLimit, larger=dict.fromkeys(UPLOAD_PATHS, UPLOAD_BODY_BYTES))
+    # Image uploads: the edit routes, and MCP (whose edit_image takes an image as base64).
+    app.add_middleware(BodyLimit, larger=dict.fromkeys((*UPLOAD_PATHS, MCP_PATH), UPLOAD_BODY_BYTES))
     app.add_middleware(HeadAsGet)
     app.add_middleware(CORSMiddleware, **cors_options(cors_origins))
     install_error_handlers(app)
