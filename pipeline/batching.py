@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 from pipeline.errors import JobInterrupted
 
 if TYPE_CHECKING:
+    from pipeline.controlnet import EditInput
     from pipeline.encoding import GeneratedImage
-    from pipeline.image_input import ImageInput
     from pipeline.rendering import Progress
     from pipeline.request import CanonicalRequest
 
@@ -41,7 +41,7 @@ CAPTION_MULTIPLE = 32
 BatchKey = tuple[Any, ...]
 
 
-def batch_key(request: CanonicalRequest, image: ImageInput | None = None) -> BatchKey | None:
+def batch_key(request: CanonicalRequest, image: EditInput | None = None) -> BatchKey | None:
     """The coarse criterion of jobs made together: size, steps and guidance. The
     caption lengths (`caption_profile`) are checked when the jobs are gathered.
     None for an edit (a job with an input image): edits are never batched across
@@ -62,7 +62,7 @@ class Member:
     requests: list[CanonicalRequest]
     progress: Progress | None
     embedding_scope: str | None
-    image: ImageInput | None = None  # an edit's input (pipeline.image_input): never batched
+    image: EditInput | None = None  # an edit's input (pipeline.image_input): never batched
     result: Future[list[GeneratedImage]] = field(default_factory=Future)
     profile: tuple[int, ...] | None = None
     detached: bool = False

@@ -14,12 +14,12 @@ from typing import Any
 
 from pipeline.batching import BATCH_WINDOW_S, DEFAULT_MAX_BATCH, Member, batch_key, caption_profile, fan_out
 from pipeline.compile import CompileSetting, compiled_graphs
+from pipeline.controlnet import EditInput, controlnet_fingerprint, controlnet_path, load_controlnet
 from pipeline.editing import EditPipes
 from pipeline.embeddings import EmbeddingCache
 from pipeline.encoding import EncodePool, GeneratedImage, Rendered, finish_images
 from pipeline.errors import FatalDeviceError, ModelUnavailable, ShuttingDown
 from pipeline.fit import FitRecord
-from pipeline.image_input import ImageInput
 from pipeline.job_queue import JobQueue
 from pipeline.limits import DEFAULT_MAX_QUEUE
 from pipeline.loading import ModelIdentity, ModelOptions, load_pipeline, resolve_model
@@ -92,6 +92,7 @@ class Engine:
         compile_cache_dir: Path | None = None,
         max_batch: int | None = None,
         batch_window_s: float = BATCH_WINDOW_S,
+        controlnet: str | None = None,
     ) -> None:
         self.model_spec = model_spec
         self.models_dir = models_dir
@@ -117,7 +118,12 @@ class Engine:
         self._state = EngineState.LOADING
         self._settled = threading.Event()  # set once ready or failed
         self._pipe: Any = None
-        self._edits: EditPipes | None = None  # img2img and inpainting over `_pipe`
+        self._edits: EditPipes | None = None  # img2img, inpainting, ControlNet over `_pipe`
+        # `--controlnet` (pipeline.controlnet): its weights' path and fingerprint, known
+        # with the identity (before loading: a control request's key needs it).
+        self.controlnet = controlnet
+        self.controlnet_fingerprint: str | None = None
+        self._controlnet_path: Path | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zimage-engine")
         self._queue = JobQueue(self._executor, max_queue)
         # Work in flight: the engine's job and the encodes it handed over.
@@ -171,7 +177,7 @@ class Engine:
         progress: Progress | None = None,
         *,
         embedding_scope: str | None = "public",
-        image: ImageInput | None = None,
+        image: EditInput | None = None,
     ) -> Future[list[GeneratedImage]]:
         """Queue one generation job: the images of `requests` (same prompt and settings,
         different seeds) made in one batched pipeline call, with other jobs' images
@@ -289,6 +295,9 @@ class Engine:
         self._work_started()
         try:
             identity = resolve_model(self.model_spec, self.models_dir, self.options)
+            if self.controlnet is not None:
+                self._controlnet_path = controlnet_path(self.controlnet, self.models_dir)
+                self.controlnet_fingerprint = controlnet_fingerprint(self._controlnet_path, self.models_dir)
             if self.max_batch is None:  # before any submit: the service waits for the identity
                 self.max_batch = DEFAULT_MAX_BATCH if identity.device == "cuda" else 1
             self.identity_future.set_result(identity)
@@ -309,7 +318,14 @@ class Engine:
             started = time.perf_counter()
             log.info("loading %s on %s (%s)", identity.model_id, identity.device, identity.dtype)
             self._pipe, self.placement = load_pipeline(identity, self.options)
-            self._edits = EditPipes(self._pipe)
+            controlnet = None
+            if self._controlnet_path is not None:
+                import torch
+
+                controlnet = load_controlnet(
+                    self._controlnet_path, getattr(torch, identity.dtype), identity.device
+                )
+            self._edits = EditPipes(self._pipe, controlnet)
             levers = apply_speed_levers(
                 self._pipe.transformer,
                 identity.device,

@@ -23,7 +23,7 @@ from pipeline.loading import NOISE_DEVICE, ModelIdentity
 from pipeline.placement import text_encoder_device
 
 if TYPE_CHECKING:
-    from pipeline.image_input import ImageInput
+    from pipeline.controlnet import EditInput
     from pipeline.request import CanonicalRequest
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class Render:
         fits: FitRecord,
         progress: Progress | None = None,
         embedding_scope: str | None = None,
-        image: ImageInput | None = None,
+        image: EditInput | None = None,
         edits: EditPipes | None = None,
     ) -> None:
         self.pipe = pipe

@@ -16,11 +16,11 @@ from dataclasses import replace
 from typing import Any
 
 from cache import DEFAULT_NAMESPACE, MISS, Entry, Hit, LayeredCache, bad_namespace, is_namespace
+from pipeline.controlnet import EditInput
 from pipeline.derived import Encodings
 from pipeline.encoding import STORED_FORMAT
 from pipeline.engine import Engine
 from pipeline.errors import JobCancelled, ModelUnavailable, RequestInvalid
-from pipeline.image_input import ImageInput
 from pipeline.keys import generation_key
 from pipeline.limits import MAX_SEED, RANDOM_SEED, Normalization
 from pipeline.loading import ModelIdentity
@@ -95,7 +95,7 @@ class GenerationService:
         progress: Progress | None = None,
         ticket: QueueTicket | None = None,
         similar_threshold: float | None = None,
-        image: ImageInput | None = None,
+        image: EditInput | None = None,
     ) -> GenerationResult:
         """One image: a hit from the fastest tier that has it, else a generation."""
         results = await self.generate_batch(
@@ -122,7 +122,7 @@ class GenerationService:
         progress: Progress | None = None,
         ticket: QueueTicket | None = None,
         similar_threshold: float | None = None,
-        image: ImageInput | None = None,
+        image: EditInput | None = None,
     ) -> list[GenerationResult]:
         """`batch_size` images of one prompt, image i with seed `seed + i` (each drawn when
         the seed is -1), in `request.format`. Each is looked up on its own; the misses
@@ -303,6 +303,11 @@ class GenerationService:
         except TimeoutError:
             raise ModelUnavailable("the model is still being fetched; retry shortly") from None
 
+    async def controlnet_fingerprint(self) -> str | None:
+        """The `--controlnet` weights' fingerprint (for a control input's key); None without one."""
+        await self.model_identity()  # known with the identity
+        return self.engine.controlnet_fingerprint
+
     def must_not_store(self, request: CanonicalRequest) -> bool:
         """Whether a do-not-cache pattern matches the prompt or the negative prompt."""
         return any(
@@ -340,7 +345,7 @@ class GenerationService:
         progress: Progress | None,
         ticket: QueueTicket | None,
         identity: ModelIdentity,
-        image: ImageInput | None = None,
+        image: EditInput | None = None,
     ) -> dict[str, Outcome]:
         """Generate the entries of `todo` in one batch and store them in every tier
         (with near-repeats on, each tagged with its prompt: a lost index is rebuilt from it)."""
@@ -375,7 +380,7 @@ class GenerationService:
         embedding_scope: str | None,
         ticket: QueueTicket | None = None,
         flights: list[tuple[str, str]] | None = None,
-        image: ImageInput | None = None,
+        image: EditInput | None = None,
     ) -> list[tuple[Entry, dict[str, float]]]:
         queued = time.perf_counter()
         on_step = progress if ticket is None else ticket.stepping(progress)  # (`interrupt`)

@@ -1,4 +1,5 @@
-"""`POST /api/edit`: our own image-input route (img2img, and inpainting with a mask).
+"""`POST /api/edit`: our own image-input route (img2img, inpainting with a mask, and
+ControlNet with a control image).
 
 Multipart in (the image and an optional mask as files, the other fields as text),
 JSON out in /api/generate's shape, each image stored and served under
@@ -17,11 +18,19 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 
 from pipeline import limits
+from pipeline.controlnet import (
+    CONTROL_KINDS,
+    DEFAULT_CONTROL_SCALE,
+    MAX_CONTROL_SCALE,
+    EditInput,
+    control_input,
+)
 from pipeline.errors import RequestInvalid
 from pipeline.image_input import (
     DEFAULT_IMG2IMG_STRENGTH,
     DEFAULT_INPAINT_STRENGTH,
     MAX_UPLOAD_BYTES,
+    decode_image,
     edit_input,
     size_for,
 )
@@ -35,12 +44,12 @@ from web.uploads import EDIT_PATH, file_field, read_form, text_fields
 # The request's own fields, as text fields of the form (width and height default to
 # the image's size, snapped to a multiple of 16).
 REQUEST_FIELDS = {"prompt", "negative_prompt", "seed", "steps", "guidance_scale", "format", "width", "height"}
-FORM_FIELDS = REQUEST_FIELDS | {"strength", "batch_size", "no_cache"}
+FORM_FIELDS = REQUEST_FIELDS | {"strength", "batch_size", "no_cache", "control_kind", "control_scale"}
 
 
 class EditResult(BaseModel):
     images: list[BatchImage]
-    kind: str = Field(description="`img2img`, or `inpaint` when a mask was sent.")
+    kind: str = Field(description="`img2img`, `inpaint` when a mask was sent, `control` for a control image.")
     strength: float
     width: int
     height: int
@@ -54,7 +63,7 @@ EDIT_FORM = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "required": ["image", "prompt"],
+                    "required": ["prompt"],
                     "properties": {
                         "image": {
                             "type": "string",
@@ -65,6 +74,17 @@ EDIT_FORM = {
                             "type": "string",
                             "format": "binary",
                             "description": "Inpainting: white (or, in a mask with alpha, transparent) is repainted.",
+                        },
+                        "control_image": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "ControlNet (with --controlnet), instead of `image`: an edge, depth "
+                            "or pose map the output follows.",
+                        },
+                        "control_kind": {"type": "string", "enum": list(CONTROL_KINDS)},
+                        "control_scale": {
+                            "type": "number",
+                            "description": f"0..{MAX_CONTROL_SCALE:g}, default {DEFAULT_CONTROL_SCALE}.",
                         },
                         "prompt": {"type": "string"},
                         "negative_prompt": {"type": "string"},
@@ -102,17 +122,30 @@ def create_edit_router(service: GenerationService) -> APIRouter:
         """An image edited by a prompt: img2img, or inpainting with a mask; up to 8 seeds."""
         form = await read_form(raw)
         fields = text_fields(form, FORM_FIELDS)
-        image_data = await file_field(form, "image", required=True)
-        mask_data = await file_field(form, "mask", required=False)
-        assert image_data is not None
-        strength = fields.get("strength")
-        image = await asyncio.to_thread(
-            edit_input,
-            image_data,
-            "image",
-            mask_data=mask_data,
-            strength=_number("strength", strength) if strength is not None else None,
-        )
+        control_data = await file_field(form, "control_image", required=False)
+        image: EditInput
+        if control_data is not None:  # ControlNet: a control image instead of an image to edit
+            if "image" in form:
+                raise RequestInvalid("control_image", "send either an image to edit or a control image")
+            scale = fields.get("control_scale")
+            image = control_input(
+                await asyncio.to_thread(decode_image, control_data, "control_image"),
+                fields.get("control_kind", ""),
+                _number("control_scale", scale) if scale is not None else None,
+                await service.controlnet_fingerprint(),
+            )
+        else:
+            image_data = await file_field(form, "image", required=True)
+            mask_data = await file_field(form, "mask", required=False)
+            assert image_data is not None
+            strength = fields.get("strength")
+            image = await asyncio.to_thread(
+                edit_input,
+                image_data,
+                "image",
+                mask_data=mask_data,
+                strength=_number("strength", strength) if strength is not None else None,
+            )
         identity = await service.model_identity()
         width, height = size_for(image.image, identity.min_size, identity.max_size)
         values: dict[str, Any] = {"width": width, "height": height}
