@@ -49,6 +49,35 @@ TEXT_FIELDS = {
 }
 OURS = {"prompt", "negative_prompt", "seed", "steps", "guidance_scale"}
 
+BINARY = {"type": "string", "format": "binary"}
+EDITS_FORM = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image", "prompt"],
+                    "properties": {
+                        "image": {**BINARY, "description": "PNG, JPEG or WebP, at most 2048x2048 and 20 MB."},
+                        "mask": {**BINARY, "description": "Fully transparent pixels are edited."},
+                        "prompt": {"type": "string"},
+                        "n": {"type": "integer", "minimum": 1, "maximum": limits.MAX_API_BATCH},
+                        "size": {"type": "string", "description": "`WIDTHxHEIGHT`, or `auto`: the image's."},
+                        "response_format": {"type": "string", "enum": ["url", "b64_json"]},
+                        "output_format": {"type": "string", "enum": list(limits.IMAGE_FORMATS)},
+                        "strength": {"type": "number", "description": "Ours: above 0, at most 1."},
+                        "seed": {"type": "integer"},
+                        "steps": {"type": "integer"},
+                        "guidance_scale": {"type": "number"},
+                        "negative_prompt": {"type": "string"},
+                    },
+                }
+            }
+        },
+    }
+}
+
 
 def create_openai_edits_router(service: GenerationService) -> APIRouter:
     router = APIRouter(route_class=OpenAIRoute, tags=["OpenAI-compatible"])
@@ -58,6 +87,7 @@ def create_openai_edits_router(service: GenerationService) -> APIRouter:
         response_model=OpenAIImagesResponse,
         response_model_exclude_none=True,
         responses=error_responses(400, 401, 403, 413, 500, 503, model=OpenAIError),
+        openapi_extra=EDITS_FORM,
     )
     async def image_edits(request: Request, namespace: Namespace) -> OpenAIImagesResponse:
         """OpenAI's image edit: `n` edits of the uploaded image, as base64 or URLs."""
