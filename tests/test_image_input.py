@@ -155,7 +155,7 @@ def edit(data: bytes, strength: float = 0.75, mask: bytes | None = None) -> Imag
 
 
 def test_img2img_is_keyed_by_pixels_and_strength_and_differs_from_text_to_image(
-    service: GenerationService, tmp_path: Path
+    service: GenerationService,
 ) -> None:
     array = picture(1)
 
@@ -179,7 +179,6 @@ def test_img2img_is_keyed_by_pixels_and_strength_and_differs_from_text_to_image(
         assert first.entry.meta["edit"] == "img2img"
 
     asyncio.run(scenario())
-    assert not list(tmp_path.iterdir())  # (nothing of the input written beside the test either)
 
 
 def test_inpainting_keeps_what_the_mask_keeps_and_its_mask_is_in_the_key(service: GenerationService) -> None:
@@ -223,3 +222,37 @@ def test_edits_are_never_batched_across_requests() -> None:
     canonical = request(seed=1).canonical()
     assert batch_key(canonical) == (SIZE, SIZE, 4, 0.0)
     assert batch_key(canonical, edit(encoded(picture()))) is None  # its own model call
+
+
+def test_an_upload_is_parsed_in_memory_never_spooled_to_disk() -> None:
+    # Starlette's own parser rolls a file part over 1 MB into a temporary file on disk.
+    from starlette.datastructures import Headers
+    from starlette.formparsers import MultiPartParser
+
+    from web.uploads import InMemoryParser
+
+    noisy = np.random.default_rng(1).integers(0, 256, (1024, 1024, 3), dtype=np.uint8)
+    image = encoded(noisy)
+    assert len(image) > 2 << 20
+    boundary = "b0undary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + image
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    headers = Headers({"content-type": f"multipart/form-data; boundary={boundary}"})
+
+    async def parse(parser_class: type[MultiPartParser]) -> bool:
+        async def stream():  # type: ignore[no-untyped-def]
+            yield body
+
+        form = await parser_class(headers, stream(), max_part_size=1 << 20).parse()
+        upload = form["image"]
+        assert await upload.read() == image  # type: ignore[union-attr]
+        return upload.file._rolled  # type: ignore[union-attr]
+
+    assert asyncio.run(parse(MultiPartParser)) is True  # the default writes it to disk
+    assert asyncio.run(parse(InMemoryParser)) is False
