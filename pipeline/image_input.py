@@ -202,7 +202,9 @@ def _open(data: bytes, field: str) -> Any:
                     field,
                     f"{field} is {width}x{height} pixels; at most {MAX_INPUT_PIXELS} (2048x2048) are accepted",
                 )
-            if getattr(image, "n_frames", 1) > 1:
+            # A camera's JPEG may carry more pictures (MPO: a depth or gain map after the
+            # photo); the first is the photo. An animated PNG or WebP has no one picture.
+            if image.format != "MPO" and getattr(image, "n_frames", 1) > 1:
                 raise RequestInvalid(field, f"{field} is animated; send a still image")
             image.load()
             return ImageOps.exif_transpose(image)

@@ -101,6 +101,19 @@ def test_a_decompression_bomb_is_refused_from_its_header_before_decoding() -> No
         decode_image(huge.getvalue(), "image")
 
 
+def test_an_animated_webp_is_refused_and_a_cameras_multi_picture_jpeg_is_its_first_picture() -> None:
+    frames = [Image.fromarray(picture(i)) for i in range(2)]
+    animated = io.BytesIO()
+    frames[0].save(animated, format="WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    with pytest.raises(RequestInvalid, match="animated"):
+        decode_image(animated.getvalue(), "image")
+    mpo = io.BytesIO()
+    frames[0].save(mpo, format="MPO", save_all=True, append_images=frames[1:], quality=95)
+    first = io.BytesIO()
+    frames[0].save(first, format="JPEG", quality=95)
+    assert decode_image(mpo.getvalue(), "image").sha256 == decode_image(first.getvalue(), "image").sha256
+
+
 def test_exif_orientation_is_applied() -> None:
     array = picture(size=SIZE)[:, : SIZE // 2]  # 32 wide, 64 tall
     image = Image.fromarray(array)
