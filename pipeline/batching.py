@@ -24,6 +24,7 @@ from pipeline.errors import JobInterrupted
 from pipeline.lora import LoraSet, lora_set_key
 
 if TYPE_CHECKING:
+    from pipeline.controlnet import EditInput
     from pipeline.encoding import GeneratedImage
     from pipeline.job_queue import JobQueue
     from pipeline.rendering import Progress
@@ -42,10 +43,17 @@ CAPTION_MULTIPLE = 32
 BatchKey = tuple[Any, ...]
 
 
-def batch_key(request: CanonicalRequest, loras: LoraSet = ()) -> BatchKey:
+def batch_key(
+    request: CanonicalRequest, loras: LoraSet = (), image: EditInput | None = None
+) -> BatchKey | None:
     """The coarse criterion of jobs made together: size, steps, guidance and the LoRA set
     (by content and scale: one model call runs one set of adapters). The caption
-    lengths (`caption_profile`) are checked when the jobs are gathered."""
+    lengths (`caption_profile`) are checked when the jobs are gathered.
+    None for an edit (a job with an input image): edits are never batched across
+    requests, since each call of the edit pipelines takes one image (and mask) for
+    all its rows; its own images (one request's seeds) still share one model call."""
+    if image is not None:
+        return None
     return (request.width, request.height, request.steps, request.guidance_scale, lora_set_key(loras))
 
 
@@ -59,6 +67,7 @@ class Member:
     requests: list[CanonicalRequest]
     progress: Progress | None
     embedding_scope: str | None
+    image: EditInput | None = None  # an edit's input (pipeline.image_input): never batched
     result: Future[list[GeneratedImage]] = field(default_factory=Future)
     profile: tuple[int, ...] | None = None
     detached: bool = False
@@ -87,6 +96,9 @@ def gather(
     the call is full, so a leader that waited in the queue longer takes whatever is
     queued at once."""
     first = leader.requests[0]
+    key = batch_key(first, leader.loras, leader.image)
+    if key is None:
+        return [leader]
     room = [capacity - leader.images]
     leader.profile = caption_profile(count_tokens, first)
 
@@ -103,7 +115,7 @@ def gather(
     members = [leader]
     deadline = leader.submitted + window_s
     while True:
-        members += queue.claim(batch_key(first, leader.loras), accept)
+        members += queue.claim(key, accept)
         if room[0] <= 0 or time.monotonic() >= deadline:
             return members
         queue.wait_submitted(deadline)

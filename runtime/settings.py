@@ -94,6 +94,12 @@ class Settings(BaseSettings):
         "RTX 4090, ...) and the `fp8` extra (`pip install -e '.[fp8]'`). Part of the cache key. Refused on "
         "older GPUs (`/ready` says why); emulated on the CPU (slow, in bfloat16: for tests).",
     )
+    controlnet: str | None = Field(
+        None,
+        description="ControlNet weights for control-image requests: the Z-Image-Turbo Fun ControlNet Union "
+        "`.safetensors` file, a diffusers directory, or `tiny` (a tiny one built locally, for the demo "
+        "model). Unset: no ControlNet (a control image is a 422).",
+    )
     cache_dir: Path = Field(
         DEFAULT_CACHE_DIR,
         description="The disk cache (`images/`) and locally built models (`models/`). Several processes "

@@ -105,6 +105,7 @@ def build_parts(settings: Settings, on_fatal: OnFatal | None = None) -> Parts:
         lora_dir=settings.lora_dir,
         max_adapters=settings.lora_cache_count,
         max_adapter_bytes=settings.lora_cache_size,
+        controlnet=settings.controlnet,
     )
     keyring = Keyring.of(settings.cache_secrets)
     disk = DiskTier(settings.images_dir, keyring=keyring)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -31,7 +32,8 @@ def replaying(body: bytes, receive: Any) -> Any:
 
 class BodyLimit:
     """ASGI middleware: 413 for a request body over `max_bytes`, on every route (the
-    API's, Gradio's and any other), judged by Content-Length and by counting what
+    API's, Gradio's and any other) but those `larger` names by exact path (the image
+    upload routes: web/uploads.py), judged by Content-Length and by counting what
     arrives (a chunked body has no length).
 
     The body is read whole before the route runs (it is at most `max_bytes`), so a
@@ -40,16 +42,20 @@ class BodyLimit:
     to the server as before.
     """
 
-    def __init__(self, app: Any, max_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self, app: Any, max_bytes: int = MAX_BODY_BYTES, larger: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.larger = dict(larger or {})
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.larger.get(scope["path"], self.max_bytes)
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+        if length is not None and (not length.isdigit() or int(length) > limit):
             await self._too_large(scope, receive, send)
             return
         chunks: list[bytes] = []
@@ -60,7 +66,7 @@ class BodyLimit:
                 return  # gone before its body arrived: nobody to answer
             chunk = message.get("body", b"")
             seen += len(chunk)
-            if seen > self.max_bytes:
+            if seen > limit:
                 await self._too_large(scope, receive, send)
                 return
             chunks.append(chunk)
@@ -68,13 +74,15 @@ class BodyLimit:
                 break
         await self.app(scope, replaying(b"".join(chunks), receive), send)
 
-    @property
-    def message(self) -> str:
+    def message(self, path: str) -> str:
+        if path in self.larger:
+            return f"request body over {self.larger[path]} bytes, the limit of an image upload"
         return f"request body over {self.max_bytes} bytes; a generation request is a few KB"
 
     async def _too_large(self, scope: dict, receive: Any, send: Any) -> None:
+        message = self.message(scope["path"])
         if scope["path"].startswith("/v1/"):  # OpenAI's clients read OpenAI's error shape
-            response = openai_error(413, self.message, code="request_too_large")
+            response = openai_error(413, message, code="request_too_large")
         else:
-            response = JSONResponse({"detail": self.message}, status_code=413)
+            response = JSONResponse({"detail": message}, status_code=413)
         await response(scope, receive, send)
