@@ -163,7 +163,12 @@ def build_app(settings: Settings, on_fatal: OnFatal | None = None) -> Runtime:
     os.environ["GRADIO_TEMP_DIR"] = str(ui_dir)
     images = UiImages(service, ui_dir / "results")
     api = create_api(
-        service, engine, access=access, info=describe(settings), cors_origins=settings.cors_origin_list
+        service,
+        engine,
+        access=access,
+        info=describe(settings),
+        cors_origins=settings.cors_origin_list,
+        body_timeout_s=settings.body_timeout,
     )
     ui = create_ui(service, engine, images, demo_model=is_demo_spec(settings.model))
     app = gr.mount_gradio_app(

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import re
+import select
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -104,7 +105,16 @@ def servers(tmp_path_factory: pytest.TempPathFactory, parent: Path) -> Iterator[
     # Started together: their loads overlap.
     keyed = Server(
         root / "keyed",
-        *("--api-keys", str(keys), "--no-cache-patterns", str(patterns), "--header-timeout", "2s"),
+        *(
+            "--api-keys",
+            str(keys),
+            "--no-cache-patterns",
+            str(patterns),
+            "--header-timeout",
+            "2s",
+            "--body-timeout",
+            "2s",
+        ),
         env=env,
     )
     open_ = Server(root / "open", env=env)
@@ -350,6 +360,78 @@ def test_a_connection_that_never_finishes_its_request_head_is_closed(keyed: Serv
     with socket.create_connection(("127.0.0.1", keyed.port), timeout=60) as sock:
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+
+
+POST_HEAD = b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+
+
+def _drip(sock: socket.socket) -> None:
+    sock.sendall(POST_HEAD + b"Content-Length: 40\r\n\r\n")
+    for byte in b'{"prompt": "':  # a byte a second: the whole body would take 40 s
+        sock.sendall(bytes([byte]))
+        if select.select([sock], [], [], 1)[0]:
+            return  # answered: stop sending, read the answer
+
+
+def _expect_continue(sock: socket.socket) -> None:
+    sock.sendall(POST_HEAD + b"Content-Length: 40\r\nExpect: 100-continue\r\n\r\n")
+    assert sock.recv(1024).startswith(b"HTTP/1.1 100 ")  # and then the body never comes
+
+
+@pytest.mark.parametrize(
+    "hold",
+    [
+        lambda sock: sock.sendall(POST_HEAD + b"Content-Length: 10\r\n\r\n"),  # a body that never comes
+        lambda sock: sock.sendall(POST_HEAD + b'Transfer-Encoding: chunked\r\n\r\n5\r\n{"pro'),
+        _drip,
+        _expect_continue,
+    ],
+    ids=["declared-never-sent", "chunked-unfinished", "byte-per-second", "expect-100-continue"],
+)
+def test_a_request_whose_body_does_not_arrive_in_time_gets_408_and_is_closed(
+    keyed: Server, hold: Callable[[socket.socket], None]
+) -> None:
+    # --body-timeout 2s; a server that waits for ever fails at the 30 s bound.
+    with socket.create_connection(("127.0.0.1", keyed.port), timeout=30) as sock:
+        hold(sock)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except TimeoutError:
+            pytest.fail(f"the connection was still open after 30 s; got {received[:80]!r}")
+        except ConnectionResetError:
+            pass  # bytes of the body the server never read: the close may be a reset
+    assert received.startswith(b"HTTP/1.1 408 "), received[:80]
+    assert b"connection: close" in received.lower() and b"request body not whole within 2 s" in received
+    # A body that arrives in time is served as before.
+    made = keyed.client.post("/generate", json={"prompt": "in time", "width": 64, "height": 64})
+    assert made.status_code == 401  # the keyed server wants a token: the body was read and judged
+
+
+def test_past_max_connections_a_request_gets_503_and_is_closed(tmp_path: Path) -> None:
+    server = Server(tmp_path / "cache", "--max-connections", "3").wait_ready()
+    try:
+        server.client.close()  # its kept-alive connection would count among the three
+        held = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(3)]
+        request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(request)
+            answer = b""
+            while chunk := sock.recv(65536):  # until the server closes it
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 503 ") and b"connection: close" in answer.lower()
+        # Each held connection is still served (the limit counts, it does not evict).
+        held[0].sendall(request)
+        assert held[0].recv(65536).startswith(b"HTTP/1.1 200 ")
+        for sock in held:
+            sock.close()
+        # Once they are gone, new connections are served again.
+        wait_until(
+            lambda: httpx.get(f"{server.url}/health").status_code == 200, "a free connection", timeout_s=10
+        )
+    finally:
+        server.stop()
 
 
 # -- what waits in memory for the browser ------------------------------------------------

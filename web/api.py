@@ -23,7 +23,7 @@ from pipeline.results import GenerationResult
 from pipeline.service import GenerationService
 from web.a1111 import create_a1111_router
 from web.auth import BEARER, Access, Namespace, NamespacedRoute
-from web.body_limit import BodyLimit
+from web.body_limit import BODY_TIMEOUT_S, BodyLimit
 from web.disconnect import unless_client_leaves
 from web.errors import install_error_handlers
 from web.http_semantics import CORSMiddleware, HeadAsGet, cors_options
@@ -68,10 +68,12 @@ def create_api(
     access: Access | None = None,
     info: dict[str, Any] | None = None,
     cors_origins: Sequence[str] = (),
+    body_timeout_s: float = BODY_TIMEOUT_S,
 ) -> FastAPI:
     """The HTTP API: our routes, the OpenAI, A1111 and MCP protocols, local /docs;
     HEAD on every GET route and the CORS policy of `cors_origins` (none: no
-    cross-origin access) apply to whatever is mounted on it later (the UI)."""
+    cross-origin access) apply to whatever is mounted on it later (the UI), and so
+    do the body limits (64 KB, whole within `body_timeout_s` of the head)."""
     access = access or Access()
     metrics = Metrics(service)
     mcp = McpEndpoint(create_mcp_server(service))
@@ -96,7 +98,7 @@ def create_api(
     app.state.access = access
     app.router.route_class = NamespacedRoute
     # Last added runs first: CORS answers preflights before anything else.
-    app.add_middleware(BodyLimit)
+    app.add_middleware(BodyLimit, timeout_s=body_timeout_s)
     app.add_middleware(HeadAsGet)
     app.add_middleware(CORSMiddleware, **cors_options(cors_origins))
     install_error_handlers(app)
