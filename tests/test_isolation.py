@@ -7,6 +7,7 @@ Each test replays an attack that once worked (docs/RELIABILITY.md, "Nothing leak
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import select
 import shutil
@@ -24,7 +25,7 @@ from bench.procs import NotReady, stop_process, wait_until
 from cache import Entry
 from pipeline.request import GenerationRequest
 from pipeline.results import GenerationResult
-from tests.conftest import Server, free_port, ui_call
+from tests.conftest import UI_FIELDS, Server, free_port, ui_call
 from web.ui_images import UiImages
 
 ALICE, BOB = "alice-token-0123456789", "bob-token-0123456789ab"
@@ -259,6 +260,45 @@ def test_two_servers_on_one_host_never_share_a_ui_temp_dir(
     # Each has a directory of its own, under the GRADIO_TEMP_DIR they were both given.
     dirs = {Path(p).relative_to(parent).parts[0] for p in (alice_path, open_path)}
     assert len(dirs) == 2 and all(d.startswith("zimage-ui-") for d in dirs)
+
+
+def test_a_ui_session_is_its_logins_alone(keyed: Server) -> None:
+    # Gradio keeps the UI's history per session hash, which the browser makes up:
+    # bob (or anyone) sending alice's hash read her history prompts and added to it.
+    alice, bob, anonymous = (
+        ui_session(keyed, "alice", ALICE),
+        ui_session(keyed, "bob", BOB),
+        ui_session(keyed),
+    )
+    session = "alice-tab-5f1c2e"
+
+    def generate(client: httpx.Client, prompt: str) -> httpx.Response:
+        data = list((UI_FIELDS | {"prompt": prompt}).values())
+        return client.post("/gradio_api/call/generate", json={"data": data, "session_hash": session})
+
+    def history_of(posted: httpx.Response) -> list[str]:
+        """The history panel's captions after the call (its last output)."""
+        assert posted.status_code == 200, posted.text
+        stream = alice.get(f"/gradio_api/call/generate/{posted.json()['event_id']}")
+        done = stream.text.split("event: complete\ndata: ", 1)
+        assert len(done) == 2, stream.text
+        return [item["caption"] for item in json.loads(done[1])[-1]]
+
+    assert len(history_of(generate(alice, "a fox at dawn"))) == 1
+    refused = generate(bob, "bob was here")
+    assert refused.status_code == 403 and "another login" in refused.json()["detail"]
+    assert generate(anonymous, "nobody was here").status_code == 403
+    for client in (bob, anonymous):  # the heartbeat's end would close her session
+        assert client.get(f"/gradio_api/heartbeat/{session}").status_code == 403
+        assert client.get("/gradio_api/deep_link", params={"session_hash": session}).status_code == 403
+    # Her history holds her two images, and nothing of bob's.
+    assert len(history_of(generate(alice, "a fox at dusk"))) == 2
+    # Bob's own sessions work as before.
+    bobs = bob.post(
+        "/gradio_api/call/generate",
+        json={"data": list((UI_FIELDS | {"prompt": "bob's own"}).values()), "session_hash": "bob-tab-77"},
+    )
+    assert bobs.status_code == 200
 
 
 # -- the prompt-embedding cache ----------------------------------------------------------
