@@ -204,7 +204,8 @@ class Settings(BaseSettings):
         "10s",
         description="A request whose whole body (at most 64 KB) has not arrived this long after its head "
         "gets 408 and its connection is closed: a declared body that never comes, one sent a byte at a time, "
-        "or an `Expect: 100-continue` that never follows up.",
+        "or an `Expect: 100-continue` that never follows up. A larger body (an upload) must advance by 64 KB "
+        "within each such time.",
     )
     max_connections: int = Field(
         1000,

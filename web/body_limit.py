@@ -18,6 +18,8 @@ from web.openai_api import openai_error
 MAX_BODY_BYTES = 64 * 1024
 # 64 KB in 10 s is 6.5 KB/s: any real client, however slow its network, is done sooner.
 BODY_TIMEOUT_S = 10.0
+# A body must advance by this much within each body timeout (see BodyLimit._read).
+RATE_BYTES = 64 * 1024
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +40,16 @@ def replaying(body: bytes, receive: Any) -> Any:
 
 class BodyLimit:
     """ASGI middleware: 413 for a request body over `max_bytes`, and 408 for one not
-    whole within `timeout_s` of the request head, on every route (the API's,
-    Gradio's and any other).
+    whole within `timeout_s` of the request head (a longer one: not advancing by
+    64 KB within each `timeout_s`), on every route (the API's, Gradio's and any
+    other).
 
     The size is judged by Content-Length and by counting what arrives (a chunked
     body has no length). The time covers every way a client can hold a connection
     after its head: a declared body that never comes, one sent a byte at a time,
     and `Expect: 100-continue` (the server's `100 Continue` goes out on the first
-    read, here) never followed by the body. A refused request's connection is
-    closed (`Connection: close`): the rest of its body is never read.
+    read, here) never followed by the body. A request refused for time has its
+    connection closed (`Connection: close`).
 
     The body is read whole before the route runs (it is at most `max_bytes`), so a
     refused request never reaches a route and nothing of it is kept; the route
@@ -68,8 +71,8 @@ class BodyLimit:
             await self._refuse(413, self.too_large, scope, receive, send)
             return
         try:
-            async with asyncio.timeout(self.timeout_s):
-                body = await self._read(receive)
+            async with asyncio.timeout(self.timeout_s) as deadline:
+                body = await self._read(receive, deadline)
         except TimeoutError:
             log.info("closing a connection: request body not whole within %g s", self.timeout_s)
             message = f"request body not whole within {self.timeout_s:g} s of the request head"
@@ -82,10 +85,15 @@ class BodyLimit:
             return
         await self.app(scope, replaying(body, receive), send)
 
-    async def _read(self, receive: Any) -> bytes | None:
-        """The body, or its first `max_bytes` + 1 bytes if longer; None if the client left."""
+    async def _read(self, receive: Any, deadline: asyncio.Timeout) -> bytes | None:
+        """The body, or its first `max_bytes` + 1 bytes if longer; None if the client left.
+
+        Each `RATE_BYTES` that arrive move the `deadline` to `timeout_s` from then: a
+        body of up to 64 KB must come whole within `timeout_s`, a larger one (a
+        route allowed more) at no less than 64 KB per `timeout_s` on average."""
         chunks: list[bytes] = []
         seen = 0
+        mark = RATE_BYTES
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
@@ -93,6 +101,9 @@ class BodyLimit:
             chunk = message.get("body", b"")
             chunks.append(chunk)
             seen += len(chunk)
+            if seen >= mark:
+                mark = (seen // RATE_BYTES + 1) * RATE_BYTES
+                deadline.reschedule(asyncio.get_running_loop().time() + self.timeout_s)
             if seen > self.max_bytes or not message.get("more_body", False):
                 return b"".join(chunks)
 
