@@ -226,6 +226,21 @@ class Settings(BaseSettings):
         "long after connecting, or after the first bytes of its next request, is closed. Idle keep-alive "
         "connections are closed after 5 s.",
     )
+    body_timeout: Duration = Field(
+        "10s",
+        description="A request whose whole body (at most 64 KB) has not arrived this long after its head "
+        "gets 408 and its connection is closed: a declared body that never comes, one sent a byte at a time, "
+        "or an `Expect: 100-continue` that never follows up. A larger body (an upload) must advance by 64 KB "
+        "within each such time.",
+    )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        description="Open connections served at once; a request arriving on one more gets 503 and its "
+        "connection is closed. Each open connection costs memory whether or not it sends anything (those "
+        "that send nothing are closed after `--header-timeout`). Behind nginx, keep it above nginx's "
+        "upstream connections.",
+    )
     shutdown_timeout: Duration = Field(
         "60s",
         description="On SIGTERM, how long the generation in flight may take to finish before it is "
@@ -313,9 +328,9 @@ class Settings(BaseSettings):
             raise ValueError(f"use at least {MIN_TOKEN_CHARS} characters")
         return v or None
 
-    @field_validator("header_timeout")
+    @field_validator("header_timeout", "body_timeout")
     @classmethod
-    def _header_timeout(cls, v: float) -> float:
+    def _connection_timeout(cls, v: float) -> float:
         if v <= 0:
             raise ValueError("must be more than 0 (e.g. 10s)")
         return v

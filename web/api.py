@@ -23,7 +23,7 @@ from pipeline.results import GenerationResult
 from pipeline.service import GenerationService
 from web.a1111 import create_a1111_router
 from web.auth import BEARER, Access, Namespace, NamespacedRoute
-from web.body_limit import BodyLimit
+from web.body_limit import BODY_TIMEOUT_S, BodyLimit
 from web.disconnect import unless_client_leaves
 from web.edit_api import create_edit_router
 from web.errors import install_error_handlers
@@ -71,10 +71,12 @@ def create_api(
     access: Access | None = None,
     info: dict[str, Any] | None = None,
     cors_origins: Sequence[str] = (),
+    body_timeout_s: float = BODY_TIMEOUT_S,
 ) -> FastAPI:
     """The HTTP API: our routes, the OpenAI, A1111 and MCP protocols, local /docs;
     HEAD on every GET route and the CORS policy of `cors_origins` (none: no
-    cross-origin access) apply to whatever is mounted on it later (the UI)."""
+    cross-origin access) apply to whatever is mounted on it later (the UI), and so
+    do the body limits (64 KB, whole within `body_timeout_s` of the head)."""
     access = access or Access()
     metrics = Metrics(service)
     mcp = McpEndpoint(create_mcp_server(service))
@@ -100,7 +102,8 @@ def create_api(
     app.router.route_class = NamespacedRoute
     # Last added runs first: CORS answers preflights before anything else.
     # Image uploads: the edit routes, and MCP (whose edit_image takes an image as base64).
-    app.add_middleware(BodyLimit, larger=dict.fromkeys((*UPLOAD_PATHS, MCP_PATH), UPLOAD_BODY_BYTES))
+    larger = dict.fromkeys((*UPLOAD_PATHS, MCP_PATH), UPLOAD_BODY_BYTES)
+    app.add_middleware(BodyLimit, timeout_s=body_timeout_s, larger=larger)
     app.add_middleware(HeadAsGet)
     app.add_middleware(CORSMiddleware, **cors_options(cors_origins))
     install_error_handlers(app)
