@@ -230,6 +230,27 @@ class GenerationService:
             near=near,
         )
 
+    async def near_repeats(
+        self, request: GenerationRequest, *, namespace: str, normalization: Normalization | None = None
+    ) -> tuple[Match, ...]:
+        """What `generate_batch` will offer as `similar` for `request` (one image), known
+        before it is generated: the UI shows them while the image is made. Nothing for
+        a hit, a do-not-store prompt, a bad namespace, or without near-repeats. Counts
+        nothing: the miss itself counts what it offers. Invalid input raises as
+        `generate_batch` does."""
+        if self.suggestions is None or not is_namespace(namespace):
+            return ()
+        identity = await self.model_identity()
+        base = request.canonical(normalization or self.normalization)
+        if self.must_not_store(base):
+            return ()
+        if request.seed != RANDOM_SEED and isinstance(
+            await self.lookup(namespace, self.key_for(base, identity)), Hit
+        ):
+            return ()
+        look = await self.suggestions.look(namespace, identity, base.prompt, 1.0, counted=False)
+        return look.shown
+
     def queue_position(self, ticket: QueueTicket) -> int | None:
         """The best place in the engine's queue of the jobs `ticket` started (1: next to
         run); None when none waits (running, done, or none started)."""

@@ -47,7 +47,7 @@ class Suggestions:
     The scope of every index is the served model's key fields (hashed), so a new
     model's requests are never offered an old model's images. Counts what it did
     for `/api/cache/stats` and `/metrics`: misses given suggestions, suggestions
-    shown, approximate hits.
+    shown, suggestions used (a person took one in the UI), approximate hits.
     """
 
     def __init__(
@@ -63,8 +63,11 @@ class Suggestions:
     def scope(identity: ModelIdentity) -> str:
         return make_key(identity.key_fields())[:16]
 
-    async def look(self, namespace: str, identity: ModelIdentity, prompt: str, floor: float) -> NearLook:
-        """The stored prompts of `namespace` at or above min(`floor`, min_score)."""
+    async def look(
+        self, namespace: str, identity: ModelIdentity, prompt: str, floor: float, *, counted: bool = True
+    ) -> NearLook:
+        """The stored prompts of `namespace` at or above min(`floor`, min_score); counted
+        as shown unless `counted` is False (the UI's early look: its miss counts them)."""
         scope = self.scope(identity)
 
         def run() -> NearLook:
@@ -77,7 +80,7 @@ class Suggestions:
         except Exception:  # a suggestion is never worth failing the request
             log.exception("near-repeats: looking up similar prompts failed")
             return NearLook(np.zeros(0, np.float32), (), self.min_score)
-        if look.shown:
+        if look.shown and counted:
             self.count("suggested")
             self.count("suggestions", len(look.shown))
         return look
@@ -124,5 +127,5 @@ class Suggestions:
     def stats(self) -> dict[str, int]:
         with self._lock:
             counts = self._counts.copy()
-        names = ("suggested", "suggestions", "approximate_hits")
+        names = ("suggested", "suggestions", "used", "approximate_hits")
         return {name: counts[name] for name in names} | self.near.stats()

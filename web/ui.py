@@ -35,6 +35,7 @@ from web.ui_history_panel import identity, listing, matching, without
 from web.ui_images import UiImages, namespace_of
 from web.ui_layout import CreateTab, create_tab, page_states
 from web.ui_run import QUEUE_WATCH_S, UiRun
+from web.ui_similar import SimilarPanel
 from web.ui_stats import StatsTab
 from web.ui_text import I18N, SCRIPT_TEXT, language_of, say
 
@@ -69,7 +70,10 @@ def create_ui(service: GenerationService, engine: Engine, images: UiImages, *, d
         for shown_gallery in (tab.gallery, tab.past):
             shown_gallery.GRADIO_CACHE = str(images.root.parent / "untracked")
 
-        _bind_generate(tab, UiRun(service, engine, images, tab), generate_api(service, engine, images))
+        runs = UiRun(service, engine, images, tab)
+        _bind_generate(
+            tab, runs, SimilarPanel(service, images, runs, tab), generate_api(service, engine, images)
+        )
         _bind_form(tab, engine, images)
         _bind_history(tab, images)
         _bind_load(ui, tab, service, engine, images, loading)
@@ -77,8 +81,9 @@ def create_ui(service: GenerationService, engine: Engine, images: UiImages, *, d
     return ui
 
 
-def _bind_generate(tab: CreateTab, runs: UiRun, api: Any) -> None:
-    """Generate, Cancel, the queue line, and the hidden trigger of the generate API."""
+def _bind_generate(tab: CreateTab, runs: UiRun, similar: SimilarPanel, api: Any) -> None:
+    """Generate (the near-repeats panel first, then the generation), Cancel, the
+    queue line, a near-repeat used, and the hidden trigger of the generate API."""
     # The page's timer for the queue line starts, the generation runs, the timer stops.
     # concurrency_limit=None: Gradio would otherwise run one event at a time, and a
     # cache hit would wait behind a running generation; the engine serialises the model.
@@ -90,6 +95,13 @@ def _bind_generate(tab: CreateTab, runs: UiRun, api: Any) -> None:
             None,
             watch,
             js="() => { window.zimage && window.zimage.started(); }",
+            api_name=False,
+            queue=False,
+            show_progress="hidden",
+        ).then(
+            similar.look,
+            set(tab.form.values()),
+            similar.outputs,
             api_name=False,
             queue=False,
             show_progress="hidden",
@@ -117,6 +129,14 @@ def _bind_generate(tab: CreateTab, runs: UiRun, api: Any) -> None:
         concurrency_limit=None,
     )
     tab.cancel.click(runs.cancel, None, [tab.notice], api_name=False, queue=False, show_progress="hidden")
+    tab.similar_gallery.select(
+        similar.use,
+        [tab.similar_found, tab.normalization, tab.history, tab.tz],
+        similar.use_outputs,
+        api_name=False,
+        queue=False,
+        show_progress="hidden",
+    )
 
 
 def _bind_form(tab: CreateTab, engine: Engine, images: UiImages) -> None:

@@ -63,6 +63,9 @@ class CreateTab:
     last_seed: gr.State
     listed: gr.State  # the history entries the panel lists (the search's matches)
     picked: gr.State  # (key, seed) of the history entry last clicked, or None
+    similar_box: gr.Column  # "Already made for similar prompts" (web/ui_similar.py), shown on a miss
+    similar_gallery: gr.Gallery
+    similar_found: gr.State  # what the panel shows: key, prompt, score of each
 
     @property
     def form(self) -> dict[str, Any]:
@@ -113,6 +116,7 @@ def page_states() -> dict[str, Any]:
         "last_seed": gr.State(None),
         "listed": gr.State([]),
         "picked": gr.State(None),
+        "similar_found": gr.State([]),
     }
 
 
@@ -221,6 +225,18 @@ def create_tab(normalization: str, states: dict[str, Any]) -> CreateTab:
                 elem_id="result",
             )
             status = gr.Markdown(elem_id="status")
+            # Near-repeats of a miss, shown while its image is made; a click uses one.
+            with gr.Column(visible=False, elem_id="similar") as similar_box:
+                gr.Markdown(t("similar_heading"), elem_id="similar-heading")
+                similar_gallery = gr.Gallery(
+                    label=t("similar_heading"),
+                    show_label=False,
+                    columns=4,
+                    height="auto",
+                    allow_preview=False,
+                    elem_id="similar-gallery",
+                )
+                gr.Markdown(t("similar_info"), elem_id="similar-info")
             # Enabled once there is an image whose settings it can use.
             use_settings = gr.Button(t("use_settings"), size="sm", interactive=False, elem_id="use-settings")
             # The history, in the column of the images: found without scrolling far.
@@ -296,6 +312,8 @@ def create_tab(normalization: str, states: dict[str, Any]) -> CreateTab:
         history_search=history_search,
         history_delete=history_delete,
         history_clear=history_clear,
+        similar_box=similar_box,
+        similar_gallery=similar_gallery,
         **states,
     )
 

@@ -42,6 +42,8 @@ EN = {
     "generate": "Generate",
     "cancel": "Interrupt",
     "results": "Images",
+    "similar_heading": "Already made for similar prompts",
+    "similar_info": "Click one to use it instead of waiting.",
     "use_settings": "Use these settings",
     "parameters": "Parameters (A1111 format)",
     "history": f"**History**: the last {UI_HISTORY_LIMIT} images, kept in this browser; click one to see it "
@@ -86,6 +88,8 @@ ZH = {
     "generate": "生成",
     "cancel": "中断",
     "results": "图像",
+    "similar_heading": "已为相似提示生成的图像",
+    "similar_info": "点击其中一张即可直接使用，无需等待。",
     "use_settings": "使用此图参数",
     "parameters": "生成参数（A1111 格式）",
     "history": f"**历史记录**：本浏览器中保存的最近 {UI_HISTORY_LIMIT} 张图像；点击查看并恢复其参数。",
@@ -112,6 +116,9 @@ MESSAGES: dict[str, dict[str, str]] = {
         "tier_redis": "redis",
         "tier_miss": "miss",
         "tier_bypass": "bypass",
+        "tier_similar": "similar",
+        "similar_caption": "{score:.0%} · {prompt}",
+        "similar_gone": "That image is no longer stored.",
         "hit": "{tier} hit · {took}",
         "generated": "{tier} · generated in {took}",
         "seed": "seed {seed}",
@@ -153,7 +160,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "**queue** {queue}",
         "latency_generation": "**Generation latency** {value}",
         "latency_hit": "**Hit latency** {value}",
-        "near_line": "**Near-repeats** {suggested} misses given {suggestions} suggestions · "
+        "near_line": "**Near-repeats** {suggested} misses given {suggestions} suggestions · **used** {used} · "
         "**close matches served** {approximate} · **prompts indexed** {prompts}",
         "percentiles": "p50 {p50} · p95 {p95} ({count})",
         "col_tier": "tier",
@@ -175,6 +182,9 @@ MESSAGES: dict[str, dict[str, str]] = {
         "tier_redis": "Redis",
         "tier_miss": "未命中",
         "tier_bypass": "绕过缓存",
+        "tier_similar": "相似",
+        "similar_caption": "{score:.0%} · {prompt}",
+        "similar_gone": "该图像已不在缓存中。",
         "hit": "{tier}命中 · {took}",
         "generated": "{tier} · 生成用时 {took}",
         "seed": "种子 {seed}",
@@ -214,7 +224,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "stats_line": "**请求** {requests} · **命中率** {hit_rate} · **生成次数** {generations} · **排队** {queue}",
         "latency_generation": "**生成延迟** {value}",
         "latency_hit": "**命中延迟** {value}",
-        "near_line": "**相似提示** {suggested} 次未命中给出 {suggestions} 条建议 · "
+        "near_line": "**相似提示** {suggested} 次未命中给出 {suggestions} 条建议 · **已采用** {used} · "
         "**采用近似结果** {approximate} 次 · **已索引提示** {prompts} 条",
         "percentiles": "p50 {p50} · p95 {p95}（{count} 次）",
         "col_tier": "缓存层",
