@@ -72,22 +72,30 @@
     true,
   );
 
-  // A prompt over the limit is not sent (a pasted 64 KB would be refused whole by the
-  // server's body limit, and the page would show Gradio's English error): the note
-  // beside it says so, in the page's language (web/ui.py's #too-long event), and the
-  // images stay.
+  // A prompt or negative prompt over the limit is not sent (a pasted 64 KB would be
+  // refused whole by the server's body limit, and the page would show Gradio's English
+  // error): the note beside it says so, in the page's language (web/ui.py's #too-long
+  // event), and the images stay. A negative prompt's note is inside Advanced: opened.
   const promptText = () => $("#prompt textarea")?.value || "";
+  const negativeText = () => $("#negative textarea")?.value || "";
+  const over = (text) => [...text].length > LIMIT;
   function tooLongToSend() {
-    if ([...promptText()].length <= LIMIT) return false;
+    if (!over(promptText()) && !over(negativeText())) return false;
+    const advanced = $("#advanced .label-wrap");
+    if (over(negativeText()) && advanced && !advanced.classList.contains("open")) advanced.click();
     $("#too-long")?.click();
     return true;
   }
   function tooLong() {
-    return {
-      __type__: "update",
-      value: say("prompt_too_long", { length: [...promptText()].length, limit: LIMIT }),
-      elem_classes: ["field-note", "field-error"], // (web/ui_form.py's field_note)
-    };
+    const note = (key, text) =>
+      over(text)
+        ? {
+            __type__: "update",
+            value: say(key, { length: [...text].length, limit: LIMIT }),
+            elem_classes: ["field-note", "field-error"], // (web/ui_form.py's field_note)
+          }
+        : { __type__: "update", value: "", elem_classes: ["field-note"] }; // (not the cause)
+    return [note("prompt_too_long", promptText()), note("negative_too_long", negativeText())];
   }
   document.addEventListener(
     "click",

@@ -203,4 +203,20 @@ def test_a_pasted_64_kb_prompt_is_refused_in_the_page_in_its_language_and_the_im
     assert max(sent, default=0) < 64 * 1024  # the prompt never went out
     assert page.locator(VIEWER_IMAGE).get_attribute("src") == image  # the image stays
     assert page.locator(".toast-body").count() == 0  # and Gradio said nothing in English
+
+    # The same for the negative prompt (Advanced, closed: opened to show its note).
+    prompt.fill("一座灯塔")
+    expect(page.locator("#negative textarea")).to_be_hidden()
+    page.locator("#advanced .label-wrap").click()
+    page.locator("#negative textarea").fill("雾" * 70_000)
+    page.locator("#advanced .label-wrap").click()  # closed again
+    page.locator("#generate").click()
+    expect(page.locator("#negative-prompt-note")).to_have_text(
+        "反向提示词共 70000 个字符，请缩短到 2000 个以内。"
+    )
+    expect(page.locator("#negative-prompt-note")).to_be_visible()
+    expect(page.locator("#prompt-note")).to_have_text("")  # the prompt's own is fine now
+    assert max(sent, default=0) < 64 * 1024
+    assert page.locator(VIEWER_IMAGE).get_attribute("src") == image
+    assert page.locator(".toast-body").count() == 0
     page.context.close()

@@ -154,12 +154,12 @@ def _bind_form(tab: CreateTab, engine: Engine, images: UiImages) -> None:
             show_progress="hidden",
             **_QUIET,
         )
-    # A prompt over the limit is said beside it in the page, and never sent: a pasted
-    # 64 KB would be refused whole (413) by the server's body limit.
+    # A prompt or negative prompt over the limit is said beside it in the page, and
+    # never sent: a pasted 64 KB would be refused whole (413) by the server's body limit.
     tab.too_long.click(
         None,
         None,
-        notes["prompt"],
+        [notes["prompt"], notes["negative_prompt"]],
         js="() => window.zimage.tooLong()",
         **_QUIET,
     )

@@ -247,12 +247,14 @@ SCRIPT_TEXT = {
     "en": {
         "clear_history": "Delete all the images of the history from this browser?",
         "prompt_too_long": "The prompt is {length} characters; shorten it to at most {limit}.",
+        "negative_too_long": "The negative prompt is {length} characters; shorten it to at most {limit}.",
         "too_long": "Too long: at most {limit} characters.",
         "range": "Goes from {min} to {max}: set to {value}.",
     },
     "zh": {
         "clear_history": "从本浏览器中删除历史记录中的所有图像？",
         "prompt_too_long": "提示词共 {length} 个字符，请缩短到 {limit} 个以内。",
+        "negative_too_long": "反向提示词共 {length} 个字符，请缩短到 {limit} 个以内。",
         "too_long": "太长：最多 {limit} 个字符。",
         "range": "取值范围 {min} 到 {max}：已设为 {value}。",
     },
