@@ -171,7 +171,9 @@ class GenerationService:
         look: NearLook | None = None
         near: Match | None = None
         if len(outcomes) < batch_size and self.suggestions is not None:
-            look = await self.suggestions.look(namespace, identity, base.prompt, similar_threshold or 1.0)
+            look = await self.suggestions.look(
+                self.cache, namespace, identity, base.prompt, similar_threshold or 1.0
+            )
             if similar_threshold is not None:
                 found = await self.suggestions.approximate(
                     self.cache, namespace, look, similar_threshold, base.width, base.height
@@ -248,7 +250,7 @@ class GenerationService:
             await self.lookup(namespace, self.key_for(base, identity)), Hit
         ):
             return ()
-        look = await self.suggestions.look(namespace, identity, base.prompt, 1.0, counted=False)
+        look = await self.suggestions.look(self.cache, namespace, identity, base.prompt, 1.0, counted=False)
         return look.shown
 
     def queue_position(self, ticket: QueueTicket) -> int | None:
