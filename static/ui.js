@@ -121,6 +121,59 @@
     true,
   );
 
+  // PNG Info: the parameters text of a chosen or dropped PNG, read here (the file is
+  // not uploaded), handed to the server by the #png-read event (web/ui_png_info.py).
+  async function pngParameters(file) {
+    const data = new Uint8Array(await file.arrayBuffer());
+    const view = new DataView(data.buffer);
+    const signature = [137, 80, 78, 71, 13, 10, 26, 10];
+    if (!signature.every((byte, i) => data[i] === byte)) return "";
+    const latin1 = new TextDecoder("latin1");
+    const inflate = async (bytes) =>
+      new Uint8Array(await new Response(new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate"))).arrayBuffer());
+    for (let at = 8; at + 12 <= data.length; ) {
+      const length = view.getUint32(at);
+      const type = latin1.decode(data.subarray(at + 4, at + 8));
+      const body = data.subarray(at + 8, at + 8 + length);
+      const nul = body.indexOf(0);
+      if (nul > 0 && latin1.decode(body.subarray(0, nul)) === "parameters") {
+        if (type === "tEXt") return latin1.decode(body.subarray(nul + 1));
+        if (type === "zTXt") return latin1.decode(await inflate(body.subarray(nul + 2)));
+        if (type === "iTXt") {
+          // keyword \0 flag method language \0 translated keyword \0 text (UTF-8)
+          let text = body.indexOf(0, nul + 3) + 1;
+          text = body.indexOf(0, text) + 1;
+          const raw = body.subarray(text);
+          return new TextDecoder("utf-8").decode(body[nul + 1] ? await inflate(raw) : raw);
+        }
+      }
+      if (type === "IEND") break;
+      at += 12 + length;
+    }
+    return "";
+  }
+  async function readPng(file) {
+    window.zimage.pngText = file ? (await pngParameters(file).catch(() => "")).slice(0, 16384) : "";
+    $("#png-read")?.click();
+  }
+  document.addEventListener(
+    "change",
+    (event) => {
+      const input = event.target;
+      if (!(input instanceof HTMLInputElement) || input.id !== "png-info-file") return;
+      readPng(input.files?.[0]).finally(() => (input.value = ""));
+    },
+    true,
+  );
+  document.addEventListener("dragover", (event) => {
+    if (event.target.closest?.("#png-info")) event.preventDefault();
+  });
+  document.addEventListener("drop", (event) => {
+    if (!event.target.closest?.("#png-info")) return;
+    event.preventDefault();
+    readPng(event.dataTransfer?.files?.[0]);
+  });
+
   function count(text) {
     const counter = $("#prompt-count");
     if (!counter) return;
@@ -232,6 +285,8 @@
       const caption = thumb.querySelector(".caption-label")?.textContent.trim();
       if (caption) set(thumb, "aria-label", caption);
     }
+    const png = $("#png-info-file");
+    if (png) set(png, "aria-label", say("png_file", {}));
     for (const empty of document.querySelectorAll(".empty[aria-label]")) {
       if (!empty.getAttribute("role")) empty.removeAttribute("aria-label");
     }
@@ -247,5 +302,5 @@
 
   const ask = (key) => window.confirm(say(key, {}));
 
-  window.zimage = { count, started, finished, ask, tooLong, runs: 0 };
+  window.zimage = { count, started, finished, ask, tooLong, runs: 0, pngText: "" };
 })();

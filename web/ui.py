@@ -34,6 +34,7 @@ from web.ui_history import persistable, revalidate
 from web.ui_history_panel import identity, listing, matching, without
 from web.ui_images import UiImages, namespace_of
 from web.ui_layout import CreateTab, create_tab, page_states
+from web.ui_png_info import png_reader
 from web.ui_run import QUEUE_WATCH_S, UiRun
 from web.ui_similar import SimilarPanel
 from web.ui_stats import StatsTab
@@ -175,6 +176,14 @@ def _bind_form(tab: CreateTab, engine: Engine, images: UiImages) -> None:
         return form_values(entries[min(index, len(entries) - 1)]["params"])
 
     tab.use_settings.click(use, [tab.shown, tab.selected], tab.settings, **_QUIET)
+    # PNG Info: the page reads the file and hands over its parameters text (static/ui.js).
+    tab.png_read.click(
+        png_reader(tab),
+        tab.parameters,
+        [*tab.settings, tab.notice, tab.parameters],
+        js="() => [window.zimage.pngText || '']",
+        **_QUIET,
+    )
 
     def pick(entries: list[dict[str, Any]], evt: gr.SelectData) -> tuple[Any, Any]:
         if not entries or evt.index >= len(entries):

@@ -52,6 +52,7 @@ class CreateTab:
     api_trigger: gr.Button
     api_seed: gr.Number  # the generate API's seed: the API's default (42), not the page's (-1)
     too_long: gr.Button  # (never shown) says in the page that the prompt is too long
+    png_read: gr.Button  # (never shown) pressed by the page with a PNG's parameters text
     tz: gr.Textbox  # the browser's time zone (hidden)
     history_search: gr.Textbox
     history_delete: gr.Button
@@ -213,6 +214,16 @@ def create_tab(normalization: str, states: dict[str, Any]) -> CreateTab:
                     info=t("normalization_note"),
                     elem_id="normalization",
                 )
+            # PNG Info: a PNG's parameters read into the form. The page reads the file
+            # itself (static/ui.js) and sends only its parameters text: no upload.
+            with gr.Accordion(t("png_info"), open=False, elem_id="png-info"):
+                gr.HTML(
+                    '<input type="file" accept="image/png,.png" id="png-info-file">',
+                    elem_id="png-info-drop",
+                    padding=False,
+                )
+                gr.Markdown(t("png_info_note"), elem_id="png-info-note")
+            png_read = gr.Button(elem_id="png-read", elem_classes=["page-only"])
             gr.Examples(EXAMPLES, inputs=prompt, label=t("examples"))
         with gr.Column(scale=6, min_width=320):
             gallery = gr.Gallery(
@@ -308,6 +319,7 @@ def create_tab(normalization: str, states: dict[str, Any]) -> CreateTab:
         api_trigger=api_trigger,
         api_seed=api_seed,
         too_long=too_long,
+        png_read=png_read,
         tz=tz,
         history_search=history_search,
         history_delete=history_delete,

@@ -43,6 +43,9 @@ EN = {
     "cancel": "Interrupt",
     "results": "Images",
     "similar_heading": "Already made for similar prompts",
+    "png_info": "PNG Info",
+    "png_info_note": "Choose or drop a PNG (ours, or one A1111 wrote) to read its settings into the form. "
+    "The file stays in your browser.",
     "similar_info": "Click one to use it instead of waiting.",
     "use_settings": "Use these settings",
     "parameters": "Parameters (A1111 format)",
@@ -89,6 +92,8 @@ ZH = {
     "cancel": "中断",
     "results": "图像",
     "similar_heading": "已为相似提示生成的图像",
+    "png_info": "PNG 信息",
+    "png_info_note": "选择或拖入一张 PNG（本服务或 A1111 生成的），将其参数读入表单。文件不会离开你的浏览器。",
     "similar_info": "点击其中一张即可直接使用，无需等待。",
     "use_settings": "使用此图参数",
     "parameters": "生成参数（A1111 格式）",
@@ -119,6 +124,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "tier_similar": "similar",
         "similar_caption": "{score:.0%} · {prompt}",
         "similar_gone": "That image is no longer stored.",
+        "png_read": "Settings read from the image.",
+        "png_none": "This file holds no generation parameters.",
         "hit": "{tier} hit · {took}",
         "generated": "{tier} · generated in {took}",
         "seed": "seed {seed}",
@@ -185,6 +192,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "tier_similar": "相似",
         "similar_caption": "{score:.0%} · {prompt}",
         "similar_gone": "该图像已不在缓存中。",
+        "png_read": "已从图像中读取参数。",
+        "png_none": "此文件不含生成参数。",
         "hit": "{tier}命中 · {took}",
         "generated": "{tier} · 生成用时 {took}",
         "seed": "种子 {seed}",
@@ -250,6 +259,7 @@ SCRIPT_TEXT = {
         "negative_too_long": "The negative prompt is {length} characters; shorten it to at most {limit}.",
         "too_long": "Too long: at most {limit} characters.",
         "range": "Goes from {min} to {max}: set to {value}.",
+        "png_file": "A PNG to read its settings from",
     },
     "zh": {
         "clear_history": "从本浏览器中删除历史记录中的所有图像？",
@@ -257,6 +267,7 @@ SCRIPT_TEXT = {
         "negative_too_long": "反向提示词共 {length} 个字符，请缩短到 {limit} 个以内。",
         "too_long": "太长：最多 {limit} 个字符。",
         "range": "取值范围 {min} 到 {max}：已设为 {value}。",
+        "png_file": "要读取参数的 PNG 图像",
     },
 }
 
