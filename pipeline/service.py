@@ -186,7 +186,9 @@ class GenerationService:
         near: Match | None = None
         suggestions = self.suggestions if image is None else None
         if len(outcomes) < batch_size and suggestions is not None:
-            look = await suggestions.look(namespace, identity, base.prompt, similar_threshold or 1.0)
+            look = await suggestions.look(
+                self.cache, namespace, identity, base.prompt, similar_threshold or 1.0
+            )
             if similar_threshold is not None and not inputs:  # a stored image has no inputs
                 found = await suggestions.approximate(
                     self.cache, namespace, look, similar_threshold, base.width, base.height
@@ -246,6 +248,27 @@ class GenerationService:
             similar=tuple(m for m in similar if m.key not in keys),
             near=near,
         )
+
+    async def near_repeats(
+        self, request: GenerationRequest, *, namespace: str, normalization: Normalization | None = None
+    ) -> tuple[Match, ...]:
+        """What `generate_batch` will offer as `similar` for `request` (one image), known
+        before it is generated: the UI shows them while the image is made. Nothing for
+        a hit, a do-not-store prompt, a bad namespace, or without near-repeats. Counts
+        nothing: the miss itself counts what it offers. Invalid input raises as
+        `generate_batch` does."""
+        if self.suggestions is None or not is_namespace(namespace):
+            return ()
+        identity = await self.model_identity()
+        base = request.canonical(normalization or self.normalization)
+        if self.must_not_store(base):
+            return ()
+        if request.seed != RANDOM_SEED and isinstance(
+            await self.lookup(namespace, self.key_for(base, identity)), Hit
+        ):
+            return ()
+        look = await self.suggestions.look(self.cache, namespace, identity, base.prompt, 1.0, counted=False)
+        return look.shown
 
     def queue_position(self, ticket: QueueTicket) -> int | None:
         """The best place in the engine's queue of the jobs `ticket` started (1: next to

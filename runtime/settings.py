@@ -270,7 +270,10 @@ class Settings(BaseSettings):
         json_schema_extra=readme(CUDA_OPTIONS),
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
-        "info", description="`debug`, `info`, `warning` or `error`."
+        "info",
+        description="`debug`, `info`, `warning` or `error`. A few start-up warnings of torch and torchao that "
+        "mean nothing here (torchao's prebuilt kernels for another Python or GPU, no Triton on a CPU, "
+        "torchao's Enum pytree notice) show only at `debug`.",
     )
     log_prompts: bool = Field(
         False,
@@ -418,4 +421,9 @@ def flag_and_variable(name: str) -> str:
 
 
 def setup_logging(level: str) -> None:
+    """The log's level and format; third-party start-up warnings that mean nothing to
+    the user lowered to DEBUG (runtime/quiet_logs.py)."""
+    from runtime import quiet_logs
+
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_logs.install()

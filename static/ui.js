@@ -123,22 +123,30 @@
     had = document.activeElement;
   }
 
-  // A prompt over the limit is not sent (a pasted 64 KB would be refused whole by the
-  // server's body limit, and the page would show Gradio's English error): the note
-  // beside it says so, in the page's language (web/ui.py's #too-long event), and the
-  // images stay.
+  // A prompt or negative prompt over the limit is not sent (a pasted 64 KB would be
+  // refused whole by the server's body limit, and the page would show Gradio's English
+  // error): the note beside it says so, in the page's language (web/ui.py's #too-long
+  // event), and the images stay. A negative prompt's note is inside Advanced: opened.
   const promptText = () => $("#prompt textarea")?.value || "";
+  const negativeText = () => $("#negative textarea")?.value || "";
+  const over = (text) => [...text].length > LIMIT;
   function tooLongToSend() {
-    if ([...promptText()].length <= LIMIT) return false;
+    if (!over(promptText()) && !over(negativeText())) return false;
+    const advanced = $("#advanced .label-wrap");
+    if (over(negativeText()) && advanced && !advanced.classList.contains("open")) advanced.click();
     $("#too-long")?.click();
     return true;
   }
   function tooLong() {
-    return {
-      __type__: "update",
-      value: say("prompt_too_long", { length: [...promptText()].length, limit: LIMIT }),
-      elem_classes: ["field-note", "field-error"], // (web/ui_form.py's field_note)
-    };
+    const note = (key, text) =>
+      over(text)
+        ? {
+            __type__: "update",
+            value: say(key, { length: [...text].length, limit: LIMIT }),
+            elem_classes: ["field-note", "field-error"], // (web/ui_form.py's field_note)
+          }
+        : { __type__: "update", value: "", elem_classes: ["field-note"] }; // (not the cause)
+    return [note("prompt_too_long", promptText()), note("negative_too_long", negativeText())];
   }
   document.addEventListener(
     "click",
@@ -163,6 +171,59 @@
     },
     true,
   );
+
+  // PNG Info: the parameters text of a chosen or dropped PNG, read here (the file is
+  // not uploaded), handed to the server by the #png-read event (web/ui_png_info.py).
+  async function pngParameters(file) {
+    const data = new Uint8Array(await file.arrayBuffer());
+    const view = new DataView(data.buffer);
+    const signature = [137, 80, 78, 71, 13, 10, 26, 10];
+    if (!signature.every((byte, i) => data[i] === byte)) return "";
+    const latin1 = new TextDecoder("latin1");
+    const inflate = async (bytes) =>
+      new Uint8Array(await new Response(new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate"))).arrayBuffer());
+    for (let at = 8; at + 12 <= data.length; ) {
+      const length = view.getUint32(at);
+      const type = latin1.decode(data.subarray(at + 4, at + 8));
+      const body = data.subarray(at + 8, at + 8 + length);
+      const nul = body.indexOf(0);
+      if (nul > 0 && latin1.decode(body.subarray(0, nul)) === "parameters") {
+        if (type === "tEXt") return latin1.decode(body.subarray(nul + 1));
+        if (type === "zTXt") return latin1.decode(await inflate(body.subarray(nul + 2)));
+        if (type === "iTXt") {
+          // keyword \0 flag method language \0 translated keyword \0 text (UTF-8)
+          let text = body.indexOf(0, nul + 3) + 1;
+          text = body.indexOf(0, text) + 1;
+          const raw = body.subarray(text);
+          return new TextDecoder("utf-8").decode(body[nul + 1] ? await inflate(raw) : raw);
+        }
+      }
+      if (type === "IEND") break;
+      at += 12 + length;
+    }
+    return "";
+  }
+  async function readPng(file) {
+    window.zimage.pngText = file ? (await pngParameters(file).catch(() => "")).slice(0, 16384) : "";
+    $("#png-read")?.click();
+  }
+  document.addEventListener(
+    "change",
+    (event) => {
+      const input = event.target;
+      if (!(input instanceof HTMLInputElement) || input.id !== "png-info-file") return;
+      readPng(input.files?.[0]).finally(() => (input.value = ""));
+    },
+    true,
+  );
+  document.addEventListener("dragover", (event) => {
+    if (event.target.closest?.("#png-info")) event.preventDefault();
+  });
+  document.addEventListener("drop", (event) => {
+    if (!event.target.closest?.("#png-info")) return;
+    event.preventDefault();
+    readPng(event.dataTransfer?.files?.[0]);
+  });
 
   function count(text) {
     const counter = $("#prompt-count");
@@ -275,6 +336,8 @@
       const caption = thumb.querySelector(".caption-label")?.textContent.trim();
       if (caption) set(thumb, "aria-label", caption);
     }
+    const png = $("#png-info-file");
+    if (png) set(png, "aria-label", say("png_file", {}));
     for (const empty of document.querySelectorAll(".empty[aria-label]")) {
       if (!empty.getAttribute("role")) empty.removeAttribute("aria-label");
     }
@@ -293,5 +356,5 @@
 
   const ask = (key) => window.confirm(say(key, {}));
 
-  window.zimage = { count, started, finished, ask, tooLong, runs: 0 };
+  window.zimage = { count, started, finished, ask, tooLong, runs: 0, pngText: "" };
 })();

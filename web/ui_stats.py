@@ -164,6 +164,7 @@ def latency_text(lang: str, stats: dict[str, Any]) -> str:
             "near_line",
             suggested=near["suggested"],
             suggestions=near["suggestions"],
+            used=near["used"],
             approximate=near["approximate_hits"],
             prompts=near["prompts"],
         )
