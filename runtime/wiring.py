@@ -192,6 +192,8 @@ def build_app(settings: Settings, on_fatal: OnFatal | None = None) -> Runtime:
     # Without API keys every UI user is in the default namespace; with them, the
     # Gradio login session says whose the UI's images and sessions are.
     ui_namespace = gradio_user(app) if access.api_keys else (lambda request: DEFAULT_NAMESPACE)
+    # The UI's image tab posts to /api/edit from the page, in its login session's namespace.
+    app.state.ui_user = gradio_user(app) if access.api_keys else None
     limit = next(i for i, m in enumerate(app.user_middleware) if m.cls is BodyLimit)
     app.user_middleware.insert(limit + 1, Middleware(GradioGuard, blocks=ui, namespace_of=ui_namespace))
     app.add_middleware(UiImageRoute, images=images, namespace_of=ui_namespace)

@@ -6,14 +6,14 @@ import string
 
 import pytest
 
-from web.ui_text import EN, MESSAGES, SCRIPT_TEXT, ZH, language, say
+from web.ui_text import EDIT_TEXT, EN, MESSAGES, SCRIPT_TEXT, ZH, language, say
 
 
 def fields(text: str) -> set[str]:
     return {name for _, name, _, _ in string.Formatter().parse(text) if name}
 
 
-@pytest.mark.parametrize("table", [{"en": EN, "zh": ZH}, MESSAGES, SCRIPT_TEXT])
+@pytest.mark.parametrize("table", [{"en": EN, "zh": ZH}, MESSAGES, SCRIPT_TEXT, EDIT_TEXT])
 def test_every_text_exists_in_both_languages_with_the_same_blanks(table: dict[str, dict[str, str]]) -> None:
     en, zh = table["en"], table["zh"]
     assert en.keys() == zh.keys()

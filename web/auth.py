@@ -112,6 +112,40 @@ async def caller_namespace(request: Request) -> str:  # async: FastAPI would run
 
 
 Namespace = Annotated[str, Depends(caller_namespace)]
+
+
+async def ui_or_caller_namespace(request: Request) -> str:
+    """`caller_namespace`, except that with API keys the UI's own login session counts
+    too: the Gradio user that `app.state.ui_user` (set where the UI is mounted) finds
+    for the request's session cookie, when no Authorization header is sent and the
+    browser says the request comes from the page itself (`same_origin`). Gradio sets
+    its cookie SameSite=None, so without that check any site could spend a logged-in
+    person's namespace. Only the route the UI's image tab calls uses it (`/api/edit`)."""
+    user_of = getattr(request.app.state, "ui_user", None)
+    if user_of is not None and "authorization" not in request.headers and same_origin(request):
+        user = user_of(request)
+        if user is not None:
+            x_namespace = request.headers.get("x-namespace")
+            if x_namespace not in (None, user):
+                raise HTTPException(403, f"this session belongs to namespace {user!r}, not {x_namespace!r}")
+            return user
+    return await caller_namespace(request)
+
+
+UiOrCallerNamespace = Annotated[str, Depends(ui_or_caller_namespace)]
+
+
+def same_origin(request: Request) -> bool:
+    """Whether a browser sent the request from a page of this server: its
+    `Sec-Fetch-Site` (which no page's script can set) is `same-origin`; a browser
+    without it must send an `Origin` whose host is the request's `Host`."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site == "same-origin"
+    origin = request.headers.get("origin", "")
+    return bool(origin) and origin.partition("://")[2] == request.headers.get("host")
+
+
 NAMESPACE_HELP = "Cache namespace (default `public`); with API keys, the token's namespace."
 # The OpenAPI parameter, as FastAPI writes a declared `x_namespace: Header()`.
 NAMESPACE_HEADER = {
@@ -133,7 +167,8 @@ class NamespacedRoute(APIRoute):
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         super().__init__(path, endpoint, **kwargs)
-        if any(dependency.call is caller_namespace for dependency in self.dependant.dependencies):
+        namespaced = (caller_namespace, ui_or_caller_namespace)
+        if any(dependency.call in namespaced for dependency in self.dependant.dependencies):
             extra = self.openapi_extra or {}
             self.openapi_extra = {
                 **extra,

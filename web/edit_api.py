@@ -11,6 +11,7 @@ the key. Namespaces and API keys apply as on every route.
 from __future__ import annotations
 
 import asyncio
+import base64
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -36,7 +37,7 @@ from pipeline.image_input import (
 )
 from pipeline.request import GenerationRequest
 from pipeline.service import GenerationService
-from web.auth import Namespace, NamespacedRoute
+from web.auth import NamespacedRoute, UiOrCallerNamespace
 from web.disconnect import unless_client_leaves
 from web.schemas import BatchImage, error_responses, image_path
 from web.uploads import EDIT_PATH, file_field, read_form, text_fields
@@ -44,11 +45,27 @@ from web.uploads import EDIT_PATH, file_field, read_form, text_fields
 # The request's own fields, as text fields of the form (width and height default to
 # the image's size, snapped to a multiple of 16).
 REQUEST_FIELDS = {"prompt", "negative_prompt", "seed", "steps", "guidance_scale", "format", "width", "height"}
-FORM_FIELDS = REQUEST_FIELDS | {"strength", "batch_size", "no_cache", "control_kind", "control_scale"}
+FORM_FIELDS = REQUEST_FIELDS | {
+    "strength",
+    "batch_size",
+    "no_cache",
+    "control_kind",
+    "control_scale",
+    "response_format",
+}
+RESPONSE_FORMATS = ("url", "b64_json")
+
+
+class EditImage(BatchImage):
+    b64_json: str | None = Field(
+        None,
+        description="With `response_format=b64_json`: the image itself, base64 (a bypassed "
+        "result has no `image_url`; the UI's image tab reads it here).",
+    )
 
 
 class EditResult(BaseModel):
-    images: list[BatchImage]
+    images: list[EditImage]
     kind: str = Field(description="`img2img`, `inpaint` when a mask was sent, `control` for a control image.")
     strength: float
     width: int
@@ -101,6 +118,7 @@ EDIT_FORM = {
                         "format": {"type": "string", "enum": list(limits.IMAGE_FORMATS)},
                         "batch_size": {"type": "integer", "minimum": 1, "maximum": limits.MAX_API_BATCH},
                         "no_cache": {"type": "boolean"},
+                        "response_format": {"type": "string", "enum": list(RESPONSE_FORMATS)},
                     },
                 }
             }
@@ -118,7 +136,7 @@ def create_edit_router(service: GenerationService) -> APIRouter:
         responses=error_responses(401, 403, 413, 422, 500, 503),
         openapi_extra=EDIT_FORM,
     )
-    async def edit(namespace: Namespace, raw: Request) -> dict[str, Any]:
+    async def edit(namespace: UiOrCallerNamespace, raw: Request) -> dict[str, Any]:
         """An image edited by a prompt: img2img, or inpainting with a mask; up to 8 seeds."""
         form = await read_form(raw)
         fields = text_fields(form, FORM_FIELDS)
@@ -162,6 +180,11 @@ def create_edit_router(service: GenerationService) -> APIRouter:
                 "batch_size", f"batch_size must be a whole number, 1..{limits.MAX_API_BATCH}"
             )
         no_cache = fields.get("no_cache", "false").lower() in ("1", "true", "yes", "on")
+        response_format = fields.get("response_format", "url")
+        if response_format not in RESPONSE_FORMATS:
+            raise RequestInvalid(
+                "response_format", f"response_format must be one of {', '.join(RESPONSE_FORMATS)}"
+            )
         results = await unless_client_leaves(
             raw,
             service.generate_batch(request, batch_size, namespace=namespace, no_cache=no_cache, image=image),
@@ -175,6 +198,11 @@ def create_edit_router(service: GenerationService) -> APIRouter:
                     "duration": round(r.duration, 6),
                     "image_url": image_path(r),
                 }
+                | (
+                    {"b64_json": base64.b64encode(r.entry.data).decode()}
+                    if response_format == "b64_json"
+                    else {}
+                )
                 for r in results
             ],
             "kind": image.kind,

@@ -20,6 +20,7 @@ from pipeline.engine import Engine, EngineState
 from pipeline.limits import MAX_PROMPT_CHARS, RANDOM_SEED
 from pipeline.service import GenerationService
 from web.ui_api import generate_api
+from web.ui_edit import edit_head, edit_panel
 from web.ui_form import (
     NOTED,
     form_values,
@@ -51,7 +52,7 @@ def page_head() -> str:
     script = SCRIPT.read_text(encoding="utf-8")
     script = script.replace("__TEXT__", json.dumps(SCRIPT_TEXT, ensure_ascii=False))
     script = script.replace("__LIMIT__", str(MAX_PROMPT_CHARS))
-    return f"<script>\n{script}</script>"
+    return f"<script>\n{script}</script>\n{edit_head()}"
 
 
 def create_ui(service: GenerationService, engine: Engine, images: UiImages, *, demo_model: bool) -> gr.Blocks:
@@ -62,6 +63,8 @@ def create_ui(service: GenerationService, engine: Engine, images: UiImages, *, d
         states = page_states()
         with gr.Tab(I18N("tab_generate"), id="generate"):
             tab = create_tab(service.normalization, states)
+        with gr.Tab(I18N("tab_edit"), id="edit"):
+            edit_panel()
         with gr.Tab(I18N("tab_stats"), id="stats"):
             stats = StatsTab(service)
         # Gradio copies a file it is handed into the component's cache dir, and keeps

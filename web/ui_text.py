@@ -19,6 +19,7 @@ from pipeline.limits import UI_HISTORY_LIMIT
 EN = {
     "tab_generate": "Create",
     "tab_stats": "Stats",
+    "tab_edit": "Edit an image",
     "prompt": "Prompt",
     "prompt_placeholder": "A red fox in fresh snow, morning light",
     "prompt_info": "Ctrl+Enter (or Shift+Enter) generates.",
@@ -69,6 +70,7 @@ EN = {
 ZH = {
     "tab_generate": "创作",
     "tab_stats": "统计",
+    "tab_edit": "编辑图像",
     "prompt": "提示词",
     "prompt_placeholder": "清晨的雪地里，一只红狐狸",
     "prompt_info": "按 Ctrl+Enter（或 Shift+Enter）生成。",
@@ -268,6 +270,44 @@ SCRIPT_TEXT = {
         "too_long": "太长：最多 {limit} 个字符。",
         "range": "取值范围 {min} 到 {max}：已设为 {value}。",
         "png_file": "要读取参数的 PNG 图像",
+    },
+}
+
+# The image tab's words (web/ui_edit.py, static/edit.js), put in by the page's script.
+EDIT_TEXT = {
+    "en": {
+        "file": "Image (PNG, JPEG or WebP)",
+        "file_note": "The image goes only to this server's edit route; it is never stored.",
+        "mask": "Paint over what to redraw (leave it unpainted to redraw the whole image)",
+        "brush": "Brush size",
+        "clear": "Clear the mask",
+        "strength": "Strength (how much is redrawn)",
+        "prompt": "Prompt",
+        "seed": "Seed",
+        "generate": "Edit",
+        "result": "The edited image",
+        "no_image": "Choose an image first.",
+        "no_prompt": "Write a prompt first.",
+        "working": "Working…",
+        "done": "{kind} · {cache} · seed {seed} · {seconds} s",
+        "failed": "Not done: {reason}",
+    },
+    "zh": {
+        "file": "图像（PNG、JPEG 或 WebP）",
+        "file_note": "图像只发送到本服务器的编辑接口，不会被保存。",
+        "mask": "涂抹需要重绘的区域（不涂抹则重绘整张图像）",
+        "brush": "画笔大小",
+        "clear": "清除蒙版",
+        "strength": "重绘强度",
+        "prompt": "提示词",
+        "seed": "种子",
+        "generate": "编辑",
+        "result": "编辑后的图像",
+        "no_image": "请先选择一张图像。",
+        "no_prompt": "请先输入提示词。",
+        "working": "处理中……",
+        "done": "{kind} · {cache} · 种子 {seed} · {seconds} 秒",
+        "failed": "未完成：{reason}",
     },
 }
 
