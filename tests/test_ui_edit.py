@@ -85,9 +85,11 @@ def session(server: Server, user: str | None = None, token: str | None = None) -
     return client
 
 
-def edit(client: httpx.Client, image: bytes, headers: dict[str, str]) -> httpx.Response:
+def edit(
+    client: httpx.Client, image: bytes, headers: dict[str, str], response_format: str = "b64_json"
+) -> httpx.Response:
     files = {"image": ("in.png", image, "image/png")}
-    data = {"prompt": "a private lantern", "steps": "2", "seed": "5", "response_format": "b64_json"}
+    data = {"prompt": "a private lantern", "steps": "2", "seed": "5", "response_format": response_format}
     return client.post("/api/edit", files=files, data=data, headers=headers)
 
 
@@ -117,3 +119,7 @@ def test_api_edit_takes_the_ui_session_as_its_namespace_and_only_from_the_page(k
     # A key still works as before, and a session counts on /api/edit only.
     assert edit(nobody, image, {"Authorization": f"Bearer {ALICE}"}).json()["images"][0]["cache"] == "memory"
     assert alice.get(made["image_url"], headers=PAGE).status_code == 401
+    # The inline image is asked for by name; anything else is a 422 naming the field.
+    assert edit(alice, image, PAGE, "url").json()["images"][0]["b64_json"] is None
+    wrong = edit(alice, image, PAGE, "base64")
+    assert wrong.status_code == 422 and wrong.json()["detail"][0]["loc"] == ["body", "response_format"]
