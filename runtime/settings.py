@@ -80,8 +80,10 @@ class Settings(BaseSettings):
     )
     offload: Offload = Field(
         "auto",
-        description="Where the model's parts live on a CUDA GPU: `none` (all on the GPU), `text-encoder` "
-        "(the text encoder on the CPU), `model` or `sequential` (accelerate's offload; slower); `auto` takes "
+        description="Where the model's parts live on a CUDA GPU: `none` (all on the GPU), `stream-text-encoder` "
+        "(the text encoder streamed through the GPU from pinned CPU memory), `text-encoder` "
+        "(the text encoder on the CPU), `model` (every part streamed block by block from pinned CPU memory: "
+        "diffusers' group offloading) or `sequential` (accelerate's, module by module; slowest); `auto` takes "
         "the first that fits the free GPU memory. Ignored on the CPU.",
         json_schema_extra=readme(CUDA_SECTION),
     )
@@ -91,6 +93,12 @@ class Settings(BaseSettings):
         "(row-wise scales), about half its memory; needs compute capability 8.9+ (H100, H200, L40S, "
         "RTX 4090, ...) and the `fp8` extra (`pip install -e '.[fp8]'`). Part of the cache key. Refused on "
         "older GPUs (`/ready` says why); emulated on the CPU (slow, in bfloat16: for tests).",
+    )
+    controlnet: str | None = Field(
+        None,
+        description="ControlNet weights for control-image requests: the Z-Image-Turbo Fun ControlNet Union "
+        "`.safetensors` file, a diffusers directory, or `tiny` (a tiny one built locally, for the demo "
+        "model). Unset: no ControlNet (a control image is a 422).",
     )
     cache_dir: Path = Field(
         DEFAULT_CACHE_DIR,
@@ -218,6 +226,21 @@ class Settings(BaseSettings):
         "long after connecting, or after the first bytes of its next request, is closed. Idle keep-alive "
         "connections are closed after 5 s.",
     )
+    body_timeout: Duration = Field(
+        "10s",
+        description="A request whose whole body (at most 64 KB) has not arrived this long after its head "
+        "gets 408 and its connection is closed: a declared body that never comes, one sent a byte at a time, "
+        "or an `Expect: 100-continue` that never follows up. A larger body (an upload) must advance by 64 KB "
+        "within each such time.",
+    )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        description="Open connections served at once; a request arriving on one more gets 503 and its "
+        "connection is closed. Each open connection costs memory whether or not it sends anything (those "
+        "that send nothing are closed after `--header-timeout`). Behind nginx, keep it above nginx's "
+        "upstream connections.",
+    )
     shutdown_timeout: Duration = Field(
         "60s",
         description="On SIGTERM, how long the generation in flight may take to finish before it is "
@@ -239,14 +262,18 @@ class Settings(BaseSettings):
     attention_backend: str = Field(
         "auto",
         description="The attention kernel, through diffusers' attention dispatcher: `auto` "
-        "(FlashAttention-3 on Hopper when installed, then `flash-attn`, cuDNN, PyTorch native) or a "
+        "(on CUDA, times FlashAttention-3, cuDNN, `flash-attn` and PyTorch native on the model's real "
+        "attention shape, keeps those whose output matches native, takes the fastest and logs the table) or a "
         "diffusers backend name (`native`, `flash`, `_flash_3`, `_native_cudnn`, `_native_flash`, ...). An "
         "unknown name stops the start naming the choices; a known one that cannot run on this machine fails "
         "the model with the reason.",
         json_schema_extra=readme(CUDA_OPTIONS),
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
-        "info", description="`debug`, `info`, `warning` or `error`."
+        "info",
+        description="`debug`, `info`, `warning` or `error`. A few start-up warnings of torch and torchao that "
+        "mean nothing here (torchao's prebuilt kernels for another Python or GPU, no Triton on a CPU, "
+        "torchao's Enum pytree notice) show only at `debug`.",
     )
     log_prompts: bool = Field(
         False,
@@ -304,9 +331,9 @@ class Settings(BaseSettings):
             raise ValueError(f"use at least {MIN_TOKEN_CHARS} characters")
         return v or None
 
-    @field_validator("header_timeout")
+    @field_validator("header_timeout", "body_timeout")
     @classmethod
-    def _header_timeout(cls, v: float) -> float:
+    def _connection_timeout(cls, v: float) -> float:
         if v <= 0:
             raise ValueError("must be more than 0 (e.g. 10s)")
         return v
@@ -394,4 +421,9 @@ def flag_and_variable(name: str) -> str:
 
 
 def setup_logging(level: str) -> None:
+    """The log's level and format; third-party start-up warnings that mean nothing to
+    the user lowered to DEBUG (runtime/quiet_logs.py)."""
+    from runtime import quiet_logs
+
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_logs.install()

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline import limits
 from pipeline.errors import RequestInvalid
+from pipeline.image_input import ImageInput
 from pipeline.image_metadata import (
     SAMPLER,
     SCHEDULE_TYPE,
@@ -35,6 +36,7 @@ from pipeline.loading import ModelIdentity
 from pipeline.lora import split_prompt_loras
 from pipeline.request import GenerationRequest, seed_field, snap_size, steps_field
 from pipeline.service import GenerationService
+from web.a1111_img2img import Img2ImgFields, img2img_input
 from web.auth import Namespace, NamespacedRoute
 from web.schemas import error_responses
 
@@ -70,6 +72,10 @@ class Txt2ImgRequest(BaseModel):
         1, ge=1, le=MAX_IMAGES, description=f"Images per batch; batch_size x n_iter <= {MAX_IMAGES}."
     )
     n_iter: int = Field(1, ge=1, le=MAX_IMAGES, description="Batches; image i has seed `seed + i`.")
+
+
+class Img2ImgRequest(Img2ImgFields, Txt2ImgRequest):
+    """A1111's img2img body: txt2img's, and the image fields of web/a1111_img2img.py."""
 
 
 class Txt2ImgResponse(BaseModel):
@@ -120,6 +126,17 @@ def create_a1111_router(service: GenerationService) -> APIRouter:
     )
     async def txt2img(body: Txt2ImgRequest, namespace: Namespace) -> Txt2ImgResponse:
         """A1111's text-to-image: `batch_size` x `n_iter` PNG images of one prompt."""
+        return await serve(body, namespace)
+
+    @router.post(
+        "/img2img", response_model=Txt2ImgResponse, responses=error_responses(401, 403, 413, 422, 500, 503)
+    )
+    async def img2img(body: Img2ImgRequest, namespace: Namespace) -> Txt2ImgResponse:
+        """A1111's image-to-image: txt2img from `init_images[0]`, inpainting with a `mask`."""
+        return await serve(body, namespace, await img2img_input(body))
+
+    async def serve(body: Txt2ImgRequest, namespace: str, image: ImageInput | None = None) -> Txt2ImgResponse:
+        """txt2img, and with `image` img2img (web/a1111_img2img.py): the generation and A1111's answer."""
         identity = await service.model_identity()
         if not math.isfinite(body.cfg_scale) or body.cfg_scale > MAX_CFG_SCALE:
             raise RequestInvalid(
@@ -148,7 +165,7 @@ def create_a1111_router(service: GenerationService) -> APIRouter:
             raise RequestValidationError(
                 [{**e, "loc": ("body", A1111_FIELD.get(str(e["loc"][0]), e["loc"][0]))} for e in exc.errors()]
             ) from None
-        results = await service.generate_batch(request, count, namespace=namespace)
+        results = await service.generate_batch(request, count, namespace=namespace, image=image)
         # The fields we ignore are not echoed: they are the client's to send, and
         # anything at all (a lone surrogate cannot even be written out as JSON).
         served = {**body.model_dump(exclude=set(body.model_extra or ())), "width": width, "height": height}

@@ -176,6 +176,7 @@ class Percentiles(BaseModel):
 class NearRepeatStats(BaseModel):
     suggested: int = Field(description="Misses given near-repeat suggestions.")
     suggestions: int = Field(description="Suggestions shown.")
+    used: int = Field(description="Suggestions a person used in the UI (a click on one).")
     approximate_hits: int = Field(description="Requests with `similar_threshold` answered `cache: similar`.")
     namespaces: int = Field(description="Namespace indexes loaded (per served model).")
     prompts: int = Field(description="Prompts in them.")
