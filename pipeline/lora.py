@@ -4,8 +4,9 @@ LoRA), each known by the SHA-256 of its content, and how a request names them.
 A request names LoRAs by file name (without `.safetensors`); the cache key holds
 each one's content hash and scale, never its name (pipeline/keys.py), so renaming a
 file keeps its images and replacing its content makes new ones. The set is
-canonical: sorted by hash, a LoRA at scale 0 left out (it changes nothing), so the
-same set written in another order is the same key.
+canonical: sorted by hash, one content named twice merged (scales added), a LoRA at
+scale 0 left out (it changes nothing), so the same set written in another order is
+the same key.
 """
 
 from __future__ import annotations
@@ -199,7 +200,15 @@ class LoraCatalog:
             self._check(spec.name, path, sha256)
             chosen.append(LoraChoice(spec.name, path, sha256, path.stat().st_size, float(spec.scale)))
         self.digests.save()
-        return tuple(sorted(chosen, key=lambda c: c.sha256))
+        # One content under two names is one LoRA at the sum of the scales (the same update).
+        merged: dict[str, LoraChoice] = {}
+        for choice in chosen:
+            if (known := merged.get(choice.sha256)) is not None:
+                choice = LoraChoice(
+                    known.name, known.path, known.sha256, known.size, known.scale + choice.scale
+                )
+            merged[choice.sha256] = choice
+        return tuple(merged[sha] for sha in sorted(merged) if merged[sha].scale != 0)
 
     def _check(self, name: str, path: Path, sha256: str) -> None:
         """RequestInvalid when `path` is not a safetensors file (its header is read once per content)."""

@@ -151,7 +151,9 @@ class GenerationService:
         else:
             seeds = [(base.seed + i) % (MAX_SEED + 1) for i in range(batch_size)]
         canonicals = [replace(base, seed=seed) for seed in seeds]
-        loras = await asyncio.to_thread(self.engine.loras.resolve, request.loras, identity.demo)
+        loras: LoraSet = ()
+        if request.loras:  # (their files are read and hashed: off the loop; a plain hit takes no thread)
+            loras = await asyncio.to_thread(self.engine.loras.resolve, request.loras, identity.demo)
         inputs = lora_inputs(loras) | (image.key_fields() if image is not None else {})
         keys = [self.key_for(c, identity, inputs) for c in canonicals]
         ext = request.format

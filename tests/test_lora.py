@@ -69,6 +69,8 @@ def test_the_demo_lora_changes_the_image_and_is_keyed_by_content_and_scale(
     # By content, never by name: the same file under another name is the same key.
     renamed = make(service, ("renamed", 0.8))
     assert (renamed.cache, renamed.key) == ("memory", with_lora.key)
+    # One content named twice is one LoRA at the sum of the scales: the same key.
+    assert make(service, (DEMO_LORA_NAME, 0.5), ("renamed", 0.3)).key == with_lora.key
     # Scale 0 is no LoRA at all; and after LoRAs, a plain request is the base model exactly.
     assert make(service, (DEMO_LORA_NAME, 0.0)).key == plain.key
     again = asyncio.run(service.generate(GenerationRequest(prompt="a lantern", **SMALL), no_cache=True))

@@ -51,6 +51,7 @@ def test_the_tool_is_listed_with_a_schema_a_model_can_use(server: Server) -> Non
         "seed",
         "steps",
         "guidance_scale",
+        "loras",
     }
     assert all(prop.get("description") for prop in schema["properties"].values())
     assert schema["properties"]["width"]["default"] == 1024

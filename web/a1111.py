@@ -1,6 +1,7 @@
 """The part of AUTOMATIC1111's web UI API that image clients use: `POST
 /sdapi/v1/txt2img`, and the look-ups they make when connecting (options,
-sd-models, samplers, schedulers).
+sd-models, samplers, schedulers, loras). Tags `<lora:name:0.8>` in the prompt
+name LoRAs, as in A1111.
 
 Tools with an "A1111 backend" setting (Open WebUI, SillyTavern, ...) work with
 `<server>` as the A1111 URL. Generation goes through
@@ -32,6 +33,7 @@ from pipeline.image_metadata import (
     model_name,
 )
 from pipeline.loading import ModelIdentity
+from pipeline.lora import split_prompt_loras
 from pipeline.request import GenerationRequest, seed_field, snap_size, steps_field
 from pipeline.service import GenerationService
 from web.a1111_img2img import Img2ImgFields, img2img_input
@@ -107,6 +109,15 @@ class Scheduler(BaseModel):
     aliases: list[str] | None = None
 
 
+class Lora(BaseModel):
+    """One entry of `/sdapi/v1/loras`, as A1111 lists it."""
+
+    name: str
+    alias: str
+    path: str
+    metadata: dict[str, Any]
+
+
 def create_a1111_router(service: GenerationService) -> APIRouter:
     router = APIRouter(prefix="/sdapi/v1", route_class=NamespacedRoute, tags=["A1111-compatible"])
 
@@ -138,8 +149,14 @@ def create_a1111_router(service: GenerationService) -> APIRouter:
         width = snap_size(body.width, identity.min_size, identity.max_size)
         height = snap_size(body.height, identity.min_size, identity.max_size)
         try:
+            prompt, loras = split_prompt_loras(body.prompt)  # `<lora:name:0.8>`, as A1111 reads it
+        except ValueError as exc:
+            raise RequestInvalid("prompt", str(exc)) from None
+        try:
             request = GenerationRequest(
-                **body.model_dump(include=SAME_FIELDS),
+                **body.model_dump(include=SAME_FIELDS - {"prompt"}),
+                prompt=prompt,
+                loras=loras,
                 width=width,
                 height=height,
                 guidance_scale=max(0.0, body.cfg_scale - 1.0),
@@ -208,6 +225,15 @@ def create_a1111_router(service: GenerationService) -> APIRouter:
     async def sd_models(_: Namespace) -> list[SdModel]:
         """The one model this server serves, as an A1111 checkpoint."""
         return [_checkpoint(await service.model_identity())]
+
+    @router.get("/loras", response_model=list[Lora], responses=error_responses(401, 403, 422, 503))
+    async def loras(_: Namespace) -> list[Lora]:
+        """The LoRAs a prompt may name as `<lora:name:scale>` (in the shape of A1111;
+        `path` is the file name only: the server's folders are not shown)."""
+        return [
+            Lora(name=lora["name"], alias=lora["name"], path=lora["file"], metadata={})
+            for lora in await service.lora_listing()
+        ]
 
     @router.get("/samplers", response_model=list[Sampler], responses=error_responses(401, 403, 422))
     async def samplers(_: Namespace) -> list[Sampler]:

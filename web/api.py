@@ -291,6 +291,7 @@ def create_api(
             "model": model,
             "queue": {"max": engine.max_queue, "waiting": engine.queue_depth},
             "auth": {"api_keys": bool(access.api_keys), "admin": bool(access.admin_token)},
+            "loras": await asyncio.to_thread(engine.loras.listing, identity.demo) if identity else [],
         }
 
     @app.get(

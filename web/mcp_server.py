@@ -26,6 +26,7 @@ from pydantic import Field, ValidationError
 
 from pipeline import limits
 from pipeline.errors import RequestInvalid
+from pipeline.lora import LoraSpec
 from pipeline.request import GenerationRequest
 from pipeline.results import GenerationResult
 from pipeline.service import GenerationService
@@ -88,6 +89,13 @@ def create_mcp_server(service: GenerationService) -> MCPServer:
                 description=f"Classifier-free guidance 0..{limits.MAX_GUIDANCE:g}; 0 (off) suits this model best."
             ),
         ] = limits.DEFAULT_GUIDANCE,
+        loras: Annotated[
+            list[LoraSpec],
+            Field(
+                description=f"LoRAs to apply, up to {limits.MAX_LORAS}, each a name (as the server's "
+                "`/api/info` lists them) and a scale; none by default."
+            ),
+        ] = [],  # noqa: B006 (the SDK reads the default for the tool's schema; never mutated)
     ) -> CallToolResult:
         """Generate an image from a text prompt with Z-Image-Turbo (photorealistic, bilingual
         text rendering). Returns the image's URL, its seed and size, and a small preview."""
@@ -102,6 +110,7 @@ def create_mcp_server(service: GenerationService) -> MCPServer:
                 seed=seed,
                 steps=steps,
                 guidance_scale=guidance_scale,
+                loras=loras,
             )
             result = await service.generate(generation, namespace=namespace)
         except (ValidationError, *EXPECTED) as exc:
