@@ -64,6 +64,17 @@ def test_the_image_tab_inpaints_a_painted_mask_a_miss_then_a_hit(server: Server)
         assert serious(page) == []  # the tab, as used, for everyone (axe)
         page.context.close()
 
+        # In Chinese and the dark theme: the tab's words, and axe again.
+        page = open_page(browser, server.url, locale="zh-CN", color_scheme="dark")
+        page.get_by_role("tab", name="编辑图像").click()
+        page.get_by_label("图像（PNG、JPEG 或 WebP）").set_input_files(
+            {"name": "in.png", "mimeType": "image/png", "buffer": encoded(array)}
+        )
+        expect(page.locator("#edit-mask")).to_be_visible()
+        expect(page.get_by_role("button", name="清除蒙版")).to_be_visible()
+        assert serious(page) == []
+        page.context.close()
+
 
 # -- the UI's login session on /api/edit ---------------------------------------------------
 
