@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         host=settings.host,
         port=settings.port,
         http=with_header_timeout(settings.header_timeout),
+        # uvicorn counts the connection asking among those open: one more serves N.
+        limit_concurrency=settings.max_connections + 1,
         log_level=settings.log_level,
         timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout)),
     )

@@ -102,6 +102,10 @@ def build_parts(settings: Settings, on_fatal: OnFatal | None = None) -> Parts:
         attention_backend=settings.attention_backend,
         compile=settings.compile,
         compile_cache_dir=settings.cache_dir / "compile",
+        lora_dir=settings.lora_dir,
+        max_adapters=settings.lora_cache_count,
+        max_adapter_bytes=settings.lora_cache_size,
+        controlnet=settings.controlnet,
     )
     keyring = Keyring.of(settings.cache_secrets)
     disk = DiskTier(settings.images_dir, keyring=keyring)
@@ -163,7 +167,12 @@ def build_app(settings: Settings, on_fatal: OnFatal | None = None) -> Runtime:
     os.environ["GRADIO_TEMP_DIR"] = str(ui_dir)
     images = UiImages(service, ui_dir / "results")
     api = create_api(
-        service, engine, access=access, info=describe(settings), cors_origins=settings.cors_origin_list
+        service,
+        engine,
+        access=access,
+        info=describe(settings),
+        cors_origins=settings.cors_origin_list,
+        body_timeout_s=settings.body_timeout,
     )
     ui = create_ui(service, engine, images, demo_model=is_demo_spec(settings.model))
     app = gr.mount_gradio_app(
@@ -180,15 +189,12 @@ def build_app(settings: Settings, on_fatal: OnFatal | None = None) -> Runtime:
     )
     # Just inside the body limit, which has read and capped the body by then:
     # add_middleware would put the guard outermost, reading an uncapped body first.
-    limit = next(i for i, m in enumerate(app.user_middleware) if m.cls is BodyLimit)
-    app.user_middleware.insert(limit + 1, Middleware(GradioGuard, blocks=ui))
     # Without API keys every UI user is in the default namespace; with them, the
-    # Gradio login session says whose the UI's images are.
-    app.add_middleware(
-        UiImageRoute,
-        images=images,
-        namespace_of=gradio_user(app) if access.api_keys else (lambda request: DEFAULT_NAMESPACE),
-    )
+    # Gradio login session says whose the UI's images and sessions are.
+    ui_namespace = gradio_user(app) if access.api_keys else (lambda request: DEFAULT_NAMESPACE)
+    limit = next(i for i, m in enumerate(app.user_middleware) if m.cls is BodyLimit)
+    app.user_middleware.insert(limit + 1, Middleware(GradioGuard, blocks=ui, namespace_of=ui_namespace))
+    app.add_middleware(UiImageRoute, images=images, namespace_of=ui_namespace)
     pruner = Pruner(parts.disk, max_age_s=settings.disk_cache_max_age, max_bytes=settings.disk_cache_size)
     return Runtime(app=app, parts=parts, pruner=pruner, ui_dir=ui_dir)
 

@@ -42,35 +42,86 @@
     true,
   );
 
-  // Gradio's gallery focuses its selected thumbnail whenever the selection changes, as
-  // it does when a result arrives: the keys typed into the prompt meanwhile would be
-  // lost. Focus goes into the images only when the person moves it there (a pointer,
-  // Tab, or a key pressed inside them); otherwise it goes back where it was.
+  // The keyboard stays where it was. Gradio moves focus on its own: its gallery
+  // focuses the selected thumbnail whenever the selection changes (as when a result
+  // arrives), and a field it blurs or redraws leaves the focus on the page's body. The
+  // keys typed into the prompt meanwhile would be lost. So the element focus last went
+  // to outside the images (or inside them by the person's own move: a pointer, Tab, or
+  // a key that is not typing into a text field) is the keyboard's home: focus taken
+  // into the images or dropped on the body without such a move is put back there, on
+  // the field's new element if it was redrawn, with the caret where it was.
   const IMAGES = "#result, #history";
   let movedAt = 0;
+  let home = null; // {el, where: a selector that finds it again once redrawn}
   const moved = () => (movedAt = performance.now());
+  const deliberate = () => performance.now() - movedAt < 1000;
+  const typingIn = (el) =>
+    el instanceof HTMLTextAreaElement || (el instanceof HTMLInputElement && el.type !== "checkbox" && el.type !== "radio");
+  const whereIs = (el) => {
+    if (el.id) return `#${CSS.escape(el.id)}`;
+    const owner = el.parentElement?.closest("[id]");
+    return owner ? `#${CSS.escape(owner.id)} ${el.tagName.toLowerCase()}` : null;
+  };
   document.addEventListener("pointerdown", moved, true);
   document.addEventListener(
     "keydown",
     (event) => {
-      if (event.key === "Tab" || event.target.closest?.(IMAGES)) moved();
+      if (event.key === "Tab" || !typingIn(event.target)) moved();
     },
     true,
   );
+  function goHome() {
+    if (!home) return false;
+    const old = home.el;
+    const el = old.isConnected ? old : home.where && document.querySelector(home.where);
+    if (!el || el.disabled) return false;
+    el.focus({ preventScroll: true });
+    if (el !== old && typingIn(el)) {
+      const same = old.value === el.value;
+      const [start, end] = same ? [old.selectionStart, old.selectionEnd] : [el.value.length, el.value.length];
+      try {
+        el.setSelectionRange(start, end);
+      } catch {} // (a number box has no caret to place)
+    }
+    home = { el, where: home.where };
+    return document.activeElement === el;
+  }
   document.addEventListener(
     "focusin",
     (event) => {
       const into = event.target;
-      const from = event.relatedTarget;
-      if (!into.closest?.(IMAGES) || performance.now() - movedAt < 1000) return;
-      if (from instanceof HTMLElement && from.isConnected && !from.closest(IMAGES)) {
-        from.focus({ preventScroll: true });
-      } else {
+      if (deliberate() || !into.closest?.(IMAGES)) {
+        home = { el: into, where: whereIs(into) };
+      } else if (into !== home?.el && !goHome()) {
         into.blur();
       }
     },
     true,
   );
+  document.addEventListener(
+    "focusout",
+    (event) => {
+      if (event.relatedTarget || deliberate() || event.target !== home?.el) return;
+      // Focus is going nowhere (the field is being redrawn, or blurred by a script):
+      // once it has settled, bring it back unless something took it meanwhile.
+      setTimeout(() => {
+        const now = document.activeElement;
+        if ((!now || now === document.body) && document.hasFocus() && !deliberate()) goHome();
+      }, 0);
+    },
+    true,
+  );
+  // Chromium may drop a focused field that Gradio redraws without a focusout: each
+  // change of the page (the observer below) checks whether the keyboard's home was
+  // the active element just before and is gone now.
+  let had = null; // what had the keyboard when the page last changed
+  function keepHome() {
+    const now = document.activeElement;
+    if (home && had === home.el && !home.el.isConnected && (!now || now === document.body) && !deliberate()) {
+      goHome();
+    }
+    had = document.activeElement;
+  }
 
   // A prompt or negative prompt over the limit is not sent (a pasted 64 KB would be
   // refused whole by the server's body limit, and the page would show Gradio's English
@@ -292,7 +343,10 @@
     }
   }
   // At once (a microtask after each change), so that nothing reads the page between.
-  new MutationObserver(describe).observe(document.documentElement, {
+  new MutationObserver(() => {
+    keepHome();
+    describe();
+  }).observe(document.documentElement, {
     childList: true,
     subtree: true,
     characterData: true,

@@ -7,11 +7,13 @@ Each test replays an attack that once worked (docs/RELIABILITY.md, "Nothing leak
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import select
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -23,7 +25,7 @@ from bench.procs import NotReady, stop_process, wait_until
 from cache import Entry
 from pipeline.request import GenerationRequest
 from pipeline.results import GenerationResult
-from tests.conftest import Server, free_port, ui_call
+from tests.conftest import UI_FIELDS, Server, free_port, ui_call
 from web.ui_images import UiImages
 
 ALICE, BOB = "alice-token-0123456789", "bob-token-0123456789ab"
@@ -104,7 +106,16 @@ def servers(tmp_path_factory: pytest.TempPathFactory, parent: Path) -> Iterator[
     # Started together: their loads overlap.
     keyed = Server(
         root / "keyed",
-        *("--api-keys", str(keys), "--no-cache-patterns", str(patterns), "--header-timeout", "2s"),
+        *(
+            "--api-keys",
+            str(keys),
+            "--no-cache-patterns",
+            str(patterns),
+            "--header-timeout",
+            "2s",
+            "--body-timeout",
+            "2s",
+        ),
         env=env,
     )
     open_ = Server(root / "open", env=env)
@@ -251,6 +262,45 @@ def test_two_servers_on_one_host_never_share_a_ui_temp_dir(
     assert len(dirs) == 2 and all(d.startswith("zimage-ui-") for d in dirs)
 
 
+def test_a_ui_session_is_its_logins_alone(keyed: Server) -> None:
+    # Gradio keeps the UI's history per session hash, which the browser makes up:
+    # bob (or anyone) sending alice's hash read her history prompts and added to it.
+    alice, bob, anonymous = (
+        ui_session(keyed, "alice", ALICE),
+        ui_session(keyed, "bob", BOB),
+        ui_session(keyed),
+    )
+    session = "alice-tab-5f1c2e"
+
+    def generate(client: httpx.Client, prompt: str) -> httpx.Response:
+        data = list((UI_FIELDS | {"prompt": prompt}).values())
+        return client.post("/gradio_api/call/generate", json={"data": data, "session_hash": session})
+
+    def history_of(posted: httpx.Response) -> list[str]:
+        """The history panel's captions after the call (its last output)."""
+        assert posted.status_code == 200, posted.text
+        stream = alice.get(f"/gradio_api/call/generate/{posted.json()['event_id']}")
+        done = stream.text.split("event: complete\ndata: ", 1)
+        assert len(done) == 2, stream.text
+        return [item["caption"] for item in json.loads(done[1])[-1]]
+
+    assert len(history_of(generate(alice, "a fox at dawn"))) == 1
+    refused = generate(bob, "bob was here")
+    assert refused.status_code == 403 and "another login" in refused.json()["detail"]
+    assert generate(anonymous, "nobody was here").status_code == 403
+    for client in (bob, anonymous):  # the heartbeat's end would close her session
+        assert client.get(f"/gradio_api/heartbeat/{session}").status_code == 403
+        assert client.get("/gradio_api/deep_link", params={"session_hash": session}).status_code == 403
+    # Her history holds her two images, and nothing of bob's.
+    assert len(history_of(generate(alice, "a fox at dusk"))) == 2
+    # Bob's own sessions work as before.
+    bobs = bob.post(
+        "/gradio_api/call/generate",
+        json={"data": list((UI_FIELDS | {"prompt": "bob's own"}).values()), "session_hash": "bob-tab-77"},
+    )
+    assert bobs.status_code == 200
+
+
 # -- the prompt-embedding cache ----------------------------------------------------------
 
 
@@ -350,6 +400,78 @@ def test_a_connection_that_never_finishes_its_request_head_is_closed(keyed: Serv
     with socket.create_connection(("127.0.0.1", keyed.port), timeout=60) as sock:
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+
+
+POST_HEAD = b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+
+
+def _drip(sock: socket.socket) -> None:
+    sock.sendall(POST_HEAD + b"Content-Length: 40\r\n\r\n")
+    for byte in b'{"prompt": "':  # a byte a second: the whole body would take 40 s
+        sock.sendall(bytes([byte]))
+        if select.select([sock], [], [], 1)[0]:
+            return  # answered: stop sending, read the answer
+
+
+def _expect_continue(sock: socket.socket) -> None:
+    sock.sendall(POST_HEAD + b"Content-Length: 40\r\nExpect: 100-continue\r\n\r\n")
+    assert sock.recv(1024).startswith(b"HTTP/1.1 100 ")  # and then the body never comes
+
+
+@pytest.mark.parametrize(
+    "hold",
+    [
+        lambda sock: sock.sendall(POST_HEAD + b"Content-Length: 10\r\n\r\n"),  # a body that never comes
+        lambda sock: sock.sendall(POST_HEAD + b'Transfer-Encoding: chunked\r\n\r\n5\r\n{"pro'),
+        _drip,
+        _expect_continue,
+    ],
+    ids=["declared-never-sent", "chunked-unfinished", "byte-per-second", "expect-100-continue"],
+)
+def test_a_request_whose_body_does_not_arrive_in_time_gets_408_and_is_closed(
+    keyed: Server, hold: Callable[[socket.socket], None]
+) -> None:
+    # --body-timeout 2s; a server that waits for ever fails at the 30 s bound.
+    with socket.create_connection(("127.0.0.1", keyed.port), timeout=30) as sock:
+        hold(sock)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except TimeoutError:
+            pytest.fail(f"the connection was still open after 30 s; got {received[:80]!r}")
+        except ConnectionResetError:
+            pass  # bytes of the body the server never read: the close may be a reset
+    assert received.startswith(b"HTTP/1.1 408 "), received[:80]
+    assert b"connection: close" in received.lower() and b"request body not whole within 2 s" in received
+    # A body that arrives in time is served as before.
+    made = keyed.client.post("/generate", json={"prompt": "in time", "width": 64, "height": 64})
+    assert made.status_code == 401  # the keyed server wants a token: the body was read and judged
+
+
+def test_past_max_connections_a_request_gets_503_and_is_closed(tmp_path: Path) -> None:
+    server = Server(tmp_path / "cache", "--max-connections", "3").wait_ready()
+    try:
+        server.client.close()  # its kept-alive connection would count among the three
+        held = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(3)]
+        request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(request)
+            answer = b""
+            while chunk := sock.recv(65536):  # until the server closes it
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 503 ") and b"connection: close" in answer.lower()
+        # Each held connection is still served (the limit counts, it does not evict).
+        held[0].sendall(request)
+        assert held[0].recv(65536).startswith(b"HTTP/1.1 200 ")
+        for sock in held:
+            sock.close()
+        # Once they are gone, new connections are served again.
+        wait_until(
+            lambda: httpx.get(f"{server.url}/health").status_code == 200, "a free connection", timeout_s=10
+        )
+    finally:
+        server.stop()
 
 
 # -- what waits in memory for the browser ------------------------------------------------

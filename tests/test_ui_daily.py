@@ -93,6 +93,33 @@ def test_typing_on_while_a_generation_runs_loses_no_character(
     page.context.close()
 
 
+IN_PROMPT = "() => document.activeElement?.closest('#prompt') !== null"
+
+
+def test_only_the_person_moves_the_keyboard_off_the_prompt(browser: Browser, server: Server) -> None:
+    """What Gradio does on its own (blur the field, redraw it) puts the keyboard back in
+    the prompt, the caret where it was; a click elsewhere does not. (Its gallery taking
+    the focus is the test above.)"""
+    page = open_page(browser, server.url, locale="en-US")
+    prompt = page.locator("#prompt textarea")
+    prompt.click()
+    page.keyboard.type("a quiet harbour")
+    page.wait_for_timeout(1_100)  # (past the click: what follows is no move of the person's)
+    redraw = "() => { const t = document.querySelector('#prompt textarea'); const c = t.cloneNode(); c.value = t.value; t.replaceWith(c); }"
+    for moves, typed in (
+        ("() => document.activeElement.blur()", " at"),
+        (redraw, " dusk"),
+    ):
+        page.evaluate(moves)
+        page.wait_for_function(IN_PROMPT, timeout=2_000)
+        page.keyboard.type(typed)
+    assert prompt.input_value() == "a quiet harbour at dusk"
+    page.locator("#random-seed").click()  # the person's own move is kept
+    page.wait_for_timeout(100)
+    assert page.evaluate(IN_PROMPT) is False
+    page.context.close()
+
+
 # -- the history -----------------------------------------------------------------------------
 
 

@@ -1,5 +1,6 @@
 """Gradio's event routes, checked before Gradio sees them: an unknown event or session
-is a 4xx and one log line, not a 500 with a `KeyError` traceback."""
+is a 4xx and one log line, not a 500 with a `KeyError` traceback, and a session is
+its login's alone."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import logging
 from typing import Any
 from urllib.parse import parse_qs
 
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from web.body_limit import replaying
+from web.gradio_sessions import SessionOwners, session_of
+from web.ui_images import NamespaceOf
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +33,19 @@ class GradioGuard:
       no event of the page, or a name that is no API of it, gets 404 naming it.
     - `queue/data?session_hash=<h>` for a session with nothing pending gets 404
       (Gradio raised inside its stream and logged a traceback on every request).
+    - A request naming a session (in its path, query or JSON body) that another
+      login (`namespace_of`) used first gets 403 (`SessionOwners`).
 
     Bodies are small (the body limit, outside, has read them already), so this
     reads the JSON once and hands the same bytes on.
     """
 
-    def __init__(self, app: Any, blocks: Any) -> None:
+    def __init__(self, app: Any, blocks: Any, namespace_of: NamespaceOf) -> None:
         self.app = app
         self.blocks = blocks
+        self.namespace_of = namespace_of
+        # Twice Gradio's own bound on sessions with state: a binding outlives its state.
+        self.owners = SessionOwners(blocks, capacity=2 * blocks.state_session_capacity)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         path = scope["path"] if scope["type"] == "http" else ""
@@ -44,20 +53,30 @@ class GradioGuard:
             await self.app(scope, receive, send)
             return
         route = path[len(PREFIX) :].rstrip("/")
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         if scope["method"] == "GET" and route == DATA:
-            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
             session = (query.get("session_hash") or [""])[-1]
             if session not in self.blocks._queue.pending_messages_per_session:
                 log.info("gradio: queue/data for a session with nothing pending")
                 await _refuse(404, "no such session, or nothing pending for it", scope, receive, send)
                 return
-        if scope["method"] == "POST" and (route == JOIN or route.startswith(NAMED)):
+        body = None
+        if scope["method"] == "POST" and b"json" in dict(scope["headers"]).get(b"content-type", b""):
             body, receive = await _read(receive)
+        if scope["method"] == "POST" and (route == JOIN or route.startswith(NAMED)):
+            if body is None:
+                body, receive = await _read(receive)
             problem = self._problem(route, body)
             if problem is not None:
                 log.info("gradio: %s refused: %s", route.split("/", 1)[0], problem)
                 await _refuse(404, problem, scope, receive, send)
                 return
+        session = session_of(scope["method"], route, query, body)
+        if session is not None and not self.owners.admits(session, self.namespace_of(Request(scope))):
+            log.info("gradio: %s refused: the session is another login's", route.split("/", 1)[0])
+            message = "this session belongs to another login, or has expired; reload the page"
+            await _refuse(403, message, scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
     def _problem(self, route: str, body: bytes) -> str | None:
