@@ -210,6 +210,29 @@ def test_health_check_option_without_its_value_exits_2_at_once(option: str) -> N
         assert f"health-check: {option} needs a value" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--timeout", "0"], "from 1 to 3600, got '0'"),  # curl's 0 is no limit: it hung
+        (["--timeout", "99999999999999999999"], "from 1 to 3600"),  # passed, then every curl failed
+        (["--timeout=3601"], "from 1 to 3600"),
+        (["http://127.0.0.1:9", "http://127.0.0.1:10"], "one URL only"),  # the last won silently
+        (["not a url"], "the URL must be http://"),
+        (["ftp://127.0.0.1:9"], "the URL must be http://"),
+    ],
+)
+def test_health_check_refuses_bad_arguments_with_status_2(args: list[str], said: str) -> None:
+    result = subprocess.run(["bash", str(HEALTH_CHECK), *args], capture_output=True, text=True, timeout=20)
+    assert result.returncode == 2 and said in result.stderr, (result.stdout, result.stderr)
+    assert result.stdout == ""  # refused before any check
+
+
+def test_health_check_help_is_the_usage_without_code() -> None:
+    result = subprocess.run(["bash", str(HEALTH_CHECK), "-h"], capture_output=True, text=True, timeout=20)
+    assert result.returncode == 0 and result.stdout.lstrip().startswith("scripts/health-check.sh [--timeout")
+    assert "set -u" not in result.stdout and "ZIMAGE_HEALTH_TOKEN" in result.stdout
+
+
 def test_sigterm_from_supervisor_stops_cleanly_and_a_restart_keeps_the_cache(supervised: Supervised) -> None:
     slow = {"prompt": "a slow generation", "width": 1024, "height": 1024, "steps": 12}
     out: list[httpx.Response] = []
