@@ -5,8 +5,8 @@
 #
 # --timeout: each request's limit, 1 to 3600 s (default 30). One URL, http(s)://.
 #
-# Checks, in order: the Supervisor program is RUNNING (when supervisorctl is
-# installed and knows the program); /health answers; /ready says ready; two
+# Checks, in order: the Supervisor program is RUNNING, or STARTING with the
+# service ready (when supervisorctl is installed and knows the program); /health answers; /ready says ready; two
 # identical /run requests for a fixed probe prompt, the second of which must be
 # a cache hit. Prints a one-screen summary and exits 0 only if every check
 # passed, else 1 (2 for bad arguments). Needs curl, and jq or python3.
@@ -113,6 +113,9 @@ if command -v supervisorctl >/dev/null; then
   sup=$(supervisorctl status "$program" 2>&1)
   case "$sup" in
     *RUNNING*) report ok supervisor "$(echo "$sup" | tr -s ' ' | cut -c1-70)" ;;
+    # Inside `startsecs` (60 s as shipped) Supervisor says STARTING although the
+    # service may be ready: judged after the readiness check below.
+    *STARTING*) starting="$(echo "$sup" | awk '{ print $1, $2 }')" ;;
     *"no such process"*|*ERROR*"no such"*|*refused*|*"no such file"*|*"unix:///"*) report skip supervisor "no program '$program' here" ;;
     *) report FAIL supervisor "$(echo "$sup" | tr -s ' ' | cut -c1-70)" ;;
   esac
@@ -134,6 +137,17 @@ if [ "$code" = 200 ]; then
   report ok ready "ready, $(ms "$seconds")"
 else
   report FAIL ready "$(why)"
+fi
+
+# STARTING passes once the service is ready (Supervisor says RUNNING when its
+# startsecs are over); until then it fails.
+if [ -n "${starting:-}" ]; then
+  if [ "$code" = 200 ]; then
+    lines=("$(printf '%-4s  %-10s %s' ok supervisor "$starting, service ready")" "${lines[@]}")
+  else
+    lines=("$(printf '%-4s  %-10s %s' FAIL supervisor "$starting, service not ready")" "${lines[@]}")
+    failures=$((failures + 1))
+  fi
 fi
 
 # 4. Two identical requests: the second must come from the cache.

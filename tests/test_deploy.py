@@ -65,11 +65,11 @@ class Supervised:
     def pid(self) -> int:
         return int(self.ctl("pid", PROGRAM).stdout.strip() or 0)
 
-    def wait_running(self, timeout: float = 150) -> None:
+    def wait_running(self, timeout: float = 150, state: str = "RUNNING") -> None:
         try:
             wait_until(
                 lambda: (
-                    "RUNNING" in self.ctl("status", PROGRAM).stdout
+                    state in self.ctl("status", PROGRAM).stdout
                     and httpx.get(f"{self.url}/ready", timeout=5).status_code == 200
                 ),
                 "the supervised service",
@@ -104,6 +104,11 @@ class Supervised:
 
 @pytest.fixture(scope="module")
 def supervised(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervised]:
+    yield from supervise(tmp_path_factory, startsecs=3)
+
+
+def supervise(tmp_path_factory: pytest.TempPathFactory, startsecs: int) -> Iterator[Supervised]:
+    """supervisord running the shipped program (startsecs as given), once it is ready."""
     base = tmp_path_factory.mktemp("supervisor")
     for sub in ("log", "etc", "conf.d", "home"):
         (base / sub).mkdir()
@@ -130,7 +135,7 @@ def supervised(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervised]
                 "/var/log/z-image-turbo": str(base / "log"),
                 "/var/lib/z-image-turbo": str(base / "home"),
                 "user=zimage": f"user={getpass.getuser()}",
-                "startsecs=60": "startsecs=3",
+                "startsecs=60": f"startsecs={startsecs}",
             },
         )
     )
@@ -161,7 +166,7 @@ files = {base}/conf.d/*.conf
     )
     sup = Supervised(base, conf, f"http://127.0.0.1:{port}", base / "cache", proc)
     try:
-        sup.wait_running()
+        sup.wait_running(state="RUNNING" if startsecs < 60 else "STARTING")
         yield sup
     finally:
         sup.ctl("shutdown")
@@ -208,6 +213,20 @@ def test_health_check_option_without_its_value_exits_2_at_once(option: str) -> N
         )
         assert result.returncode == 2, (args, result.stdout, result.stderr)
         assert f"health-check: {option} needs a value" in result.stderr
+
+
+def test_health_check_passes_while_supervisor_says_starting_once_the_service_is_ready(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # The shipped startsecs=60 keeps the program STARTING for a minute after /ready is 200.
+    starting = supervise(tmp_path_factory, startsecs=600)
+    sup = next(starting)
+    try:
+        result = sup.health_check("--timeout", "120")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert re.search(r"^ok\s+supervisor\s+z-image-turbo\s+STARTING, service ready$", result.stdout, re.M)
+    finally:
+        starting.close()
 
 
 @pytest.mark.parametrize(
