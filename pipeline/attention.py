@@ -1,11 +1,14 @@
 """Which attention kernel the transformer runs, through diffusers' attention dispatcher.
 
 `--attention-backend` is `auto` or a name from diffusers' registry
-(`diffusers.models.attention_dispatch.AttentionBackendName`). `auto` tries, on
-CUDA, FlashAttention-3 (Hopper, when the `flash_attn_interface` package is
-installed), then FlashAttention-2 (`flash-attn`), then cuDNN attention, then
-PyTorch's native SDPA, and keeps the first that runs a probe on the device; on
-other devices it is native. Each candidate it passes over is logged with why.
+(`diffusers.models.attention_dispatch.AttentionBackendName`). `auto`, on CUDA,
+probes the candidates its GPU can run on the shape the model attends over (about
+4.6k tokens; pipeline/attention_probe.py): FlashAttention-3 (Hopper, with the
+`flash_attn_interface` package), cuDNN attention and FlashAttention-2
+(`flash-attn`; cuDNN first on Hopper, where it is the faster, FlashAttention-2 first
+before), and PyTorch's native SDPA. It keeps those whose output matches native
+attention, times them, takes the fastest and logs the table; on other devices it
+is native.
 
 Masks: the Z-Image transformer needs an attention mask when the sequences of a
 batch differ in length, which is the rule with guidance > 0 (the prompt and the
@@ -21,17 +24,29 @@ import copy
 import logging
 from typing import Any
 
+from pipeline import attention_probe
+
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
-NATIVE = "native"
-# auto's candidates on CUDA, fastest first, with the compute capability each needs.
+NATIVE = attention_probe.NATIVE
+# auto's candidates on CUDA with the compute capability each needs, listed (and so
+# preferred on a tie) by what is expected fastest: Hopper runs FlashAttention-3 and
+# cuDNN's fused attention (its Hopper kernels) faster than FlashAttention-2, which
+# has none; before Hopper FlashAttention-2 comes first.
+AUTO_ORDER_HOPPER: tuple[tuple[str, tuple[int, int]], ...] = (
+    ("_flash_3", (9, 0)),
+    ("_native_cudnn", (8, 0)),
+    ("flash", (8, 0)),
+    (NATIVE, (0, 0)),
+)
 AUTO_ORDER_CUDA: tuple[tuple[str, tuple[int, int]], ...] = (
     ("_flash_3", (9, 0)),
     ("flash", (8, 0)),
     ("_native_cudnn", (8, 0)),
     (NATIVE, (0, 0)),
 )
+HOPPER = (9, 0)
 # Backends whose diffusers implementation applies an attention mask; any other is
 # paired with native for the calls that carry a mask.
 MASK_CAPABLE = frozenset({NATIVE, "_native_math", "_native_efficient"})
@@ -55,9 +70,10 @@ def check_backend_name(name: str) -> str:
 
 
 def choose_backend(requested: str, device: str, dtype: Any, heads: int, head_dim: int) -> str:
-    """The backend to use on `device`. `auto` falls back along AUTO_ORDER_CUDA with a
-    log line per candidate passed over; an explicit name that cannot run here raises
-    ValueError naming the setting, the reason and the fix."""
+    """The backend to use on `device`. `auto` on CUDA probes every candidate the GPU
+    can run (auto_candidates) on the model's real attention shape and takes the fastest
+    whose output is right, logging the table; elsewhere it is native. An explicit name
+    that cannot run here raises ValueError naming the setting, the reason and the fix."""
     import torch
 
     check_backend_name(requested)
@@ -72,39 +88,38 @@ def choose_backend(requested: str, device: str, dtype: Any, heads: int, head_dim
     if not device.startswith("cuda"):
         return NATIVE
     capability = torch.cuda.get_device_capability(torch.device(device))
-    for name, needs in AUTO_ORDER_CUDA:
+    names = auto_candidates(capability)
+    q, k, v = attention_probe.probe_inputs(device, dtype, heads, head_dim, attention_probe.PROBE_TOKENS)
+    results = attention_probe.probe(names, q, k, v, torch.cuda.synchronize)
+    chosen = attention_probe.fastest(results)
+    attention_probe.log_table(results, chosen, tuple(q.shape), dtype)
+    return chosen
+
+
+def auto_candidates(capability: tuple[int, int]) -> list[str]:
+    """The backends `auto` probes on a GPU of `capability`, in order of preference;
+    each one the GPU is too old for is logged and left out."""
+    order = AUTO_ORDER_HOPPER if capability >= HOPPER else AUTO_ORDER_CUDA
+    names = []
+    for name, needs in order:
         if capability < needs:
             log.info(
                 "attention: %s needs compute capability %d.%d (this GPU: %d.%d)", name, *needs, *capability
             )
             continue
-        problem = backend_problem(name, device, dtype, heads, head_dim)
-        if problem is None:
-            return name
-        log.info("attention: %s unavailable (%s); trying the next", name, problem)
-    return NATIVE
+        names.append(name)
+    return names
 
 
 def backend_problem(name: str, device: str, dtype: Any, heads: int, head_dim: int) -> str | None:
-    """Why `name` cannot run on `device` (its package is missing, or a probe call on
-    tensors shaped like the model's fails), or None when it runs."""
-    import torch
-    from diffusers.models.attention_dispatch import (
-        AttentionBackendName,
-        _check_attention_backend_requirements,
-        _maybe_download_kernel_for_backend,
-        dispatch_attention_fn,
-    )
-
-    backend = AttentionBackendName(name)
-    try:
-        _check_attention_backend_requirements(backend)
-        _maybe_download_kernel_for_backend(backend)  # hub kernels only, as set_attention_backend does
-        q = torch.zeros(1, 32, heads, head_dim, device=device, dtype=dtype)
-        dispatch_attention_fn(q, q, q, backend=backend)
-    except Exception as exc:  # any failure means "not this one": the reason is logged
-        return f"{type(exc).__name__}: {exc}".splitlines()[0]
-    return None
+    """Why `name` cannot run on `device` (its package is missing, or on tensors shaped
+    like the model's it fails or disagrees with native attention), or None when it runs.
+    On CUDA the shape is the probe's 4.6k tokens; elsewhere 32 (the CPU's native
+    attention over 4.6k tokens of the full model would take seconds)."""
+    tokens = attention_probe.PROBE_TOKENS if device.startswith("cuda") else 32
+    q, k, v = attention_probe.probe_inputs(device, dtype, heads, head_dim, tokens)
+    [result] = attention_probe.probe([name], q, k, v)
+    return result.problem
 
 
 class MaskFallbackProcessor:

@@ -1,7 +1,7 @@
 """Batching across requests: which waiting jobs the engine may make in one model call.
 
 Concurrent misses with different prompts but the same size, steps and guidance are
-made together (pipeline/engine.py gathers them). Each image stays the one made
+made together (`gather`, called by pipeline/engine.py). Each image stays the one made
 alone: one CPU generator per image (as always), and only jobs whose captions the
 transformer pads to the same lengths are grouped. The transformer pads each caption
 to a multiple of 32 tokens, then the batch to its longest sequence with zero rows
@@ -21,9 +21,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import JobInterrupted
+from pipeline.lora import LoraSet, lora_set_key
 
 if TYPE_CHECKING:
+    from pipeline.controlnet import EditInput
     from pipeline.encoding import GeneratedImage
+    from pipeline.job_queue import JobQueue
     from pipeline.rendering import Progress
     from pipeline.request import CanonicalRequest
 
@@ -35,15 +38,23 @@ DEFAULT_MAX_BATCH = 8
 # The transformer pads each caption to a multiple of this many tokens.
 CAPTION_MULTIPLE = 32
 
-# What every job of one model call shares; the hook for future parts of a request
-# that change the model (a LoRA set joins here, issue 24).
+# What every job of one model call shares: the request's shape and the parts of a
+# request that change the model (its LoRA set).
 BatchKey = tuple[Any, ...]
 
 
-def batch_key(request: CanonicalRequest) -> BatchKey:
-    """The coarse criterion of jobs made together: size, steps and guidance. The
-    caption lengths (`caption_profile`) are checked when the jobs are gathered."""
-    return (request.width, request.height, request.steps, request.guidance_scale)
+def batch_key(
+    request: CanonicalRequest, loras: LoraSet = (), image: EditInput | None = None
+) -> BatchKey | None:
+    """The coarse criterion of jobs made together: size, steps, guidance and the LoRA set
+    (by content and scale: one model call runs one set of adapters). The caption
+    lengths (`caption_profile`) are checked when the jobs are gathered.
+    None for an edit (a job with an input image): edits are never batched across
+    requests, since each call of the edit pipelines takes one image (and mask) for
+    all its rows; its own images (one request's seeds) still share one model call."""
+    if image is not None:
+        return None
+    return (request.width, request.height, request.steps, request.guidance_scale, lora_set_key(loras))
 
 
 @dataclass
@@ -56,10 +67,12 @@ class Member:
     requests: list[CanonicalRequest]
     progress: Progress | None
     embedding_scope: str | None
+    image: EditInput | None = None  # an edit's input (pipeline.image_input): never batched
     result: Future[list[GeneratedImage]] = field(default_factory=Future)
     profile: tuple[int, ...] | None = None
     detached: bool = False
     submitted: float = field(default_factory=time.monotonic)
+    loras: LoraSet = ()
 
     @property
     def images(self) -> int:
@@ -71,6 +84,41 @@ def caption_profile(count_tokens: Callable[[str], int], request: CanonicalReques
     the negative prompt's with guidance on."""
     texts = [request.prompt] + ([request.negative_prompt] if request.guidance_scale > 0 else [])
     return tuple(-(-count_tokens(text) // CAPTION_MULTIPLE) * CAPTION_MULTIPLE for text in texts)
+
+
+def gather(
+    leader: Member, queue: JobQueue, capacity: int, count_tokens: Callable[[str], int], window_s: float
+) -> list[Member]:
+    """`leader` and the waiting jobs of `queue` that can share its model call: the same
+    `batch_key` and `caption_profile` (tokens counted by `count_tokens`), up to
+    `capacity` images in all. Jobs are claimed (their results set running) in queue
+    order; it waits for more until `window_s` after the leader's submission or until
+    the call is full, so a leader that waited in the queue longer takes whatever is
+    queued at once."""
+    first = leader.requests[0]
+    key = batch_key(first, leader.loras, leader.image)
+    if key is None:
+        return [leader]
+    room = [capacity - leader.images]
+    leader.profile = caption_profile(count_tokens, first)
+
+    def accept(member: Member) -> bool:  # under the queue's lock: quick
+        if member.images > room[0]:
+            return False
+        if member.profile is None:
+            member.profile = caption_profile(count_tokens, member.requests[0])
+        if member.profile != leader.profile:
+            return False
+        room[0] -= member.images
+        return True
+
+    members = [leader]
+    deadline = leader.submitted + window_s
+    while True:
+        members += queue.claim(key, accept)
+        if room[0] <= 0 or time.monotonic() >= deadline:
+            return members
+        queue.wait_submitted(deadline)
 
 
 def fan_out(members: list[Member]) -> Progress:

@@ -47,15 +47,20 @@ def use_cache_dir(directory: Path) -> None:
 def compile_transformer(transformer: Any) -> bool:
     """Compile the repeated blocks with fullgraph=True (a graph break is an error, not a
     silent slowdown) and dynamic shapes. Returns False, with a warning, when the blocks
-    carry per-module offload hooks (sequential CPU offload), which cannot be compiled
-    into one graph."""
+    carry offload hooks (sequential offload, group offloading), which cannot be
+    compiled into one graph."""
     import torch
 
     # torch's compiler settings are per thread: this runs on the engine thread, where
     # every model call, and so every compile, happens.
     blocks = [m for m in transformer.modules() if type(m).__name__ in transformer._repeated_blocks]
-    if any(hasattr(m, "_hf_hook") for block in blocks for m in block.modules()):
-        log.warning("compile: skipped, the transformer's blocks are offloaded module by module")
+    # accelerate's per-module hooks (sequential) and diffusers' group offloading
+    # (model mode) both move weights inside the blocks' forward, outside any graph.
+    hooked = ("_hf_hook", "_diffusers_hook")
+    if any(hasattr(m, name) for block in blocks for m in block.modules() for name in hooked):
+        log.warning(
+            "compile: skipped, the transformer's blocks are offloaded (--offload model or sequential)"
+        )
         return False
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     transformer.compile_repeated_blocks(fullgraph=True, dynamic=True)

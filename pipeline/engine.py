@@ -12,15 +12,20 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from pipeline.batching import BATCH_WINDOW_S, DEFAULT_MAX_BATCH, Member, batch_key, caption_profile, fan_out
+from pipeline.batching import BATCH_WINDOW_S, DEFAULT_MAX_BATCH, Member, batch_key, fan_out, gather
 from pipeline.compile import CompileSetting, compiled_graphs
+from pipeline.controlnet import EditInput, controlnet_fingerprint, controlnet_path, load_controlnet
+from pipeline.editing import EditPipes
 from pipeline.embeddings import EmbeddingCache
 from pipeline.encoding import EncodePool, GeneratedImage, Rendered, finish_images
 from pipeline.errors import FatalDeviceError, ModelUnavailable, ShuttingDown
+from pipeline.fingerprint import DigestCache
 from pipeline.fit import FitRecord
 from pipeline.job_queue import JobQueue
 from pipeline.limits import DEFAULT_MAX_QUEUE
-from pipeline.loading import ModelIdentity, ModelOptions, load_pipeline, resolve_model
+from pipeline.loading import DIGESTS_FILE, ModelIdentity, ModelOptions, load_pipeline, resolve_model
+from pipeline.lora import LoraCatalog, LoraSet
+from pipeline.lora_adapters import DEFAULT_MAX_ADAPTER_BYTES, DEFAULT_MAX_ADAPTERS, Adapters
 from pipeline.placement import Placement
 from pipeline.rendering import Progress, Render, count_tokens, load_of
 from pipeline.request import CanonicalRequest
@@ -73,6 +78,12 @@ class Engine:
     Each image is the one it would be alone (within ±1 level); a job taken in is running
     (it can no longer be cancelled) and gets its own result. `batch_observers` are
     told the images of every model call.
+
+    LoRAs (pipeline/lora.py, pipeline/lora_adapters.py): `loras` lists the files a
+    request may name (under `lora_dir`, and the demo LoRA with the demo model); a
+    job's LoRA set is applied to the pipeline before its model call (the base
+    weights are never reloaded), the adapters kept in an LRU bounded by
+    `max_adapters` and `max_adapter_bytes`; only jobs with the same set share a call.
     """
 
     def __init__(
@@ -90,6 +101,10 @@ class Engine:
         compile_cache_dir: Path | None = None,
         max_batch: int | None = None,
         batch_window_s: float = BATCH_WINDOW_S,
+        lora_dir: Path | None = None,
+        max_adapters: int = DEFAULT_MAX_ADAPTERS,
+        max_adapter_bytes: int = DEFAULT_MAX_ADAPTER_BYTES,
+        controlnet: str | None = None,
     ) -> None:
         self.model_spec = model_spec
         self.models_dir = models_dir
@@ -108,6 +123,9 @@ class Engine:
         self.max_batch = max_batch
         self.batch_window_s = batch_window_s
         self.batch_observers: list[Callable[[int], None]] = []  # images per model call
+        # LoRAs (pipeline/lora.py): the files a request may name; the adapters loaded.
+        self.loras = LoraCatalog(lora_dir, models_dir, DigestCache(models_dir / DIGESTS_FILE))
+        self.adapters = Adapters(max_adapters, max_adapter_bytes)
         self.error: str | None = None
         self.fatal = False
         self.accepting = True
@@ -115,6 +133,12 @@ class Engine:
         self._state = EngineState.LOADING
         self._settled = threading.Event()  # set once ready or failed
         self._pipe: Any = None
+        self._edits: EditPipes | None = None  # img2img, inpainting, ControlNet over `_pipe`
+        # `--controlnet` (pipeline.controlnet): its weights' path and fingerprint, known
+        # with the identity (before loading: a control request's key needs it).
+        self.controlnet = controlnet
+        self.controlnet_fingerprint: str | None = None
+        self._controlnet_path: Path | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zimage-engine")
         self._queue = JobQueue(self._executor, max_queue)
         # Work in flight: the engine's job and the encodes it handed over.
@@ -168,6 +192,8 @@ class Engine:
         progress: Progress | None = None,
         *,
         embedding_scope: str | None = "public",
+        loras: LoraSet = (),
+        image: EditInput | None = None,
     ) -> Future[list[GeneratedImage]]:
         """Queue one generation job: the images of `requests` (same prompt and settings,
         different seeds) made in one batched pipeline call, with other jobs' images
@@ -177,7 +203,12 @@ class Engine:
         them up nor keeps them (prompts that must not be kept anywhere). Raises
         QueueFull when `max_queue` jobs are already waiting to start, ImageTooLarge for
         a size at least as large as one that did not fit before. The future resolves
-        once the images are encoded; cancelling it before the job starts drops the job."""
+        once the images are encoded; cancelling it before the job starts drops the job.
+        `loras` (resolved by `self.loras`) are applied to every image of the job;
+        RequestInvalid("loras") from the future when one cannot be loaded.
+
+        With `image`, the images are edits of it (pipeline.editing), never batched
+        with other jobs (pipeline.batching.batch_key)."""
         if not self.accepting:
             raise ShuttingDown("the service is shutting down; retry shortly or on another replica")
         if self._state == EngineState.FAILED:
@@ -186,8 +217,8 @@ class Engine:
         if any(r.as_dict() | {"seed": 0} != first.as_dict() | {"seed": 0} for r in requests):
             raise ValueError("a batch must share everything but the seed")
         self.fits.check(load_of(requests))
-        member = Member(requests, progress, embedding_scope)
-        group = batch_key(first) if (self.max_batch or 1) > 1 else None
+        member = Member(requests, progress, embedding_scope, image=image, loras=loras)
+        group = batch_key(first, loras, image) if (self.max_batch or 1) > 1 else None
         member.result = self._queue.submit(lambda result: self._generate(member), group=group, item=member)
         return member.result
 
@@ -215,9 +246,16 @@ class Engine:
         """One model call (pipeline.rendering) for the images of `members`, on the engine
         thread; a fatal device error fails the engine for good before it is raised."""
         render = Render(
-            self._pipe, identity, embeddings=self.embeddings, fits=self.fits, progress=fan_out(members)
+            self._pipe,
+            identity,
+            embeddings=self.embeddings,
+            fits=self.fits,
+            progress=fan_out(members),
+            image=members[0].image,  # an edit is never batched with another job
+            edits=self._edits,
         )
         requests = [r for m in members for r in m.requests]
+        self.adapters.apply(self._pipe, members[0].loras)  # one set per call (batch_key)
         for observe in self.batch_observers:
             observe(len(requests))
         try:
@@ -237,27 +275,8 @@ class Engine:
         """`leader` and the waiting jobs that can share its model call (see the class)."""
         if (self.max_batch or 1) <= 1:
             return [leader]
-        first = leader.requests[0]
-        room = [self.batch_capacity(first) - leader.images]
-        leader.profile = caption_profile(partial(count_tokens, self._pipe), first)
-
-        def accept(member: Member) -> bool:
-            if member.images > room[0]:
-                return False
-            if member.profile is None:
-                member.profile = caption_profile(partial(count_tokens, self._pipe), member.requests[0])
-            if member.profile != leader.profile:
-                return False
-            room[0] -= member.images
-            return True
-
-        members = [leader]
-        deadline = leader.submitted + self.batch_window_s
-        while True:
-            members += self._queue.claim(batch_key(first), accept)
-            if room[0] <= 0 or time.monotonic() >= deadline:
-                return members
-            self._queue.wait_submitted(deadline)
+        capacity = self.batch_capacity(leader.requests[0])
+        return gather(leader, self._queue, capacity, partial(count_tokens, self._pipe), self.batch_window_s)
 
     def _work_started(self) -> None:
         with self._quiet:
@@ -277,6 +296,9 @@ class Engine:
         self._work_started()
         try:
             identity = resolve_model(self.model_spec, self.models_dir, self.options)
+            if self.controlnet is not None:
+                self._controlnet_path = controlnet_path(self.controlnet, self.models_dir)
+                self.controlnet_fingerprint = controlnet_fingerprint(self._controlnet_path, self.models_dir)
             if self.max_batch is None:  # before any submit: the service waits for the identity
                 self.max_batch = DEFAULT_MAX_BATCH if identity.device == "cuda" else 1
             self.identity_future.set_result(identity)
@@ -297,6 +319,14 @@ class Engine:
             started = time.perf_counter()
             log.info("loading %s on %s (%s)", identity.model_id, identity.device, identity.dtype)
             self._pipe, self.placement = load_pipeline(identity, self.options)
+            controlnet = None
+            if self._controlnet_path is not None:
+                import torch
+
+                controlnet = load_controlnet(
+                    self._controlnet_path, getattr(torch, identity.dtype), identity.device
+                )
+            self._edits = EditPipes(self._pipe, controlnet)
             levers = apply_speed_levers(
                 self._pipe.transformer,
                 identity.device,

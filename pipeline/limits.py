@@ -39,3 +39,7 @@ DEFAULT_FORMAT: ImageFormat = "png"
 Normalization = Literal["basic", "none", "aggressive"]
 NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
 DEFAULT_NORMALIZATION: Normalization = "basic"
+# LoRAs per request, and their scale (A1111's multiplier; negative subtracts the LoRA).
+MAX_LORAS = 4
+MAX_LORA_SCALE = 10.0
+DEFAULT_LORA_SCALE = 1.0

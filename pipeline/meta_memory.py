@@ -39,12 +39,15 @@ class MemoryNeeds:
     offload holds on the device at once, besides activations).
     transformer_work / decode_work: peak activation bytes of one reference
     image's denoising step (with guidance) and of its VAE decode (one tile).
+    streamed: device bytes per component while it runs streamed by group
+    offloading (`streamed_bytes`).
     """
 
     weights: dict[str, int]
     largest_module: int
     transformer_work: int
     decode_work: int
+    streamed: dict[str, int]
 
     @property
     def work(self) -> int:
@@ -91,7 +94,28 @@ def memory_needs(model_dir: Path, dtype: Any, quantize: str = "none") -> MemoryN
     vae = modules["vae"]
     vae.enable_tiling()  # as on CUDA: a side over the tile size is decoded tile by tile
     decode_work = decode_peak(vae, REFERENCE_SIZE)
-    return MemoryNeeds(weights, largest, transformer_work, decode_work)
+    streamed = {name: streamed_bytes(module) for name, module in modules.items()}
+    return MemoryNeeds(weights, largest, transformer_work, decode_work, streamed)
+
+
+def streamed_bytes(module: Any) -> int:
+    """Device bytes diffusers' block-level group offloading with streams holds of
+    `module` while it runs (pipeline/placement.py's `model` mode): its top-level
+    ModuleList/Sequential children are groups of one block each, and the rest (the
+    embeddings, norms; a VAE whole) one group kept on the device for the module's
+    whole forward; with streams the next block arrives while one computes, so two
+    blocks at once. An upper bound for modules whose own block list diffusers
+    recurses into (the VAE's `_group_offload_block_modules`)."""
+    import torch
+
+    blocks = [
+        module_bytes(block)
+        for child in module.children()
+        if isinstance(child, torch.nn.ModuleList | torch.nn.Sequential)
+        for block in child
+    ]
+    largest = sorted(blocks, reverse=True)[:2]
+    return module_bytes(module) - sum(blocks) + sum(largest)
 
 
 def module_bytes(module: Any, *, fp8: bool = False) -> int:

@@ -4,16 +4,28 @@ The plan weighs the model's device bytes (meta_memory.py, from the configs) agai
 `torch.cuda.mem_get_info()`. Modes, from fastest to smallest:
 
 - none: everything on the GPU.
+- stream-text-encoder: the transformer and the VAE on the GPU; the text encoder's
+  weights in pinned CPU memory, streamed through the GPU block by block when a new
+  prompt is encoded (diffusers' group offloading with a CUDA stream, as `model`
+  does for every part): it holds about 1.1 GiB of the GPU while encoding, and a
+  new prompt costs one pass over PCIe (7.5 GiB) instead of one on the CPU.
 - text-encoder: the transformer and the VAE on the GPU, the text encoder (7.5 GiB
   of the full model) on the CPU; the prompt-embedding cache keeps it off the path
   of every repeated prompt, and a new prompt costs one text-encoder pass on the CPU.
-- model: accelerate's model offload; each component is moved to the GPU whole
-  when it runs (the transformer's 11.5 GiB cross PCIe on every generation).
+- model: diffusers' group offloading with CUDA streams: every component's weights
+  stay in pinned CPU memory (copied there once, at load) and stream through the GPU
+  block by block, the next block arriving while one computes; a block is dropped
+  from the GPU after it runs (no copy back). It replaced accelerate's model
+  offload, which ended every pipeline call with `pipe.to("cpu")`: the transformer's
+  11.5 GiB copied back over pageable memory on every request.
 - sequential: accelerate's sequential offload; weights stream to the GPU module
   by module on every forward (slowest; fits any card with a few GiB).
 
 `auto` takes the first that fits. Weights go from the files straight to their
 device (`device_map` in `from_pretrained`), never first whole into CPU memory.
+Under `auto`, running out of device memory while loading (another process or
+replica took memory after the plan was made) steps down to the next mode that
+fits the memory free then (`step_down`), and logs the step.
 """
 
 from __future__ import annotations
@@ -21,7 +33,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,8 +43,8 @@ from pipeline.meta_memory import REFERENCE_SIZE, MemoryNeeds
 
 log = logging.getLogger(__name__)
 
-Offload = Literal["auto", "none", "text-encoder", "model", "sequential"]
-OFFLOAD_MODES: tuple[str, ...] = ("none", "text-encoder", "model", "sequential")
+Offload = Literal["auto", "none", "stream-text-encoder", "text-encoder", "model", "sequential"]
+OFFLOAD_MODES: tuple[str, ...] = ("none", "stream-text-encoder", "text-encoder", "model", "sequential")
 GiB = 1 << 30
 # Device memory the tensor counts cannot see: cuBLAS/cuDNN workspaces, the caching
 # allocator's rounding and fragmentation, torch.compile's graphs. A guess to be
@@ -85,7 +97,7 @@ class Placement:
         them later in the model and sequential modes)."""
         if self.mode == "none":
             return {"transformer": self.device, "text_encoder": self.device, "vae": self.device}
-        if self.mode == "text-encoder":
+        if self.mode in ("stream-text-encoder", "text-encoder"):
             return {"transformer": self.device, "text_encoder": "cpu", "vae": self.device}
         return {"transformer": "cpu", "text_encoder": "cpu", "vae": "cpu"}
 
@@ -109,8 +121,9 @@ def mode_needs(needs: MemoryNeeds) -> dict[str, int]:
     w = needs.weights
     resident = {
         "none": sum(w.values()),
+        "stream-text-encoder": w["transformer"] + w["vae"] + needs.streamed["text_encoder"],
         "text-encoder": w["transformer"] + w["vae"],
-        "model": max(w.values()),
+        "model": max(needs.streamed.values()),
         "sequential": needs.largest_module,
     }
     return {mode: b + needs.work + MARGIN for mode, b in resident.items()}
@@ -157,13 +170,52 @@ def plan_placement(requested: str, device: str, needs: MemoryNeeds | None) -> Pl
     )
 
 
-def load_placed(model_dir: Path, dtype: Any, plan: Placement, quantize: str = "none") -> Any:
+def step_down(plan: Placement, needs: MemoryNeeds, error: str) -> Placement:
+    """The plan to load with after `plan` ran out of device memory while loading
+    (`error`: the first line of torch's message): under `auto`, the first mode after
+    `plan.mode` that fits the memory free now, logged as a warning. Call it once the
+    failed attempt's tensors are unreachable: it collects them and empties torch's
+    cache before measuring. Raises DoesNotFit naming the failure when the mode was
+    chosen by `--offload` (obeyed, never changed) or no later mode fits."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    failed = f"out of memory while loading with --offload {plan.mode} ({error})"
+    if not plan.reason.startswith("auto"):
+        raise DoesNotFit(f"{failed}; free GPU memory, or use --offload auto to step down to a mode that fits")
+    free, total = torch.cuda.mem_get_info()
+    later = OFFLOAD_MODES[OFFLOAD_MODES.index(plan.mode) + 1 :]
+    for mode in later:
+        if plan.needs[mode] <= free:
+            log.warning("%s; %s free now: stepping down to %s", failed, gib(free), mode)
+            budget = free - (plan.needs[mode] - needs.work)
+            return replace(
+                plan,
+                mode=mode,
+                reason=f"auto: stepped down from {plan.mode}, out of memory while loading",
+                free_bytes=free,
+                total_bytes=total,
+                activation_budget=budget,
+            )
+    raise DoesNotFit(
+        f"{failed}; {gib(free)} free now of {gib(total)}, and no later mode fits "
+        f"({', '.join(f'{m} needs {gib(plan.needs[m])}' for m in later) or 'none is left'})"
+    )
+
+
+def load_placed(
+    model_dir: Path, dtype: Any, plan: Placement, quantize: str = "none", encoder_dtype: Any = None
+) -> Any:
     """Load the pipeline from `model_dir` by `plan`: each weight-bearing component with
     `from_pretrained(..., device_map=<its device>)` (straight from the safetensors to
     the GPU), the rest (scheduler, tokenizer) by the pipeline; then the offload hooks
     and the VAE's memory savers. With fp8 the transformer is read to the CPU and
     quantized layer by layer onto its device, so its bfloat16 form never sits whole
-    on the GPU.
+    on the GPU. The text encoder is loaded in `encoder_dtype` when given (float32 on
+    a CPU without native bfloat16: loading.cpu_encoder_dtype).
 
     Per component rather than the pipeline's own `device_map`: diffusers 0.42.1
     takes only a string there ("cuda", "cpu", "balanced"), so it cannot keep the text
@@ -178,7 +230,8 @@ def load_placed(model_dir: Path, dtype: Any, plan: Placement, quantize: str = "n
         fp8 = quantize == "fp8" and name == "transformer"
         target = "cpu" if fp8 else device
         # The CPU is from_pretrained's own default; a device map there only adds hooks.
-        kwargs = {"dtype": dtype} if target == "cpu" else {"dtype": dtype, "device_map": target}
+        load_dtype = encoder_dtype if name == "text_encoder" and encoder_dtype is not None else dtype
+        kwargs = {"dtype": load_dtype} if target == "cpu" else {"dtype": load_dtype, "device_map": target}
         components[name] = cls.from_pretrained(model_dir / name, **kwargs)
         if fp8:
             quantize_fp8(components[name], device)
@@ -190,7 +243,9 @@ def load_placed(model_dir: Path, dtype: Any, plan: Placement, quantize: str = "n
 def finish_placement(pipe: Any, plan: Placement) -> None:
     """Offload hooks for the model and sequential modes, and the VAE's slicing and tiling."""
     if plan.mode == "model":
-        pipe.enable_model_cpu_offload(device=plan.device)
+        stream_components(pipe, plan.device)
+    elif plan.mode == "stream-text-encoder":
+        stream_components(pipe, plan.device, only="text_encoder")
     elif plan.mode == "sequential":
         pipe.enable_sequential_cpu_offload(device=plan.device)
     if plan.vae_slicing:
@@ -199,10 +254,43 @@ def finish_placement(pipe: Any, plan: Placement) -> None:
         pipe.vae.enable_tiling()
 
 
+def stream_components(pipe: Any, device: str, only: str | None = None) -> None:
+    """Stream every component's weights (or component `only`'s) through `device` from
+    pinned CPU memory: diffusers' block-level group offloading, one block per group (its ModuleList
+    blocks; the rest of a component is one group held for the component's whole
+    forward), with a CUDA stream that copies the next block while one computes
+    (meta_memory.streamed_bytes counts what that holds). Off CUDA (the tests) the same
+    hooks move blocks without a stream. The pinned copies are made
+    here, once: the CPU then holds those weights in page-locked memory (19.1 GiB for
+    the full model, 7.5 GiB for its text encoder), which the kernel cannot swap out."""
+    import torch
+
+    onload = torch.device(device)
+    options: dict[str, Any] = {
+        "onload_device": onload,
+        "offload_type": "block_level",
+        "num_blocks_per_group": 1,
+        "use_stream": onload.type == "cuda",  # the CPU (tests) has no streams: plain moves there
+    }
+    if only is None:
+        pipe.enable_group_offload(**options)
+        return
+    from diffusers.hooks import apply_group_offloading
+
+    apply_group_offloading(module=getattr(pipe, only), **options)
+
+
 def text_encoder_device(pipe: Any) -> Any:
-    """Where the text encoder runs: the execution device of accelerate's offload hooks
-    when it has them (model and sequential modes), else where its weights are (the
-    CPU in text-encoder mode). Its inputs must be put there."""
+    """Where the text encoder runs: the onload device of diffusers' group offloading
+    (model mode) or the execution device of accelerate's offload hooks (sequential)
+    when it has them, else where its weights are (the CPU in text-encoder mode). Its
+    inputs must be put there."""
+    from diffusers.hooks.group_offloading import _get_group_onload_device
+
+    try:
+        return _get_group_onload_device(pipe.text_encoder)
+    except ValueError:  # diffusers' answer for a module without group offloading
+        pass
     for module in pipe.text_encoder.modules():
         hook = getattr(module, "_hf_hook", None)
         if getattr(hook, "execution_device", None) is not None:

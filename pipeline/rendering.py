@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pipeline.device_errors import free_device_memory, model_call_failure
+from pipeline.editing import EditPipes, edit_arguments, steps_run
 from pipeline.embeddings import MAX_SEQUENCE_LENGTH, EmbeddingCache
 from pipeline.encoding import Rendered
 from pipeline.errors import JobInterrupted, OutOfMemory
@@ -22,6 +23,7 @@ from pipeline.loading import NOISE_DEVICE, ModelIdentity
 from pipeline.placement import text_encoder_device
 
 if TYPE_CHECKING:
+    from pipeline.controlnet import EditInput
     from pipeline.request import CanonicalRequest
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,9 @@ class Render:
     image is retried once), else OutOfMemory (503: memory is held elsewhere) or
     ImageTooLarge (422: this size never fits here); any other failure is
     FatalDeviceError (the device is gone) or GenerationFailed.
+
+    With `image` (pipeline.image_input), every image of the call is an edit of it
+    (img2img or inpainting), made by `edits`' pipeline of that kind.
     """
 
     def __init__(
@@ -52,8 +57,12 @@ class Render:
         fits: FitRecord,
         progress: Progress | None = None,
         embedding_scope: str | None = None,
+        image: EditInput | None = None,
+        edits: EditPipes | None = None,
     ) -> None:
         self.pipe = pipe
+        self.image = image
+        self.edits = edits
         self.identity = identity
         self.embeddings = embeddings
         self.fits = fits
@@ -74,10 +83,18 @@ class Render:
         request, batch = requests[0], len(requests)
         scopes = scopes or [self.embedding_scope] * batch
         timings: dict[str, float] = {}
+        pipe, extra, steps = self.pipe, {}, request.steps
+        if self.image is not None:
+            # An edit: its pipeline (sharing the model's modules), its image (and mask) at
+            # the request's size, and only the steps its strength runs.
+            assert self.edits is not None, "an edit needs the engine's edit pipelines"
+            pipe = self.edits.for_input(self.image)
+            extra = edit_arguments(self.image, request.width, request.height)
+            steps = steps_run(request.steps, self.image.strength)
 
         def step_done(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             if self.progress is not None:
-                self.progress(step + 1, request.steps)
+                self.progress(step + 1, steps)
             return {}
 
         try:
@@ -103,7 +120,8 @@ class Render:
             #    moves it to the device).
             started = time.perf_counter()
             generators = [torch.Generator(device=NOISE_DEVICE).manual_seed(r.seed) for r in requests]
-            latents = self.pipe(
+            latents = pipe(
+                **extra,
                 prompt_embeds=prompt_embeds,
                 negative_prompt_embeds=negative_embeds,
                 max_sequence_length=MAX_SEQUENCE_LENGTH,
@@ -164,7 +182,9 @@ class Render:
                     do_classifier_free_guidance=False,
                     max_sequence_length=count_tokens(self.pipe, text),
                 )
-            return [t.detach().to("cpu") for t in embeds]
+            # In the model's dtype: a float32 encoder (a CPU without native bfloat16)
+            # feeds a bfloat16 transformer.
+            return [t.detach().to("cpu", getattr(torch, self.identity.dtype)) for t in embeds]
 
         if scope is None:
             self.embeddings.count_miss()

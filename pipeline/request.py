@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pipeline import limits
 from pipeline.errors import RequestInvalid
 from pipeline.limits import ImageFormat, Normalization
+from pipeline.lora import LoraSpec, check_lora_count, loras_field
 
 # The fields that other protocols' request models share with ours (OpenAI's, A1111's):
 # one definition each, with the limits in OpenAPI and in words.
@@ -80,6 +81,7 @@ class GenerationRequest(BaseModel):
         description="Image encoding: png, jpeg or webp. Not part of the generation: one image "
         "serves all three (JPEG and WebP are made from the stored PNG).",
     )
+    loras: list[LoraSpec] = loras_field()
 
     @field_validator("prompt")
     @classmethod
@@ -93,6 +95,12 @@ class GenerationRequest(BaseModel):
     @classmethod
     def _negative_prompt(cls, v: str) -> str:
         check_text("negative_prompt", v)
+        return v
+
+    @field_validator("loras")
+    @classmethod
+    def _loras(cls, v: list[LoraSpec]) -> list[LoraSpec]:
+        check_lora_count(v)
         return v
 
     @field_validator("seed")

@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from cache import DEFAULT_NAMESPACE, MISS, Entry, Hit, LayeredCache, bad_namespace, is_namespace
+from pipeline.controlnet import EditInput
 from pipeline.derived import Encodings
 from pipeline.encoding import STORED_FORMAT
 from pipeline.engine import Engine
@@ -23,6 +24,7 @@ from pipeline.errors import JobCancelled, ModelUnavailable, RequestInvalid
 from pipeline.keys import generation_key
 from pipeline.limits import MAX_SEED, RANDOM_SEED, Normalization
 from pipeline.loading import ModelIdentity
+from pipeline.lora import LoraSet, lora_inputs
 from pipeline.queue_ticket import QueueTicket
 from pipeline.rendering import Progress
 from pipeline.request import CanonicalRequest, GenerationRequest, check_size, random_seed
@@ -53,7 +55,10 @@ class GenerationService:
     With `suggestions`, a miss also carries the stored prompts of its namespace like
     its own (`similar`), and a request with `similar_threshold` gets the nearest
     stored image at or above it, labelled `similar` (never by default). Observers
-    see every result (for metrics).
+    see every result (for metrics). With an input `image` (pipeline.image_input) the
+    images are edits of it: the key's `inputs` section holds its pixels' hash and
+    every parameter of the edit (pipeline.keys); near-repeats neither suggest nor
+    remember edits (a prompt alone does not say what an edit looks like).
     """
 
     def __init__(
@@ -91,6 +96,7 @@ class GenerationService:
         progress: Progress | None = None,
         ticket: QueueTicket | None = None,
         similar_threshold: float | None = None,
+        image: EditInput | None = None,
     ) -> GenerationResult:
         """One image: a hit from the fastest tier that has it, else a generation."""
         results = await self.generate_batch(
@@ -102,6 +108,7 @@ class GenerationService:
             progress=progress,
             ticket=ticket,
             similar_threshold=similar_threshold,
+            image=image,
         )
         return results[0]
 
@@ -116,6 +123,7 @@ class GenerationService:
         progress: Progress | None = None,
         ticket: QueueTicket | None = None,
         similar_threshold: float | None = None,
+        image: EditInput | None = None,
     ) -> list[GenerationResult]:
         """`batch_size` images of one prompt, image i with seed `seed + i` (each drawn when
         the seed is -1), in `request.format`. Each is looked up on its own; the misses
@@ -128,6 +136,8 @@ class GenerationService:
         # 1. Validate what depends on the served model, and canonicalise.
         if not is_namespace(namespace):
             raise RequestInvalid("namespace", bad_namespace(namespace))
+        if similar_threshold is not None and image is not None:
+            raise RequestInvalid("similar_threshold", "is for text-to-image; an edit is made from its image")
         if similar_threshold is not None and not (0 < similar_threshold <= 1 and batch_size == 1):
             raise RequestInvalid(
                 "similar_threshold", "must be above 0 and at most 1, for one image (batch_size 1)"
@@ -141,12 +151,16 @@ class GenerationService:
         else:
             seeds = [(base.seed + i) % (MAX_SEED + 1) for i in range(batch_size)]
         canonicals = [replace(base, seed=seed) for seed in seeds]
-        keys = [self.key_for(c, identity) for c in canonicals]
+        loras = await asyncio.to_thread(self.engine.loras.resolve, request.loras, identity.demo)
+        inputs = lora_inputs(loras) | (image.key_fields() if image is not None else {})
+        keys = [self.key_for(c, identity, inputs) for c in canonicals]
         ext = request.format
 
         # 2. Bypass (asked for, or a do-not-cache prompt): generate, store nothing.
         if no_cache or self.must_not_store(base):
-            generated = await self._generate(canonicals, progress, embedding_scope=None, ticket=ticket)
+            generated = await self._generate(
+                canonicals, progress, embedding_scope=None, ticket=ticket, loras=loras, image=image
+            )
             bypassed = await asyncio.gather(*(self.encodings.convert(e, ext, t) for e, t in generated))
             took = [time.perf_counter() - started] * batch_size
             return self._results(keys, canonicals, [(BYPASS_TIER, e, t) for e, t in bypassed], took)
@@ -170,10 +184,13 @@ class GenerationService:
         #     one; with `similar_threshold`, the nearest stored image at or above it.
         look: NearLook | None = None
         near: Match | None = None
-        if len(outcomes) < batch_size and self.suggestions is not None:
-            look = await self.suggestions.look(namespace, identity, base.prompt, similar_threshold or 1.0)
-            if similar_threshold is not None:
-                found = await self.suggestions.approximate(
+        suggestions = self.suggestions if image is None else None
+        if len(outcomes) < batch_size and suggestions is not None:
+            look = await suggestions.look(
+                self.cache, namespace, identity, base.prompt, similar_threshold or 1.0
+            )
+            if similar_threshold is not None and not inputs:  # a stored image has no inputs
+                found = await suggestions.approximate(
                     self.cache, namespace, look, similar_threshold, base.width, base.height
                 )
                 if found is not None:
@@ -196,10 +213,12 @@ class GenerationService:
         if missed:
 
             async def produce(todo: dict[str, CanonicalRequest]) -> dict[str, Outcome]:
-                made = await self._generate_and_store(namespace, todo, progress, ticket, identity)
-                if self.suggestions is not None:
+                made = await self._generate_and_store(
+                    namespace, todo, progress, ticket, identity, loras, image
+                )
+                if suggestions is not None:
                     for key, canonical in todo.items():
-                        await self.suggestions.remember(
+                        await suggestions.remember(
                             namespace, identity, key, canonical.prompt, look.vector if look else None
                         )
                 return made
@@ -229,6 +248,27 @@ class GenerationService:
             similar=tuple(m for m in similar if m.key not in keys),
             near=near,
         )
+
+    async def near_repeats(
+        self, request: GenerationRequest, *, namespace: str, normalization: Normalization | None = None
+    ) -> tuple[Match, ...]:
+        """What `generate_batch` will offer as `similar` for `request` (one image), known
+        before it is generated: the UI shows them while the image is made. Nothing for
+        a hit, a do-not-store prompt, a bad namespace, or without near-repeats. Counts
+        nothing: the miss itself counts what it offers. Invalid input raises as
+        `generate_batch` does."""
+        if self.suggestions is None or not is_namespace(namespace):
+            return ()
+        identity = await self.model_identity()
+        base = request.canonical(normalization or self.normalization)
+        if self.must_not_store(base):
+            return ()
+        if request.seed != RANDOM_SEED and isinstance(
+            await self.lookup(namespace, self.key_for(base, identity)), Hit
+        ):
+            return ()
+        look = await self.suggestions.look(self.cache, namespace, identity, base.prompt, 1.0, counted=False)
+        return look.shown
 
     def queue_position(self, ticket: QueueTicket) -> int | None:
         """The best place in the engine's queue of the jobs `ticket` started (1: next to
@@ -290,6 +330,16 @@ class GenerationService:
         except TimeoutError:
             raise ModelUnavailable("the model is still being fetched; retry shortly") from None
 
+    async def lora_listing(self) -> list[dict[str, Any]]:
+        """The LoRAs requests may name (pipeline.lora): name, file name and size."""
+        identity = await self.model_identity()
+        return await asyncio.to_thread(self.engine.loras.listing, identity.demo)
+
+    async def controlnet_fingerprint(self) -> str | None:
+        """The `--controlnet` weights' fingerprint (for a control input's key); None without one."""
+        await self.model_identity()  # known with the identity
+        return self.engine.controlnet_fingerprint
+
     def must_not_store(self, request: CanonicalRequest) -> bool:
         """Whether a do-not-cache pattern matches the prompt or the negative prompt."""
         return any(
@@ -299,9 +349,12 @@ class GenerationService:
         )
 
     @staticmethod
-    def key_for(request: CanonicalRequest, identity: ModelIdentity) -> str:
-        """The generation's key (pipeline.keys): the same for every format."""
-        return generation_key(request, identity)
+    def key_for(
+        request: CanonicalRequest, identity: ModelIdentity, inputs: dict[str, Any] | None = None
+    ) -> str:
+        """The generation's key (pipeline.keys): the same for every format; `inputs`
+        (e.g. `lora_inputs`) by content."""
+        return generation_key(request, identity, inputs)
 
     def stats(self) -> dict[str, Any]:
         """Requests (images asked for), generations (pipeline runs), images generated,
@@ -325,6 +378,8 @@ class GenerationService:
         progress: Progress | None,
         ticket: QueueTicket | None,
         identity: ModelIdentity,
+        loras: LoraSet = (),
+        image: EditInput | None = None,
     ) -> dict[str, Outcome]:
         """Generate the entries of `todo` in one batch and store them in every tier
         (with near-repeats on, each tagged with its prompt: a lost index is rebuilt from it)."""
@@ -334,8 +389,10 @@ class GenerationService:
             embedding_scope=namespace,
             ticket=ticket,
             flights=[(namespace, key) for key in todo],
+            loras=loras,
+            image=image,
         )
-        if self.suggestions is not None:
+        if self.suggestions is not None and image is None:
             generated = [
                 (self.suggestions.tagged(entry, c.prompt, identity), t)
                 for c, (entry, t) in zip(todo.values(), generated, strict=True)
@@ -358,10 +415,14 @@ class GenerationService:
         embedding_scope: str | None,
         ticket: QueueTicket | None = None,
         flights: list[tuple[str, str]] | None = None,
+        loras: LoraSet = (),
+        image: EditInput | None = None,
     ) -> list[tuple[Entry, dict[str, float]]]:
         queued = time.perf_counter()
         on_step = progress if ticket is None else ticket.stepping(progress)  # (`interrupt`)
-        future = self.engine.submit(canonicals, on_step, embedding_scope=embedding_scope)
+        future = self.engine.submit(
+            canonicals, on_step, embedding_scope=embedding_scope, loras=loras, image=image
+        )
         if ticket is not None:
             ticket.add(future, flights or [])
         self.statistics.count("generations")
@@ -386,17 +447,20 @@ class GenerationService:
             time.perf_counter() - queued,
             shown,
         )
+        # An edit's entry says its kind and strength; what it is an edit of stays out.
+        edited = {"edit": image.kind, "strength": image.strength} if image is not None else {}
         out = []
-        for canonical, image in zip(canonicals, generated, strict=True):
-            timings = dict(image.timings)
-            timings["queue"] = time.perf_counter() - queued - sum(image.timings.values())
+        for canonical, made in zip(canonicals, generated, strict=True):
+            timings = dict(made.timings)
+            timings["queue"] = time.perf_counter() - queued - sum(made.timings.values())
             meta = {
                 "seed": canonical.seed,
                 "width": canonical.width,
                 "height": canonical.height,
                 "steps": canonical.steps,
             }
-            out.append((Entry(data=image.data, ext=image.ext, meta=meta), timings))
+            meta |= edited
+            out.append((Entry(data=made.data, ext=made.ext, meta=meta), timings))
         return out
 
     def _results(

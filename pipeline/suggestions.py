@@ -35,6 +35,7 @@ class NearLook:
     vector: np.ndarray
     candidates: tuple[Match, ...]
     min_score: float
+    scope: str = "any"  # the index's scope (the served model) they were found in
 
     @property
     def shown(self) -> tuple[Match, ...]:
@@ -47,7 +48,7 @@ class Suggestions:
     The scope of every index is the served model's key fields (hashed), so a new
     model's requests are never offered an old model's images. Counts what it did
     for `/api/cache/stats` and `/metrics`: misses given suggestions, suggestions
-    shown, approximate hits.
+    shown, suggestions used (a person took one in the UI), approximate hits.
     """
 
     def __init__(
@@ -63,24 +64,49 @@ class Suggestions:
     def scope(identity: ModelIdentity) -> str:
         return make_key(identity.key_fields())[:16]
 
-    async def look(self, namespace: str, identity: ModelIdentity, prompt: str, floor: float) -> NearLook:
-        """The stored prompts of `namespace` at or above min(`floor`, min_score)."""
+    async def look(
+        self,
+        cache: LayeredCache,
+        namespace: str,
+        identity: ModelIdentity,
+        prompt: str,
+        floor: float,
+        *,
+        counted: bool = True,
+    ) -> NearLook:
+        """The stored prompts of `namespace` at or above min(`floor`, min_score); counted
+        as shown unless `counted` is False (the UI's early look: its miss counts them).
+        Those good enough to show are checked in `cache` first: one whose image is gone
+        (a cache clear, a prune, an eviction) is dropped from the index, not offered."""
         scope = self.scope(identity)
 
         def run() -> NearLook:
             vector = self.near.embed(prompt)
             found = self.near.search(namespace, vector, self.limit, min(floor, self.min_score), scope=scope)
-            return NearLook(vector, tuple(found), self.min_score)
+            return NearLook(vector, tuple(found), self.min_score, scope)
 
         try:
             look = await asyncio.to_thread(run)
         except Exception:  # a suggestion is never worth failing the request
             log.exception("near-repeats: looking up similar prompts failed")
             return NearLook(np.zeros(0, np.float32), (), self.min_score)
-        if look.shown:
+        look = await self._present(cache, namespace, look)
+        if look.shown and counted:
             self.count("suggested")
             self.count("suggestions", len(look.shown))
         return look
+
+    async def _present(self, cache: LayeredCache, namespace: str, look: NearLook) -> NearLook:
+        """`look` without the shown prompts whose images are no longer stored, which are
+        forgotten by the index (so a clear or a prune empties it as it is used)."""
+        shown = look.shown
+        found = await cache.aget_many(namespace, [m.key for m in shown]) if shown else []
+        gone = {m.key for m, hit in zip(shown, found, strict=True) if not isinstance(hit, Hit)}
+        if not gone:
+            return look
+        for key in gone:
+            await asyncio.to_thread(self.near.discard, namespace, key, scope=look.scope)
+        return replace(look, candidates=tuple(m for m in look.candidates if m.key not in gone))
 
     async def approximate(
         self, cache: LayeredCache, namespace: str, look: NearLook, threshold: float, width: int, height: int
@@ -92,7 +118,7 @@ class Suggestions:
                 break
             hit = await cache.aget(namespace, match.key)
             if not isinstance(hit, Hit):
-                self.near.discard(namespace, match.key)
+                self.near.discard(namespace, match.key, scope=look.scope)
                 continue
             if (hit.entry.meta.get("width"), hit.entry.meta.get("height")) == (width, height):
                 self.count("approximate_hits")
@@ -124,5 +150,5 @@ class Suggestions:
     def stats(self) -> dict[str, int]:
         with self._lock:
             counts = self._counts.copy()
-        names = ("suggested", "suggestions", "approximate_hits")
+        names = ("suggested", "suggestions", "used", "approximate_hits")
         return {name: counts[name] for name in names} | self.near.stats()

@@ -8,6 +8,7 @@ patch size 2, so a 1024x1024 image is 4,096 image tokens, as in the real one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -31,6 +32,13 @@ CHAT_TEMPLATE = (
     "{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}{%- endif %}"
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+
+# The demo LoRA (issue 24): fixed random low-rank updates of the tiny transformer's
+# main layers (attention q/k/v/out and feed-forward, what Z-Image LoRA trainers
+# target), in diffusers' key format, strong enough to change the image visibly.
+DEMO_LORA_VERSION = 1
+DEMO_LORA_NAME = "tiny-demo"
+DEMO_LORA_RANK = 4
 
 
 def ensure_tiny_model(root: Path) -> Path:
@@ -56,6 +64,52 @@ def ensure_tiny_model(root: Path) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("built the tiny model in %s", target)
     return target
+
+
+def ensure_demo_lora(root: Path) -> Path:
+    """Build the demo LoRA for the tiny model under `root` unless it is there; return
+    its file. Written to a temp file and renamed into place, like the model."""
+    target = root / f"{DEMO_LORA_NAME}-v{DEMO_LORA_VERSION}.safetensors"
+    if target.exists():
+        return target
+    import torch
+    from safetensors.torch import save_file
+
+    root.mkdir(parents=True, exist_ok=True)
+    model = root / TINY_MODEL_ID / "transformer" / "config.json"
+    generator = torch.Generator().manual_seed(7)
+    tensors = {}
+    for name, (rows, cols) in _lora_targets(model).items():
+        tensors[f"transformer.{name}.lora_A.weight"] = torch.randn(DEMO_LORA_RANK, cols, generator=generator)
+        tensors[f"transformer.{name}.lora_B.weight"] = torch.randn(rows, DEMO_LORA_RANK, generator=generator)
+    fd, staging = tempfile.mkstemp(dir=root, prefix=f".{target.name}.")
+    os.close(fd)
+    try:
+        save_file({k: v * 0.5 for k, v in tensors.items()}, staging)
+        os.replace(staging, target)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(staging)
+    log.info("built the demo LoRA in %s", target)
+    return target
+
+
+def _lora_targets(config: Path) -> dict[str, tuple[int, int]]:
+    """The demo LoRA's modules -> (out, in) features, from the tiny transformer's config
+    (as `_build` makes it): the main layers' attention and feed-forward linears."""
+    import json
+
+    cfg = json.loads(config.read_text()) if config.exists() else {"dim": 32, "n_layers": 2}
+    dim, layers = cfg["dim"], cfg["n_layers"]
+    hidden = int(dim / 3 * 8)  # ZImage's FeedForward(dim, hidden_dim=int(dim / 3 * 8))
+    targets = {}
+    for i in range(layers):
+        for proj in ("to_q", "to_k", "to_v", "to_out.0"):
+            targets[f"layers.{i}.attention.{proj}"] = (dim, dim)
+        targets[f"layers.{i}.feed_forward.w1"] = (hidden, dim)
+        targets[f"layers.{i}.feed_forward.w2"] = (dim, hidden)
+        targets[f"layers.{i}.feed_forward.w3"] = (hidden, dim)
+    return targets
 
 
 def _build(path: Path) -> None:

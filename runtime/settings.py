@@ -33,9 +33,10 @@ from pipeline.attention import check_backend_name
 from pipeline.batching import DEFAULT_MAX_BATCH
 from pipeline.compile import CompileSetting
 from pipeline.errors import validation_message
-from pipeline.limits import DEFAULT_MAX_QUEUE, DEFAULT_NORMALIZATION, DEFAULT_SIZE, Normalization
+from pipeline.limits import DEFAULT_MAX_QUEUE, DEFAULT_NORMALIZATION, DEFAULT_SIZE, MAX_LORAS, Normalization
 from pipeline.line_files import read_patterns
 from pipeline.loading import Quantize, check_model_spec
+from pipeline.lora_adapters import DEFAULT_MAX_ADAPTER_BYTES, DEFAULT_MAX_ADAPTERS
 from pipeline.placement import Offload
 from pipeline.warmup import parse_sizes
 from web.auth import MIN_TOKEN_CHARS, read_api_keys
@@ -79,8 +80,10 @@ class Settings(BaseSettings):
     )
     offload: Offload = Field(
         "auto",
-        description="Where the model's parts live on a CUDA GPU: `none` (all on the GPU), `text-encoder` "
-        "(the text encoder on the CPU), `model` or `sequential` (accelerate's offload; slower); `auto` takes "
+        description="Where the model's parts live on a CUDA GPU: `none` (all on the GPU), `stream-text-encoder` "
+        "(the text encoder streamed through the GPU from pinned CPU memory), `text-encoder` "
+        "(the text encoder on the CPU), `model` (every part streamed block by block from pinned CPU memory: "
+        "diffusers' group offloading) or `sequential` (accelerate's, module by module; slowest); `auto` takes "
         "the first that fits the free GPU memory. Ignored on the CPU.",
         json_schema_extra=readme(CUDA_SECTION),
     )
@@ -90,6 +93,12 @@ class Settings(BaseSettings):
         "(row-wise scales), about half its memory; needs compute capability 8.9+ (H100, H200, L40S, "
         "RTX 4090, ...) and the `fp8` extra (`pip install -e '.[fp8]'`). Part of the cache key. Refused on "
         "older GPUs (`/ready` says why); emulated on the CPU (slow, in bfloat16: for tests).",
+    )
+    controlnet: str | None = Field(
+        None,
+        description="ControlNet weights for control-image requests: the Z-Image-Turbo Fun ControlNet Union "
+        "`.safetensors` file, a diffusers directory, or `tiny` (a tiny one built locally, for the demo "
+        "model). Unset: no ControlNet (a control image is a 422).",
     )
     cache_dir: Path = Field(
         DEFAULT_CACHE_DIR,
@@ -188,6 +197,23 @@ class Settings(BaseSettings):
         "the CPU (where batching does not pay).",
         json_schema_extra=readme(CUDA_OPTIONS),
     )
+    lora_dir: Path | None = Field(
+        None,
+        description="A folder of LoRA `.safetensors` files (diffusers, Kohya and other trainers' formats "
+        "that diffusers reads) that requests may name in `loras`, by file name without the suffix; "
+        "files added later are seen at once. The demo model also has its demo LoRA, `tiny-demo`.",
+        json_schema_extra=readme("See [LoRAs](#loras)."),
+    )
+    lora_cache_count: int = Field(
+        DEFAULT_MAX_ADAPTERS,
+        ge=MAX_LORAS,
+        le=256,
+        description="Most LoRA adapters kept loaded in the model; the least recently used is unloaded first.",
+    )
+    lora_cache_size: Size = Field(
+        DEFAULT_MAX_ADAPTER_BYTES,
+        description="Most bytes of LoRA files kept loaded in the model (`2GiB`, `500MB`, or bytes).",
+    )
     warmup_sizes: str = Field(
         f"{DEFAULT_SIZE}x{DEFAULT_SIZE}",
         description="Sizes warmed up before `/ready` turns 200, comma-separated `WIDTHxHEIGHT` (e.g. "
@@ -236,14 +262,18 @@ class Settings(BaseSettings):
     attention_backend: str = Field(
         "auto",
         description="The attention kernel, through diffusers' attention dispatcher: `auto` "
-        "(FlashAttention-3 on Hopper when installed, then `flash-attn`, cuDNN, PyTorch native) or a "
+        "(on CUDA, times FlashAttention-3, cuDNN, `flash-attn` and PyTorch native on the model's real "
+        "attention shape, keeps those whose output matches native, takes the fastest and logs the table) or a "
         "diffusers backend name (`native`, `flash`, `_flash_3`, `_native_cudnn`, `_native_flash`, ...). An "
         "unknown name stops the start naming the choices; a known one that cannot run on this machine fails "
         "the model with the reason.",
         json_schema_extra=readme(CUDA_OPTIONS),
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
-        "info", description="`debug`, `info`, `warning` or `error`."
+        "info",
+        description="`debug`, `info`, `warning` or `error`. A few start-up warnings of torch and torchao that "
+        "mean nothing here (torchao's prebuilt kernels for another Python or GPU, no Triton on a CPU, "
+        "torchao's Enum pytree notice) show only at `debug`.",
     )
     log_prompts: bool = Field(
         False,
@@ -391,4 +421,9 @@ def flag_and_variable(name: str) -> str:
 
 
 def setup_logging(level: str) -> None:
+    """The log's level and format; third-party start-up warnings that mean nothing to
+    the user lowered to DEBUG (runtime/quiet_logs.py)."""
+    from runtime import quiet_logs
+
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_logs.install()

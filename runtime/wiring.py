@@ -102,6 +102,10 @@ def build_parts(settings: Settings, on_fatal: OnFatal | None = None) -> Parts:
         attention_backend=settings.attention_backend,
         compile=settings.compile,
         compile_cache_dir=settings.cache_dir / "compile",
+        lora_dir=settings.lora_dir,
+        max_adapters=settings.lora_cache_count,
+        max_adapter_bytes=settings.lora_cache_size,
+        controlnet=settings.controlnet,
     )
     keyring = Keyring.of(settings.cache_secrets)
     disk = DiskTier(settings.images_dir, keyring=keyring)

@@ -42,52 +42,111 @@
     true,
   );
 
-  // Gradio's gallery focuses its selected thumbnail whenever the selection changes, as
-  // it does when a result arrives: the keys typed into the prompt meanwhile would be
-  // lost. Focus goes into the images only when the person moves it there (a pointer,
-  // Tab, or a key pressed inside them); otherwise it goes back where it was.
+  // The keyboard stays where it was. Gradio moves focus on its own: its gallery
+  // focuses the selected thumbnail whenever the selection changes (as when a result
+  // arrives), and a field it blurs or redraws leaves the focus on the page's body. The
+  // keys typed into the prompt meanwhile would be lost. So the element focus last went
+  // to outside the images (or inside them by the person's own move: a pointer, Tab, or
+  // a key that is not typing into a text field) is the keyboard's home: focus taken
+  // into the images or dropped on the body without such a move is put back there, on
+  // the field's new element if it was redrawn, with the caret where it was.
   const IMAGES = "#result, #history";
   let movedAt = 0;
+  let home = null; // {el, where: a selector that finds it again once redrawn}
   const moved = () => (movedAt = performance.now());
+  const deliberate = () => performance.now() - movedAt < 1000;
+  const typingIn = (el) =>
+    el instanceof HTMLTextAreaElement || (el instanceof HTMLInputElement && el.type !== "checkbox" && el.type !== "radio");
+  const whereIs = (el) => {
+    if (el.id) return `#${CSS.escape(el.id)}`;
+    const owner = el.parentElement?.closest("[id]");
+    return owner ? `#${CSS.escape(owner.id)} ${el.tagName.toLowerCase()}` : null;
+  };
   document.addEventListener("pointerdown", moved, true);
   document.addEventListener(
     "keydown",
     (event) => {
-      if (event.key === "Tab" || event.target.closest?.(IMAGES)) moved();
+      if (event.key === "Tab" || !typingIn(event.target)) moved();
     },
     true,
   );
+  function goHome() {
+    if (!home) return false;
+    const old = home.el;
+    const el = old.isConnected ? old : home.where && document.querySelector(home.where);
+    if (!el || el.disabled) return false;
+    el.focus({ preventScroll: true });
+    if (el !== old && typingIn(el)) {
+      const same = old.value === el.value;
+      const [start, end] = same ? [old.selectionStart, old.selectionEnd] : [el.value.length, el.value.length];
+      try {
+        el.setSelectionRange(start, end);
+      } catch {} // (a number box has no caret to place)
+    }
+    home = { el, where: home.where };
+    return document.activeElement === el;
+  }
   document.addEventListener(
     "focusin",
     (event) => {
       const into = event.target;
-      const from = event.relatedTarget;
-      if (!into.closest?.(IMAGES) || performance.now() - movedAt < 1000) return;
-      if (from instanceof HTMLElement && from.isConnected && !from.closest(IMAGES)) {
-        from.focus({ preventScroll: true });
-      } else {
+      if (deliberate() || !into.closest?.(IMAGES)) {
+        home = { el: into, where: whereIs(into) };
+      } else if (into !== home?.el && !goHome()) {
         into.blur();
       }
     },
     true,
   );
+  document.addEventListener(
+    "focusout",
+    (event) => {
+      if (event.relatedTarget || deliberate() || event.target !== home?.el) return;
+      // Focus is going nowhere (the field is being redrawn, or blurred by a script):
+      // once it has settled, bring it back unless something took it meanwhile.
+      setTimeout(() => {
+        const now = document.activeElement;
+        if ((!now || now === document.body) && document.hasFocus() && !deliberate()) goHome();
+      }, 0);
+    },
+    true,
+  );
+  // Chromium may drop a focused field that Gradio redraws without a focusout: each
+  // change of the page (the observer below) checks whether the keyboard's home was
+  // the active element just before and is gone now.
+  let had = null; // what had the keyboard when the page last changed
+  function keepHome() {
+    const now = document.activeElement;
+    if (home && had === home.el && !home.el.isConnected && (!now || now === document.body) && !deliberate()) {
+      goHome();
+    }
+    had = document.activeElement;
+  }
 
-  // A prompt over the limit is not sent (a pasted 64 KB would be refused whole by the
-  // server's body limit, and the page would show Gradio's English error): the note
-  // beside it says so, in the page's language (web/ui.py's #too-long event), and the
-  // images stay.
+  // A prompt or negative prompt over the limit is not sent (a pasted 64 KB would be
+  // refused whole by the server's body limit, and the page would show Gradio's English
+  // error): the note beside it says so, in the page's language (web/ui.py's #too-long
+  // event), and the images stay. A negative prompt's note is inside Advanced: opened.
   const promptText = () => $("#prompt textarea")?.value || "";
+  const negativeText = () => $("#negative textarea")?.value || "";
+  const over = (text) => [...text].length > LIMIT;
   function tooLongToSend() {
-    if ([...promptText()].length <= LIMIT) return false;
+    if (!over(promptText()) && !over(negativeText())) return false;
+    const advanced = $("#advanced .label-wrap");
+    if (over(negativeText()) && advanced && !advanced.classList.contains("open")) advanced.click();
     $("#too-long")?.click();
     return true;
   }
   function tooLong() {
-    return {
-      __type__: "update",
-      value: say("prompt_too_long", { length: [...promptText()].length, limit: LIMIT }),
-      elem_classes: ["field-note", "field-error"], // (web/ui_form.py's field_note)
-    };
+    const note = (key, text) =>
+      over(text)
+        ? {
+            __type__: "update",
+            value: say(key, { length: [...text].length, limit: LIMIT }),
+            elem_classes: ["field-note", "field-error"], // (web/ui_form.py's field_note)
+          }
+        : { __type__: "update", value: "", elem_classes: ["field-note"] }; // (not the cause)
+    return [note("prompt_too_long", promptText()), note("negative_too_long", negativeText())];
   }
   document.addEventListener(
     "click",
@@ -112,6 +171,59 @@
     },
     true,
   );
+
+  // PNG Info: the parameters text of a chosen or dropped PNG, read here (the file is
+  // not uploaded), handed to the server by the #png-read event (web/ui_png_info.py).
+  async function pngParameters(file) {
+    const data = new Uint8Array(await file.arrayBuffer());
+    const view = new DataView(data.buffer);
+    const signature = [137, 80, 78, 71, 13, 10, 26, 10];
+    if (!signature.every((byte, i) => data[i] === byte)) return "";
+    const latin1 = new TextDecoder("latin1");
+    const inflate = async (bytes) =>
+      new Uint8Array(await new Response(new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate"))).arrayBuffer());
+    for (let at = 8; at + 12 <= data.length; ) {
+      const length = view.getUint32(at);
+      const type = latin1.decode(data.subarray(at + 4, at + 8));
+      const body = data.subarray(at + 8, at + 8 + length);
+      const nul = body.indexOf(0);
+      if (nul > 0 && latin1.decode(body.subarray(0, nul)) === "parameters") {
+        if (type === "tEXt") return latin1.decode(body.subarray(nul + 1));
+        if (type === "zTXt") return latin1.decode(await inflate(body.subarray(nul + 2)));
+        if (type === "iTXt") {
+          // keyword \0 flag method language \0 translated keyword \0 text (UTF-8)
+          let text = body.indexOf(0, nul + 3) + 1;
+          text = body.indexOf(0, text) + 1;
+          const raw = body.subarray(text);
+          return new TextDecoder("utf-8").decode(body[nul + 1] ? await inflate(raw) : raw);
+        }
+      }
+      if (type === "IEND") break;
+      at += 12 + length;
+    }
+    return "";
+  }
+  async function readPng(file) {
+    window.zimage.pngText = file ? (await pngParameters(file).catch(() => "")).slice(0, 16384) : "";
+    $("#png-read")?.click();
+  }
+  document.addEventListener(
+    "change",
+    (event) => {
+      const input = event.target;
+      if (!(input instanceof HTMLInputElement) || input.id !== "png-info-file") return;
+      readPng(input.files?.[0]).finally(() => (input.value = ""));
+    },
+    true,
+  );
+  document.addEventListener("dragover", (event) => {
+    if (event.target.closest?.("#png-info")) event.preventDefault();
+  });
+  document.addEventListener("drop", (event) => {
+    if (!event.target.closest?.("#png-info")) return;
+    event.preventDefault();
+    readPng(event.dataTransfer?.files?.[0]);
+  });
 
   function count(text) {
     const counter = $("#prompt-count");
@@ -224,12 +336,17 @@
       const caption = thumb.querySelector(".caption-label")?.textContent.trim();
       if (caption) set(thumb, "aria-label", caption);
     }
+    const png = $("#png-info-file");
+    if (png) set(png, "aria-label", say("png_file", {}));
     for (const empty of document.querySelectorAll(".empty[aria-label]")) {
       if (!empty.getAttribute("role")) empty.removeAttribute("aria-label");
     }
   }
   // At once (a microtask after each change), so that nothing reads the page between.
-  new MutationObserver(describe).observe(document.documentElement, {
+  new MutationObserver(() => {
+    keepHome();
+    describe();
+  }).observe(document.documentElement, {
     childList: true,
     subtree: true,
     characterData: true,
@@ -239,5 +356,5 @@
 
   const ask = (key) => window.confirm(say(key, {}));
 
-  window.zimage = { count, started, finished, ask, tooLong, runs: 0 };
+  window.zimage = { count, started, finished, ask, tooLong, runs: 0, pngText: "" };
 })();

@@ -105,3 +105,19 @@ def test_blocks_offloaded_module_by_module_are_not_compiled(tmp_path: Path) -> N
     add_hook_to_module(block.attention.to_q, ModelHook())  # as sequential CPU offload does
     assert compile_transformer(pipe.transformer) is False
     assert block._compiled_call_impl is None
+
+
+def test_blocks_streamed_by_group_offloading_are_not_compiled(tmp_path: Path) -> None:
+    # --offload model: diffusers' group offloading wraps each block's forward with the
+    # copies of its weights, which a fullgraph compile cannot take in.
+    from diffusers.hooks import apply_group_offloading
+
+    from pipeline.compile import compile_transformer
+    from pipeline.loading import load_pipeline, resolve_model
+
+    pipe, _ = load_pipeline(resolve_model("tiny", tmp_path))
+    apply_group_offloading(
+        pipe.transformer, onload_device="cpu", offload_type="block_level", num_blocks_per_group=1
+    )
+    assert compile_transformer(pipe.transformer) is False
+    assert pipe.transformer.layers[0]._compiled_call_impl is None

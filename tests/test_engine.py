@@ -159,47 +159,6 @@ def test_attention_backend_names_are_checked_against_diffusers_registry() -> Non
         attention.check_backend_name("flash4")
 
 
-@pytest.mark.parametrize(
-    ("capability", "unavailable", "chosen", "passed_over"),
-    [
-        ((9, 0), set(), "_flash_3", []),  # Hopper with FA3 installed
-        ((9, 0), {"_flash_3"}, "flash", ["_flash_3 unavailable"]),
-        ((8, 9), set(), "flash", ["_flash_3 needs compute capability 9.0 (this GPU: 8.9)"]),
-        ((9, 0), {"_flash_3", "flash"}, "_native_cudnn", ["_flash_3 unavailable", "flash unavailable"]),
-        ((7, 5), set(), "native", ["flash needs compute capability 8.0", "_native_cudnn needs"]),
-    ],
-)
-def test_auto_picks_the_fastest_attention_that_runs_on_this_gpu(
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-    capability: tuple[int, int],
-    unavailable: set[str],
-    chosen: str,
-    passed_over: list[str],
-) -> None:
-    probed: list[str] = []
-
-    def probe(name: str, device: str, dtype: torch.dtype, heads: int, head_dim: int) -> str | None:
-        assert (device, dtype, heads, head_dim) == ("cuda", torch.bfloat16, 30, 128)
-        probed.append(name)
-        return "RuntimeError: missing package" if name in unavailable else None
-
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    monkeypatch.setattr(attention, "backend_problem", probe)
-    with caplog.at_level("INFO", logger="pipeline.attention"):
-        assert attention.choose_backend("auto", "cuda", torch.bfloat16, 30, 128) == chosen
-    assert probed[-1] == chosen and all(name in unavailable for name in probed[:-1])
-    for line in passed_over:
-        assert line in caplog.text
-
-
-def test_auto_is_native_off_cuda_and_the_probe_reports_why_a_backend_cannot_run() -> None:
-    assert attention.choose_backend("auto", "cpu", torch.float32, 2, 16) == "native"
-    assert attention.backend_problem("native", "cpu", torch.float32, 2, 16) is None
-    problem = attention.backend_problem("flash", "cpu", torch.float32, 2, 16)
-    assert problem is not None and "flash-attn" in problem
-
-
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_encoding_only_the_real_tokens_equals_encoding_them_padded_to_512(
     engine: Engine, dtype: str, monkeypatch: pytest.MonkeyPatch

@@ -35,8 +35,11 @@ async def list_and_call(server: Server, calls: list[dict[str, Any]], token: str 
 
 def test_the_tool_is_listed_with_a_schema_a_model_can_use(server: Server) -> None:
     tools, _ = asyncio.run(list_and_call(server, []))
-    (tool,) = tools
-    assert tool.name == "generate_image"
+    assert {t.name for t in tools} == {
+        "generate_image",
+        "edit_image",
+    }  # edit_image: tests/test_edit_routes.py
+    tool = next(t for t in tools if t.name == "generate_image")
     assert tool.description.startswith("Generate an image from a text prompt")
     schema = tool.input_schema
     assert schema["required"] == ["prompt"]
@@ -48,6 +51,7 @@ def test_the_tool_is_listed_with_a_schema_a_model_can_use(server: Server) -> Non
         "seed",
         "steps",
         "guidance_scale",
+        "loras",
     }
     assert all(prop.get("description") for prop in schema["properties"].values())
     assert schema["properties"]["width"]["default"] == 1024
@@ -91,7 +95,7 @@ def test_with_api_keys_mcp_needs_the_token_and_uses_its_namespace(keyed_server: 
 
     arguments = {"prompt": "a keyed mcp owl", "width": 64, "height": 64, "seed": 2}
     tools, (result,) = asyncio.run(list_and_call(keyed_server, [arguments], token=KEYED_TOKEN))
-    assert [tool.name for tool in tools] == ["generate_image"]
+    assert [tool.name for tool in tools] == ["generate_image", "edit_image"]
     url = result.structured_content["url"]
     assert httpx.get(url).status_code == 401
     assert httpx.get(url, headers={"Authorization": f"Bearer {KEYED_TOKEN}"}).status_code == 200

@@ -18,6 +18,7 @@ from web.ui_stats import latency_text
 ON = ("--similar-prompts",)
 FOX = "a red fox standing in the snow"
 FOX_ZH = "雪地里站着一只红狐狸"
+ADMIN = "admin-token-0123456789"
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("near")
     patterns = root / "no-cache.txt"
     patterns.write_text("classified\\s+\\w+\n")
-    srv = Server(root / "cache", *ON, "--no-cache-patterns", str(patterns))
+    srv = Server(root / "cache", *ON, "--no-cache-patterns", str(patterns), "--admin-token", ADMIN)
     try:
         yield srv.wait_ready()
     finally:
@@ -119,6 +120,21 @@ def test_suggestions_never_cross_namespaces(server: Server) -> None:
     # bob's finds bob's own
     near = run(server, "a green tractor in the mud", namespace="bob", similar_threshold=0.5)
     assert (near["cache"], near["key"]) == ("similar", theirs["key"])
+
+
+def test_a_cleared_namespace_offers_nothing_it_no_longer_holds(server: Server) -> None:
+    made = run(server, "an old steam train crossing a bridge", namespace="dave")
+    assert [s["key"] for s in run(server, "a steam train on a bridge", namespace="dave")["similar"]] == [
+        made["key"]
+    ]
+    before = near_stats(server)["prompts"]
+    resp = server.client.delete(
+        "/api/cache", params={"namespace": "dave"}, headers={"Authorization": f"Bearer {ADMIN}"}
+    )
+    assert resp.status_code == 200, resp.text
+    # the cleared images are not offered, and the index forgets them as it meets them
+    assert run(server, "an old steam train on a bridge", namespace="dave")["similar"] == []
+    assert near_stats(server)["prompts"] < before + 1  # the new one in, the cleared ones met out
 
 
 def test_bypassed_and_do_not_store_prompts_never_go_in(server: Server) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import sys
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from runtime import quiet_logs
 from runtime.settings import Settings, load_settings
+from tests.conftest import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,3 +108,25 @@ def test_sizes_and_durations_still_parse_from_flags_and_environment(
     settings = load_settings(["--disk-cache-size", "500MB", "--cache-dir", str(tmp_path)])
     assert settings.disk_cache_size == 500_000_000
     assert settings.disk_cache_max_age == 12 * 3600
+
+
+def test_start_up_shows_no_torchao_or_pytree_warnings(server: Server) -> None:
+    start = server.log_path.read_text(errors="replace")
+    assert "model loaded" in start  # (the start-up is in it)
+    for noise in ("torchao", "_pytree", "triton"):
+        assert noise not in start
+
+
+def test_only_the_known_warnings_are_lowered(caplog: pytest.LogCaptureFixture) -> None:
+    quiet_logs.install()
+    quiet_logs.install()  # once is enough: no second filter
+    assert len([f for f in logging.getLogger("torchao").filters if isinstance(f, quiet_logs.Lowered)]) == 1
+    with caplog.at_level(logging.INFO):
+        torchao = logging.getLogger("torchao")
+        torchao.warning("Failed to load /x/torchao/_C_mxfp8.cpython-310-x86_64-linux-gnu.so: no")
+        torchao.warning("Failed to load the configuration")  # another warning: shown
+        logging.getLogger("torchao.kernel.intmm").warning("Warning: Detected no triton, on systems ...")
+    assert [r.getMessage() for r in caplog.records] == ["Failed to load the configuration"]
+    with caplog.at_level(logging.DEBUG):  # --log-level debug shows them, as DEBUG
+        logging.getLogger("torchao.kernel.intmm").warning("Warning: Detected no triton, on systems ...")
+    assert caplog.records[-1].levelname == "DEBUG"

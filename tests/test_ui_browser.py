@@ -160,8 +160,15 @@ def test_the_warming_banner_is_readable_in_the_dark_and_goes_once_ready(
 # What the visible page says: its text, and the values and placeholders of the fields
 # shown, but not the prompt fields (prompts are the user's words) nor the A1111
 # parameters box (a file format tools read, English by convention).
+# (A Gradio status tracker fading out, class "hide", is transparent but still in
+# innerText: its timer, "0.3s", is not on the screen.)
 VISIBLE_TEXT = """() => {
-  const seen = [document.body.innerText];
+  let body = document.body.innerText;
+  for (const tracker of document.querySelectorAll('[data-testid="status-tracker"].hide')) {
+    const timer = tracker.innerText.trim();
+    if (timer) body = body.replace(timer, "");
+  }
+  const seen = [body];
   for (const el of document.querySelectorAll("input, textarea")) {
     if (!el.offsetParent || ["checkbox", "radio", "range", "hidden"].includes(el.type)) continue;
     if (el.closest("#prompt, #negative, #parameters")) continue;

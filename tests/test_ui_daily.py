@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from PIL import Image, PngImagePlugin
 from playwright.sync_api import Browser, expect
 
 from bench.browsers import TIMEOUT_MS, chromium, generate, open_page, small
@@ -88,6 +90,33 @@ def test_typing_on_while_a_generation_runs_loses_no_character(
     suffix = "\n" if keys == "Shift+Enter" else ""  # (Shift+Enter both submits and breaks the line)
     assert prompt.input_value() in (f"a harbour at dusk{typed}", f"a harbour at dusk{suffix}{typed}")
     assert page.evaluate(ACTIVE) == "TEXTAREA"
+    page.context.close()
+
+
+IN_PROMPT = "() => document.activeElement?.closest('#prompt') !== null"
+
+
+def test_only_the_person_moves_the_keyboard_off_the_prompt(browser: Browser, server: Server) -> None:
+    """What Gradio does on its own (blur the field, redraw it) puts the keyboard back in
+    the prompt, the caret where it was; a click elsewhere does not. (Its gallery taking
+    the focus is the test above.)"""
+    page = open_page(browser, server.url, locale="en-US")
+    prompt = page.locator("#prompt textarea")
+    prompt.click()
+    page.keyboard.type("a quiet harbour")
+    page.wait_for_timeout(1_100)  # (past the click: what follows is no move of the person's)
+    redraw = "() => { const t = document.querySelector('#prompt textarea'); const c = t.cloneNode(); c.value = t.value; t.replaceWith(c); }"
+    for moves, typed in (
+        ("() => document.activeElement.blur()", " at"),
+        (redraw, " dusk"),
+    ):
+        page.evaluate(moves)
+        page.wait_for_function(IN_PROMPT, timeout=2_000)
+        page.keyboard.type(typed)
+    assert prompt.input_value() == "a quiet harbour at dusk"
+    page.locator("#random-seed").click()  # the person's own move is kept
+    page.wait_for_timeout(100)
+    assert page.evaluate(IN_PROMPT) is False
     page.context.close()
 
 
@@ -203,4 +232,71 @@ def test_a_pasted_64_kb_prompt_is_refused_in_the_page_in_its_language_and_the_im
     assert max(sent, default=0) < 64 * 1024  # the prompt never went out
     assert page.locator(VIEWER_IMAGE).get_attribute("src") == image  # the image stays
     assert page.locator(".toast-body").count() == 0  # and Gradio said nothing in English
+
+    # The same for the negative prompt (Advanced, closed: opened to show its note).
+    prompt.fill("一座灯塔")
+    expect(page.locator("#negative textarea")).to_be_hidden()
+    page.locator("#advanced .label-wrap").click()
+    page.locator("#negative textarea").fill("雾" * 70_000)
+    page.locator("#advanced .label-wrap").click()  # closed again
+    page.locator("#generate").click()
+    expect(page.locator("#negative-prompt-note")).to_have_text(
+        "反向提示词共 70000 个字符，请缩短到 2000 个以内。"
+    )
+    expect(page.locator("#negative-prompt-note")).to_be_visible()
+    expect(page.locator("#prompt-note")).to_have_text("")  # the prompt's own is fine now
+    assert max(sent, default=0) < 64 * 1024
+    assert page.locator(VIEWER_IMAGE).get_attribute("src") == image
+    assert page.locator(".toast-body").count() == 0
+    page.context.close()
+
+
+# -- PNG Info ------------------------------------------------------------------------------------
+
+A1111_TEXT = (
+    "a castle on a hill, 城堡\nNegative prompt: lowres\n"
+    "Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1234, Size: 512x768, "
+    "Model hash: 0123456789, Model: sd15"
+)
+
+
+def test_png_info_reads_our_png_and_an_a1111_one_into_the_form_without_uploading_them(
+    browser: Browser, server: Server, tmp_path: Path
+) -> None:
+    query = {"prompt": "a windmill by a canal", "negative_prompt": "fog", "guidance_scale": 2, "seed": 4242}
+    made = server.client.get("/run", params={**query, "width": 64, "height": 64, "steps": 2}).json()
+    ours = tmp_path / "ours.png"
+    ours.write_bytes(server.client.get(made["image_url"]).content)
+    theirs, plain = tmp_path / "a1111.png", tmp_path / "plain.png"
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("parameters", A1111_TEXT)  # A1111 writes iTXt for non-Latin-1 text
+    Image.new("RGB", (8, 8)).save(theirs, pnginfo=info)
+    Image.new("RGB", (8, 8)).save(plain)
+
+    page = open_page(browser, server.url, locale="en-US")
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.url) if r.method == "POST" else None)
+    page.locator("#png-info .label-wrap").click()
+    page.locator("#advanced .label-wrap").click()  # where the negative prompt and steps are
+    files = page.locator("#png-info-file")
+    files.set_input_files(ours)
+    expect(page.locator("#notice")).to_have_text("Settings read from the image.")
+    expect(page.locator("#prompt textarea")).to_have_value("a windmill by a canal")
+    expect(page.locator("#negative textarea")).to_have_value("fog")
+    expect(page.locator("#seed input")).to_have_value("4242")
+    expect(page.locator("#width input")).to_have_value("64")
+    expect(page.locator("#guidance input[type=number]")).to_have_value("2")
+
+    files.set_input_files(theirs)
+    expect(page.locator("#prompt textarea")).to_have_value("a castle on a hill, 城堡")
+    expect(page.locator("#negative textarea")).to_have_value("lowres")
+    expect(page.locator("#seed input")).to_have_value("1234")
+    expect(page.locator("#height input")).to_have_value("768")
+    expect(page.locator("#steps input[type=number]")).to_have_value("30")
+    expect(page.locator("#guidance input[type=number]")).to_have_value("6")  # A1111's CFG 7
+
+    files.set_input_files(plain)
+    expect(page.locator("#notice")).to_have_text("This file holds no generation parameters.")
+    expect(page.locator("#prompt textarea")).to_have_value("a castle on a hill, 城堡")  # kept
+    assert not [url for url in sent if "/upload" in url]  # the files never left the browser
     page.context.close()

@@ -1,6 +1,7 @@
 """The part of AUTOMATIC1111's web UI API that image clients use: `POST
 /sdapi/v1/txt2img`, and the look-ups they make when connecting (options,
-sd-models, samplers, schedulers).
+sd-models, samplers, schedulers, loras). Tags `<lora:name:0.8>` in the prompt
+name LoRAs, as in A1111.
 
 Tools with an "A1111 backend" setting (Open WebUI, SillyTavern, ...) work with
 `<server>` as the A1111 URL. Generation goes through
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline import limits
 from pipeline.errors import RequestInvalid
+from pipeline.image_input import ImageInput
 from pipeline.image_metadata import (
     SAMPLER,
     SCHEDULE_TYPE,
@@ -31,8 +33,10 @@ from pipeline.image_metadata import (
     model_name,
 )
 from pipeline.loading import ModelIdentity
+from pipeline.lora import split_prompt_loras
 from pipeline.request import GenerationRequest, seed_field, snap_size, steps_field
 from pipeline.service import GenerationService
+from web.a1111_img2img import Img2ImgFields, img2img_input
 from web.auth import Namespace, NamespacedRoute
 from web.schemas import error_responses
 
@@ -70,6 +74,10 @@ class Txt2ImgRequest(BaseModel):
     n_iter: int = Field(1, ge=1, le=MAX_IMAGES, description="Batches; image i has seed `seed + i`.")
 
 
+class Img2ImgRequest(Img2ImgFields, Txt2ImgRequest):
+    """A1111's img2img body: txt2img's, and the image fields of web/a1111_img2img.py."""
+
+
 class Txt2ImgResponse(BaseModel):
     images: list[str] = Field(description="The PNG images, base64-encoded.")
     parameters: dict[str, Any] = Field(description="The request as served (sizes snapped, defaults filled).")
@@ -101,6 +109,15 @@ class Scheduler(BaseModel):
     aliases: list[str] | None = None
 
 
+class Lora(BaseModel):
+    """One entry of `/sdapi/v1/loras`, as A1111 lists it."""
+
+    name: str
+    alias: str
+    path: str
+    metadata: dict[str, Any]
+
+
 def create_a1111_router(service: GenerationService) -> APIRouter:
     router = APIRouter(prefix="/sdapi/v1", route_class=NamespacedRoute, tags=["A1111-compatible"])
 
@@ -109,6 +126,17 @@ def create_a1111_router(service: GenerationService) -> APIRouter:
     )
     async def txt2img(body: Txt2ImgRequest, namespace: Namespace) -> Txt2ImgResponse:
         """A1111's text-to-image: `batch_size` x `n_iter` PNG images of one prompt."""
+        return await serve(body, namespace)
+
+    @router.post(
+        "/img2img", response_model=Txt2ImgResponse, responses=error_responses(401, 403, 413, 422, 500, 503)
+    )
+    async def img2img(body: Img2ImgRequest, namespace: Namespace) -> Txt2ImgResponse:
+        """A1111's image-to-image: txt2img from `init_images[0]`, inpainting with a `mask`."""
+        return await serve(body, namespace, await img2img_input(body))
+
+    async def serve(body: Txt2ImgRequest, namespace: str, image: ImageInput | None = None) -> Txt2ImgResponse:
+        """txt2img, and with `image` img2img (web/a1111_img2img.py): the generation and A1111's answer."""
         identity = await service.model_identity()
         if not math.isfinite(body.cfg_scale) or body.cfg_scale > MAX_CFG_SCALE:
             raise RequestInvalid(
@@ -121,8 +149,14 @@ def create_a1111_router(service: GenerationService) -> APIRouter:
         width = snap_size(body.width, identity.min_size, identity.max_size)
         height = snap_size(body.height, identity.min_size, identity.max_size)
         try:
+            prompt, loras = split_prompt_loras(body.prompt)  # `<lora:name:0.8>`, as A1111 reads it
+        except ValueError as exc:
+            raise RequestInvalid("prompt", str(exc)) from None
+        try:
             request = GenerationRequest(
-                **body.model_dump(include=SAME_FIELDS),
+                **body.model_dump(include=SAME_FIELDS - {"prompt"}),
+                prompt=prompt,
+                loras=loras,
                 width=width,
                 height=height,
                 guidance_scale=max(0.0, body.cfg_scale - 1.0),
@@ -131,7 +165,7 @@ def create_a1111_router(service: GenerationService) -> APIRouter:
             raise RequestValidationError(
                 [{**e, "loc": ("body", A1111_FIELD.get(str(e["loc"][0]), e["loc"][0]))} for e in exc.errors()]
             ) from None
-        results = await service.generate_batch(request, count, namespace=namespace)
+        results = await service.generate_batch(request, count, namespace=namespace, image=image)
         # The fields we ignore are not echoed: they are the client's to send, and
         # anything at all (a lone surrogate cannot even be written out as JSON).
         served = {**body.model_dump(exclude=set(body.model_extra or ())), "width": width, "height": height}
@@ -191,6 +225,15 @@ def create_a1111_router(service: GenerationService) -> APIRouter:
     async def sd_models(_: Namespace) -> list[SdModel]:
         """The one model this server serves, as an A1111 checkpoint."""
         return [_checkpoint(await service.model_identity())]
+
+    @router.get("/loras", response_model=list[Lora], responses=error_responses(401, 403, 422, 503))
+    async def loras(_: Namespace) -> list[Lora]:
+        """The LoRAs a prompt may name as `<lora:name:scale>` (in the shape of A1111;
+        `path` is the file name only: the server's folders are not shown)."""
+        return [
+            Lora(name=lora["name"], alias=lora["name"], path=lora["file"], metadata={})
+            for lora in await service.lora_listing()
+        ]
 
     @router.get("/samplers", response_model=list[Sampler], responses=error_responses(401, 403, 422))
     async def samplers(_: Namespace) -> list[Sampler]:

@@ -25,11 +25,13 @@ from web.a1111 import create_a1111_router
 from web.auth import BEARER, Access, Namespace, NamespacedRoute
 from web.body_limit import BODY_TIMEOUT_S, BodyLimit
 from web.disconnect import unless_client_leaves
+from web.edit_api import create_edit_router
 from web.errors import install_error_handlers
 from web.http_semantics import CORSMiddleware, HeadAsGet, cors_options
 from web.mcp_server import MCP_PATH, McpEndpoint, create_mcp_server
 from web.metrics import Metrics
 from web.openai_api import create_openai_router
+from web.openai_edits import create_openai_edits_router
 from web.schemas import (
     BatchRequest,
     BatchResult,
@@ -49,6 +51,7 @@ from web.schemas import (
     read_query,
     similar_fields,
 )
+from web.uploads import UPLOAD_BODY_BYTES, UPLOAD_PATHS
 
 IMAGE_NAME = re.compile(r"([0-9a-f]{64})\.(png|jpeg|webp)")
 # A stored image never changes under its URL. Shared caches (a proxy, a CDN) may keep
@@ -98,7 +101,9 @@ def create_api(
     app.state.access = access
     app.router.route_class = NamespacedRoute
     # Last added runs first: CORS answers preflights before anything else.
-    app.add_middleware(BodyLimit, timeout_s=body_timeout_s)
+    # Image uploads: the edit routes, and MCP (whose edit_image takes an image as base64).
+    larger = dict.fromkeys((*UPLOAD_PATHS, MCP_PATH), UPLOAD_BODY_BYTES)
+    app.add_middleware(BodyLimit, timeout_s=body_timeout_s, larger=larger)
     app.add_middleware(HeadAsGet)
     app.add_middleware(CORSMiddleware, **cors_options(cors_origins))
     install_error_handlers(app)
@@ -286,6 +291,7 @@ def create_api(
             "model": model,
             "queue": {"max": engine.max_queue, "waiting": engine.queue_depth},
             "auth": {"api_keys": bool(access.api_keys), "admin": bool(access.admin_token)},
+            "loras": await asyncio.to_thread(engine.loras.listing, identity.demo) if identity else [],
         }
 
     @app.get(
@@ -305,6 +311,8 @@ def create_api(
 
     app.include_router(create_openai_router(service))
     app.include_router(create_a1111_router(service))
+    app.include_router(create_openai_edits_router(service))
+    app.include_router(create_edit_router(service))
     app.router.routes.append(Route(MCP_PATH, mcp))  # an ASGI app: every method, not in OpenAPI
     return app
 

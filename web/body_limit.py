@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -42,7 +43,8 @@ class BodyLimit:
     """ASGI middleware: 413 for a request body over `max_bytes`, and 408 for one not
     whole within `timeout_s` of the request head (a longer one: not advancing by
     64 KB within each `timeout_s`), on every route (the API's, Gradio's and any
-    other).
+    other) but those `larger` names by exact path, which may take that many bytes
+    (the image upload routes: web/uploads.py).
 
     The size is judged by Content-Length and by counting what arrives (a chunked
     body has no length). The time covers every way a client can hold a connection
@@ -51,28 +53,36 @@ class BodyLimit:
     read, here) never followed by the body. A request refused for time has its
     connection closed (`Connection: close`).
 
-    The body is read whole before the route runs (it is at most `max_bytes`), so a
+    The body is read whole before the route runs (it is at most the limit), so a
     refused request never reaches a route and nothing of it is kept; the route
     then reads it from memory, and later `receive` calls (to see a disconnect) go
     to the server as before.
     """
 
-    def __init__(self, app: Any, max_bytes: int = MAX_BODY_BYTES, timeout_s: float = BODY_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        app: Any,
+        max_bytes: int = MAX_BODY_BYTES,
+        timeout_s: float = BODY_TIMEOUT_S,
+        larger: Mapping[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
+        self.larger = dict(larger or {})
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.larger.get(scope["path"], self.max_bytes)
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            await self._refuse(413, self.too_large, scope, receive, send)
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await self._refuse(413, self.too_large(scope["path"]), scope, receive, send)
             return
         try:
             async with asyncio.timeout(self.timeout_s) as deadline:
-                body = await self._read(receive, deadline)
+                body = await self._read(receive, deadline, limit)
         except TimeoutError:
             log.info("closing a connection: request body not whole within %g s", self.timeout_s)
             message = f"request body not whole within {self.timeout_s:g} s of the request head"
@@ -80,13 +90,13 @@ class BodyLimit:
             return
         if body is None:
             return  # gone before its body arrived: nobody to answer
-        if len(body) > self.max_bytes:
-            await self._refuse(413, self.too_large, scope, receive, send)
+        if len(body) > limit:
+            await self._refuse(413, self.too_large(scope["path"]), scope, receive, send)
             return
         await self.app(scope, replaying(body, receive), send)
 
-    async def _read(self, receive: Any, deadline: asyncio.Timeout) -> bytes | None:
-        """The body, or its first `max_bytes` + 1 bytes if longer; None if the client left.
+    async def _read(self, receive: Any, deadline: asyncio.Timeout, limit: int) -> bytes | None:
+        """The body, or its first `limit` + 1 bytes if longer; None if the client left.
 
         Each `RATE_BYTES` that arrive move the `deadline` to `timeout_s` from then: a
         body of up to 64 KB must come whole within `timeout_s`, a larger one (a
@@ -104,11 +114,12 @@ class BodyLimit:
             if seen >= mark:
                 mark = (seen // RATE_BYTES + 1) * RATE_BYTES
                 deadline.reschedule(asyncio.get_running_loop().time() + self.timeout_s)
-            if seen > self.max_bytes or not message.get("more_body", False):
+            if seen > limit or not message.get("more_body", False):
                 return b"".join(chunks)
 
-    @property
-    def too_large(self) -> str:
+    def too_large(self, path: str) -> str:
+        if path in self.larger:
+            return f"request body over {self.larger[path]} bytes, the limit of an image upload"
         return f"request body over {self.max_bytes} bytes; a generation request is a few KB"
 
     async def _refuse(self, status: int, message: str, scope: dict, receive: Any, send: Any) -> None:

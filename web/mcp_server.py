@@ -26,10 +26,13 @@ from pydantic import Field, ValidationError
 
 from pipeline import limits
 from pipeline.errors import RequestInvalid
+from pipeline.lora import LoraSpec
 from pipeline.request import GenerationRequest
+from pipeline.results import GenerationResult
 from pipeline.service import GenerationService
 from web.auth import caller_namespace
 from web.errors import EXPECTED, user_message
+from web.mcp_edit import add_edit_tool
 from web.schemas import image_path
 
 MCP_PATH = "/mcp"
@@ -86,6 +89,13 @@ def create_mcp_server(service: GenerationService) -> MCPServer:
                 description=f"Classifier-free guidance 0..{limits.MAX_GUIDANCE:g}; 0 (off) suits this model best."
             ),
         ] = limits.DEFAULT_GUIDANCE,
+        loras: Annotated[
+            list[LoraSpec],
+            Field(
+                description=f"LoRAs to apply, up to {limits.MAX_LORAS}, each a name (as the server's "
+                "`/api/info` lists them) and a scale; none by default."
+            ),
+        ] = [],  # noqa: B006 (the SDK reads the default for the tool's schema; never mutated)
     ) -> CallToolResult:
         """Generate an image from a text prompt with Z-Image-Turbo (photorealistic, bilingual
         text rendering). Returns the image's URL, its seed and size, and a small preview."""
@@ -100,37 +110,45 @@ def create_mcp_server(service: GenerationService) -> MCPServer:
                 seed=seed,
                 steps=steps,
                 guidance_scale=guidance_scale,
+                loras=loras,
             )
             result = await service.generate(generation, namespace=namespace)
         except (ValidationError, *EXPECTED) as exc:
             return _error(user_message(exc))
-        path = image_path(result)
-        url = None if path is None else f"{request.base_url}{path[1:]}"
-        preview = await asyncio.to_thread(thumbnail, result.entry.data)
-        facts: dict[str, Any] = {
-            "url": url,
-            "seed": result.seed,
-            "width": result.request.width,
-            "height": result.request.height,
-            "format": result.entry.ext,
-            "cache": result.cache,
-            "key": result.key,
-        }
-        text = (
-            f"Image ({result.request.width}x{result.request.height}, seed {result.seed}): {url}"
-            if url
-            else f"Image ({result.request.width}x{result.request.height}, seed {result.seed}); "
-            "not stored (a do-not-cache prompt), so only the preview below exists"
-        )
-        return CallToolResult(
-            content=[
-                TextContent(type="text", text=text),
-                ImageContent(type="image", data=base64.b64encode(preview).decode(), mime_type="image/jpeg"),
-            ],
-            structured_content=facts,
-        )
+        return await image_result(result, request)
 
+    # web/mcp_edit.py: edit_image, the image as base64 or the URL of a cached image.
+    add_edit_tool(mcp, service, lambda request: request.scope["state"][NAMESPACE_STATE], image_result, _error)
     return mcp
+
+
+async def image_result(result: GenerationResult, request: Request) -> CallToolResult:
+    """A tool's answer for `result`: its URL (absolute), facts, and a small preview."""
+    path = image_path(result)
+    url = None if path is None else f"{request.base_url}{path[1:]}"
+    preview = await asyncio.to_thread(thumbnail, result.entry.data)
+    facts: dict[str, Any] = {
+        "url": url,
+        "seed": result.seed,
+        "width": result.request.width,
+        "height": result.request.height,
+        "format": result.entry.ext,
+        "cache": result.cache,
+        "key": result.key,
+    }
+    text = (
+        f"Image ({result.request.width}x{result.request.height}, seed {result.seed}): {url}"
+        if url
+        else f"Image ({result.request.width}x{result.request.height}, seed {result.seed}); "
+        "not stored (a do-not-cache prompt), so only the preview below exists"
+    )
+    return CallToolResult(
+        content=[
+            TextContent(type="text", text=text),
+            ImageContent(type="image", data=base64.b64encode(preview).decode(), mime_type="image/jpeg"),
+        ],
+        structured_content=facts,
+    )
 
 
 class McpEndpoint:

@@ -107,6 +107,9 @@ class _StatsCollector(Collector):
                 near["suggestions"],
             )
             yield CounterMetricFamily(
+                "zimage_similar_used", "Near-repeat suggestions a person used in the UI.", near["used"]
+            )
+            yield CounterMetricFamily(
                 "zimage_similar_approximate_hits",
                 "Requests with similar_threshold answered by a stored near-repeat (cache: similar).",
                 near["approximate_hits"],

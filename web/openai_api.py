@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pipeline import limits
 from pipeline.errors import RequestInvalid, validation_message
 from pipeline.limits import ImageFormat
+from pipeline.lora import LoraSpec, loras_field
 from pipeline.request import GenerationRequest, seed_field, snap_size, steps_field
 from pipeline.results import GenerationResult
 from pipeline.service import GenerationService
@@ -39,7 +40,7 @@ OPENAI_PARAM = {"width": "size", "height": "size", "format": "output_format"}
 
 class OpenAIImageRequest(BaseModel):
     """The body of `POST /v1/images/generations`. OpenAI's fields, plus `seed`,
-    `steps`, `negative_prompt` and `guidance_scale` (the SDK's `extra_body`)."""
+    `steps`, `negative_prompt`, `guidance_scale` and `loras` (the SDK's `extra_body`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -73,6 +74,7 @@ class OpenAIImageRequest(BaseModel):
     stream: bool | None = Field(False, description="Streaming is not supported; `true` is refused.")
     seed: int = seed_field(limits.RANDOM_SEED)
     steps: int = steps_field()
+    loras: list[LoraSpec] = loras_field()
     negative_prompt: str = Field("", description="What to avoid; only used when guidance_scale > 0.")
     guidance_scale: float = Field(
         limits.DEFAULT_GUIDANCE,
@@ -238,6 +240,7 @@ def create_openai_router(service: GenerationService) -> APIRouter:
             steps=body.steps,
             guidance_scale=body.guidance_scale,
             format=output_format,
+            loras=body.loras,
         )
         results = await service.generate_batch(generation, body.n or 1, namespace=namespace)
         base_url = str(request.base_url)

@@ -10,9 +10,11 @@ from typing import Any, Literal, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
-from pipeline.limits import MAX_API_BATCH
+from pipeline.limits import MAX_API_BATCH, MAX_LORAS
+from pipeline.lora import LoraSpec, check_lora_count, parse_lora_arg
 from pipeline.request import GenerationRequest
 from pipeline.results import BYPASS_TIER, GenerationResult
 
@@ -30,10 +32,30 @@ SIMILAR_THRESHOLD_HELP = (
 
 
 class RunQuery(GenerationRequest):
-    """The query string of `GET /run`: the request fields plus `no_cache` and `similar_threshold`."""
+    """The query string of `GET /run`: the request fields plus `no_cache` and
+    `similar_threshold`; LoRAs as a repeatable `lora=name:0.8` (not `loras`)."""
 
     no_cache: bool = Field(False, description="Neither read nor write the cache; always generate.")
     similar_threshold: float | None = Field(None, gt=0, le=1, description=SIMILAR_THRESHOLD_HELP)
+    lora: list[str] = Field(
+        default_factory=list,
+        description=f"A LoRA as `name:scale` (`name` alone: scale 1); repeat for more, up to {MAX_LORAS}. "
+        "`/api/info` lists the names.",
+        json_schema_extra={"maxItems": MAX_LORAS},
+    )
+    loras: SkipJsonSchema[list[LoraSpec]] = Field(default_factory=list)
+
+    @field_validator("lora")
+    @classmethod
+    def _lora(cls, v: list[str]) -> list[str]:
+        check_lora_count([parse_lora_arg(text) for text in v])
+        return v
+
+    @model_validator(mode="after")
+    def _as_loras(self) -> RunQuery:
+        if self.lora:
+            self.loras = [parse_lora_arg(text) for text in self.lora]
+        return self
 
 
 class GenerateQuery(BaseModel):
@@ -154,6 +176,7 @@ class Percentiles(BaseModel):
 class NearRepeatStats(BaseModel):
     suggested: int = Field(description="Misses given near-repeat suggestions.")
     suggestions: int = Field(description="Suggestions shown.")
+    used: int = Field(description="Suggestions a person used in the UI (a click on one).")
     approximate_hits: int = Field(description="Requests with `similar_threshold` answered `cache: similar`.")
     namespaces: int = Field(description="Namespace indexes loaded (per served model).")
     prompts: int = Field(description="Prompts in them.")
@@ -213,6 +236,9 @@ class Info(BaseModel):
     model: ModelInfo
     queue: QueueInfo
     auth: AuthInfo
+    loras: list[dict[str, Any]] = Field(
+        default_factory=list, description="The LoRAs requests may name in `loras`: name, file name, size."
+    )
 
 
 ERROR_MEANINGS = {
@@ -268,6 +294,10 @@ def image_response(description: str) -> dict[str, Any]:
     return {"description": description, "content": {media: binary for media in IMAGE_TYPES}}
 
 
+# Query parameters given once per value (`lora=a:1&lora=b:0.5`).
+MULTI_VALUED = frozenset({"lora"})
+
+
 def read_query(model: type[M], request: Request) -> M:
     """The query string as `model`, for a route on the cache-hit path that reads it
     itself: FastAPI resolves an `Annotated[model, Query()]` parameter by re-inspecting
@@ -275,8 +305,11 @@ def read_query(model: type[M], request: Request) -> M:
     hit inside the app). Bad input raises what FastAPI raises, so it is answered the
     same way (422, `loc` starting with `query`); the route documents the fields with
     `openapi_extra={"parameters": query_parameters(model)}`."""
+    params: dict[str, Any] = dict(request.query_params)
+    for name in MULTI_VALUED.intersection(params):  # repeatable: every value
+        params[name] = request.query_params.getlist(name)
     try:
-        return model.model_validate(dict(request.query_params))
+        return model.model_validate(params)
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("query", *e["loc"])} for e in exc.errors()]) from None
 

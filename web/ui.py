@@ -34,7 +34,9 @@ from web.ui_history import persistable, revalidate
 from web.ui_history_panel import identity, listing, matching, without
 from web.ui_images import UiImages, namespace_of
 from web.ui_layout import CreateTab, create_tab, page_states
+from web.ui_png_info import png_reader
 from web.ui_run import QUEUE_WATCH_S, UiRun
+from web.ui_similar import SimilarPanel
 from web.ui_stats import StatsTab
 from web.ui_text import I18N, SCRIPT_TEXT, language_of, say
 
@@ -69,7 +71,10 @@ def create_ui(service: GenerationService, engine: Engine, images: UiImages, *, d
         for shown_gallery in (tab.gallery, tab.past):
             shown_gallery.GRADIO_CACHE = str(images.root.parent / "untracked")
 
-        _bind_generate(tab, UiRun(service, engine, images, tab), generate_api(service, engine, images))
+        runs = UiRun(service, engine, images, tab)
+        _bind_generate(
+            tab, runs, SimilarPanel(service, images, runs, tab), generate_api(service, engine, images)
+        )
         _bind_form(tab, engine, images)
         _bind_history(tab, images)
         _bind_load(ui, tab, service, engine, images, loading)
@@ -77,8 +82,9 @@ def create_ui(service: GenerationService, engine: Engine, images: UiImages, *, d
     return ui
 
 
-def _bind_generate(tab: CreateTab, runs: UiRun, api: Any) -> None:
-    """Generate, Cancel, the queue line, and the hidden trigger of the generate API."""
+def _bind_generate(tab: CreateTab, runs: UiRun, similar: SimilarPanel, api: Any) -> None:
+    """Generate (the near-repeats panel first, then the generation), Cancel, the
+    queue line, a near-repeat used, and the hidden trigger of the generate API."""
     # The page's timer for the queue line starts, the generation runs, the timer stops.
     # concurrency_limit=None: Gradio would otherwise run one event at a time, and a
     # cache hit would wait behind a running generation; the engine serialises the model.
@@ -90,6 +96,13 @@ def _bind_generate(tab: CreateTab, runs: UiRun, api: Any) -> None:
             None,
             watch,
             js="() => { window.zimage && window.zimage.started(); }",
+            api_name=False,
+            queue=False,
+            show_progress="hidden",
+        ).then(
+            similar.look,
+            set(tab.form.values()),
+            similar.outputs,
             api_name=False,
             queue=False,
             show_progress="hidden",
@@ -117,6 +130,14 @@ def _bind_generate(tab: CreateTab, runs: UiRun, api: Any) -> None:
         concurrency_limit=None,
     )
     tab.cancel.click(runs.cancel, None, [tab.notice], api_name=False, queue=False, show_progress="hidden")
+    tab.similar_gallery.select(
+        similar.use,
+        [tab.similar_found, tab.normalization, tab.history, tab.tz],
+        similar.use_outputs,
+        api_name=False,
+        queue=False,
+        show_progress="hidden",
+    )
 
 
 def _bind_form(tab: CreateTab, engine: Engine, images: UiImages) -> None:
@@ -134,12 +155,12 @@ def _bind_form(tab: CreateTab, engine: Engine, images: UiImages) -> None:
             show_progress="hidden",
             **_QUIET,
         )
-    # A prompt over the limit is said beside it in the page, and never sent: a pasted
-    # 64 KB would be refused whole (413) by the server's body limit.
+    # A prompt or negative prompt over the limit is said beside it in the page, and
+    # never sent: a pasted 64 KB would be refused whole (413) by the server's body limit.
     tab.too_long.click(
         None,
         None,
-        notes["prompt"],
+        [notes["prompt"], notes["negative_prompt"]],
         js="() => window.zimage.tooLong()",
         **_QUIET,
     )
@@ -155,6 +176,14 @@ def _bind_form(tab: CreateTab, engine: Engine, images: UiImages) -> None:
         return form_values(entries[min(index, len(entries) - 1)]["params"])
 
     tab.use_settings.click(use, [tab.shown, tab.selected], tab.settings, **_QUIET)
+    # PNG Info: the page reads the file and hands over its parameters text (static/ui.js).
+    tab.png_read.click(
+        png_reader(tab),
+        tab.parameters,
+        [*tab.settings, tab.notice, tab.parameters],
+        js="() => [window.zimage.pngText || '']",
+        **_QUIET,
+    )
 
     def pick(entries: list[dict[str, Any]], evt: gr.SelectData) -> tuple[Any, Any]:
         if not entries or evt.index >= len(entries):

@@ -52,6 +52,7 @@ class CreateTab:
     api_trigger: gr.Button
     api_seed: gr.Number  # the generate API's seed: the API's default (42), not the page's (-1)
     too_long: gr.Button  # (never shown) says in the page that the prompt is too long
+    png_read: gr.Button  # (never shown) pressed by the page with a PNG's parameters text
     tz: gr.Textbox  # the browser's time zone (hidden)
     history_search: gr.Textbox
     history_delete: gr.Button
@@ -63,6 +64,9 @@ class CreateTab:
     last_seed: gr.State
     listed: gr.State  # the history entries the panel lists (the search's matches)
     picked: gr.State  # (key, seed) of the history entry last clicked, or None
+    similar_box: gr.Column  # "Already made for similar prompts" (web/ui_similar.py), shown on a miss
+    similar_gallery: gr.Gallery
+    similar_found: gr.State  # what the panel shows: key, prompt, score of each
 
     @property
     def form(self) -> dict[str, Any]:
@@ -113,6 +117,7 @@ def page_states() -> dict[str, Any]:
         "last_seed": gr.State(None),
         "listed": gr.State([]),
         "picked": gr.State(None),
+        "similar_found": gr.State([]),
     }
 
 
@@ -209,6 +214,16 @@ def create_tab(normalization: str, states: dict[str, Any]) -> CreateTab:
                     info=t("normalization_note"),
                     elem_id="normalization",
                 )
+            # PNG Info: a PNG's parameters read into the form. The page reads the file
+            # itself (static/ui.js) and sends only its parameters text: no upload.
+            with gr.Accordion(t("png_info"), open=False, elem_id="png-info"):
+                gr.HTML(
+                    '<input type="file" accept="image/png,.png" id="png-info-file">',
+                    elem_id="png-info-drop",
+                    padding=False,
+                )
+                gr.Markdown(t("png_info_note"), elem_id="png-info-note")
+            png_read = gr.Button(elem_id="png-read", elem_classes=["page-only"])
             gr.Examples(EXAMPLES, inputs=prompt, label=t("examples"))
         with gr.Column(scale=6, min_width=320):
             gallery = gr.Gallery(
@@ -221,6 +236,18 @@ def create_tab(normalization: str, states: dict[str, Any]) -> CreateTab:
                 elem_id="result",
             )
             status = gr.Markdown(elem_id="status")
+            # Near-repeats of a miss, shown while its image is made; a click uses one.
+            with gr.Column(visible=False, elem_id="similar") as similar_box:
+                gr.Markdown(t("similar_heading"), elem_id="similar-heading")
+                similar_gallery = gr.Gallery(
+                    label=t("similar_heading"),
+                    show_label=False,
+                    columns=4,
+                    height="auto",
+                    allow_preview=False,
+                    elem_id="similar-gallery",
+                )
+                gr.Markdown(t("similar_info"), elem_id="similar-info")
             # Enabled once there is an image whose settings it can use.
             use_settings = gr.Button(t("use_settings"), size="sm", interactive=False, elem_id="use-settings")
             # The history, in the column of the images: found without scrolling far.
@@ -292,10 +319,13 @@ def create_tab(normalization: str, states: dict[str, Any]) -> CreateTab:
         api_trigger=api_trigger,
         api_seed=api_seed,
         too_long=too_long,
+        png_read=png_read,
         tz=tz,
         history_search=history_search,
         history_delete=history_delete,
         history_clear=history_clear,
+        similar_box=similar_box,
+        similar_gallery=similar_gallery,
         **states,
     )
 

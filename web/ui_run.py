@@ -59,6 +59,7 @@ class _Waiting:
     busy: tuple[int, float] | None = None  # (generations waiting, monotonic time of the retry)
     task: asyncio.Task[list[GenerationResult]] | None = None  # the wait, which Interrupt may end
     detached: bool = False  # Interrupt ended the wait: the shared generation goes on
+    chosen: bool = False  # a near-repeat was used instead (web/ui_similar.py): end silently
 
 
 class UiRun:
@@ -173,13 +174,17 @@ class UiRun:
         except asyncio.CancelledError:
             if not waiting.detached:
                 raise  # the page went away
-            out[t.notice] = _shown(say(lang, "detached"))
+            out[t.notice] = _shown(None if waiting.chosen else say(lang, "detached"))
             return out
         except JobInterrupted as exc:
-            out[t.status] = say(lang, "interrupted", step=exc.step, steps=exc.steps)
+            if not waiting.chosen:
+                out[t.status] = say(lang, "interrupted", step=exc.step, steps=exc.steps)
             out[t.notice] = _shown(None)
             return out
         except (ValidationError, *EXPECTED) as exc:
+            if waiting.chosen and isinstance(exc, JobCancelled):  # out of the queue for a near-repeat
+                out[t.notice] = _shown(None)
+                return out
             name, text = explain(lang, exc)
             out[t.notes[name] if name else t.notice] = field_note(text, error=True) if name else _shown(text)
             return out
@@ -191,30 +196,14 @@ class UiRun:
                 del self._waiting[key]
             self._watching.pop(key, None)  # (a page closed mid-run never stops its timer)
 
+        if waiting.chosen:  # a suggestion was taken meanwhile: it stays in the viewer
+            return out
         entries = entries_for(
             self.images, namespace_of(request), results, values["prompt_normalization"], self.engine.identity
         )
-        history = merge(entries, values["history"])
-        out |= {
-            t.gallery: gr.Gallery(value=gallery(self.images, lang, entries), selected_index=0),
-            t.status: status_line(lang, entries),
-            t.notice: _shown(None),
-            t.history: history,
-            t.stored_history: persistable(history),
-            # The new image on top of the whole history (a search is ended).
-            t.past: listing(self.images, lang, inputs[t.tz], history),
-            t.listed: history,
-            t.picked: None,
-            t.history_delete: gr.Button(interactive=False),
-            t.history_search: "",
-            t.use_settings: gr.Button(interactive=True),
-            t.shown: entries,
-            t.selected: 0,
-            t.parameters: entries[0]["parameters"],
-            t.last_seed: entries[0]["params"]["seed"],
-            t.reuse: gr.Button(say(lang, "reuse_seed_n", seed=entries[0]["params"]["seed"])),
-        }
-        return out
+        return out | shown_result(
+            self.images, t, lang, inputs[t.tz], entries, merge(entries, values["history"])
+        )
 
     async def cancel(self, request: gr.Request) -> Any:
         """Interrupt (the button, or Esc): take this page's job out of the queue, or stop
@@ -231,6 +220,14 @@ class UiRun:
             waiting.detached = True  # shared: this page stops waiting
             waiting.task.cancel()
         return gr.skip()
+
+    async def choose(self, request: gr.Request) -> None:
+        """A near-repeat was used instead of this page's generation (web/ui_similar.py):
+        stop it as Interrupt does, and let the generation end without a word."""
+        waiting = self._waiting.get(request.session_hash or "")
+        if waiting is not None:
+            waiting.chosen = True
+            await self.cancel(request)
 
     async def _generate(
         self,
@@ -268,6 +265,37 @@ class UiRun:
                     await asyncio.sleep(min(0.1, until - time.monotonic()))
                 waiting.busy = None
                 wait = min(wait * 2, BUSY_MAX_WAIT_S)
+
+
+def shown_result(
+    images: UiImages,
+    t: CreateTab,
+    lang: str,
+    tz: str,
+    entries: list[dict[str, Any]],
+    history: list[dict[str, Any]],
+) -> dict[Any, Any]:
+    """The updates that show `entries` in the main viewer, with `history` (which holds
+    them first) in the history panel and in browser storage."""
+    return {
+        t.gallery: gr.Gallery(value=gallery(images, lang, entries), selected_index=0),
+        t.status: status_line(lang, entries),
+        t.notice: _shown(None),
+        t.history: history,
+        t.stored_history: persistable(history),
+        # The new image on top of the whole history (a search is ended).
+        t.past: listing(images, lang, tz, history),
+        t.listed: history,
+        t.picked: None,
+        t.history_delete: gr.Button(interactive=False),
+        t.history_search: "",
+        t.use_settings: gr.Button(interactive=True),
+        t.shown: entries,
+        t.selected: 0,
+        t.parameters: entries[0]["parameters"],
+        t.last_seed: entries[0]["params"]["seed"],
+        t.reuse: gr.Button(say(lang, "reuse_seed_n", seed=entries[0]["params"]["seed"])),
+    }
 
 
 def progress_reporter(progress: gr.Progress, lang: str) -> Any:

@@ -46,11 +46,10 @@ class StatsTab:
 
     def refresh_on(self, ui: gr.Blocks) -> None:
         """Refresh on load and every REFRESH_S (the timer sits outside the tabs, so it
-        ticks whichever tab is shown)."""
-        gr.Timer(REFRESH_S).tick(
-            self.refresh, None, self.outputs, api_name=False, queue=False, show_progress="hidden"
-        )
-        ui.load(self.refresh, None, self.outputs, api_name=False, queue=False)
+        ticks whichever tab is shown). No progress is drawn: Gradio's would show its own
+        timer ("0.8s", in English whatever the page's language) when a refresh is slow."""
+        for event in (gr.Timer(REFRESH_S).tick, ui.load):
+            event(self.refresh, None, self.outputs, api_name=False, queue=False, show_progress="hidden")
 
     async def refresh(self, request: gr.Request) -> tuple[Any, Any, str]:
         lang = language_of(request)
@@ -165,6 +164,7 @@ def latency_text(lang: str, stats: dict[str, Any]) -> str:
             "near_line",
             suggested=near["suggested"],
             suggestions=near["suggestions"],
+            used=near["used"],
             approximate=near["approximate_hits"],
             prompts=near["prompts"],
         )

@@ -42,6 +42,11 @@ EN = {
     "generate": "Generate",
     "cancel": "Interrupt",
     "results": "Images",
+    "similar_heading": "Already made for similar prompts",
+    "png_info": "PNG Info",
+    "png_info_note": "Choose or drop a PNG (ours, or one A1111 wrote) to read its settings into the form. "
+    "The file stays in your browser.",
+    "similar_info": "Click one to use it instead of waiting.",
     "use_settings": "Use these settings",
     "parameters": "Parameters (A1111 format)",
     "history": f"**History**: the last {UI_HISTORY_LIMIT} images, kept in this browser; click one to see it "
@@ -86,6 +91,10 @@ ZH = {
     "generate": "生成",
     "cancel": "中断",
     "results": "图像",
+    "similar_heading": "已为相似提示生成的图像",
+    "png_info": "PNG 信息",
+    "png_info_note": "选择或拖入一张 PNG（本服务或 A1111 生成的），将其参数读入表单。文件不会离开你的浏览器。",
+    "similar_info": "点击其中一张即可直接使用，无需等待。",
     "use_settings": "使用此图参数",
     "parameters": "生成参数（A1111 格式）",
     "history": f"**历史记录**：本浏览器中保存的最近 {UI_HISTORY_LIMIT} 张图像；点击查看并恢复其参数。",
@@ -112,6 +121,11 @@ MESSAGES: dict[str, dict[str, str]] = {
         "tier_redis": "redis",
         "tier_miss": "miss",
         "tier_bypass": "bypass",
+        "tier_similar": "similar",
+        "similar_caption": "{score:.0%} · {prompt}",
+        "similar_gone": "That image is no longer stored.",
+        "png_read": "Settings read from the image.",
+        "png_none": "This file holds no generation parameters.",
         "hit": "{tier} hit · {took}",
         "generated": "{tier} · generated in {took}",
         "seed": "seed {seed}",
@@ -153,7 +167,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "**queue** {queue}",
         "latency_generation": "**Generation latency** {value}",
         "latency_hit": "**Hit latency** {value}",
-        "near_line": "**Near-repeats** {suggested} misses given {suggestions} suggestions · "
+        "near_line": "**Near-repeats** {suggested} misses given {suggestions} suggestions · **used** {used} · "
         "**close matches served** {approximate} · **prompts indexed** {prompts}",
         "percentiles": "p50 {p50} · p95 {p95} ({count})",
         "col_tier": "tier",
@@ -175,6 +189,11 @@ MESSAGES: dict[str, dict[str, str]] = {
         "tier_redis": "Redis",
         "tier_miss": "未命中",
         "tier_bypass": "绕过缓存",
+        "tier_similar": "相似",
+        "similar_caption": "{score:.0%} · {prompt}",
+        "similar_gone": "该图像已不在缓存中。",
+        "png_read": "已从图像中读取参数。",
+        "png_none": "此文件不含生成参数。",
         "hit": "{tier}命中 · {took}",
         "generated": "{tier} · 生成用时 {took}",
         "seed": "种子 {seed}",
@@ -214,7 +233,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "stats_line": "**请求** {requests} · **命中率** {hit_rate} · **生成次数** {generations} · **排队** {queue}",
         "latency_generation": "**生成延迟** {value}",
         "latency_hit": "**命中延迟** {value}",
-        "near_line": "**相似提示** {suggested} 次未命中给出 {suggestions} 条建议 · "
+        "near_line": "**相似提示** {suggested} 次未命中给出 {suggestions} 条建议 · **已采用** {used} · "
         "**采用近似结果** {approximate} 次 · **已索引提示** {prompts} 条",
         "percentiles": "p50 {p50} · p95 {p95}（{count} 次）",
         "col_tier": "缓存层",
@@ -237,14 +256,18 @@ SCRIPT_TEXT = {
     "en": {
         "clear_history": "Delete all the images of the history from this browser?",
         "prompt_too_long": "The prompt is {length} characters; shorten it to at most {limit}.",
+        "negative_too_long": "The negative prompt is {length} characters; shorten it to at most {limit}.",
         "too_long": "Too long: at most {limit} characters.",
         "range": "Goes from {min} to {max}: set to {value}.",
+        "png_file": "A PNG to read its settings from",
     },
     "zh": {
         "clear_history": "从本浏览器中删除历史记录中的所有图像？",
         "prompt_too_long": "提示词共 {length} 个字符，请缩短到 {limit} 个以内。",
+        "negative_too_long": "反向提示词共 {length} 个字符，请缩短到 {limit} 个以内。",
         "too_long": "太长：最多 {limit} 个字符。",
         "range": "取值范围 {min} 到 {max}：已设为 {value}。",
+        "png_file": "要读取参数的 PNG 图像",
     },
 }
 
