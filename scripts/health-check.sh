@@ -3,8 +3,10 @@
 #
 #   scripts/health-check.sh [--timeout SECONDS] [--token TOKEN] [--program NAME] [URL]
 #
-# Checks, in order: the Supervisor program is RUNNING (when supervisorctl is
-# installed and knows the program); /health answers; /ready says ready; two
+# --timeout: each request's limit, 1 to 3600 s (default 30). One URL, http(s)://.
+#
+# Checks, in order: the Supervisor program is RUNNING, or STARTING with the
+# service ready (when supervisorctl is installed and knows the program); /health answers; /ready says ready; two
 # identical /run requests for a fixed probe prompt, the second of which must be
 # a cache hit. Prints a one-screen summary and exits 0 only if every check
 # passed, else 1 (2 for bad arguments). Needs curl, and jq or python3.
@@ -19,7 +21,8 @@ token="${ZIMAGE_HEALTH_TOKEN:-}"
 program="z-image-turbo"
 probe_prompt="health-check probe: a small red cube on a white table"
 
-usage() { sed -n '4,14p' "$0" | sed 's/^# \{0,1\}//'; }
+# usage: the header comment from its usage line on, without the `#` (and no code).
+usage() { awk 'NR >= 4 && /^#/ { sub(/^# ?/, ""); print; next } NR >= 4 { exit }' "$0"; }
 # value OPTION COUNT: an option that takes a value must have one after it (else
 # `shift 2` would fail, leave the argument in place, and loop for ever).
 value() {
@@ -37,10 +40,28 @@ while [ $# -gt 0 ]; do
     --program=*) program="${1#*=}"; shift ;;
     -h|--help) usage; exit 0 ;;
     -*) echo "health-check: unknown option $1" >&2; usage >&2; exit 2 ;;
-    *) url="$1"; shift ;;
+    *)
+      if [ -n "${url_given:-}" ]; then
+        echo "health-check: one URL only, got '$url_given' and '$1'" >&2; exit 2
+      fi
+      url="$1"; url_given="$1"; shift ;;
   esac
 done
-case "$timeout" in ''|*[!0-9]*) echo "health-check: --timeout needs whole seconds, got '$timeout'" >&2; exit 2 ;; esac
+# 1 to 3600: 0 would turn curl's limit off (the check could hang for ever), and a
+# huge number passes here only to make every curl call fail.
+case "$timeout" in
+  ''|*[!0-9]*|0*) echo "health-check: --timeout needs whole seconds from 1 to 3600, got '$timeout'" >&2; exit 2 ;;
+esac
+if [ "${#timeout}" -gt 4 ] || [ "$timeout" -gt 3600 ]; then
+  echo "health-check: --timeout needs whole seconds from 1 to 3600, got '$timeout'" >&2; exit 2
+fi
+case "$url" in
+  http://?*|https://?*) ;;
+  *) echo "health-check: the URL must be http://HOST[:PORT] or https://..., got '$url'" >&2; exit 2 ;;
+esac
+case "$url" in
+  *[[:space:]]*) echo "health-check: the URL must not contain spaces, got '$url'" >&2; exit 2 ;;
+esac
 url="${url%/}"
 command -v curl >/dev/null || { echo "health-check: curl is required" >&2; exit 2; }
 
@@ -92,6 +113,9 @@ if command -v supervisorctl >/dev/null; then
   sup=$(supervisorctl status "$program" 2>&1)
   case "$sup" in
     *RUNNING*) report ok supervisor "$(echo "$sup" | tr -s ' ' | cut -c1-70)" ;;
+    # Inside `startsecs` (60 s as shipped) Supervisor says STARTING although the
+    # service may be ready: judged after the readiness check below.
+    *STARTING*) starting="$(echo "$sup" | awk '{ print $1, $2 }')" ;;
     *"no such process"*|*ERROR*"no such"*|*refused*|*"no such file"*|*"unix:///"*) report skip supervisor "no program '$program' here" ;;
     *) report FAIL supervisor "$(echo "$sup" | tr -s ' ' | cut -c1-70)" ;;
   esac
@@ -113,6 +137,17 @@ if [ "$code" = 200 ]; then
   report ok ready "ready, $(ms "$seconds")"
 else
   report FAIL ready "$(why)"
+fi
+
+# STARTING passes once the service is ready (Supervisor says RUNNING when its
+# startsecs are over); until then it fails.
+if [ -n "${starting:-}" ]; then
+  if [ "$code" = 200 ]; then
+    lines=("$(printf '%-4s  %-10s %s' ok supervisor "$starting, service ready")" "${lines[@]}")
+  else
+    lines=("$(printf '%-4s  %-10s %s' FAIL supervisor "$starting, service not ready")" "${lines[@]}")
+    failures=$((failures + 1))
+  fi
 fi
 
 # 4. Two identical requests: the second must come from the cache.

@@ -65,11 +65,11 @@ class Supervised:
     def pid(self) -> int:
         return int(self.ctl("pid", PROGRAM).stdout.strip() or 0)
 
-    def wait_running(self, timeout: float = 150) -> None:
+    def wait_running(self, timeout: float = 150, state: str = "RUNNING") -> None:
         try:
             wait_until(
                 lambda: (
-                    "RUNNING" in self.ctl("status", PROGRAM).stdout
+                    state in self.ctl("status", PROGRAM).stdout
                     and httpx.get(f"{self.url}/ready", timeout=5).status_code == 200
                 ),
                 "the supervised service",
@@ -104,6 +104,11 @@ class Supervised:
 
 @pytest.fixture(scope="module")
 def supervised(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervised]:
+    yield from supervise(tmp_path_factory, startsecs=3)
+
+
+def supervise(tmp_path_factory: pytest.TempPathFactory, startsecs: int) -> Iterator[Supervised]:
+    """supervisord running the shipped program (startsecs as given), once it is ready."""
     base = tmp_path_factory.mktemp("supervisor")
     for sub in ("log", "etc", "conf.d", "home"):
         (base / sub).mkdir()
@@ -130,7 +135,7 @@ def supervised(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervised]
                 "/var/log/z-image-turbo": str(base / "log"),
                 "/var/lib/z-image-turbo": str(base / "home"),
                 "user=zimage": f"user={getpass.getuser()}",
-                "startsecs=60": "startsecs=3",
+                "startsecs=60": f"startsecs={startsecs}",
             },
         )
     )
@@ -161,7 +166,7 @@ files = {base}/conf.d/*.conf
     )
     sup = Supervised(base, conf, f"http://127.0.0.1:{port}", base / "cache", proc)
     try:
-        sup.wait_running()
+        sup.wait_running(state="RUNNING" if startsecs < 60 else "STARTING")
         yield sup
     finally:
         sup.ctl("shutdown")
@@ -208,6 +213,43 @@ def test_health_check_option_without_its_value_exits_2_at_once(option: str) -> N
         )
         assert result.returncode == 2, (args, result.stdout, result.stderr)
         assert f"health-check: {option} needs a value" in result.stderr
+
+
+def test_health_check_passes_while_supervisor_says_starting_once_the_service_is_ready(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # The shipped startsecs=60 keeps the program STARTING for a minute after /ready is 200.
+    starting = supervise(tmp_path_factory, startsecs=600)
+    sup = next(starting)
+    try:
+        result = sup.health_check("--timeout", "120")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert re.search(r"^ok\s+supervisor\s+z-image-turbo\s+STARTING, service ready$", result.stdout, re.M)
+    finally:
+        starting.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--timeout", "0"], "from 1 to 3600, got '0'"),  # curl's 0 is no limit: it hung
+        (["--timeout", "99999999999999999999"], "from 1 to 3600"),  # passed, then every curl failed
+        (["--timeout=3601"], "from 1 to 3600"),
+        (["http://127.0.0.1:9", "http://127.0.0.1:10"], "one URL only"),  # the last won silently
+        (["not a url"], "the URL must be http://"),
+        (["ftp://127.0.0.1:9"], "the URL must be http://"),
+    ],
+)
+def test_health_check_refuses_bad_arguments_with_status_2(args: list[str], said: str) -> None:
+    result = subprocess.run(["bash", str(HEALTH_CHECK), *args], capture_output=True, text=True, timeout=20)
+    assert result.returncode == 2 and said in result.stderr, (result.stdout, result.stderr)
+    assert result.stdout == ""  # refused before any check
+
+
+def test_health_check_help_is_the_usage_without_code() -> None:
+    result = subprocess.run(["bash", str(HEALTH_CHECK), "-h"], capture_output=True, text=True, timeout=20)
+    assert result.returncode == 0 and result.stdout.lstrip().startswith("scripts/health-check.sh [--timeout")
+    assert "set -u" not in result.stdout and "ZIMAGE_HEALTH_TOKEN" in result.stdout
 
 
 def test_sigterm_from_supervisor_stops_cleanly_and_a_restart_keeps_the_cache(supervised: Supervised) -> None:

@@ -474,6 +474,25 @@ def test_past_max_connections_a_request_gets_503_and_is_closed(tmp_path: Path) -
         server.stop()
 
 
+def test_gradios_never_ending_reload_stream_is_not_served(open_server: Server) -> None:
+    # Gradio's dev-mode reload stream polled every 50 ms and never ended, for anyone.
+    with socket.create_connection(("127.0.0.1", open_server.port), timeout=30) as sock:
+        sock.sendall(b"GET /gradio_api/dev/reload HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = sock.recv(65536)
+    assert head.startswith(b"HTTP/1.1 404 ") and b"text/event-stream" not in head, head[:200]
+
+
+def test_the_upload_route_is_closed_while_the_page_takes_no_file(
+    keyed: Server, open_server: Server, parent: Path
+) -> None:
+    # Anyone could upload (3,955 files in 15 s, kept an hour), and read others' uploads.
+    for client in (open_server.client, ui_session(keyed, "alice", ALICE)):
+        sent = client.post("/gradio_api/upload", files={"files": ("planted.png", b"x" * 1000, "image/png")})
+        assert sent.status_code == 404 and "takes no file uploads" in sent.text, sent.text
+        assert client.get("/gradio_api/upload_progress", params={"upload_id": "x"}).status_code == 404
+    assert not list(parent.rglob("planted.png"))
+
+
 # -- what waits in memory for the browser ------------------------------------------------
 
 

@@ -132,6 +132,18 @@ def test_an_image_made_through_one_replica_is_a_redis_hit_on_the_other(stack: St
     assert owner.client.post("/generate", json=body("a harbour at dusk")).headers["x-cache"] == "memory"
 
 
+def test_urls_made_behind_nginx_on_another_port_keep_its_port(stack: Stack) -> None:
+    # nginx listens on a free port, never 80: `$host` dropped it from every URL made.
+    made = stack.http.post(
+        "/v1/images/generations", json={"prompt": "a port", "size": "64x64", "response_format": "url"}
+    )
+    url = made.json()["data"][0]["url"]
+    assert url.startswith(f"{stack.nginx.url}/images/"), url
+    assert stack.http.get(url).status_code == 200
+    root = stack.http.get("/config").json()["root"]  # Gradio's, for the UI's images and the JS client
+    assert root.rstrip("/") == stack.nginx.url, root
+
+
 def test_nginx_keeps_only_images_the_service_marks_public(stack: Stack) -> None:
     made = stack.http.post("/generate", json=body("a cached lantern"))
     url = f"/images/{made.headers['x-key']}.png"

@@ -24,6 +24,11 @@ PREFIX = "/gradio_api/"
 NAMED = ("run/", "api/", "call/v2/", "call/")
 JOIN = "queue/join"
 DATA = "queue/data"
+# Gradio's hot-reload notifications: an event stream that never ends, polling every
+# 50 ms, for a development mode this server never runs in.
+RELOAD = "dev/reload"
+# Gradio's file upload, open to every caller whether or not the page takes a file.
+UPLOADS = ("upload", "upload_progress")
 
 
 class GradioGuard:
@@ -31,6 +36,9 @@ class GradioGuard:
 
     - `queue/join`, `run/<name>`, `api/<name>`, `call/<name>`: an `fn_index` that is
       no event of the page, or a name that is no API of it, gets 404 naming it.
+    - `dev/reload` gets 404: its stream would stay open for ever, for nothing.
+    - `upload` and `upload_progress` get 404 unless the page has a component that
+      takes a file (Gradio kept anyone's uploads for an hour, readable by others).
     - `queue/data?session_hash=<h>` for a session with nothing pending gets 404
       (Gradio raised inside its stream and logged a traceback on every request).
     - A request naming a session (in its path, query or JSON body) that another
@@ -54,6 +62,13 @@ class GradioGuard:
             return
         route = path[len(PREFIX) :].rstrip("/")
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        if route == RELOAD:
+            await _refuse(404, "no reload mode: this server does not reload its code", scope, receive, send)
+            return
+        if route in UPLOADS and not takes_files(self.blocks):
+            log.info("gradio: %s refused: the page takes no files", route)
+            await _refuse(404, "this page takes no file uploads", scope, receive, send)
+            return
         if scope["method"] == "GET" and route == DATA:
             session = (query.get("session_hash") or [""])[-1]
             if session not in self.blocks._queue.pending_messages_per_session:
@@ -96,6 +111,22 @@ class GradioGuard:
         if not any(fn.api_name == name for fn in fns.values()):
             return f"no API named {name[:40]!r}; see /gradio_api/info"
         return None
+
+
+def takes_files(blocks: Any) -> bool:
+    """Whether any component of the page takes a file from the browser: one with an
+    `upload` event (Image, File, Gallery, Audio, ...) or a multimodal textbox that is
+    interactive, by its own setting or, unset, as Gradio decides it: by being the
+    input of an event."""
+    inputs = {id(block) for fn in blocks.fns.values() for block in fn.inputs}
+    for block in blocks.blocks.values():
+        events = {str(event) for event in getattr(block, "EVENTS", ())}
+        if "upload" not in events and type(block).__name__ != "MultimodalTextbox":
+            continue
+        interactive = getattr(block, "interactive", None)
+        if interactive or (interactive is None and id(block) in inputs):
+            return True
+    return False
 
 
 async def _read(receive: Any) -> tuple[bytes, Any]:
