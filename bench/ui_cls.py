@@ -67,7 +67,9 @@ def measure(url: str, runs: int) -> None:
                     worst = sources
                 context.close()
             shown = ", ".join(f"{v:.3f}" for v in values)
-            print(f"{name} {width}x{height}: CLS {shown} (worst run's shifted elements: {sorted(set(worst))})")
+            print(
+                f"{name} {width}x{height}: CLS {shown} (worst run's shifted elements: {sorted(set(worst))})"
+            )
 
 
 def main() -> None:
