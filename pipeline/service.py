@@ -184,14 +184,16 @@ class GenerationService:
 
         # 3b. Near-repeats, on a miss: the stored prompts of this namespace like this
         #     one; with `similar_threshold`, the nearest stored image at or above it.
+        #     Only for text-to-image without LoRAs, whose images are all the index
+        #     holds: an image made from other inputs is not what a prompt alone makes.
         look: NearLook | None = None
         near: Match | None = None
-        suggestions = self.suggestions if image is None else None
+        suggestions = self.suggestions if not inputs else None
         if len(outcomes) < batch_size and suggestions is not None:
             look = await suggestions.look(
                 self.cache, namespace, identity, base.prompt, similar_threshold or 1.0
             )
-            if similar_threshold is not None and not inputs:  # a stored image has no inputs
+            if similar_threshold is not None:
                 found = await suggestions.approximate(
                     self.cache, namespace, look, similar_threshold, base.width, base.height
                 )
@@ -394,7 +396,7 @@ class GenerationService:
             loras=loras,
             image=image,
         )
-        if self.suggestions is not None and image is None:
+        if self.suggestions is not None and image is None and not loras:  # (see 3b in `generate`)
             generated = [
                 (self.suggestions.tagged(entry, c.prompt, identity), t)
                 for c, (entry, t) in zip(todo.values(), generated, strict=True)

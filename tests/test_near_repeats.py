@@ -62,6 +62,23 @@ def test_a_reworded_prompt_is_offered_what_was_made_and_never_served_it_unasked(
     assert run(server, FOX)["cache"] != "miss"
 
 
+def test_an_image_made_with_a_lora_is_never_offered_or_served_for_a_prompt_alone(server: Server) -> None:
+    made = run(server, "a paper boat on a quiet pond", lora="tiny-demo:0.8")
+    assert (made["cache"], made["similar"]) == ("miss", [])
+    before = near_stats(server)["approximate_hits"]
+    plain = run(server, "a paper boat on a quiet pond, photo", similar_threshold=0.5)
+    assert plain["cache"] == "miss"  # generated: the LoRA's image is not this prompt's
+    assert made["key"] not in [s["key"] for s in plain["similar"]]
+    assert near_stats(server)["approximate_hits"] == before
+    # and a prompt with a LoRA is not served the plain image either
+    assert (
+        run(server, "a paper boat on a quiet pond", lora="tiny-demo:0.8", seed=8, similar_threshold=0.5)[
+            "cache"
+        ]
+        == "miss"
+    )
+
+
 def test_similar_threshold_serves_the_nearest_labelled_with_its_prompt(server: Server) -> None:
     made = run(server, "a lighthouse on a cliff at sunset")
     before = near_stats(server)["approximate_hits"]
