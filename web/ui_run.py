@@ -62,6 +62,29 @@ class _Waiting:
     chosen: bool = False  # a near-repeat was used instead (web/ui_similar.py): end silently
 
 
+def result_outputs(tab: CreateTab) -> list[Any]:
+    """The components a shown result updates (`shown_result`), in its order: the first
+    outputs of every handler that shows one."""
+    return [
+        tab.gallery,
+        tab.status,
+        tab.notice,
+        tab.history,
+        tab.stored_history,
+        tab.past,
+        tab.listed,
+        tab.picked,
+        tab.history_delete,
+        tab.history_search,
+        tab.use_settings,
+        tab.shown,
+        tab.selected,
+        tab.parameters,
+        tab.last_seed,
+        tab.reuse,
+    ]
+
+
 class UiRun:
     """The page's generation over `service`, updating the components of `tab` (see the
     module docstring)."""
@@ -76,25 +99,10 @@ class UiRun:
 
     @property
     def outputs(self) -> list[Any]:
-        """What `page` may update."""
+        """What `page` may update: what `shown_result` updates, then the form."""
         t = self.tab
         fixed = [
-            t.gallery,
-            t.status,
-            t.notice,
-            t.history,
-            t.stored_history,
-            t.past,
-            t.listed,
-            t.picked,
-            t.history_delete,
-            t.history_search,
-            t.use_settings,
-            t.shown,
-            t.selected,
-            t.parameters,
-            t.last_seed,
-            t.reuse,
+            *result_outputs(t),
             t.width,
             t.height,
             t.preset,

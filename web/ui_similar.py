@@ -36,7 +36,7 @@ from web.ui_form import NOTED, check_form, size_limits
 from web.ui_history import merge
 from web.ui_images import UiImages, for_gallery, namespace_of
 from web.ui_layout import CreateTab
-from web.ui_run import UiRun, shown_result
+from web.ui_run import UiRun, result_outputs, shown_result
 from web.ui_text import language_of, say
 
 log = logging.getLogger(__name__)
@@ -62,22 +62,7 @@ class SimilarPanel:
         """What `use` may update."""
         t = self.tab
         return [
-            t.gallery,
-            t.status,
-            t.notice,
-            t.history,
-            t.stored_history,
-            t.past,
-            t.listed,
-            t.picked,
-            t.history_delete,
-            t.history_search,
-            t.use_settings,
-            t.shown,
-            t.selected,
-            t.parameters,
-            t.last_seed,
-            t.reuse,
+            *result_outputs(t),
             t.similar_gallery,
             t.similar_found,
         ]
