@@ -185,6 +185,8 @@ def test_a_gpu_without_native_bfloat16_is_refused_naming_the_card_and_what_to_us
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: card)
+    # (an A10G's 24 GB, free: the plan, which decides the text encoder's dtype, reads it)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (22 << 30, 24 << 30))
     if not refused:  # the demo model on a mocked GPU: the check passes, the plan goes on
         identity = resolve_model("tiny", tmp_path / "models")
         assert (identity.device, identity.dtype) == ("cuda", "bfloat16")

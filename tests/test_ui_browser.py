@@ -179,7 +179,7 @@ VISIBLE_TEXT = """() => {
 # English that may stay: names (of the model, of Gradio, Redis, CUDA, the A1111
 # format), keys (Ctrl, Shift, Enter), units and statistics' names.
 ALLOWED = {"Z", "Image", "Turbo", "CUDA", "GPU", "API", "Gradio", "Redis", "A1111"}
-ALLOWED |= {"Ctrl", "Shift", "Enter", "MiB", "p50", "p95"}
+ALLOWED |= {"Ctrl", "Shift", "Enter", "MiB", "p50", "p95", "PNG"}  # (PNG Info: a format's name)
 
 
 def english_words(text: str, prompts: list[str]) -> set[str]:
