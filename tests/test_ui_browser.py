@@ -224,7 +224,7 @@ def test_the_chinese_page_says_nothing_in_english_but_prompts_and_numbers(
     assert found == {"idle": set(), "generated": set(), "error": set(), "stats": set()}
 
     # The tab and the button are not both called 生成.
-    assert page.get_by_role("tab").all_inner_texts()[:2] == ["创作", "统计"]
+    assert page.get_by_role("tab").all_inner_texts()[:3] == ["创作", "编辑图像", "统计"]
     page.context.close()
 
 
