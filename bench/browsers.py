@@ -29,11 +29,17 @@ def chromium(*extra_args: str) -> Iterator[Browser]:
 
 def open_page(browser: Browser, url: str, width: int = 1280, height: int = 800, **context: Any) -> Page:
     """The UI at `url` in a browser context of its own (close it with `page.context.close()`),
-    once its Generate button is there."""
+    once its Generate button is there and its examples show their text (Gradio draws an
+    example's text a moment after its button: a page read before, by axe for one, sees
+    buttons with no name)."""
     page = browser.new_context(viewport={"width": width, "height": height}, **context).new_page()
     page.set_default_timeout(15_000)
     page.goto(url)
     page.locator("#generate").wait_for()
+    page.wait_for_function(
+        "() => { const b = [...document.querySelectorAll('.gallery-item')];"
+        " return b.length > 0 && b.every((e) => e.innerText.trim()); }"
+    )
     return page
 
 
