@@ -8,10 +8,11 @@ from cache import Entry
 from pipeline.request import CanonicalRequest
 from similarity import Match
 
-# The tier names of images that were generated: stored (`miss`) or not (`bypass`);
+# The tier names of images that were generated: stored (`miss`) or not (`bypass`),
+# or refined from a similar prompt's stored image (`refined`, pipeline/refine.py);
 # a hit is named by the cache tier that answered (memory, disk, redis).
-MISS_TIER, BYPASS_TIER = "miss", "bypass"
-GENERATED = (MISS_TIER, BYPASS_TIER)
+MISS_TIER, BYPASS_TIER, REFINED_TIER = "miss", "bypass", "refined"
+GENERATED = (MISS_TIER, BYPASS_TIER, REFINED_TIER)
 
 Outcome = tuple[str, Entry, dict[str, float]]  # tier, entry, timings (seconds by stage)
 
@@ -21,7 +22,7 @@ class GenerationResult:
     """What a caller gets back for one image: the stored bytes and where they came from."""
 
     key: str
-    cache: str  # memory | disk | redis | miss | bypass | similar
+    cache: str  # memory | disk | redis | miss | bypass | similar | refined
     entry: Entry
     request: CanonicalRequest
     # Seconds from the call until this image was there: its lookup for a hit, until
@@ -32,6 +33,9 @@ class GenerationResult:
     # (near-repeats), nearest first. For `cache == "similar"`: the stored prompt served.
     similar: tuple[Match, ...] = ()
     near: Match | None = None
+    # A refinement (pipeline/refine.py; made now, or a hit of one made before): the
+    # stored image it was refined from, with its prompt and similarity.
+    refined_from: Match | None = None
 
     @property
     def seed(self) -> int:

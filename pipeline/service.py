@@ -26,9 +26,10 @@ from pipeline.limits import MAX_SEED, RANDOM_SEED, Normalization
 from pipeline.loading import ModelIdentity
 from pipeline.lora import LoraSet, lora_inputs
 from pipeline.queue_ticket import QueueTicket
+from pipeline.refine import SIMILAR_MODES, SimilarMode, refine_input
 from pipeline.rendering import Progress
 from pipeline.request import CanonicalRequest, GenerationRequest, check_size, random_seed
-from pipeline.results import BYPASS_TIER, MISS_TIER, GenerationResult, Outcome
+from pipeline.results import BYPASS_TIER, MISS_TIER, REFINED_TIER, GenerationResult, Outcome
 from pipeline.single_flight import WAIT_LIMIT_S, FlightLocks, SingleFlight
 from pipeline.statistics import ServiceStatistics
 from pipeline.suggestions import SIMILAR_TIER, NearLook, Suggestions
@@ -54,7 +55,10 @@ class GenerationService:
     made from the stored PNG (and stored too) when first asked for (pipeline.derived).
     With `suggestions`, a miss also carries the stored prompts of its namespace like
     its own (`similar`), and a request with `similar_threshold` gets the nearest
-    stored image at or above it, labelled `similar` (never by default). Observers
+    stored image at or above it, labelled `similar` (never by default), or with
+    `similar_mode="refine"` an img2img refinement of it under the request's own
+    prompt (pipeline/refine.py: fewer steps, labelled with what it was refined
+    from, keyed by the source image's pixels and the strength). Observers
     see every result (for metrics). With an input `image` (pipeline.image_input) the
     images are edits of it: the key's `inputs` section holds its pixels' hash and
     every parameter of the edit (pipeline.keys); near-repeats neither suggest nor
@@ -97,6 +101,7 @@ class GenerationService:
         ticket: QueueTicket | None = None,
         similar_threshold: float | None = None,
         image: EditInput | None = None,
+        similar_mode: SimilarMode = "serve",
     ) -> GenerationResult:
         """One image: a hit from the fastest tier that has it, else a generation."""
         results = await self.generate_batch(
@@ -109,6 +114,7 @@ class GenerationService:
             ticket=ticket,
             similar_threshold=similar_threshold,
             image=image,
+            similar_mode=similar_mode,
         )
         return results[0]
 
@@ -124,6 +130,7 @@ class GenerationService:
         ticket: QueueTicket | None = None,
         similar_threshold: float | None = None,
         image: EditInput | None = None,
+        similar_mode: SimilarMode = "serve",
     ) -> list[GenerationResult]:
         """`batch_size` images of one prompt, image i with seed `seed + i` (each drawn when
         the seed is -1), in `request.format`. Each is looked up on its own; the misses
@@ -142,6 +149,8 @@ class GenerationService:
             raise RequestInvalid(
                 "similar_threshold", "must be above 0 and at most 1, for one image (batch_size 1)"
             )
+        if similar_mode not in SIMILAR_MODES or (similar_mode == "refine" and similar_threshold is None):
+            raise RequestInvalid("similar_mode", "must be serve or refine; refine needs similar_threshold")
         identity = await self.model_identity()
         base = request.canonical(normalization or self.normalization)
         check_size("width", base.width, identity.min_size, identity.max_size)
@@ -188,6 +197,7 @@ class GenerationService:
         #     holds: an image made from other inputs is not what a prompt alone makes.
         look: NearLook | None = None
         near: Match | None = None
+        refined: Match | None = None
         suggestions = self.suggestions if not inputs else None
         if len(outcomes) < batch_size and suggestions is not None:
             look = await suggestions.look(
@@ -197,7 +207,18 @@ class GenerationService:
                 found = await suggestions.approximate(
                     self.cache, namespace, look, similar_threshold, base.width, base.height
                 )
-                if found is not None:
+                if found is not None and similar_mode == "refine":
+                    # An img2img edit of the nearest image under this prompt: a key of
+                    # its own (the source's pixels and the strength), looked up too.
+                    refined, stored = found
+                    image = await refine_input(stored)
+                    keys[0] = self.key_for(canonicals[0], identity, image.key_fields())
+                    suggestions = None  # an edit is never remembered as a prompt's image
+                    [(hit, made)] = await self.encodings.lookup_many(namespace, keys, ext)
+                    if isinstance(hit, Hit):
+                        took[0] = time.perf_counter() - started
+                        outcomes[0] = (hit.tier, hit.entry, {"lookup": took[0], **made})
+                elif found is not None:
                     near, stored = found
                     entry, encode_s = await self.encodings.encode(namespace, near.key, stored, ext)
                     keys[0] = near.key
@@ -239,6 +260,8 @@ class GenerationService:
             )
             for i, (entry, encode_s) in zip(todo, encoded, strict=True):
                 tier, _, timings = made[keys[i]]
+                if refined is not None and tier == MISS_TIER:
+                    tier = REFINED_TIER  # made now, from the nearest stored image
                 outcomes[i] = (tier, entry, {**timings, **encode_s})
                 took[i] = landed[keys[i]] + sum(encode_s.values())
 
@@ -251,6 +274,7 @@ class GenerationService:
             [took[i] for i in range(batch_size)],
             similar=tuple(m for m in similar if m.key not in keys),
             near=near,
+            refined=refined,
         )
 
     async def near_repeats(
@@ -475,6 +499,7 @@ class GenerationService:
         durations: list[float],
         similar: tuple[Match, ...] = (),
         near: Match | None = None,
+        refined: Match | None = None,
     ) -> list[GenerationResult]:
         results = [
             GenerationResult(
@@ -486,6 +511,7 @@ class GenerationService:
                 timings=timings,
                 similar=similar,
                 near=near if tier == SIMILAR_TIER else None,
+                refined_from=refined,
             )
             for key, canonical, (tier, entry, timings), duration in zip(
                 keys, canonicals, outcomes, durations, strict=True

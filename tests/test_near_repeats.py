@@ -106,6 +106,29 @@ def test_similar_threshold_serves_the_nearest_labelled_with_its_prompt(server: S
     assert batch["images"][0]["cache"] == "similar" and batch["images"][0]["key"] == made["key"]
 
 
+def test_similar_mode_refine_answers_a_labelled_refinement_and_a_repeat_hits(server: Server) -> None:
+    made = run(server, "a windmill in a tulip field")
+    refine = {"similar_threshold": 0.8, "similar_mode": "refine"}
+    refined = run(server, "a windmill in a field of tulips", **refine)
+    assert (refined["cache"], refined["x-cache"]) == ("refined", "refined")
+    assert refined["refined_from"] == made["key"] != refined["key"]
+    assert refined["original_prompt"] == "a windmill in a tulip field" and 0.8 <= refined["similarity"] < 1
+    again = run(server, "a windmill in a field of tulips", **refine)
+    assert (again["cache"], again["key"], again["refined_from"]) == ("memory", refined["key"], made["key"])
+    body = {"prompt": "a windmill in the tulip field", "width": 64, "height": 64, "seed": 7, **refine}
+    batch = server.client.post("/api/generate", json=body, headers={"X-Namespace": "public"}).json()
+    assert (batch["images"][0]["cache"], batch["images"][0]["refined_from"]) == ("refined", made["key"])
+
+
+@pytest.mark.parametrize(
+    "params", [{"similar_mode": "refine"}, {"similar_mode": "remix", "similar_threshold": 0.8}]
+)
+def test_a_bad_similar_mode_is_a_422_naming_it(server: Server, params: dict[str, Any]) -> None:
+    resp = server.client.get("/run", params={"prompt": "x", "width": 64, "height": 64, **params})
+    assert resp.status_code == 422, resp.text
+    assert "similar_mode" in resp.text
+
+
 @pytest.mark.parametrize(
     ("where", "body"),
     [

@@ -146,6 +146,7 @@ def create_api(
                 namespace=namespace,
                 no_cache=params.no_cache,
                 similar_threshold=params.similar_threshold,
+                similar_mode=params.similar_mode,
             ),
         )
         # A response, not a dict: FastAPI would validate what is built right here
@@ -188,7 +189,7 @@ def create_api(
     async def generate_batch(body: BatchRequest, namespace: Namespace, raw: Request) -> dict[str, Any]:
         """Up to 8 images of one prompt, each with its own seed; hits and misses mixed."""
         request = GenerationRequest(
-            **body.model_dump(exclude={"batch_size", "no_cache", "similar_threshold"})
+            **body.model_dump(exclude={"batch_size", "no_cache", "similar_threshold", "similar_mode"})
         )
         results = await unless_client_leaves(
             raw,
@@ -198,6 +199,7 @@ def create_api(
                 namespace=namespace,
                 no_cache=body.no_cache,
                 similar_threshold=body.similar_threshold,
+                similar_mode=body.similar_mode,
             ),
         )
         images = [

@@ -15,10 +15,11 @@ from pydantic.json_schema import SkipJsonSchema
 
 from pipeline.limits import MAX_API_BATCH, MAX_LORAS
 from pipeline.lora import LoraSpec, check_lora_count, parse_lora_arg
+from pipeline.refine import SimilarMode
 from pipeline.request import GenerationRequest
 from pipeline.results import BYPASS_TIER, GenerationResult
 
-Tier = Literal["memory", "disk", "redis", "miss", "bypass", "similar"]
+Tier = Literal["memory", "disk", "redis", "miss", "bypass", "similar", "refined"]
 ModelState = Literal["loading", "warming", "ready", "failed"]
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
 M = TypeVar("M", bound=BaseModel)
@@ -29,6 +30,11 @@ SIMILAR_THRESHOLD_HELP = (
     "prompt is nearest, if its similarity (cosine, 0..1) is at least this, labelled `cache: similar`. "
     "Never the default."
 )
+SIMILAR_MODE_HELP = (
+    "With `similar_threshold`: `serve` answers with the nearest stored image as it is (`cache: similar`); "
+    "`refine` makes an img2img refinement of it under this prompt with half the denoising steps "
+    "(`cache: refined`, its source in `refined_from`; a repeat is a hit that still names its source)."
+)
 
 
 class RunQuery(GenerationRequest):
@@ -37,6 +43,7 @@ class RunQuery(GenerationRequest):
 
     no_cache: bool = Field(False, description="Neither read nor write the cache; always generate.")
     similar_threshold: float | None = Field(None, gt=0, le=1, description=SIMILAR_THRESHOLD_HELP)
+    similar_mode: SimilarMode = Field("serve", description=SIMILAR_MODE_HELP)
     lora: list[str] = Field(
         default_factory=list,
         description=f"A LoRA as `name:scale` (`name` alone: scale 1); repeat for more, up to {MAX_LORAS}. "
@@ -77,6 +84,7 @@ class BatchRequest(GenerationRequest):
     similar_threshold: float | None = Field(
         None, gt=0, le=1, description=SIMILAR_THRESHOLD_HELP + " Only with `batch_size` 1."
     )
+    similar_mode: SimilarMode = Field("serve", description=SIMILAR_MODE_HELP)
 
 
 class ErrorDetail(BaseModel):
@@ -129,6 +137,11 @@ class RunResult(BaseModel):
         None, description="For `cache: similar`: how close the served prompt is."
     )
     original_prompt: str | None = Field(None, description="For `cache: similar`: the prompt it was made for.")
+    refined_from: str | None = Field(
+        None,
+        description="A refinement (`similar_mode: refine`): the key of the stored image it was refined from; "
+        "`similarity` and `original_prompt` then describe that image.",
+    )
 
 
 class BatchImage(BaseModel):
@@ -143,6 +156,11 @@ class BatchImage(BaseModel):
         None, description="For `cache: similar`: how close the served prompt is."
     )
     original_prompt: str | None = Field(None, description="For `cache: similar`: the prompt it was made for.")
+    refined_from: str | None = Field(
+        None,
+        description="A refinement (`similar_mode: refine`): the key of the stored image it was refined from; "
+        "`similarity` and `original_prompt` then describe that image.",
+    )
 
 
 class BatchResult(BaseModel):
@@ -279,6 +297,8 @@ def similar_fields(result: GenerationResult) -> dict[str, Any]:
     }
     if result.near is not None:
         fields |= {"similarity": result.near.score, "original_prompt": result.near.prompt}
+    if (source := result.refined_from) is not None:
+        fields |= {"similarity": source.score, "original_prompt": source.prompt, "refined_from": source.key}
     return fields
 
 
