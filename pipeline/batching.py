@@ -7,9 +7,10 @@ transformer pads to the same lengths are grouped. The transformer pads each capt
 to a multiple of 32 tokens, then the batch to its longest sequence with zero rows
 and an attention mask when lengths differ (diffusers' `transformer_z_image.py`);
 equal padded lengths give every row the attention, mask and padding it has alone.
-What is left is the rounding of matrix products, which depends on their number of
-rows (on this CPU the latents differ by about 6e-7): within the ±1 level DESIGN.md
-allows a batched image, not byte for byte (tests/test_batching.py).
+What was left, the rounding of matrix products that depends on their number of rows
+(on this CPU the latents differed by about 6e-7), is taken out by
+pipeline/batch_invariance.py: a batched image is the one made alone, byte for byte
+(tests/test_batching.py).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from pipeline.batch_invariance import per_row_linears
 from pipeline.batching import BATCH_WINDOW_S, DEFAULT_MAX_BATCH, Member, batch_key, fan_out, gather
 from pipeline.compile import CompileSetting, compiled_graphs
 from pipeline.controlnet import EditInput, controlnet_fingerprint, controlnet_path, load_controlnet
@@ -77,7 +78,8 @@ class Engine:
     submission, up to `max_batch` images and what the memory plan allows (1: off;
     None: DEFAULT_MAX_BATCH on CUDA, 1 on the CPU, where a batch only costs the sum
     of its images' arithmetic: docs/PERFORMANCE.md).
-    Each image is the one it would be alone (within ±1 level); a job taken in is running
+    Each image is the one it would be alone, byte for byte (pipeline/batch_invariance.py,
+    on the CPU; unmeasured on CUDA); a job taken in is running
     (it can no longer be cancelled) and gets its own result. `batch_observers` are
     told the images of every model call.
 
@@ -376,6 +378,7 @@ class Engine:
             self._edits = EditPipes(self._pipe, controlnet)
             self._counting_tokenizer = copy.deepcopy(self._pipe.tokenizer)
             self._start_prefetch(identity)
+            per_row_linears(self._pipe.transformer)  # a batched image equals itself alone, bit for bit
             levers = apply_speed_levers(
                 self._pipe.transformer,
                 identity.device,

@@ -280,10 +280,13 @@ def load_of(requests: list[CanonicalRequest]) -> Load:
 
 def decode_latents(pipe: Any, latents: Any) -> Any:
     """The pipeline's own last step (ZImagePipeline.__call__ after its denoising loop):
-    latents -> VAE decode -> float pixels in [0, 1] on the CPU, batch x H x W x 3."""
+    latents -> VAE decode -> float pixels in [0, 1] on the CPU, batch x H x W x 3.
+    One image at a time: the decoder's convolutions round differently with the batch
+    size (pipeline/batch_invariance.py), and a batched image must equal itself alone."""
+    import numpy as np
     import torch
 
     with torch.no_grad():
         latents = latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
-        image = pipe.vae.decode(latents, return_dict=False)[0]
-        return pipe.image_processor.postprocess(image, output_type="np")
+        images = [pipe.vae.decode(latents[i : i + 1], return_dict=False)[0] for i in range(len(latents))]
+        return np.concatenate([pipe.image_processor.postprocess(image, output_type="np") for image in images])
