@@ -4,7 +4,7 @@
 (() => {
   const TEXT = __EDIT_TEXT__;
   const ROUTE = __EDIT_PATH__;
-  const lang = (navigator.language || "en").toLowerCase().startsWith("zh") ? "zh" : "en";
+  const lang = window.zimageLang || "en"; // (static/lang.js)
   const say = (key, values = {}) => TEXT[lang][key].replace(/\{(\w+)\}/g, (_, name) => values[name]);
   const $ = (id) => document.getElementById(id);
   const PAINT = "rgba(255, 64, 64, 0.55)"; // how the mask shows; any painted pixel is masked

@@ -7,7 +7,8 @@
   const TEXT = __TEXT__;
   const LIMIT = __LIMIT__;
   const ZIP_ROUTE = __ZIP_ROUTE__;
-  const lang = (navigator.language || "en").toLowerCase().startsWith("zh") ? "zh" : "en";
+  const OWN_WORDS = ["download_all", "tab_generate", "tab_edit", "tab_stats"];
+  const lang = window.zimageLang || "en"; // (static/lang.js)
   const say = (key, values) => TEXT[lang][key].replace(/\{(\w+)\}/g, (_, name) => values[name]);
   const $ = (selector) => document.querySelector(selector);
   let showCancel = null;
@@ -336,6 +337,14 @@
     for (const thumb of document.querySelectorAll(".thumbnail-item")) {
       const caption = thumb.querySelector(".caption-label")?.textContent.trim();
       if (caption) set(thumb, "aria-label", caption);
+    }
+    // Words Gradio leaves in English: Download all (a toolbar button's label is no
+    // gr.I18n), and the tabs not shown when the locale was set back (static/lang.js).
+    if (lang !== "en") {
+      for (const button of document.querySelectorAll("#result button, .tab-container button")) {
+        const key = OWN_WORDS.find((k) => button.textContent.trim() === TEXT.en[k]);
+        if (key) button.textContent = say(key, {});
+      }
     }
     const png = $("#png-info-file");
     if (png) set(png, "aria-label", say("png_file", {}));

@@ -46,15 +46,18 @@ from web.ui_zip import ZIP_ROUTE
 UI_FILE_TTL_S = 3600
 MODEL_STATE_POLL_S = 2.0
 SCRIPT = Path(__file__).resolve().parent.parent / "static" / "ui.js"
+LANG_SCRIPT = SCRIPT.with_name("lang.js")  # the page's language: first, the others read it
 
 
 def page_head() -> str:
-    """The page's own script (static/ui.js), with its texts, for `mount_gradio_app(head=...)`."""
+    """The page's own scripts (static/lang.js, then static/ui.js with its texts), for
+    `mount_gradio_app(head=...)`."""
     script = SCRIPT.read_text(encoding="utf-8")
     script = script.replace("__TEXT__", json.dumps(SCRIPT_TEXT, ensure_ascii=False))
     script = script.replace("__LIMIT__", str(MAX_PROMPT_CHARS))
     script = script.replace("__ZIP_ROUTE__", json.dumps(ZIP_ROUTE))
-    return f"<script>\n{script}</script>\n{edit_head()}"
+    language = LANG_SCRIPT.read_text(encoding="utf-8")
+    return f"<script>\n{language}</script>\n<script>\n{script}</script>\n{edit_head()}"
 
 
 def create_ui(service: GenerationService, engine: Engine, images: UiImages, *, demo_model: bool) -> gr.Blocks:
@@ -311,7 +314,6 @@ def _bind_load(
             tz,
             gr.Dropdown(choices=preset_choices(lang)),
             gr.Dropdown(choices=normalization_choices(lang)),
-            gr.Button(say(lang, "download_all")),  # (a gallery's toolbar button: no I18N there)
         )
 
     tab.download_all.click(None, None, None, js="() => window.zimage.downloadAll()", **_QUIET)
@@ -319,10 +321,7 @@ def _bind_load(
     ui.load(
         restore,
         [tab.stored_history, tab.tz],
-        [
-            *(tab.history, tab.stored_history, tab.past, tab.listed, tab.tz),
-            *(tab.preset, tab.normalization, tab.download_all),
-        ],
+        [tab.history, tab.stored_history, tab.past, tab.listed, tab.tz, tab.preset, tab.normalization],
         js="(stored) => [stored, Intl.DateTimeFormat().resolvedOptions().timeZone || '']",
         **_QUIET,
     )

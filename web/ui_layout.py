@@ -230,7 +230,8 @@ def create_tab(normalization: str, states: dict[str, Any]) -> CreateTab:
             # Download all, in the toolbar of the image shown too (Gradio's own
             # "download_all" shows only in the grid, which the viewer hides): one zip of
             # the results under their download names (static/ui.js, web/ui_zip.py).
-            download_all = gr.Button("Download all", elem_id="download-all")  # (named on load)
+            # (Its words are put in by static/ui.js: a toolbar button's label is no I18N's.)
+            download_all = gr.Button("Download all", elem_id="download-all")
             gallery = gr.Gallery(
                 label=t("results"),
                 columns=2,

@@ -10,7 +10,9 @@ languages (tests/test_ui_text.py checks it).
 from __future__ import annotations
 
 import re
+from http.cookies import CookieError, SimpleCookie
 from typing import Any
+from urllib.parse import unquote
 
 import gradio as gr
 
@@ -126,7 +128,6 @@ MESSAGES: dict[str, dict[str, str]] = {
         "tier_similar": "similar",
         "similar_caption": "{score:.0%} · {prompt}",
         "similar_gone": "That image is no longer stored.",
-        "download_all": "Download all",
         "png_read": "Settings read from the image.",
         "png_none": "This file holds no generation parameters.",
         "hit": "{tier} hit · {took}",
@@ -195,7 +196,6 @@ MESSAGES: dict[str, dict[str, str]] = {
         "tier_similar": "相似",
         "similar_caption": "{score:.0%} · {prompt}",
         "similar_gone": "该图像已不在缓存中。",
-        "download_all": "全部下载",
         "png_read": "已从图像中读取参数。",
         "png_none": "此文件不含生成参数。",
         "hit": "{tier}命中 · {took}",
@@ -264,6 +264,8 @@ SCRIPT_TEXT = {
         "too_long": "Too long: at most {limit} characters.",
         "range": "Goes from {min} to {max}: set to {value}.",
         "png_file": "A PNG to read its settings from",
+        "download_all": "Download all",
+        **{k: EN[k] for k in ("tab_generate", "tab_edit", "tab_stats")},
     },
     "zh": {
         "clear_history": "从本浏览器中删除历史记录中的所有图像？",
@@ -272,6 +274,8 @@ SCRIPT_TEXT = {
         "too_long": "太长：最多 {limit} 个字符。",
         "range": "取值范围 {min} 到 {max}：已设为 {value}。",
         "png_file": "要读取参数的 PNG 图像",
+        "download_all": "全部下载",
+        **{k: ZH[k] for k in ("tab_generate", "tab_edit", "tab_stats")},
     },
 }
 
@@ -313,6 +317,7 @@ EDIT_TEXT = {
     },
 }
 
+LANG_COOKIE = "zimage_lang"  # the locale chosen in the page (static/lang.js writes it)
 _TAG = re.compile(r"\s*([A-Za-z]{1,8})(?:-[A-Za-z0-9]{1,8})*\s*(?:;\s*q\s*=\s*([0-9.]+))?\s*")
 
 
@@ -335,9 +340,24 @@ def language(accept_language: str | None) -> str:
 
 
 def language_of(request: Any) -> str:
-    """The page's language ("en" or "zh") for a Gradio request, from its Accept-Language."""
+    """The page's language ("en" or "zh") for a Gradio request: the one chosen in the
+    page's Settings -> Language (its LANG_COOKIE, static/lang.js), else its
+    Accept-Language's."""
     headers = getattr(request, "headers", None) or {}
-    return language(headers.get("accept-language"))
+    chosen = chosen_language(headers.get("cookie"))
+    return language(chosen) if chosen else language(headers.get("accept-language"))
+
+
+def chosen_language(cookie_header: str | None) -> str | None:
+    """The locale LANG_COOKIE names in a Cookie header ("zh-CN"), or None (none, or
+    a header that does not parse)."""
+    cookies = SimpleCookie()
+    try:
+        cookies.load(cookie_header or "")
+    except CookieError:
+        return None
+    found = cookies.get(LANG_COOKIE)
+    return unquote(found.value) if found else None
 
 
 def say(lang: str, key: str, **values: Any) -> str:
