@@ -22,7 +22,7 @@ from pipeline.request import GenerationRequest
 from pipeline.results import GenerationResult
 from pipeline.service import GenerationService
 from web.a1111 import create_a1111_router
-from web.auth import BEARER, Access, Namespace, NamespacedRoute
+from web.auth import BEARER, Access, ImageNamespace, Namespace, NamespacedRoute
 from web.body_limit import BODY_TIMEOUT_S, BodyLimit
 from web.conditional import MADE, conditional_response
 from web.disconnect import unless_client_leaves
@@ -33,6 +33,7 @@ from web.mcp_server import MCP_PATH, McpEndpoint, create_mcp_server
 from web.metrics import Metrics
 from web.openai_api import create_openai_router
 from web.openai_edits import create_openai_edits_router
+from web.public_urls import PUBLIC_URL_STATE
 from web.schemas import (
     BatchRequest,
     BatchResult,
@@ -73,11 +74,13 @@ def create_api(
     info: dict[str, Any] | None = None,
     cors_origins: Sequence[str] = (),
     body_timeout_s: float = BODY_TIMEOUT_S,
+    public_url: str | None = None,
 ) -> FastAPI:
     """The HTTP API: our routes, the OpenAI, A1111 and MCP protocols, local /docs;
     HEAD on every GET route and the CORS policy of `cors_origins` (none: no
     cross-origin access) apply to whatever is mounted on it later (the UI), and so
-    do the body limits (64 KB, whole within `body_timeout_s` of the head)."""
+    do the body limits (64 KB, whole within `body_timeout_s` of the head). Absolute
+    URLs start with `public_url` when given (web/public_urls.py)."""
     access = access or Access()
     metrics = Metrics(service)
     mcp = McpEndpoint(create_mcp_server(service))
@@ -100,6 +103,7 @@ def create_api(
         lifespan=lifespan,
     )
     app.state.access = access
+    setattr(app.state, PUBLIC_URL_STATE, public_url)
     app.router.route_class = NamespacedRoute
     # Last added runs first: CORS answers preflights before anything else.
     # Image uploads: the edit routes, and MCP (whose edit_image takes an image as base64).
@@ -223,14 +227,15 @@ def create_api(
         response_class=Response,
         responses={200: image_response("The stored image."), **error_responses(304, 401, 403, 404, 422)},
     )
-    async def image(name: str, request: Request, namespace: Namespace) -> Response:
+    async def image(name: str, request: Request, namespace: ImageNamespace) -> Response:
         """Stored bytes by key, in any of the three formats whichever the image was first
         asked for in (a JPEG or WebP is made from the stored PNG once, then stored:
         `Server-Timing` shows `encode_<format>` when it was made for this request).
         Immutable: browsers may keep them forever, and shared caches too where anyone may
         fetch them (no API keys, default namespace); else `private`. Conditional
         (`If-Match`, `If-None-Match`, the dates against `Last-Modified`) and partial
-        (`Range`, `If-Range`) requests are answered as RFC 9110 asks."""
+        (`Range`, `If-Range`) requests are answered as RFC 9110 asks. With API keys,
+        a signed URL (OpenAI's `url`) needs no token until it expires."""
         started = time.perf_counter()
         match = IMAGE_NAME.fullmatch(name)
         if match is None:
