@@ -462,6 +462,7 @@ class GenerationService:
                 "width": canonical.width,
                 "height": canonical.height,
                 "steps": canonical.steps,
+                "made": int(time.time()),  # the image route's Last-Modified
             }
             meta |= edited
             out.append((Entry(data=made.data, ext=made.ext, meta=meta), timings))
