@@ -27,8 +27,13 @@ $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(TEST_STAMP)
 
+# Without a GPU `make run` serves the demo model, and with it the tiny ControlNet, so
+# the image tab's ControlNet can be tried; not when ARGS or the environment choose a
+# model or a ControlNet themselves.
+DEMO_ARGS = $(if $(or $(CUDA),$(ZIMAGE_MODEL),$(ZIMAGE_CONTROLNET),$(findstring --model,$(ARGS)),$(findstring --controlnet,$(ARGS))),,--controlnet tiny)
+
 run: $(STAMP)
-	$(PY) app.py $(ARGS)
+	$(PY) app.py $(DEMO_ARGS) $(ARGS)
 
 # The tests run a real redis-server (also as Sentinel and Cluster nodes), a real
 # nginx, a real headless Chromium and a real Squid (Debian packages), and lint

@@ -65,7 +65,7 @@ def create_ui(service: GenerationService, engine: Engine, images: UiImages, *, d
         with gr.Tab(I18N("tab_generate"), id="generate"):
             tab = create_tab(service.normalization, states)
         with gr.Tab(I18N("tab_edit"), id="edit"):
-            edit_panel()
+            edit_panel(controlnet=engine.controlnet is not None)
         with gr.Tab(I18N("tab_stats"), id="stats"):
             stats = StatsTab(service)
         # Gradio copies a file it is handed into the component's cache dir, and keeps

@@ -301,6 +301,14 @@ EDIT_TEXT = {
         "working": "Working…",
         "done": "{kind} · {cache} · seed {seed} · {seconds} s",
         "failed": "Not done: {reason}",
+        "control": "ControlNet",
+        "control_use": "Use the image as a control image",
+        "control_note": "The new image follows the chosen image as an edge, depth or pose map "
+        "(no mask or strength then).",
+        "control_off": "This server has no ControlNet: start it with --controlnet "
+        "(--controlnet tiny with the demo model).",
+        "control_kind": "Control kind",
+        "control_scale": "Control scale (how closely it is followed)",
     },
     "zh": {
         "file": "图像（PNG、JPEG 或 WebP）",
@@ -318,6 +326,12 @@ EDIT_TEXT = {
         "working": "处理中……",
         "done": "{kind} · {cache} · 种子 {seed} · {seconds} 秒",
         "failed": "未完成：{reason}",
+        "control": "ControlNet",
+        "control_use": "将图像用作控制图",
+        "control_note": "新图像按所选图像（边缘图、深度图或姿态图）生成（此时不用蒙版和重绘强度）。",
+        "control_off": "本服务器未启用 ControlNet：请用 --controlnet 启动（演示模型用 --controlnet tiny）。",
+        "control_kind": "控制类型",
+        "control_scale": "控制强度（遵循的程度）",
     },
 }
 
