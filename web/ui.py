@@ -41,6 +41,7 @@ from web.ui_run import QUEUE_WATCH_S, UiRun
 from web.ui_similar import SimilarPanel
 from web.ui_stats import StatsTab
 from web.ui_text import I18N, SCRIPT_TEXT, language_of, say
+from web.ui_zip import ZIP_ROUTE
 
 # Gradio's own temp files (none of ours: see web/ui_images.py) are kept this long.
 UI_FILE_TTL_S = 3600
@@ -53,6 +54,7 @@ def page_head() -> str:
     script = SCRIPT.read_text(encoding="utf-8")
     script = script.replace("__TEXT__", json.dumps(SCRIPT_TEXT, ensure_ascii=False))
     script = script.replace("__LIMIT__", str(MAX_PROMPT_CHARS))
+    script = script.replace("__ZIP_ROUTE__", json.dumps(ZIP_ROUTE))
     return f"<script>\n{script}</script>\n{edit_head()}"
 
 
@@ -310,13 +312,19 @@ def _bind_load(
             tz,
             gr.Dropdown(choices=preset_choices(lang)),
             gr.Dropdown(choices=normalization_choices(lang)),
+            gr.Button(say(lang, "download_all")),  # (a gallery's toolbar button: no I18N there)
         )
 
     ui.load(lora_choices(service, tab.loras), None, [tab.loras.box, *tab.loras.names], **_QUIET)
+    tab.download_all.click(None, None, None, js="() => window.zimage.downloadAll()", **_QUIET)
+
     ui.load(
         restore,
         [tab.stored_history, tab.tz],
-        [tab.history, tab.stored_history, tab.past, tab.listed, tab.tz, tab.preset, tab.normalization],
+        [
+            *(tab.history, tab.stored_history, tab.past, tab.listed, tab.tz),
+            *(tab.preset, tab.normalization, tab.download_all),
+        ],
         js="(stored) => [stored, Intl.DateTimeFormat().resolvedOptions().timeZone || '']",
         **_QUIET,
     )

@@ -44,6 +44,7 @@ class CreateTab:
     dice: gr.Button
     reuse: gr.Button
     use_settings: gr.Button
+    download_all: gr.Button
     queue_note: gr.Markdown
     notice: gr.Markdown
     gallery: gr.Gallery
@@ -230,13 +231,17 @@ def create_tab(normalization: str, states: dict[str, Any]) -> CreateTab:
             png_read = gr.Button(elem_id="png-read", elem_classes=["page-only"])
             gr.Examples(EXAMPLES, inputs=prompt, label=t("examples"))
         with gr.Column(scale=6, min_width=320):
+            # Download all, in the toolbar of the image shown too (Gradio's own
+            # "download_all" shows only in the grid, which the viewer hides): one zip of
+            # the results under their download names (static/ui.js, web/ui_zip.py).
+            download_all = gr.Button("Download all", elem_id="download-all")  # (named on load)
             gallery = gr.Gallery(
                 label=t("results"),
                 columns=2,
                 object_fit="contain",
                 height="min(52vh, 680px)",
                 interactive=False,
-                buttons=["download", "fullscreen"],
+                buttons=["download", download_all, "fullscreen"],
                 elem_id="result",
             )
             status = gr.Markdown(elem_id="status")
@@ -314,6 +319,7 @@ def create_tab(normalization: str, states: dict[str, Any]) -> CreateTab:
         dice=dice,
         reuse=reuse,
         use_settings=use_settings,
+        download_all=download_all,
         queue_note=queue_note,
         notice=notice,
         gallery=gallery,
