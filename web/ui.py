@@ -35,6 +35,7 @@ from web.ui_history import persistable, revalidate
 from web.ui_history_panel import identity, listing, matching, without
 from web.ui_images import UiImages, namespace_of
 from web.ui_layout import CreateTab, create_tab, page_states
+from web.ui_lora import lora_choices
 from web.ui_png_info import png_reader
 from web.ui_run import QUEUE_WATCH_S, UiRun
 from web.ui_similar import SimilarPanel
@@ -69,7 +70,7 @@ def create_ui(service: GenerationService, engine: Engine, images: UiImages, *, d
         with gr.Tab(I18N("tab_generate"), id="generate"):
             tab = create_tab(service.normalization, states)
         with gr.Tab(I18N("tab_edit"), id="edit"):
-            edit_panel()
+            edit_panel(controlnet=engine.controlnet is not None)
         with gr.Tab(I18N("tab_stats"), id="stats"):
             stats = StatsTab(service)
         # Gradio copies a file it is handed into the component's cache dir, and keeps
@@ -83,7 +84,7 @@ def create_ui(service: GenerationService, engine: Engine, images: UiImages, *, d
         _bind_generate(
             tab, runs, SimilarPanel(service, images, runs, tab), generate_api(service, engine, images)
         )
-        _bind_form(tab, engine, images)
+        _bind_form(tab, engine, images, service)
         _bind_history(tab, images)
         _bind_load(ui, tab, service, engine, images, loading)
         stats.refresh_on(ui)
@@ -109,14 +110,14 @@ def _bind_generate(tab: CreateTab, runs: UiRun, similar: SimilarPanel, api: Any)
             show_progress="hidden",
         ).then(
             similar.look,
-            set(tab.form.values()),
+            set(tab.form.values()) | set(tab.loras.components),
             similar.outputs,
             api_name=False,
             queue=False,
             show_progress="hidden",
         ).then(
             runs.page,
-            set(tab.form.values()) | {tab.tz},
+            set(tab.form.values()) | {tab.tz} | set(tab.loras.components),
             runs.outputs,
             api_name=False,
             concurrency_limit=None,
@@ -148,7 +149,7 @@ def _bind_generate(tab: CreateTab, runs: UiRun, similar: SimilarPanel, api: Any)
     )
 
 
-def _bind_form(tab: CreateTab, engine: Engine, images: UiImages) -> None:
+def _bind_form(tab: CreateTab, engine: Engine, images: UiImages, service: GenerationService) -> None:
     """Presets and sizes, the seed buttons, and an image's settings back into the form."""
     notes = tab.notes
     tab.preset.change(
@@ -186,7 +187,7 @@ def _bind_form(tab: CreateTab, engine: Engine, images: UiImages) -> None:
     tab.use_settings.click(use, [tab.shown, tab.selected], tab.settings, **_QUIET)
     # PNG Info: the page reads the file and hands over its parameters text (static/ui.js).
     tab.png_read.click(
-        png_reader(tab),
+        png_reader(tab, service),
         tab.parameters,
         [*tab.settings, tab.notice, tab.parameters],
         js="() => [window.zimage.pngText || '']",
@@ -316,6 +317,7 @@ def _bind_load(
             gr.Dropdown(choices=normalization_choices(lang)),
         )
 
+    ui.load(lora_choices(service, tab.loras), None, [tab.loras.box, *tab.loras.names], **_QUIET)
     tab.download_all.click(None, None, None, js="() => window.zimage.downloadAll()", **_QUIET)
 
     ui.load(

@@ -13,6 +13,7 @@ import gradio as gr
 
 from pipeline import limits
 from web.ui_form import PRESET_SIZES, normalization_choices, preset_choices
+from web.ui_lora import LoraPicker, lora_picker
 from web.ui_text import EXAMPLES, I18N
 
 # Browser storage of the history. The key is fixed so that the history survives a
@@ -68,6 +69,7 @@ class CreateTab:
     similar_box: gr.Column  # "Already made for similar prompts" (web/ui_similar.py), shown on a miss
     similar_gallery: gr.Gallery
     similar_found: gr.State  # what the panel shows: key, prompt, score of each
+    loras: LoraPicker  # the LoRAs the generation applies (web/ui_lora.py)
 
     @property
     def form(self) -> dict[str, Any]:
@@ -104,6 +106,7 @@ class CreateTab:
             self.steps,
             self.guidance_scale,
             self.normalization,
+            *self.loras.components,
         ]
 
 
@@ -215,6 +218,7 @@ def create_tab(normalization: str, states: dict[str, Any]) -> CreateTab:
                     info=t("normalization_note"),
                     elem_id="normalization",
                 )
+            loras = lora_picker()
             # PNG Info: a PNG's parameters read into the form. The page reads the file
             # itself (static/ui.js) and sends only its parameters text: no upload.
             with gr.Accordion(t("png_info"), open=False, elem_id="png-info"):
@@ -333,6 +337,7 @@ def create_tab(normalization: str, states: dict[str, Any]) -> CreateTab:
         history_clear=history_clear,
         similar_box=similar_box,
         similar_gallery=similar_gallery,
+        loras=loras,
         **states,
     )
 

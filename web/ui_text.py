@@ -16,7 +16,7 @@ from urllib.parse import unquote
 
 import gradio as gr
 
-from pipeline.limits import UI_HISTORY_LIMIT
+from pipeline.limits import MAX_LORAS, UI_HISTORY_LIMIT
 
 EN = {
     "tab_generate": "Create",
@@ -51,6 +51,9 @@ EN = {
     "The file stays in your browser.",
     "similar_info": "Click one to use it instead of waiting.",
     "use_settings": "Use these settings",
+    "loras": "LoRA",
+    **{f"lora_{i}": f"LoRA {i}" for i in range(1, MAX_LORAS + 1)},
+    **{f"lora_scale_{i}": f"LoRA {i} scale" for i in range(1, MAX_LORAS + 1)},
     "parameters": "Parameters (A1111 format)",
     "history": f"**History**: the last {UI_HISTORY_LIMIT} images, kept in this browser; click one to see it "
     "and restore its settings.",
@@ -100,6 +103,9 @@ ZH = {
     "png_info_note": "选择或拖入一张 PNG（本服务或 A1111 生成的），将其参数读入表单。文件不会离开你的浏览器。",
     "similar_info": "点击其中一张即可直接使用，无需等待。",
     "use_settings": "使用此图参数",
+    "loras": "LoRA",
+    **{f"lora_{i}": f"LoRA {i}" for i in range(1, MAX_LORAS + 1)},
+    **{f"lora_scale_{i}": f"LoRA {i} 强度" for i in range(1, MAX_LORAS + 1)},
     "parameters": "生成参数（A1111 格式）",
     "history": f"**历史记录**：本浏览器中保存的最近 {UI_HISTORY_LIMIT} 张图像；点击查看并恢复其参数。",
     "history_search": "搜索历史记录",
@@ -130,6 +136,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "similar_gone": "That image is no longer stored.",
         "png_read": "Settings read from the image.",
         "png_none": "This file holds no generation parameters.",
+        "lora_none": "None",
+        "png_lora_missing": "LoRAs this server does not have were left out: {names}.",
         "hit": "{tier} hit · {took}",
         "generated": "{tier} · generated in {took}",
         "seed": "seed {seed}",
@@ -198,6 +206,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "similar_gone": "该图像已不在缓存中。",
         "png_read": "已从图像中读取参数。",
         "png_none": "此文件不含生成参数。",
+        "lora_none": "无",
+        "png_lora_missing": "本服务器没有以下 LoRA，已略去：{names}。",
         "hit": "{tier}命中 · {took}",
         "generated": "{tier} · 生成用时 {took}",
         "seed": "种子 {seed}",
@@ -297,6 +307,14 @@ EDIT_TEXT = {
         "working": "Working…",
         "done": "{kind} · {cache} · seed {seed} · {seconds} s",
         "failed": "Not done: {reason}",
+        "control": "ControlNet",
+        "control_use": "Use the image as a control image",
+        "control_note": "The new image follows the chosen image as an edge, depth or pose map "
+        "(no mask or strength then).",
+        "control_off": "This server has no ControlNet: start it with --controlnet "
+        "(--controlnet tiny with the demo model).",
+        "control_kind": "Control kind",
+        "control_scale": "Control scale (how closely it is followed)",
     },
     "zh": {
         "file": "图像（PNG、JPEG 或 WebP）",
@@ -314,6 +332,12 @@ EDIT_TEXT = {
         "working": "处理中……",
         "done": "{kind} · {cache} · 种子 {seed} · {seconds} 秒",
         "failed": "未完成：{reason}",
+        "control": "ControlNet",
+        "control_use": "将图像用作控制图",
+        "control_note": "新图像按所选图像（边缘图、深度图或姿态图）生成（此时不用蒙版和重绘强度）。",
+        "control_off": "本服务器未启用 ControlNet：请用 --controlnet 启动（演示模型用 --controlnet tiny）。",
+        "control_kind": "控制类型",
+        "control_scale": "控制强度（遵循的程度）",
     },
 }
 
