@@ -69,8 +69,9 @@ lint: $(TEST_STAMP)
 readme: $(STAMP)
 	$(PY) -m runtime.settings_table
 
+# The 20 slowest tests close the report: where the suite's time goes (issue 28).
 test: lint system-deps
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=20 $(PYTEST_ARGS)
 
 # Cache and serving benchmark (docs/PERFORMANCE.md): a table, bench/results/*.json and a plot.
 bench: $(VENV)/.bench system-deps

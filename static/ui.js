@@ -6,6 +6,7 @@
 (() => {
   const TEXT = __TEXT__;
   const LIMIT = __LIMIT__;
+  const ZIP_ROUTE = __ZIP_ROUTE__;
   const lang = (navigator.language || "en").toLowerCase().startsWith("zh") ? "zh" : "en";
   const say = (key, values) => TEXT[lang][key].replace(/\{(\w+)\}/g, (_, name) => values[name]);
   const $ = (selector) => document.querySelector(selector);
@@ -356,5 +357,22 @@
 
   const ask = (key) => window.confirm(say(key, {}));
 
-  window.zimage = { count, started, finished, ask, tooLong, runs: 0, pngText: "" };
+  // Download all: the results' images as one zip (web/ui_zip.py), by their gallery
+  // paths (what the file route's URL of each thumbnail names), in the gallery's order.
+  const downloadAll = () => {
+    const paths = [];
+    for (const img of document.querySelectorAll("#result .thumbnail-small img, #result .thumbnail-item img")) {
+      const url = new URL(img.src, location.href);
+      const at = url.pathname.indexOf("/file=");
+      const path = at < 0 ? null : decodeURIComponent(url.pathname.slice(at + "/file=".length));
+      if (path && !paths.includes(path)) paths.push(path);
+    }
+    if (!paths.length) return;
+    const link = document.createElement("a");
+    link.href = `${ZIP_ROUTE}?${new URLSearchParams(paths.map((p) => ["f", p]))}`;
+    link.download = "";
+    link.click();
+  };
+
+  window.zimage = { count, started, finished, ask, tooLong, downloadAll, runs: 0, pngText: "" };
 })();

@@ -177,7 +177,7 @@ def create_a1111_router(service: GenerationService) -> APIRouter:
         served = {**body.model_dump(exclude=set(body.model_extra or ())), "width": width, "height": height}
         served["seed"] = results[0].seed
         served |= {"batch_size": body.batch_size, "sampler_name": SAMPLER, "scheduler": SCHEDULE_TYPE}
-        infotexts = [a1111_parameters(r.request, identity) for r in results]
+        infotexts = [a1111_parameters(r.request, identity, r.loras) for r in results]
         info = {
             "prompt": results[0].request.prompt,
             "all_prompts": [r.request.prompt for r in results],

@@ -134,7 +134,7 @@ def create_openai_edits_router(service: GenerationService) -> APIRouter:
         results = await service.generate_batch(generation, int(n), namespace=namespace, image=image)
         return OpenAIImagesResponse(
             created=int(time.time()),
-            data=[_image(r, str(request.base_url), response_format == "url") for r in results],
+            data=[_image(r, request, response_format == "url", namespace) for r in results],
             output_format=output_format,
             size=f"{width}x{height}",
         )

@@ -36,11 +36,13 @@ from web.ui_history import persistable, revalidate
 from web.ui_history_panel import identity, listing, matching, without
 from web.ui_images import UiImages, namespace_of
 from web.ui_layout import CreateTab, create_tab, page_states
+from web.ui_lora import lora_choices
 from web.ui_png_info import png_reader
 from web.ui_run import QUEUE_WATCH_S, UiRun
 from web.ui_similar import SimilarPanel
 from web.ui_stats import StatsTab
 from web.ui_text import I18N, SCRIPT_TEXT, language_of, say
+from web.ui_zip import ZIP_ROUTE
 
 # Gradio's own temp files (none of ours: see web/ui_images.py) are kept this long.
 UI_FILE_TTL_S = 3600
@@ -53,6 +55,7 @@ def page_head() -> str:
     script = SCRIPT.read_text(encoding="utf-8")
     script = script.replace("__TEXT__", json.dumps(SCRIPT_TEXT, ensure_ascii=False))
     script = script.replace("__LIMIT__", str(MAX_PROMPT_CHARS))
+    script = script.replace("__ZIP_ROUTE__", json.dumps(ZIP_ROUTE))
     return f"<script>\n{script}</script>\n{edit_head()}"
 
 
@@ -79,7 +82,7 @@ def create_ui(service: GenerationService, engine: Engine, images: UiImages, *, d
         _bind_generate(
             tab, runs, SimilarPanel(service, images, runs, tab), generate_api(service, engine, images)
         )
-        _bind_form(tab, engine, images)
+        _bind_form(tab, engine, images, service)
         _bind_history(tab, images)
         _bind_load(ui, tab, service, engine, images, loading)
         stats.refresh_on(ui)
@@ -111,14 +114,14 @@ def _bind_generate(tab: CreateTab, runs: UiRun, similar: SimilarPanel, api: Any)
             show_progress="hidden",
         ).then(
             similar.look,
-            set(tab.form.values()),
+            set(tab.form.values()) | set(tab.loras.components),
             similar.outputs,
             api_name=False,
             queue=False,
             show_progress="hidden",
         ).then(
             runs.page,
-            set(tab.form.values()) | {tab.tz},
+            set(tab.form.values()) | {tab.tz} | set(tab.loras.components),
             runs.outputs,
             api_name=False,
             concurrency_limit=None,
@@ -150,7 +153,7 @@ def _bind_generate(tab: CreateTab, runs: UiRun, similar: SimilarPanel, api: Any)
     )
 
 
-def _bind_form(tab: CreateTab, engine: Engine, images: UiImages) -> None:
+def _bind_form(tab: CreateTab, engine: Engine, images: UiImages, service: GenerationService) -> None:
     """Presets and sizes, the seed buttons, and an image's settings back into the form."""
     notes = tab.notes
     tab.preset.change(
@@ -188,7 +191,7 @@ def _bind_form(tab: CreateTab, engine: Engine, images: UiImages) -> None:
     tab.use_settings.click(use, [tab.shown, tab.selected], tab.settings, **_QUIET)
     # PNG Info: the page reads the file and hands over its parameters text (static/ui.js).
     tab.png_read.click(
-        png_reader(tab),
+        png_reader(tab, service),
         tab.parameters,
         [*tab.settings, tab.notice, tab.parameters],
         js="() => [window.zimage.pngText || '']",
@@ -316,12 +319,19 @@ def _bind_load(
             tz,
             gr.Dropdown(choices=preset_choices(lang)),
             gr.Dropdown(choices=normalization_choices(lang)),
+            gr.Button(say(lang, "download_all")),  # (a gallery's toolbar button: no I18N there)
         )
+
+    ui.load(lora_choices(service, tab.loras), None, [tab.loras.box, *tab.loras.names], **_QUIET)
+    tab.download_all.click(None, None, None, js="() => window.zimage.downloadAll()", **_QUIET)
 
     ui.load(
         restore,
         [tab.stored_history, tab.tz],
-        [tab.history, tab.stored_history, tab.past, tab.listed, tab.tz, tab.preset, tab.normalization],
+        [
+            *(tab.history, tab.stored_history, tab.past, tab.listed, tab.tz),
+            *(tab.preset, tab.normalization, tab.download_all),
+        ],
         js="(stored) => [stored, Intl.DateTimeFormat().resolvedOptions().timeZone || '']",
         **_QUIET,
     )

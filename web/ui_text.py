@@ -14,7 +14,7 @@ from typing import Any
 
 import gradio as gr
 
-from pipeline.limits import UI_HISTORY_LIMIT
+from pipeline.limits import MAX_LORAS, UI_HISTORY_LIMIT
 
 EN = {
     "tab_generate": "Create",
@@ -49,6 +49,9 @@ EN = {
     "The file stays in your browser.",
     "similar_info": "Click one to use it instead of waiting.",
     "use_settings": "Use these settings",
+    "loras": "LoRA",
+    **{f"lora_{i}": f"LoRA {i}" for i in range(1, MAX_LORAS + 1)},
+    **{f"lora_scale_{i}": f"LoRA {i} scale" for i in range(1, MAX_LORAS + 1)},
     "parameters": "Parameters (A1111 format)",
     "history": f"**History**: the last {UI_HISTORY_LIMIT} images, kept in this browser; click one to see it "
     "and restore its settings.",
@@ -98,6 +101,9 @@ ZH = {
     "png_info_note": "选择或拖入一张 PNG（本服务或 A1111 生成的），将其参数读入表单。文件不会离开你的浏览器。",
     "similar_info": "点击其中一张即可直接使用，无需等待。",
     "use_settings": "使用此图参数",
+    "loras": "LoRA",
+    **{f"lora_{i}": f"LoRA {i}" for i in range(1, MAX_LORAS + 1)},
+    **{f"lora_scale_{i}": f"LoRA {i} 强度" for i in range(1, MAX_LORAS + 1)},
     "parameters": "生成参数（A1111 格式）",
     "history": f"**历史记录**：本浏览器中保存的最近 {UI_HISTORY_LIMIT} 张图像；点击查看并恢复其参数。",
     "history_search": "搜索历史记录",
@@ -126,8 +132,11 @@ MESSAGES: dict[str, dict[str, str]] = {
         "tier_similar": "similar",
         "similar_caption": "{score:.0%} · {prompt}",
         "similar_gone": "That image is no longer stored.",
+        "download_all": "Download all",
         "png_read": "Settings read from the image.",
         "png_none": "This file holds no generation parameters.",
+        "lora_none": "None",
+        "png_lora_missing": "LoRAs this server does not have were left out: {names}.",
         "hit": "{tier} hit · {took}",
         "generated": "{tier} · generated in {took}",
         "seed": "seed {seed}",
@@ -194,8 +203,11 @@ MESSAGES: dict[str, dict[str, str]] = {
         "tier_similar": "相似",
         "similar_caption": "{score:.0%} · {prompt}",
         "similar_gone": "该图像已不在缓存中。",
+        "download_all": "全部下载",
         "png_read": "已从图像中读取参数。",
         "png_none": "此文件不含生成参数。",
+        "lora_none": "无",
+        "png_lora_missing": "本服务器没有以下 LoRA，已略去：{names}。",
         "hit": "{tier}命中 · {took}",
         "generated": "{tier} · 生成用时 {took}",
         "seed": "种子 {seed}",
