@@ -134,6 +134,8 @@
       form.append("strength", $("edit-strength").value);
     }
     form.append("prompt", prompt);
+    const lora = $("edit-lora").value;
+    if (lora) form.append("loras", JSON.stringify([{ name: lora, scale: Number($("edit-lora-scale").value) }]));
     form.append("seed", $("edit-seed").value || "0");
     form.append("format", "png");
     form.append("response_format", "b64_json");
@@ -173,6 +175,7 @@
   document.addEventListener("input", (event) => {
     if (event.target.id === "edit-strength") $("edit-strength-value").textContent = event.target.value;
     if (event.target.id === "edit-control-scale") $("edit-control-scale-value").textContent = event.target.value;
+    if (event.target.id === "edit-lora-scale") $("edit-lora-scale-value").textContent = event.target.value;
   });
   document.addEventListener("click", (event) => {
     if (event.target.closest?.("#edit-clear")) clearMask();

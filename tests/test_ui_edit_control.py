@@ -1,6 +1,7 @@
-"""The image tab's ControlNet part (web/ui_edit.py, static/edit.js) in a real headless
-Chromium, on a server with `--controlnet tiny`: the chosen image sent as a control
-image is a miss, the same again a hit, another control scale a miss (a new image)."""
+"""The image tab's ControlNet and LoRA parts (web/ui_edit.py, static/edit.js) in a real
+headless Chromium, on a server with `--controlnet tiny`: the chosen image sent as a
+control image is a miss, the same again a hit, another control scale a miss (a new
+image); an edit with the demo LoRA a miss, another LoRA scale a miss (a new image)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def controlled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv.stop()
 
 
-def test_the_image_tab_sends_a_control_image_a_miss_a_hit_and_another_scale_a_miss(
+def test_the_image_tab_sends_a_control_image_and_a_lora_each_scale_a_miss(
     controlled: Server,
 ) -> None:
     edges = picture(43)  # 64 x 64
@@ -57,5 +58,15 @@ def test_the_image_tab_sends_a_control_image_a_miss_a_hit_and_another_scale_a_mi
         assert stronger != first
         assert shown(first).shape == edges.shape
         assert not np.array_equal(shown(first), shown(stronger))
+
+        # Back to img2img, with the demo LoRA: each LoRA scale is its own edit.
+        use.uncheck()
+        expect(page.get_by_label("Strength (how much is redrawn)")).to_be_enabled()
+        page.get_by_label("LoRA", exact=True).select_option("tiny-demo")
+        with_lora = edit("img2img · miss · seed 42")
+        page.get_by_label("LoRA scale").press("ArrowLeft")  # 1 -> 0.95
+        expect(page.locator("#edit-lora-scale-value")).to_have_text("0.95")
+        weaker = edit("img2img · miss · seed 42")
+        assert not np.array_equal(shown(with_lora), shown(weaker))
         assert serious(page) == []
         page.context.close()

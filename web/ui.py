@@ -19,6 +19,7 @@ import gradio as gr
 from pipeline.engine import Engine, EngineState
 from pipeline.limits import MAX_PROMPT_CHARS, RANDOM_SEED
 from pipeline.service import GenerationService
+from pipeline.tiny_model import DEMO_LORA_NAME
 from web.ui_api import generate_api
 from web.ui_edit import edit_head, edit_panel
 from web.ui_form import (
@@ -70,7 +71,7 @@ def create_ui(service: GenerationService, engine: Engine, images: UiImages, *, d
         with gr.Tab(I18N("tab_generate"), id="generate"):
             tab = create_tab(service.normalization, states)
         with gr.Tab(I18N("tab_edit"), id="edit"):
-            edit_panel(controlnet=engine.controlnet is not None)
+            edit_panel(controlnet=engine.controlnet is not None, loras=_lora_names(engine, demo_model))
         with gr.Tab(I18N("tab_stats"), id="stats"):
             stats = StatsTab(service)
         # Gradio copies a file it is handed into the component's cache dir, and keeps
@@ -89,6 +90,12 @@ def create_ui(service: GenerationService, engine: Engine, images: UiImages, *, d
         _bind_load(ui, tab, service, engine, images, loading)
         stats.refresh_on(ui)
     return ui
+
+
+def _lora_names(engine: Engine, demo_model: bool) -> list[str]:
+    """The LoRAs of `--lora-dir` now, and the demo model's demo LoRA (built when first used)."""
+    names = set(engine.loras.files(demo=False))
+    return sorted(names | {DEMO_LORA_NAME} if demo_model else names)
 
 
 def _bind_generate(tab: CreateTab, runs: UiRun, similar: SimilarPanel, api: Any) -> None:

@@ -315,6 +315,9 @@ EDIT_TEXT = {
         "(--controlnet tiny with the demo model).",
         "control_kind": "Control kind",
         "control_scale": "Control scale (how closely it is followed)",
+        "lora": "LoRA",
+        "lora_none": "None",
+        "lora_scale": "LoRA scale",
     },
     "zh": {
         "file": "图像（PNG、JPEG 或 WebP）",
@@ -338,6 +341,9 @@ EDIT_TEXT = {
         "control_off": "本服务器未启用 ControlNet：请用 --controlnet 启动（演示模型用 --controlnet tiny）。",
         "control_kind": "控制类型",
         "control_scale": "控制强度（遵循的程度）",
+        "lora": "LoRA",
+        "lora_none": "不使用",
+        "lora_scale": "LoRA 强度",
     },
 }
 
