@@ -427,7 +427,7 @@ class Engine:
                 part = Rendered(rendered.pixels[start : start + member.images], rendered.timings)
                 start += member.images
                 if not member.detached:
-                    self._encoder.submit(part, member.requests, identity, member.result)
+                    self._encoder.submit(part, member.requests, identity, member.result, member.loras)
         finally:
             self._work_done()
 

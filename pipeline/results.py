@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cache import Entry
+from pipeline.lora import LoraSet
 from pipeline.request import CanonicalRequest
 from similarity import Match
 
@@ -36,6 +37,7 @@ class GenerationResult:
     # A refinement (pipeline/refine.py; made now, or a hit of one made before): the
     # stored image it was refined from, with its prompt and similarity.
     refined_from: Match | None = None
+    loras: LoraSet = ()  # the LoRAs it was made with (pipeline/lora.py)
 
     @property
     def seed(self) -> int:

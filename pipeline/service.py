@@ -174,7 +174,9 @@ class GenerationService:
             )
             bypassed = await asyncio.gather(*(self.encodings.convert(e, ext, t) for e, t in generated))
             took = [time.perf_counter() - started] * batch_size
-            return self._results(keys, canonicals, [(BYPASS_TIER, e, t) for e, t in bypassed], took)
+            return self._results(
+                keys, canonicals, [(BYPASS_TIER, e, t) for e, t in bypassed], took, loras=loras
+            )
 
         # 3. Look up the tiers, fastest first, on the event loop: memory and Redis
         #    (redis.asyncio) take no thread hop, the disk only to read a file it has.
@@ -275,6 +277,7 @@ class GenerationService:
             similar=tuple(m for m in similar if m.key not in keys),
             near=near,
             refined=refined,
+            loras=loras,
         )
 
     async def near_repeats(
@@ -486,6 +489,7 @@ class GenerationService:
                 "width": canonical.width,
                 "height": canonical.height,
                 "steps": canonical.steps,
+                "made": int(time.time()),  # the image route's Last-Modified
             }
             meta |= edited
             out.append((Entry(data=made.data, ext=made.ext, meta=meta), timings))
@@ -500,6 +504,7 @@ class GenerationService:
         similar: tuple[Match, ...] = (),
         near: Match | None = None,
         refined: Match | None = None,
+        loras: LoraSet = (),
     ) -> list[GenerationResult]:
         results = [
             GenerationResult(
@@ -512,6 +517,7 @@ class GenerationService:
                 similar=similar,
                 near=near if tier == SIMILAR_TIER else None,
                 refined_from=refined,
+                loras=loras,
             )
             for key, canonical, (tier, entry, timings), duration in zip(
                 keys, canonicals, outcomes, durations, strict=True

@@ -46,6 +46,7 @@ from web.auth import MIN_TOKEN_CHARS, read_api_keys
 Size = TypeAliasType("SIZE", Annotated[int, BeforeValidator(parse_size)])
 Duration = TypeAliasType("DURATION", Annotated[float, BeforeValidator(parse_duration)])
 ORIGIN = re.compile(r"https?://(\[[0-9a-fA-F:.]+\]|[^/\s:,\[\]]+)(:\d{1,5})?")
+PUBLIC_URL = re.compile(ORIGIN.pattern + r"(/[^\s?#]*)?")
 CUDA_SECTION = "See [On a CUDA GPU](#on-a-cuda-gpu)."
 CUDA_OPTIONS = "See [CUDA options](#cuda-options-compilation-attention-out-of-memory)."
 
@@ -178,6 +179,13 @@ class Settings(BaseSettings):
         "(`https://chat.example.com,http://localhost:3000`), or `*`. Empty allows no cross-origin calls to "
         "any route, the UI's included.",
         json_schema_extra=readme("See [CORS](#cors)."),
+    )
+    public_url: str | None = Field(
+        None,
+        description="The URL clients reach the service at (`https://images.example.com`, a path allowed), "
+        "behind a proxy or a load balancer: the absolute URLs the service makes (OpenAI's `url`, MCP's, the "
+        "UI's root) start with it. Unset, they follow the request's `Host` header, which any client sets.",
+        json_schema_extra=readme("See [Behind a proxy](#behind-a-proxy-the-public-url)."),
     )
     max_queue: int = Field(
         DEFAULT_MAX_QUEUE,
@@ -358,6 +366,18 @@ class Settings(BaseSettings):
                     "e.g. https://chat.example.com, or *"
                 )
         return ",".join(origins)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, v: str | None) -> str | None:
+        if not v:
+            return None
+        if not PUBLIC_URL.fullmatch(v):
+            raise ValueError(
+                "not a public URL; write scheme://host[:port][/path] with no query or fragment, "
+                "e.g. https://images.example.com"
+            )
+        return v.rstrip("/")
 
     @property
     def cors_origin_list(self) -> list[str]:

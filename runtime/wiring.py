@@ -173,12 +173,16 @@ def build_app(settings: Settings, on_fatal: OnFatal | None = None) -> Runtime:
         info=describe(settings),
         cors_origins=settings.cors_origin_list,
         body_timeout_s=settings.body_timeout,
+        public_url=settings.public_url,
     )
     ui = create_ui(service, engine, images, demo_model=is_demo_spec(settings.model))
     app = gr.mount_gradio_app(
         api,
         ui,
         path="/",
+        # A full URL: Gradio's root (the UI's file URLs, its clients' root) is then
+        # never made from the request's Host or X-Forwarded-Host, which clients set.
+        root_path=settings.public_url,
         show_error=True,
         css_paths=[STATIC / "style.css"],
         head=page_head(),

@@ -32,14 +32,14 @@ def test_the_next_denoising_starts_while_the_last_image_is_encoded(
     second_denoising = threading.Event()
     encode = pipeline.encoding.encode_image
 
-    def slow_encode(image, req, identity):  # type: ignore[no-untyped-def]
+    def slow_encode(image, req, identity, loras=()):  # type: ignore[no-untyped-def]
         events.append(f"encode {req.prompt} starts on {threading.current_thread().name}")
         if req.prompt == "first":
             # Holds job 1's encoding until job 2 denoises; on the engine thread that
             # would never happen, and the wait runs out.
             second_denoising.wait(timeout=20)
         events.append(f"encode {req.prompt} ends")
-        return encode(image, req, identity)
+        return encode(image, req, identity, loras)
 
     def denoising(name: str):  # type: ignore[no-untyped-def]
         def progress(step: int, steps: int) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -142,6 +143,14 @@ def test_urls_made_behind_nginx_on_another_port_keep_its_port(stack: Stack) -> N
     assert stack.http.get(url).status_code == 200
     root = stack.http.get("/config").json()["root"]  # Gradio's, for the UI's images and the JS client
     assert root.rstrip("/") == stack.nginx.url, root
+    # An HTTP/1.0 client may send no Host: nginx passes its server_name, not an empty
+    # header the replicas would refuse with 400.
+    with socket.create_connection(("127.0.0.1", stack.nginx.port), timeout=30) as sock:
+        sock.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
 
 
 def test_nginx_keeps_only_images_the_service_marks_public(stack: Stack) -> None:

@@ -37,6 +37,8 @@ def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: P
         ([], {"ZIMAGE_COMPILE": "yes"}, "--compile (ZIMAGE_COMPILE)"),
         (["--cache-dir", "/proc/forbidden"], {}, "--cache-dir (ZIMAGE_CACHE_DIR)"),
         (["--cors-origins", "https://chat.example.com/app"], {}, "--cors-origins (ZIMAGE_CORS_ORIGINS)"),
+        (["--public-url", "images.example.com"], {}, "--public-url (ZIMAGE_PUBLIC_URL)"),
+        ([], {"ZIMAGE_PUBLIC_URL": "https://images.example.com/?a=1"}, "--public-url (ZIMAGE_PUBLIC_URL)"),
         ([], {"ZIMAGE_CACHE_SECRET": "short"}, "--cache-secret (ZIMAGE_CACHE_SECRET): the secret is 5 bytes"),
         (
             ["--cache-secret", f"{'n' * 32},{'o' * 20}"],

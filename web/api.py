@@ -22,16 +22,18 @@ from pipeline.request import GenerationRequest
 from pipeline.results import GenerationResult
 from pipeline.service import GenerationService
 from web.a1111 import create_a1111_router
-from web.auth import BEARER, Access, Namespace, NamespacedRoute
+from web.auth import BEARER, Access, ImageNamespace, Namespace, NamespacedRoute
 from web.body_limit import BODY_TIMEOUT_S, BodyLimit
+from web.conditional import MADE, conditional_response
 from web.disconnect import unless_client_leaves
 from web.edit_api import create_edit_router
 from web.errors import install_error_handlers
-from web.http_semantics import CORSMiddleware, HeadAsGet, cors_options
+from web.http_semantics import CorsHeaderPrefixes, CORSMiddleware, HeadAsGet, MethodNotAllowed, cors_options
 from web.mcp_server import MCP_PATH, McpEndpoint, create_mcp_server
 from web.metrics import Metrics
 from web.openai_api import create_openai_router
 from web.openai_edits import create_openai_edits_router
+from web.public_urls import PUBLIC_URL_STATE
 from web.schemas import (
     BatchRequest,
     BatchResult,
@@ -72,11 +74,13 @@ def create_api(
     info: dict[str, Any] | None = None,
     cors_origins: Sequence[str] = (),
     body_timeout_s: float = BODY_TIMEOUT_S,
+    public_url: str | None = None,
 ) -> FastAPI:
     """The HTTP API: our routes, the OpenAI, A1111 and MCP protocols, local /docs;
     HEAD on every GET route and the CORS policy of `cors_origins` (none: no
     cross-origin access) apply to whatever is mounted on it later (the UI), and so
-    do the body limits (64 KB, whole within `body_timeout_s` of the head)."""
+    do the body limits (64 KB, whole within `body_timeout_s` of the head). Absolute
+    URLs start with `public_url` when given (web/public_urls.py)."""
     access = access or Access()
     metrics = Metrics(service)
     mcp = McpEndpoint(create_mcp_server(service))
@@ -99,13 +103,16 @@ def create_api(
         lifespan=lifespan,
     )
     app.state.access = access
+    setattr(app.state, PUBLIC_URL_STATE, public_url)
     app.router.route_class = NamespacedRoute
     # Last added runs first: CORS answers preflights before anything else.
     # Image uploads: the edit routes, and MCP (whose edit_image takes an image as base64).
     larger = dict.fromkeys((*UPLOAD_PATHS, MCP_PATH), UPLOAD_BODY_BYTES)
+    app.add_middleware(MethodNotAllowed, routes=app.router.routes)
     app.add_middleware(BodyLimit, timeout_s=body_timeout_s, larger=larger)
     app.add_middleware(HeadAsGet)
     app.add_middleware(CORSMiddleware, **cors_options(cors_origins))
+    app.add_middleware(CorsHeaderPrefixes)
     install_error_handlers(app)
     finish_openapi(app)
 
@@ -222,12 +229,15 @@ def create_api(
         response_class=Response,
         responses={200: image_response("The stored image."), **error_responses(304, 401, 403, 404, 422)},
     )
-    async def image(name: str, request: Request, namespace: Namespace) -> Response:
+    async def image(name: str, request: Request, namespace: ImageNamespace) -> Response:
         """Stored bytes by key, in any of the three formats whichever the image was first
         asked for in (a JPEG or WebP is made from the stored PNG once, then stored:
         `Server-Timing` shows `encode_<format>` when it was made for this request).
         Immutable: browsers may keep them forever, and shared caches too where anyone may
-        fetch them (no API keys, default namespace); else `private`."""
+        fetch them (no API keys, default namespace); else `private`. Conditional
+        (`If-Match`, `If-None-Match`, the dates against `Last-Modified`) and partial
+        (`Range`, `If-Range`) requests are answered as RFC 9110 asks. With API keys,
+        a signed URL (OpenAI's `url`) needs no token until it expires."""
         started = time.perf_counter()
         match = IMAGE_NAME.fullmatch(name)
         if match is None:
@@ -249,9 +259,8 @@ def create_api(
             "X-Cache": hit.tier,
             "Server-Timing": ", ".join(timing),
         }
-        if etag_matches(request.headers.get("if-none-match"), etag):
-            return Response(status_code=304, headers=headers)
-        return Response(hit.entry.data, media_type=hit.entry.media_type, headers=headers)
+        made = hit.entry.meta.get(MADE)  # absent from entries made before it was recorded
+        return conditional_response(hit.entry.data, hit.entry.media_type, headers, request.headers, made)
 
     @app.get("/api/cache/stats", response_model=CacheStats, responses=error_responses(401, 403, 422))
     async def cache_stats(_: Namespace) -> dict[str, Any]:
@@ -317,17 +326,6 @@ def create_api(
     app.include_router(create_edit_router(service))
     app.router.routes.append(Route(MCP_PATH, mcp))  # an ASGI app: every method, not in OpenAPI
     return app
-
-
-def etag_matches(if_none_match: str | None, etag: str) -> bool:
-    """RFC 9110 If-None-Match: `*`, or a list of tags compared weakly (`W/"k"` matches `"k"`)."""
-    if if_none_match is None:
-        return False
-    for candidate in if_none_match.split(","):
-        tag = candidate.strip()
-        if tag == "*" or tag.removeprefix("W/") == etag:
-            return True
-    return False
 
 
 def _result_headers(result: GenerationResult) -> dict[str, str]:

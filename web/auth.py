@@ -8,6 +8,7 @@ import binascii
 import hmac
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,6 +19,7 @@ from fastapi.security import HTTPBearer
 from cache import DEFAULT_NAMESPACE, bad_namespace, is_namespace
 from pipeline.errors import RequestInvalid
 from pipeline.line_files import read_lines
+from web.signed_urls import UrlSigner
 
 MIN_TOKEN_CHARS = 16
 # Documents the bearer scheme in OpenAPI (on the routes that take a Namespace, and
@@ -55,6 +57,12 @@ class Access:
 
     api_keys: dict[str, str] = field(default_factory=dict)
     admin_token: str | None = None
+
+    @cached_property
+    def url_signer(self) -> UrlSigner | None:
+        """Signs the image URLs OpenAI's route hands out, with keys only (without,
+        anyone may fetch any image of the namespace they name)."""
+        return UrlSigner(self.api_keys) if self.api_keys else None
 
     def namespace_for(self, token: str) -> str | None:
         # Compare against every token in constant time, so timing tells nothing.
@@ -114,6 +122,22 @@ async def caller_namespace(request: Request) -> str:  # async: FastAPI would run
 Namespace = Annotated[str, Depends(caller_namespace)]
 
 
+async def image_namespace(request: Request) -> str:
+    """`caller_namespace`, or with API keys, for a URL that carries a signature
+    (`sig`), the namespace it grants without a token (web/signed_urls.py); 403
+    saying why when it is expired or does not match."""
+    signer = request.app.state.access.url_signer
+    if signer is None or "sig" not in request.query_params:
+        return await caller_namespace(request)
+    try:
+        return signer.check(request.path_params.get("name", ""), request.query_params)
+    except ValueError as exc:
+        raise HTTPException(403, str(exc)) from None
+
+
+ImageNamespace = Annotated[str, Depends(image_namespace)]
+
+
 async def ui_or_caller_namespace(request: Request) -> str:
     """`caller_namespace`, except that with API keys the UI's own login session counts
     too: the Gradio user that `app.state.ui_user` (set where the UI is mounted) finds
@@ -167,7 +191,7 @@ class NamespacedRoute(APIRoute):
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         super().__init__(path, endpoint, **kwargs)
-        namespaced = (caller_namespace, ui_or_caller_namespace)
+        namespaced = (caller_namespace, ui_or_caller_namespace, image_namespace)
         if any(dependency.call in namespaced for dependency in self.dependant.dependencies):
             extra = self.openapi_extra or {}
             self.openapi_extra = {

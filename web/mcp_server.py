@@ -33,6 +33,7 @@ from pipeline.service import GenerationService
 from web.auth import caller_namespace
 from web.errors import EXPECTED, user_message
 from web.mcp_edit import add_edit_tool
+from web.public_urls import absolute_url
 from web.schemas import image_path
 
 MCP_PATH = "/mcp"
@@ -125,7 +126,7 @@ def create_mcp_server(service: GenerationService) -> MCPServer:
 async def image_result(result: GenerationResult, request: Request) -> CallToolResult:
     """A tool's answer for `result`: its URL (absolute), facts, and a small preview."""
     path = image_path(result)
-    url = None if path is None else f"{request.base_url}{path[1:]}"
+    url = None if path is None else absolute_url(request, path)
     preview = await asyncio.to_thread(thumbnail, result.entry.data)
     facts: dict[str, Any] = {
         "url": url,

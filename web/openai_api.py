@@ -29,6 +29,7 @@ from pipeline.results import GenerationResult
 from pipeline.service import GenerationService
 from web.auth import Namespace, NamespacedRoute
 from web.errors import EXPECTED, failure_of
+from web.public_urls import image_url
 from web.schemas import Tier, error_responses, image_path
 
 MODEL_ID = "z-image-turbo"
@@ -243,11 +244,10 @@ def create_openai_router(service: GenerationService) -> APIRouter:
             loras=body.loras,
         )
         results = await service.generate_batch(generation, body.n or 1, namespace=namespace)
-        base_url = str(request.base_url)
         as_url = (body.response_format or default_response_format(body.model)) == "url"
         return OpenAIImagesResponse(
             created=int(time.time()),
-            data=[_image(result, base_url, as_url) for result in results],
+            data=[_image(result, request, as_url, namespace) for result in results],
             output_format=output_format,
             size=f"{width}x{height}",
         )
@@ -262,7 +262,7 @@ def create_openai_router(service: GenerationService) -> APIRouter:
     return router
 
 
-def _image(result: GenerationResult, base_url: str, as_url: bool) -> OpenAIImage:
+def _image(result: GenerationResult, request: Request, as_url: bool, namespace: str) -> OpenAIImage:
     entry = result.entry
     if not as_url:
         return OpenAIImage(
@@ -272,7 +272,7 @@ def _image(result: GenerationResult, base_url: str, as_url: bool) -> OpenAIImage
     if path is None:  # never stored, so no URL would find it: the bytes themselves
         url = f"data:{entry.media_type};base64,{base64.b64encode(entry.data).decode()}"
     else:
-        url = f"{base_url}{path[1:]}"
+        url = image_url(request, path, namespace)  # signed with API keys: downloads send no token
     return OpenAIImage(url=url, seed=result.seed, cache=result.cache)
 
 
