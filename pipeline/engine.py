@@ -123,6 +123,8 @@ class Engine:
         self.max_batch = max_batch
         self.batch_window_s = batch_window_s
         self.batch_observers: list[Callable[[int], None]] = []  # images per model call
+        # (step, steps) of the model call running now, None between calls (A1111's progress).
+        self.current_step: tuple[int, int] | None = None
         # LoRAs (pipeline/lora.py): the files a request may name; the adapters loaded.
         self.loras = LoraCatalog(lora_dir, models_dir, DigestCache(models_dir / DIGESTS_FILE))
         self.adapters = Adapters(max_adapters, max_adapter_bytes)
@@ -250,7 +252,7 @@ class Engine:
             identity,
             embeddings=self.embeddings,
             fits=self.fits,
-            progress=fan_out(members),
+            progress=self._recording(fan_out(members)),
             image=members[0].image,  # an edit is never batched with another job
             edits=self._edits,
         )
@@ -263,6 +265,18 @@ class Engine:
         except FatalDeviceError as exc:
             self._fail_fatally(str(exc))
             raise
+        finally:
+            self.current_step = None
+
+    def _recording(self, progress: Callable[[int, int], None]) -> Callable[[int, int], None]:
+        """`progress`, also recording each step in `current_step` (read by other threads:
+        one tuple assignment, atomic)."""
+
+        def record(step: int, steps: int) -> None:
+            self.current_step = (step, steps)
+            progress(step, steps)
+
+        return record
 
     def batch_capacity(self, request: CanonicalRequest) -> int:
         """Most images of `request`'s kind one model call may gather: `max_batch`, and on
