@@ -27,8 +27,13 @@ $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(TEST_STAMP)
 
+# Without a GPU `make run` serves the demo model, and with it the tiny ControlNet, so
+# the image tab's ControlNet can be tried; not when ARGS or the environment choose a
+# model or a ControlNet themselves.
+DEMO_ARGS = $(if $(or $(CUDA),$(ZIMAGE_MODEL),$(ZIMAGE_CONTROLNET),$(findstring --model,$(ARGS)),$(findstring --controlnet,$(ARGS))),,--controlnet tiny)
+
 run: $(STAMP)
-	$(PY) app.py $(ARGS)
+	$(PY) app.py $(DEMO_ARGS) $(ARGS)
 
 # The tests run a real redis-server (also as Sentinel and Cluster nodes), a real
 # nginx, a real headless Chromium and a real Squid (Debian packages), and lint
@@ -64,8 +69,9 @@ lint: $(TEST_STAMP)
 readme: $(STAMP)
 	$(PY) -m runtime.settings_table
 
+# The 20 slowest tests close the report: where the suite's time goes (issue 28).
 test: lint system-deps
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=20 $(PYTEST_ARGS)
 
 # Cache and serving benchmark (docs/PERFORMANCE.md): a table, bench/results/*.json and a plot.
 bench: $(VENV)/.bench system-deps

@@ -111,7 +111,7 @@ def one_image(
                 prompt=text,
                 device=text_encoder_device(pipe),  # the CPU under --offload text-encoder
                 do_classifier_free_guidance=False,
-                max_sequence_length=count_tokens(pipe, text),  # its real tokens, as the engine
+                max_sequence_length=count_tokens(pipe.tokenizer, text),  # its real tokens, as the engine
             )[0]
         return [e.to(device) for e in embeds]
 

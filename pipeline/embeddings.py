@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 from cachetools import LRUCache
@@ -29,6 +30,10 @@ class EmbeddingCache:
     prompt, so how fast the encoder step was (Server-Timing, hit counters) tells
     no one about another namespace's prompts. Thread-safe. `max_bytes=0`
     disables it (every call encodes).
+
+    Single flight: callers of a key being encoded (the engine's own job and the
+    prompt prefetch of pipeline/prefetch.py) wait for that one encoding instead of
+    running the encoder again; when it fails, one of them encodes anew.
     """
 
     def __init__(self, max_bytes: int) -> None:
@@ -37,20 +42,52 @@ class EmbeddingCache:
             maxsize=max(max_bytes, 1), getsizeof=tensors_nbytes
         )
         self._lock = threading.Lock()
-        self.hits = self.misses = 0
+        self._flights: dict[EmbeddingKey, Future[list[Any]]] = {}  # keys being encoded
+        self.hits = self.misses = self.prefetched = 0
 
-    def get_or_encode(self, key: EmbeddingKey, encode: Callable[[], list[Any]]) -> list[Any]:
-        with self._lock:
-            found = self._lru.get(key)
-            if found is not None:
-                self.hits += 1
-                return found
-            self.misses += 1
-        tensors = encode()
-        if 0 < tensors_nbytes(tensors) <= self.max_bytes:
+    def get_or_encode(
+        self, key: EmbeddingKey, encode: Callable[[], list[Any]], *, prefetch: bool = False
+    ) -> list[Any]:
+        """The tensors of `key`: kept, being encoded (waited for), or encoded now by
+        `encode` (a miss; counted as `prefetched` too with `prefetch`). Raises what
+        `encode` raises, to the caller that ran it."""
+        while True:
             with self._lock:
+                found = self._lru.get(key)
+                if found is not None:
+                    self.hits += 1
+                    return found
+                flight = self._flights.get(key)
+                if flight is None:
+                    flight = self._flights[key] = Future()
+                    self.misses += 1
+                    self.prefetched += prefetch
+                    break
+            try:
+                tensors = flight.result()  # another caller's encoding of this key
+            except Exception:
+                continue  # it failed; try again (maybe encoding it here)
+            with self._lock:
+                self.hits += 1
+            return tensors
+        try:
+            tensors = encode()
+        except BaseException as exc:
+            with self._lock:
+                del self._flights[key]
+            flight.set_exception(exc)
+            raise
+        with self._lock:
+            if 0 < tensors_nbytes(tensors) <= self.max_bytes:
                 self._lru[key] = tensors
+            del self._flights[key]
+        flight.set_result(tensors)
         return tensors
+
+    def known(self, key: EmbeddingKey) -> bool:
+        """Whether `key` is kept or being encoded."""
+        with self._lock:
+            return key in self._lru or key in self._flights
 
     def count_miss(self) -> None:
         """Count an encoding done outside the cache (a prompt that must not be kept)."""
@@ -62,6 +99,7 @@ class EmbeddingCache:
             return {
                 "hits": self.hits,
                 "misses": self.misses,
+                "prefetched": self.prefetched,
                 "entries": len(self._lru),
                 "bytes": int(self._lru.currsize),
             }

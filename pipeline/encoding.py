@@ -18,6 +18,7 @@ from pipeline.errors import GenerationFailed
 
 if TYPE_CHECKING:
     from pipeline.loading import ModelIdentity
+    from pipeline.lora import LoraSet
     from pipeline.request import CanonicalRequest
 
 # Threads that encode: PNG's zlib and Pillow's encoders release the GIL, so two
@@ -52,9 +53,9 @@ class Rendered:
 
 
 def finish_images(
-    rendered: Rendered, requests: list[CanonicalRequest], identity: ModelIdentity
+    rendered: Rendered, requests: list[CanonicalRequest], identity: ModelIdentity, loras: LoraSet = ()
 ) -> list[GeneratedImage]:
-    """Check and encode a batch. Raises GenerationFailed for NaN values or an
+    """Check and encode a batch made with `loras`. Raises GenerationFailed for NaN values or an
     all-black image: neither may be stored or shown as a result."""
     import numpy as np
 
@@ -68,7 +69,7 @@ def finish_images(
     out = []
     for image, request in zip(images, requests, strict=True):
         started = time.perf_counter()
-        data = encode_image(image, request, identity)
+        data = encode_image(image, request, identity, loras)
         timings = {**rendered.timings, "encode": time.perf_counter() - started}
         out.append(GeneratedImage(data=data, ext=STORED_FORMAT, timings=timings))
     return out
@@ -95,9 +96,10 @@ class EncodePool:
         requests: list[CanonicalRequest],
         identity: ModelIdentity,
         result: Future[list[GeneratedImage]],
+        loras: LoraSet = (),
     ) -> None:
-        """Finish `rendered` and set `result` (which must be running) when done."""
-        job = partial(finish_images, rendered, requests, identity)
+        """Finish `rendered` (made with `loras`) and set `result` (which must be running) when done."""
+        job = partial(finish_images, rendered, requests, identity, loras)
         self._slots.acquire()
         self._on_start()
         try:
@@ -124,9 +126,11 @@ def generation_parameters(request: CanonicalRequest, identity: ModelIdentity) ->
     return {**request.as_dict(), "model": identity.model_id, "fingerprint": identity.fingerprint, **quantized}
 
 
-def encode_image(pixels: Any, request: CanonicalRequest, identity: ModelIdentity) -> bytes:
-    """Encode an HxWx3 uint8 array as the stored PNG with its generation parameters
-    inside: the A1111 `parameters` text that image tools read and `zimage` JSON, as
+def encode_image(
+    pixels: Any, request: CanonicalRequest, identity: ModelIdentity, loras: LoraSet = ()
+) -> bytes:
+    """Encode an HxWx3 uint8 array (made with `loras`) as the stored PNG with its
+    generation parameters inside: the A1111 `parameters` text that image tools read and `zimage` JSON, as
     PNG text chunks (`transcode` carries both over into JPEG and WebP)."""
     from PIL import Image, PngImagePlugin
 
@@ -134,7 +138,7 @@ def encode_image(pixels: Any, request: CanonicalRequest, identity: ModelIdentity
 
     img = Image.fromarray(pixels, "RGB")
     info = PngImagePlugin.PngInfo()
-    info.add_itxt("parameters", a1111_parameters(request, identity))
+    info.add_itxt("parameters", a1111_parameters(request, identity, loras))
     info.add_itxt("zimage", json.dumps(generation_parameters(request, identity), ensure_ascii=False))
     buf = io.BytesIO()
     img.save(buf, "PNG", pnginfo=info, compress_level=4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -27,7 +28,8 @@ from pipeline.loading import DIGESTS_FILE, ModelIdentity, ModelOptions, load_pip
 from pipeline.lora import LoraCatalog, LoraSet
 from pipeline.lora_adapters import DEFAULT_MAX_ADAPTER_BYTES, DEFAULT_MAX_ADAPTERS, Adapters
 from pipeline.placement import Placement
-from pipeline.rendering import Progress, Render, count_tokens, load_of
+from pipeline.prefetch import PromptPrefetch, prefetch_by_default
+from pipeline.rendering import Progress, Render, count_tokens, embedding_key, load_of
 from pipeline.request import CanonicalRequest
 from pipeline.speed import apply_speed_levers
 
@@ -84,6 +86,11 @@ class Engine:
     job's LoRA set is applied to the pipeline before its model call (the base
     weights are never reloaded), the adapters kept in an LRU bounded by
     `max_adapters` and `max_adapter_bytes`; only jobs with the same set share a call.
+
+    Prompt prefetch (pipeline/prefetch.py): while the transformer denoises, the next
+    waiting job's prompt is encoded into the embedding cache (`prefetch_prompts`;
+    None: where the placement runs the text encoder on the CPU beside a CUDA
+    transformer, the `text-encoder` mode); the job is looked at, never claimed.
     """
 
     def __init__(
@@ -105,6 +112,7 @@ class Engine:
         max_adapters: int = DEFAULT_MAX_ADAPTERS,
         max_adapter_bytes: int = DEFAULT_MAX_ADAPTER_BYTES,
         controlnet: str | None = None,
+        prefetch_prompts: bool | None = None,
     ) -> None:
         self.model_spec = model_spec
         self.models_dir = models_dir
@@ -147,6 +155,9 @@ class Engine:
         self._busy = 0
         self._quiet = threading.Condition()
         self._encoder = EncodePool(on_start=self._work_started, on_done=self._work_done)
+        self.prefetch_prompts = prefetch_prompts  # resolved at load (None: by the placement)
+        self._prefetch: PromptPrefetch | None = None
+        self._counting_tokenizer: Any = None  # gather's own: the pipeline's may be encoding
 
     @property
     def state(self) -> EngineState:
@@ -235,6 +246,8 @@ class Engine:
             quiet = self._quiet.wait_for(lambda: self._busy == 0, timeout_s)
         if quiet:
             self._encoder.shutdown()
+        if self._prefetch is not None:
+            self._prefetch.close()
         return quiet
 
     def run_now(self, requests: list[CanonicalRequest]) -> list[GeneratedImage]:
@@ -252,7 +265,7 @@ class Engine:
             identity,
             embeddings=self.embeddings,
             fits=self.fits,
-            progress=self._recording(fan_out(members)),
+            progress=self._recording(self._prefetching(fan_out(members))),
             image=members[0].image,  # an edit is never batched with another job
             edits=self._edits,
         )
@@ -268,7 +281,7 @@ class Engine:
         finally:
             self.current_step = None
 
-    def _recording(self, progress: Callable[[int, int], None]) -> Callable[[int, int], None]:
+    def _recording(self, progress: Progress) -> Progress:
         """`progress`, also recording each step in `current_step` (read by other threads:
         one tuple assignment, atomic)."""
 
@@ -277,6 +290,39 @@ class Engine:
             progress(step, steps)
 
         return record
+
+    def _prefetching(self, progress: Progress) -> Progress:
+        """`progress`, poking the prompt prefetch first at each step (once the running
+        job's own embeddings are made, so a prefetch never delays them)."""
+        prefetch = self._prefetch
+        if prefetch is None:
+            return progress
+
+        def poke_then(step: int, steps: int) -> None:
+            prefetch.poke()
+            progress(step, steps)
+
+        return poke_then
+
+    def _start_prefetch(self, identity: ModelIdentity) -> None:
+        """Turn the prompt prefetch on where `prefetch_prompts` (or, when None, the
+        placement) says so and the embedding cache can keep what it makes."""
+        wanted = self.prefetch_prompts
+        if wanted is None:
+            wanted = prefetch_by_default(self.placement)
+        self.prefetch_prompts = wanted = wanted and self.embeddings.max_bytes > 0
+        if not wanted:
+            return
+        render = Render(self._pipe, identity, embeddings=self.embeddings, fits=self.fits)
+
+        def encode(text: str, scope: str) -> None:
+            render.embed(text, "cpu", scope, prefetch=True)
+
+        def known(text: str, scope: str) -> bool:
+            return self.embeddings.known(embedding_key(identity, text, scope))
+
+        self._prefetch = PromptPrefetch(self._queue.waiting, known, encode)
+        log.info("prompt prefetch: on (the next queued prompt is encoded while the transformer works)")
 
     def batch_capacity(self, request: CanonicalRequest) -> int:
         """Most images of `request`'s kind one model call may gather: `max_batch`, and on
@@ -290,7 +336,8 @@ class Engine:
         if (self.max_batch or 1) <= 1:
             return [leader]
         capacity = self.batch_capacity(leader.requests[0])
-        return gather(leader, self._queue, capacity, partial(count_tokens, self._pipe), self.batch_window_s)
+        counting = partial(count_tokens, self._counting_tokenizer)
+        return gather(leader, self._queue, capacity, counting, self.batch_window_s)
 
     def _work_started(self) -> None:
         with self._quiet:
@@ -341,6 +388,8 @@ class Engine:
                     self._controlnet_path, getattr(torch, identity.dtype), identity.device
                 )
             self._edits = EditPipes(self._pipe, controlnet)
+            self._counting_tokenizer = copy.deepcopy(self._pipe.tokenizer)
+            self._start_prefetch(identity)
             levers = apply_speed_levers(
                 self._pipe.transformer,
                 identity.device,
@@ -389,7 +438,7 @@ class Engine:
                 part = Rendered(rendered.pixels[start : start + member.images], rendered.timings)
                 start += member.images
                 if not member.detached:
-                    self._encoder.submit(part, member.requests, identity, member.result)
+                    self._encoder.submit(part, member.requests, identity, member.result, member.loras)
         finally:
             self._work_done()
 

@@ -11,9 +11,11 @@ written as `UNICODE\\0` plus UTF-16 big-endian text, the IFD0 linking to it.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import PurePosixPath
 
 from pipeline.loading import ModelIdentity
+from pipeline.lora import LoraSet
 from pipeline.request import CanonicalRequest
 
 # A1111's names for what diffusers' FlowMatchEulerDiscreteScheduler does for
@@ -41,9 +43,13 @@ def model_hash(identity: ModelIdentity) -> str:
     return hashlib.sha256(identity.fingerprint.encode()).hexdigest()[:10]
 
 
-def a1111_parameters(request: CanonicalRequest, identity: ModelIdentity) -> str:
-    """The A1111 `parameters` text ("infotext") of one image."""
-    lines = [request.prompt]
+def a1111_parameters(request: CanonicalRequest, identity: ModelIdentity, loras: LoraSet = ()) -> str:
+    """The A1111 `parameters` text ("infotext") of one image made with `loras`, named
+    as A1111 names them: a `<lora:name:scale>` tag for each at the end of the prompt
+    line (what A1111 and its PNG Info apply again), and `Lora hashes` with each one's
+    short hash (what Civitai and A1111 find the file by)."""
+    tags = "".join(f"<lora:{lora.name}:{lora.scale:g}>" for lora in loras)
+    lines = [f"{request.prompt} {tags}" if tags else request.prompt]
     if request.negative_prompt:
         lines.append(f"Negative prompt: {request.negative_prompt}")
     fields = {
@@ -56,8 +62,21 @@ def a1111_parameters(request: CanonicalRequest, identity: ModelIdentity) -> str:
         "Model hash": model_hash(identity),
         "Model": model_name(identity),
     }
+    if hashes := [f"{_plain(lora.name)}: {lora.a1111_hash}" for lora in loras if lora.a1111_hash]:
+        fields["Lora hashes"] = _quoted(", ".join(hashes))
     lines.append(", ".join(f"{key}: {value}" for key, value in fields.items()))
     return "\n".join(lines)
+
+
+def _plain(name: str) -> str:
+    """A name as A1111 writes it in `Lora hashes`: without `:` and `,`."""
+    return name.replace(":", "").replace(",", "")
+
+
+def _quoted(value: str) -> str:
+    """A field's value as A1111 writes it (modules/infotext_utils.py `quote`): as it
+    is, or JSON-quoted when it holds the line's separators."""
+    return value if not any(c in value for c in ",:\n") else json.dumps(value, ensure_ascii=False)
 
 
 def a1111_exif(parameters: str, description: str) -> bytes:

@@ -51,6 +51,12 @@ class JobQueue:
                     return place
         return None
 
+    def waiting(self) -> list[Any]:
+        """The items of the jobs waiting to start, in queue order, left in the queue
+        (a look: nothing is claimed)."""
+        with self._lock:
+            return [self._claimable[number][1] for number in self._waiting]
+
     def submit(
         self, work: Callable[[Future[Any]], None], *, group: Hashable | None = None, item: Any = None
     ) -> Future[Any]:

@@ -11,11 +11,12 @@ the same key.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,13 +89,15 @@ def check_lora_count(specs: Sequence[LoraSpec]) -> None:
 
 @dataclass(frozen=True)
 class LoraChoice:
-    """A LoRA resolved for a request: its file, content hash, size and scale."""
+    """A LoRA resolved for a request: its file, content hash, size and scale, and the
+    short hash A1111 writes in an image's parameters (`a1111_short_hash`)."""
 
     name: str
     path: Path
     sha256: str
     size: int
     scale: float
+    a1111_hash: str = ""
 
     def key_fields(self) -> dict[str, Any]:
         """What the cache key holds of it: content and scale, never the name."""
@@ -159,7 +162,8 @@ class LoraCatalog:
         self.directory = directory
         self.models_dir = models_dir
         self.digests = digests
-        self._checked: dict[str, str | None] = {}  # sha256 -> why unreadable (None: fine)
+        # sha256 -> (why unreadable, None: fine; its A1111 short hash)
+        self._checked: dict[str, tuple[str | None, str]] = {}
         self._lock = threading.Lock()
 
     def files(self, demo: bool) -> dict[str, Path]:
@@ -197,35 +201,50 @@ class LoraCatalog:
             if spec.scale == 0:
                 continue
             sha256 = self.digests.digest(path)
-            self._check(spec.name, path, sha256)
-            chosen.append(LoraChoice(spec.name, path, sha256, path.stat().st_size, float(spec.scale)))
+            short = self._check(spec.name, path, sha256)
+            chosen.append(LoraChoice(spec.name, path, sha256, path.stat().st_size, float(spec.scale), short))
         self.digests.save()
         # One content under two names is one LoRA at the sum of the scales (the same update).
         merged: dict[str, LoraChoice] = {}
         for choice in chosen:
             if (known := merged.get(choice.sha256)) is not None:
-                choice = LoraChoice(
-                    known.name, known.path, known.sha256, known.size, known.scale + choice.scale
-                )
+                choice = replace(known, scale=known.scale + choice.scale)
             merged[choice.sha256] = choice
         return tuple(merged[sha] for sha in sorted(merged) if merged[sha].scale != 0)
 
-    def _check(self, name: str, path: Path, sha256: str) -> None:
-        """RequestInvalid when `path` is not a safetensors file (its header is read once per content)."""
+    def _check(self, name: str, path: Path, sha256: str) -> str:
+        """The file's A1111 short hash; RequestInvalid when `path` is not a safetensors
+        file (it is read once per content)."""
         with self._lock:
             known = sha256 in self._checked
-            problem = self._checked.get(sha256)
+            problem, short = self._checked.get(sha256, (None, ""))
         if not known:
             from safetensors import safe_open
 
             try:
                 with safe_open(path, framework="pt") as f:
                     problem = None if list(f.keys()) else "it holds no tensors"
+                short = a1111_short_hash(path) if problem is None else ""
             except Exception as exc:  # safetensors raises its own error types for a bad header
                 problem = f"{type(exc).__name__}: {exc}"
             with self._lock:
-                self._checked[sha256] = problem
+                self._checked[sha256] = (problem, short)
         if problem is not None:
             raise RequestInvalid(
                 "loras", f"LoRA {name!r} ({path.name}) is not a readable LoRA file: {problem}"
             )
+        return short
+
+
+def a1111_short_hash(path: Path) -> str:
+    """The hash by which A1111 names a safetensors LoRA in an image's `Lora hashes`
+    (and Civitai finds it): the first 12 hex digits of the SHA-256 of the file's
+    tensor data, its JSON header left out (sd-scripts' `addnet_hash_safetensors`),
+    so that editing the file's metadata keeps it. OSError when unreadable."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        header = int.from_bytes(f.read(8), "little")
+        f.seek(8 + header)
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]

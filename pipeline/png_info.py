@@ -15,6 +15,8 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from pipeline.lora import split_prompt_loras
+
 NEGATIVE = "Negative prompt:"
 # A1111's own pattern for one `Key: value` of the last line (modules/infotext_utils.py,
 # re_param_code): a value is quoted, or runs to the next comma.
@@ -48,7 +50,9 @@ def image_parameters(data: bytes) -> str | None:
 def parse_parameters(text: str) -> dict[str, Any]:
     """Our fields from an A1111 `parameters` text: prompt, negative_prompt, steps,
     seed, width, height, guidance_scale (A1111's CFG scale c is our c - 1, never
-    below 0: pipeline.image_metadata.a1111_cfg_scale). Only the fields it holds."""
+    below 0: pipeline.image_metadata.a1111_cfg_scale), and loras (`[{name, scale}]`
+    from the prompt's `<lora:name:scale>` tags, taken out of the prompt as A1111
+    does; tags it cannot read stay in the prompt). Only the fields it holds."""
     lines = text.replace("\r\n", "\n").strip().split("\n")
     fields: dict[str, str] = {}
     found = dict(_FIELD.findall(lines[-1]))
@@ -62,6 +66,13 @@ def parse_parameters(text: str) -> dict[str, Any]:
             line = line[len(NEGATIVE) :].strip()
         (negative if in_negative else prompt).append(line)
     out: dict[str, Any] = {"prompt": "\n".join(prompt).strip()}
+    try:
+        text_only, loras = split_prompt_loras(out["prompt"])
+    except ValueError:  # (a bad multiplier, or a name no request may use)
+        loras = []
+    if loras:
+        out["prompt"] = re.sub(r"[ \t]{2,}", " ", text_only).strip()  # (where a tag was)
+        out["loras"] = [{"name": lora.name, "scale": lora.scale} for lora in loras]
     if in_negative:
         out["negative_prompt"] = "\n".join(negative).strip()
     if (steps := _INT.fullmatch(fields.get("Steps", ""))) is not None:

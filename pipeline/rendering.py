@@ -9,13 +9,14 @@ off the engine thread (pipeline/encoding.py).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pipeline.device_errors import free_device_memory, model_call_failure
 from pipeline.editing import EditPipes, edit_arguments, steps_run
-from pipeline.embeddings import MAX_SEQUENCE_LENGTH, EmbeddingCache
+from pipeline.embeddings import MAX_SEQUENCE_LENGTH, EmbeddingCache, EmbeddingKey
 from pipeline.encoding import Rendered
 from pipeline.errors import JobInterrupted, OutOfMemory
 from pipeline.fit import FitRecord, Load
@@ -29,6 +30,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (denoising steps done, steps in all)
+
+# One text encoding at a time in the process: the engine's own and the prompt
+# prefetch's (pipeline/prefetch.py) share the pipeline's tokenizer, which is not safe
+# to call from two threads at once (a fast tokenizer's truncation settings are
+# mutable state: "Already borrowed"), and a second encoder pass would only halve the
+# speed of each.
+_ENCODING = threading.Lock()
 
 
 class Render:
@@ -161,9 +169,10 @@ class Render:
         self.fits.made(load_of(requests))
         return Rendered(pixels=pixels, timings=timings)
 
-    def embed(self, text: str, device: Any, scope: str | None) -> list[Any]:
+    def embed(self, text: str, device: Any, scope: str | None, *, prefetch: bool = False) -> list[Any]:
         """The text encoder's output for `text` on `device`, from the cache of the
-        embedding `scope` when there is one; with none, encoded and kept nowhere."""
+        embedding `scope` when there is one; with none, encoded and kept nowhere.
+        `prefetch`: encoded ahead of its job (pipeline/prefetch.py), counted as such."""
 
         def encode() -> list[Any]:
             import torch
@@ -175,12 +184,12 @@ class Render:
             # max_sequence_length, and with right padding and causal attention the pad
             # tokens change nothing for the real ones (tests/test_engine.py), so padding
             # to 512 only multiplied the encoder's work (a 40-token prompt: 13x).
-            with torch.no_grad():
+            with _ENCODING, torch.no_grad():
                 embeds, _ = self.pipe.encode_prompt(
                     prompt=text,
                     device=text_encoder_device(self.pipe),  # the CPU in text-encoder mode
                     do_classifier_free_guidance=False,
-                    max_sequence_length=count_tokens(self.pipe, text),
+                    max_sequence_length=count_tokens(self.pipe.tokenizer, text),
                 )
             # In the model's dtype: a float32 encoder (a CPU without native bfloat16)
             # feeds a bfloat16 transformer.
@@ -189,9 +198,8 @@ class Render:
         if scope is None:
             self.embeddings.count_miss()
             return [t.to(device) for t in encode()]
-        identity = self.identity
-        key = (scope, text, MAX_SEQUENCE_LENGTH, identity.fingerprint, identity.dtype)
-        return [t.to(device) for t in self.embeddings.get_or_encode(key, encode)]
+        key = embedding_key(self.identity, text, scope)
+        return [t.to(device) for t in self.embeddings.get_or_encode(key, encode, prefetch=prefetch)]
 
     def _decode_one_at_a_time(self, latents: Any) -> Any:
         """Decode a batch that ran out of memory decoding, one latent at a time, keeping
@@ -248,14 +256,20 @@ class Render:
         raise error
 
 
-def count_tokens(pipe: Any, text: str) -> int:
+def embedding_key(identity: ModelIdentity, text: str, scope: str) -> EmbeddingKey:
+    """Where the embedding cache keeps the encoder's output for `text` in `scope`."""
+    return (scope, text, MAX_SEQUENCE_LENGTH, identity.fingerprint, identity.dtype)
+
+
+def count_tokens(tokenizer: Any, text: str) -> int:
     """How many tokens the pipeline's encode_prompt keeps of `text` (its chat template,
-    truncated to MAX_SEQUENCE_LENGTH): the caption's length before the transformer pads it."""
+    truncated to MAX_SEQUENCE_LENGTH) with the pipeline's `tokenizer`: the caption's
+    length before the transformer pads it. A tokenizer serves one thread at a time."""
     messages = [{"role": "user", "content": text}]
-    chat = pipe.tokenizer.apply_chat_template(
+    chat = tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=True, enable_thinking=True
     )
-    return len(pipe.tokenizer(chat, truncation=True, max_length=MAX_SEQUENCE_LENGTH).input_ids)
+    return len(tokenizer(chat, truncation=True, max_length=MAX_SEQUENCE_LENGTH).input_ids)
 
 
 def load_of(requests: list[CanonicalRequest]) -> Load:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cache import Entry
+from pipeline.lora import LoraSet
 from pipeline.request import CanonicalRequest
 from similarity import Match
 
@@ -32,6 +33,7 @@ class GenerationResult:
     # (near-repeats), nearest first. For `cache == "similar"`: the stored prompt served.
     similar: tuple[Match, ...] = ()
     near: Match | None = None
+    loras: LoraSet = ()  # the LoRAs it was made with (pipeline/lora.py)
 
     @property
     def seed(self) -> int:

@@ -165,7 +165,9 @@ class GenerationService:
             )
             bypassed = await asyncio.gather(*(self.encodings.convert(e, ext, t) for e, t in generated))
             took = [time.perf_counter() - started] * batch_size
-            return self._results(keys, canonicals, [(BYPASS_TIER, e, t) for e, t in bypassed], took)
+            return self._results(
+                keys, canonicals, [(BYPASS_TIER, e, t) for e, t in bypassed], took, loras=loras
+            )
 
         # 3. Look up the tiers, fastest first, on the event loop: memory and Redis
         #    (redis.asyncio) take no thread hop, the disk only to read a file it has.
@@ -251,6 +253,7 @@ class GenerationService:
             [took[i] for i in range(batch_size)],
             similar=tuple(m for m in similar if m.key not in keys),
             near=near,
+            loras=loras,
         )
 
     async def near_repeats(
@@ -476,6 +479,7 @@ class GenerationService:
         durations: list[float],
         similar: tuple[Match, ...] = (),
         near: Match | None = None,
+        loras: LoraSet = (),
     ) -> list[GenerationResult]:
         results = [
             GenerationResult(
@@ -487,6 +491,7 @@ class GenerationService:
                 timings=timings,
                 similar=similar,
                 near=near if tier == SIMILAR_TIER else None,
+                loras=loras,
             )
             for key, canonical, (tier, entry, timings), duration in zip(
                 keys, canonicals, outcomes, durations, strict=True

@@ -4,7 +4,7 @@
 (() => {
   const TEXT = __EDIT_TEXT__;
   const ROUTE = __EDIT_PATH__;
-  const lang = (navigator.language || "en").toLowerCase().startsWith("zh") ? "zh" : "en";
+  const lang = window.zimageLang || "en"; // (static/lang.js)
   const say = (key, values = {}) => TEXT[lang][key].replace(/\{(\w+)\}/g, (_, name) => values[name]);
   const $ = (id) => document.getElementById(id);
   const PAINT = "rgba(255, 64, 64, 0.55)"; // how the mask shows; any painted pixel is masked
@@ -111,16 +111,31 @@
     return "";
   }
 
+  // Whether the image goes as a control image (the box is disabled without --controlnet).
+  function controlled() {
+    const box = $("edit-control");
+    return Boolean(box?.checked && !box.matches(":disabled"));
+  }
+
   async function run() {
     const status = $("edit-status");
     const prompt = $("edit-prompt").value.trim();
     if (!picture) return (status.textContent = say("no_image"));
     if (!prompt) return (status.textContent = say("no_prompt"));
     const form = new FormData();
-    form.append("image", picture, picture.name || "image");
-    if (painted) form.append("mask", await maskPng(), "mask.png");
+    if (controlled()) {
+      // ControlNet: the image is the map the new image follows; no mask, no strength.
+      form.append("control_image", picture, picture.name || "image");
+      form.append("control_kind", $("edit-control-kind").value);
+      form.append("control_scale", $("edit-control-scale").value);
+    } else {
+      form.append("image", picture, picture.name || "image");
+      if (painted) form.append("mask", await maskPng(), "mask.png");
+      form.append("strength", $("edit-strength").value);
+    }
     form.append("prompt", prompt);
-    form.append("strength", $("edit-strength").value);
+    const lora = $("edit-lora").value;
+    if (lora) form.append("loras", JSON.stringify([{ name: lora, scale: Number($("edit-lora-scale").value) }]));
     form.append("seed", $("edit-seed").value || "0");
     form.append("format", "png");
     form.append("response_format", "b64_json");
@@ -155,9 +170,12 @@
 
   document.addEventListener("change", (event) => {
     if (event.target.id === "edit-file") choose(event.target.files?.[0]);
+    if (event.target.id === "edit-control") $("edit-strength").disabled = controlled();
   });
   document.addEventListener("input", (event) => {
     if (event.target.id === "edit-strength") $("edit-strength-value").textContent = event.target.value;
+    if (event.target.id === "edit-control-scale") $("edit-control-scale-value").textContent = event.target.value;
+    if (event.target.id === "edit-lora-scale") $("edit-lora-scale-value").textContent = event.target.value;
   });
   document.addEventListener("click", (event) => {
     if (event.target.closest?.("#edit-clear")) clearMask();

@@ -6,7 +6,9 @@
 (() => {
   const TEXT = __TEXT__;
   const LIMIT = __LIMIT__;
-  const lang = (navigator.language || "en").toLowerCase().startsWith("zh") ? "zh" : "en";
+  const ZIP_ROUTE = __ZIP_ROUTE__;
+  const OWN_WORDS = ["download_all", "tab_generate", "tab_edit", "tab_stats"];
+  const lang = window.zimageLang || "en"; // (static/lang.js)
   const say = (key, values) => TEXT[lang][key].replace(/\{(\w+)\}/g, (_, name) => values[name]);
   const $ = (selector) => document.querySelector(selector);
   let showCancel = null;
@@ -336,6 +338,14 @@
       const caption = thumb.querySelector(".caption-label")?.textContent.trim();
       if (caption) set(thumb, "aria-label", caption);
     }
+    // Words Gradio leaves in English: Download all (a toolbar button's label is no
+    // gr.I18n), and the tabs not shown when the locale was set back (static/lang.js).
+    if (lang !== "en") {
+      for (const button of document.querySelectorAll("#result button, .tab-container button")) {
+        const key = OWN_WORDS.find((k) => button.textContent.trim() === TEXT.en[k]);
+        if (key) button.textContent = say(key, {});
+      }
+    }
     const png = $("#png-info-file");
     if (png) set(png, "aria-label", say("png_file", {}));
     for (const empty of document.querySelectorAll(".empty[aria-label]")) {
@@ -356,5 +366,22 @@
 
   const ask = (key) => window.confirm(say(key, {}));
 
-  window.zimage = { count, started, finished, ask, tooLong, runs: 0, pngText: "" };
+  // Download all: the results' images as one zip (web/ui_zip.py), by their gallery
+  // paths (what the file route's URL of each thumbnail names), in the gallery's order.
+  const downloadAll = () => {
+    const paths = [];
+    for (const img of document.querySelectorAll("#result .thumbnail-small img, #result .thumbnail-item img")) {
+      const url = new URL(img.src, location.href);
+      const at = url.pathname.indexOf("/file=");
+      const path = at < 0 ? null : decodeURIComponent(url.pathname.slice(at + "/file=".length));
+      if (path && !paths.includes(path)) paths.push(path);
+    }
+    if (!paths.length) return;
+    const link = document.createElement("a");
+    link.href = `${ZIP_ROUTE}?${new URLSearchParams(paths.map((p) => ["f", p]))}`;
+    link.download = "";
+    link.click();
+  };
+
+  window.zimage = { count, started, finished, ask, tooLong, downloadAll, runs: 0, pngText: "" };
 })();

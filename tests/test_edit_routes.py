@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 
 import httpx
 import httpx2
@@ -114,6 +115,24 @@ def test_api_edit_bad_input_is_a_422_naming_the_field(
     resp = server.client.post("/api/edit", files=files or {"other": ("o.txt", b"x", "text/plain")}, data=data)
     assert resp.status_code == 422, resp.text
     assert [d["loc"][-1] for d in resp.json()["detail"]] == [where]
+
+
+def test_api_edit_takes_loras_each_scale_its_own_key_and_image(server: Server) -> None:
+    image = encoded(picture(15))
+
+    def with_lora(scale: float, name: str = "tiny-demo") -> httpx.Response:
+        return edit(server, image, loras=json.dumps([{"name": name, "scale": scale}]))
+
+    plain = ok(edit(server, image))["images"][0]
+    first = ok(with_lora(0.5))["images"][0]
+    again = ok(with_lora(0.5))["images"][0]
+    other = ok(with_lora(0.8))["images"][0]
+    assert (first["cache"], again["cache"], other["cache"]) == ("miss", "memory", "miss")
+    assert again["key"] == first["key"] and len({plain["key"], first["key"], other["key"]}) == 3
+    shown = [pixels(server.client.get(i["image_url"]).content) for i in (plain, first, other)]
+    assert not np.array_equal(shown[0], shown[1]) and not np.array_equal(shown[1], shown[2])
+    for resp in (with_lora(0.5, "nope"), with_lora(99), edit(server, image, loras="tiny-demo:0.5")):
+        assert resp.status_code == 422 and resp.json()["detail"][0]["loc"][1] == "loras", resp.text
 
 
 def test_uploads_take_20_mb_on_the_edit_routes_only(server: Server) -> None:

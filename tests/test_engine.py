@@ -32,14 +32,14 @@ def test_the_next_denoising_starts_while_the_last_image_is_encoded(
     second_denoising = threading.Event()
     encode = pipeline.encoding.encode_image
 
-    def slow_encode(image, req, identity):  # type: ignore[no-untyped-def]
+    def slow_encode(image, req, identity, loras=()):  # type: ignore[no-untyped-def]
         events.append(f"encode {req.prompt} starts on {threading.current_thread().name}")
         if req.prompt == "first":
             # Holds job 1's encoding until job 2 denoises; on the engine thread that
             # would never happen, and the wait runs out.
             second_denoising.wait(timeout=20)
         events.append(f"encode {req.prompt} ends")
-        return encode(image, req, identity)
+        return encode(image, req, identity, loras)
 
     def denoising(name: str):  # type: ignore[no-untyped-def]
         def progress(step: int, steps: int) -> None:
@@ -187,7 +187,7 @@ def test_encoding_only_the_real_tokens_equals_encoding_them_padded_to_512(
                 [padded] = encode(
                     prompt=text, device="cpu", do_classifier_free_guidance=False, max_sequence_length=512
                 )[0]
-            assert lengths[-1] == count_tokens(pipe, text) == len(real) < 512
+            assert lengths[-1] == count_tokens(pipe.tokenizer, text) == len(real) < 512
             # Equal up to the rounding of products of another shape (about one unit in the
             # last place: 4e-9 in float32; bfloat16 loaded as such measured bit-equal).
             tolerance = {"bfloat16": 1e-2, "float32": 1e-6}[dtype]

@@ -16,7 +16,7 @@ from cache import LayeredCache, MemoryTier
 from pipeline.batching import batch_key
 from pipeline.engine import Engine
 from pipeline.errors import RequestInvalid
-from pipeline.lora import LoraSpec, parse_lora_arg, split_prompt_loras
+from pipeline.lora import LoraSpec, a1111_short_hash, parse_lora_arg, split_prompt_loras
 from pipeline.request import GenerationRequest
 from pipeline.service import GenerationService
 from pipeline.tiny_model import DEMO_LORA_NAME, ensure_demo_lora
@@ -142,6 +142,23 @@ def test_batching_groups_only_requests_with_the_same_lora_set(service: Generatio
     renamed = service.engine.loras.resolve([LoraSpec(name="renamed", scale=0.8)], True)
     assert batch_key(base) != batch_key(base, demo) != batch_key(base, other)
     assert batch_key(base, demo) == batch_key(base, renamed)
+
+
+def test_a1111s_short_hash_is_of_the_tensors_not_the_header(tmp_path: Path) -> None:
+    """A1111 (and Civitai) name a LoRA by sd-scripts' hash: metadata edits keep it."""
+    import hashlib
+
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {"a.lora_A.weight": torch.arange(12, dtype=torch.float32).reshape(3, 4)}
+    one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
+    save_file(tensors, str(one), metadata={"ss_output_name": "one"})
+    save_file(tensors, str(two), metadata={"ss_output_name": "another name"})
+    assert hashlib.sha256(one.read_bytes()).digest() != hashlib.sha256(two.read_bytes()).digest()
+    assert a1111_short_hash(one) == a1111_short_hash(two)
+    header = int.from_bytes(one.read_bytes()[:8], "little")
+    assert a1111_short_hash(one) == hashlib.sha256(one.read_bytes()[8 + header :]).hexdigest()[:12]
 
 
 def test_the_request_forms_of_a_lora() -> None:

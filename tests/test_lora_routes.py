@@ -6,14 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import openai
 import pytest
 import webuiapi
+from PIL import Image
+from sd_parsers import ParserManager
+from sd_parsers.data import Generators
 
+from pipeline.lora import a1111_short_hash
+from pipeline.png_info import parse_parameters
 from pipeline.tiny_model import DEMO_LORA_NAME, ensure_demo_lora
 from tests.conftest import Server
 from tests.test_mcp import mcp_session
@@ -89,8 +96,27 @@ def test_a1111_prompt_tags_name_loras_as_a1111_reads_them(lora_server: Server) -
     info = json.loads(json.dumps(result.info))
     assert info["keys"] == [with_tag["images"][0]["key"]] != [plain["images"][0]["key"]]
     assert info["cache"] == ["memory"] and info["prompt"] == "an a1111 tag"
+    assert info["infotexts"][0].startswith("an a1111 tag <lora:style:0.7>\n")  # as A1111 writes it
     with pytest.raises(RuntimeError, match="nope"):  # webuiapi raises on a non-200 answer
         api.txt2img(prompt="x <lora:nope:1>", width=64, height=64, steps=2)
+
+
+def test_the_image_names_its_loras_as_a1111_writes_them(lora_server: Server, tmp_path: Path) -> None:
+    data = lora_server.client.post("/generate", json=ASK | {"loras": [DEMO]}).content
+    text = Image.open(io.BytesIO(data)).info["parameters"]
+    short = a1111_short_hash(ensure_demo_lora(tmp_path))
+    prompt_line, fields = text.split("\n")
+    assert prompt_line == "a lora lantern <lora:tiny-demo:0.8>"
+    assert fields.endswith(f'Lora hashes: "tiny-demo: {short}"')
+    # sd-parsers (a real reader) still finds the A1111 fields, the tag in the prompt.
+    parsed = ParserManager().parse(io.BytesIO(data))
+    assert parsed is not None and parsed.generator == Generators.AUTOMATIC1111
+    (sampler,) = parsed.samplers
+    assert sampler.name == "Euler" and sampler.parameters["seed"] == "5"
+    assert [p.value for p in sampler.prompts] == [prompt_line]
+    # Read back (PNG Info): the prompt without its tag, and the LoRA.
+    read = parse_parameters(text)
+    assert (read["prompt"], read["loras"]) == ("a lora lantern", [DEMO])
 
 
 def test_the_openai_sdk_takes_loras_in_extra_body(lora_server: Server) -> None:

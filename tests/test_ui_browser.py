@@ -180,6 +180,7 @@ VISIBLE_TEXT = """() => {
 # format), keys (Ctrl, Shift, Enter), units and statistics' names.
 ALLOWED = {"Z", "Image", "Turbo", "CUDA", "GPU", "API", "Gradio", "Redis", "A1111"}
 ALLOWED |= {"Ctrl", "Shift", "Enter", "MiB", "p50", "p95", "PNG"}  # (PNG Info: a format's name)
+ALLOWED |= {"LoRA"}  # (the LoRA picker: a kind of file, named so in Chinese too)
 
 
 def english_words(text: str, prompts: list[str]) -> set[str]:

@@ -39,6 +39,9 @@ def test_the_image_tab_inpaints_a_painted_mask_a_miss_then_a_hit(server: Server)
         )
         mask = page.locator("#edit-mask")
         expect(mask).to_be_visible()
+        # No --controlnet here: the ControlNet part is disabled and says which flag enables it.
+        expect(page.get_by_label("Use the image as a control image")).to_be_disabled()
+        expect(page.locator("#edit-control-note")).to_contain_text("start it with --controlnet")
         box = mask.bounding_box()
         assert box is not None
         page.mouse.move(box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.5)
@@ -72,6 +75,8 @@ def test_the_image_tab_inpaints_a_painted_mask_a_miss_then_a_hit(server: Server)
         )
         expect(page.locator("#edit-mask")).to_be_visible()
         expect(page.get_by_role("button", name="清除蒙版")).to_be_visible()
+        expect(page.get_by_label("将图像用作控制图")).to_be_disabled()
+        expect(page.locator("#edit-control-note")).to_contain_text("--controlnet tiny")
         assert serious(page) == []
         page.context.close()
 

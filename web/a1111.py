@@ -1,7 +1,8 @@
 """The part of AUTOMATIC1111's web UI API that image clients use: `POST
 /sdapi/v1/txt2img`, and the look-ups they make when connecting (options,
 sd-models, samplers, schedulers, loras). Tags `<lora:name:0.8>` in the prompt
-name LoRAs, as in A1111.
+name LoRAs, as in A1111; the ControlNet extension's `alwayson_scripts` unit asks
+for a control image (web/a1111_controlnet.py).
 
 Tools with an "A1111 backend" setting (Open WebUI, SillyTavern, ...) work with
 `<server>` as the A1111 URL. Generation goes through
@@ -22,8 +23,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline import limits
+from pipeline.controlnet import EditInput
 from pipeline.errors import RequestInvalid
-from pipeline.image_input import ImageInput
 from pipeline.image_metadata import (
     SAMPLER,
     SCHEDULE_TYPE,
@@ -36,6 +37,7 @@ from pipeline.loading import ModelIdentity
 from pipeline.lora import split_prompt_loras
 from pipeline.request import GenerationRequest, seed_field, snap_size, steps_field
 from pipeline.service import GenerationService
+from web.a1111_controlnet import refuse_on_img2img, txt2img_control
 from web.a1111_img2img import Img2ImgFields, img2img_input
 from web.auth import Namespace, NamespacedRoute
 from web.schemas import error_responses
@@ -125,18 +127,22 @@ def create_a1111_router(service: GenerationService) -> APIRouter:
         "/txt2img", response_model=Txt2ImgResponse, responses=error_responses(401, 403, 413, 422, 500, 503)
     )
     async def txt2img(body: Txt2ImgRequest, namespace: Namespace) -> Txt2ImgResponse:
-        """A1111's text-to-image: `batch_size` x `n_iter` PNG images of one prompt."""
-        return await serve(body, namespace)
+        """A1111's text-to-image: `batch_size` x `n_iter` PNG images of one prompt (guided
+        by a control image with a ControlNet unit in `alwayson_scripts`)."""
+        control = await txt2img_control(body.model_extra, await service.controlnet_fingerprint())
+        return await serve(body, namespace, control)
 
     @router.post(
         "/img2img", response_model=Txt2ImgResponse, responses=error_responses(401, 403, 413, 422, 500, 503)
     )
     async def img2img(body: Img2ImgRequest, namespace: Namespace) -> Txt2ImgResponse:
         """A1111's image-to-image: txt2img from `init_images[0]`, inpainting with a `mask`."""
+        refuse_on_img2img(body.model_extra)
         return await serve(body, namespace, await img2img_input(body))
 
-    async def serve(body: Txt2ImgRequest, namespace: str, image: ImageInput | None = None) -> Txt2ImgResponse:
-        """txt2img, and with `image` img2img (web/a1111_img2img.py): the generation and A1111's answer."""
+    async def serve(body: Txt2ImgRequest, namespace: str, image: EditInput | None = None) -> Txt2ImgResponse:
+        """txt2img, and with `image` img2img (web/a1111_img2img.py) or ControlNet
+        (web/a1111_controlnet.py): the generation and A1111's answer."""
         identity = await service.model_identity()
         if not math.isfinite(body.cfg_scale) or body.cfg_scale > MAX_CFG_SCALE:
             raise RequestInvalid(
@@ -171,7 +177,7 @@ def create_a1111_router(service: GenerationService) -> APIRouter:
         served = {**body.model_dump(exclude=set(body.model_extra or ())), "width": width, "height": height}
         served["seed"] = results[0].seed
         served |= {"batch_size": body.batch_size, "sampler_name": SAMPLER, "scheduler": SCHEDULE_TYPE}
-        infotexts = [a1111_parameters(r.request, identity) for r in results]
+        infotexts = [a1111_parameters(r.request, identity, r.loras) for r in results]
         info = {
             "prompt": results[0].request.prompt,
             "all_prompts": [r.request.prompt for r in results],

@@ -35,8 +35,8 @@ async def img2img_input(body: Img2ImgFields) -> ImageInput:
     """The edit `body` asks for, decoded off the event loop; RequestInvalid naming the field."""
     if not body.init_images:
         raise RequestInvalid("init_images", "init_images is empty; send one base64 image")
-    image = _base64("init_images[0]", body.init_images[0])
-    mask = _base64("mask", body.mask) if body.mask else None
+    image = base64_field("init_images[0]", body.init_images[0])
+    mask = base64_field("mask", body.mask) if body.mask else None
     return await asyncio.to_thread(
         edit_input,
         image,
@@ -48,7 +48,7 @@ async def img2img_input(body: Img2ImgFields) -> ImageInput:
     )
 
 
-def _base64(field: str, text: str) -> bytes:
+def base64_field(field: str, text: str) -> bytes:
     if text.startswith("data:"):
         text = text.partition(",")[2]
     try:

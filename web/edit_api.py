@@ -2,7 +2,9 @@
 ControlNet with a control image).
 
 Multipart in (the image and an optional mask as files, the other fields as text),
-JSON out in /api/generate's shape, each image stored and served under
+LoRAs as `loras`, a JSON text field in /api/generate's shape (the edit pipelines
+share the transformer, so a LoRA applies to an edit as to a generation; in the key
+by content and scale). JSON out in /api/generate's shape, each image stored and served under
 `/images/<key>.<ext>` like any other. The uploads are read in memory and decoded
 safely (web/uploads.py, pipeline/image_input.py); only their pixels' hash enters
 the key. Namespaces and API keys apply as on every route.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -52,6 +55,7 @@ FORM_FIELDS = REQUEST_FIELDS | {
     "control_kind",
     "control_scale",
     "response_format",
+    "loras",
 }
 RESPONSE_FORMATS = ("url", "b64_json")
 
@@ -104,6 +108,11 @@ EDIT_FORM = {
                             "description": f"0..{MAX_CONTROL_SCALE:g}, default {DEFAULT_CONTROL_SCALE}.",
                         },
                         "prompt": {"type": "string"},
+                        "loras": {
+                            "type": "string",
+                            "description": 'JSON, as /api/generate\'s `loras`: `[{"name": "tiny-demo", '
+                            '"scale": 0.8}]`; `/api/info` lists the names.',
+                        },
                         "negative_prompt": {"type": "string"},
                         "strength": {
                             "type": "number",
@@ -168,6 +177,8 @@ def create_edit_router(service: GenerationService) -> APIRouter:
         width, height = size_for(image.image, identity.min_size, identity.max_size)
         values: dict[str, Any] = {"width": width, "height": height}
         values |= {name: fields[name] for name in REQUEST_FIELDS & fields.keys()}
+        if "loras" in fields:
+            values["loras"] = _json("loras", fields["loras"])
         try:
             request = GenerationRequest(**values)
         except ValidationError as exc:
@@ -213,6 +224,15 @@ def create_edit_router(service: GenerationService) -> APIRouter:
         }
 
     return router
+
+
+def _json(field: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise RequestInvalid(
+            field, f'{field} must be JSON, e.g. [{{"name": "tiny-demo", "scale": 0.8}}]'
+        ) from None
 
 
 def _number(field: str, text: str) -> float:

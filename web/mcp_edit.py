@@ -1,5 +1,6 @@
 """The MCP tool `edit_image`: img2img or inpainting, the image given as base64 or as
-the URL of an image already in this server's cache.
+the URL of an image already in this server's cache; or, with `--controlnet`, a
+`control_image` (in the same forms) with its `control_kind` and `control_scale`.
 
 A URL is never fetched: only `/images/<key>.<ext>` (absolute or not) is accepted,
 and looked up in the caller's own namespace, so a tool call can neither reach
@@ -24,8 +25,15 @@ from pydantic import Field, ValidationError
 
 from cache import Hit
 from pipeline import limits
+from pipeline.controlnet import (
+    CONTROL_KINDS,
+    DEFAULT_CONTROL_SCALE,
+    MAX_CONTROL_SCALE,
+    EditInput,
+    control_input,
+)
 from pipeline.errors import RequestInvalid
-from pipeline.image_input import edit_input, size_for
+from pipeline.image_input import decode_image, edit_input, size_for
 from pipeline.request import GenerationRequest
 from pipeline.results import GenerationResult
 from pipeline.service import GenerationService
@@ -50,8 +58,8 @@ def add_edit_tool(
     @mcp.tool(name="edit_image", title="Edit an image")
     async def edit_image(
         prompt: Annotated[str, Field(description="What the edited image shows.")],
-        image: Annotated[str, Field(description=IMAGE_HELP)],
         ctx: Context,
+        image: Annotated[str, Field(description=IMAGE_HELP + " Not with control_image.")] = "",
         mask: Annotated[
             str, Field(description="Optional mask, in the same forms: white is repainted (inpainting).")
         ] = "",
@@ -69,17 +77,49 @@ def add_edit_tool(
         guidance_scale: Annotated[
             float, Field(description="0 (off) suits this model best.")
         ] = limits.DEFAULT_GUIDANCE,
+        control_image: Annotated[
+            str,
+            Field(
+                description="ControlNet, instead of image (servers started with --controlnet): an edge, "
+                "depth or pose map the new image follows, in the same forms as image."
+            ),
+        ] = "",
+        control_kind: Annotated[
+            str, Field(description=f"What control_image is: {', '.join(CONTROL_KINDS)}.")
+        ] = "",
+        control_scale: Annotated[
+            float | None,
+            Field(
+                description=f"How closely control_image is followed, 0..{MAX_CONTROL_SCALE:g} "
+                f"(default {DEFAULT_CONTROL_SCALE})."
+            ),
+        ] = None,
     ) -> CallToolResult:
-        """Edit an image with Z-Image-Turbo: img2img, or inpainting with a mask. The output has
-        the image's size (snapped to a multiple of 16). Returns its URL and a small preview."""
+        """Edit an image with Z-Image-Turbo: img2img, or inpainting with a mask; or make one that
+        follows a control image (ControlNet). The output has the image's size (snapped to a
+        multiple of 16). Returns its URL and a small preview."""
         request = ctx.request_context.request
         namespace = namespace_of(request)
         try:
-            image_data = await _image_bytes(service, namespace, "image", image)
-            mask_data = await _image_bytes(service, namespace, "mask", mask) if mask else None
-            edit = await asyncio.to_thread(
-                edit_input, image_data, "image", mask_data=mask_data, strength=strength
-            )
+            edit: EditInput
+            if control_image:
+                if image or mask:
+                    raise RequestInvalid("control_image", "send either an image to edit or a control_image")
+                data = await _image_bytes(service, namespace, "control_image", control_image)
+                edit = control_input(
+                    await asyncio.to_thread(decode_image, data, "control_image"),
+                    control_kind,
+                    control_scale,
+                    await service.controlnet_fingerprint(),
+                )
+            elif not image:
+                raise RequestInvalid("image", "image is missing: send an image to edit (or a control_image)")
+            else:
+                image_data = await _image_bytes(service, namespace, "image", image)
+                mask_data = await _image_bytes(service, namespace, "mask", mask) if mask else None
+                edit = await asyncio.to_thread(
+                    edit_input, image_data, "image", mask_data=mask_data, strength=strength
+                )
             identity = await service.model_identity()
             width, height = size_for(edit.image, identity.min_size, identity.max_size)
             generation = GenerationRequest(

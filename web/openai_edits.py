@@ -7,6 +7,9 @@ Without a mask, the image's fully transparent pixels are the mask, as OpenAI rea
 it; an opaque image is edited whole (img2img). Our extensions ride in the same form
 (the SDK's `extra_body`): `strength`, `seed`, `steps`, `guidance_scale`,
 `negative_prompt`. Errors answer in OpenAI's shape, 400 naming the parameter.
+OpenAI's shape has no ControlNet: a `control_image`, `control_kind` or
+`control_scale` is refused (400 naming it, and the routes that take one) rather
+than ignored into an img2img the caller did not ask for.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ TEXT_FIELDS = {
     "negative_prompt",
 }
 OURS = {"prompt", "negative_prompt", "seed", "steps", "guidance_scale"}
+# /api/edit's ControlNet fields, which this route does not take.
+CONTROL_FIELDS = ("control_image", "control_kind", "control_scale")
 
 BINARY = {"type": "string", "format": "binary"}
 EDITS_FORM = {
@@ -93,6 +98,13 @@ def create_openai_edits_router(service: GenerationService) -> APIRouter:
         """OpenAI's image edit: `n` edits of the uploaded image, as base64 or URLs."""
         form = await read_form(request)
         fields = text_fields(form, TEXT_FIELDS)
+        for control in CONTROL_FIELDS:
+            if control in form:
+                raise RequestInvalid(
+                    control,
+                    f"{control}: OpenAI's image edits have no ControlNet; send it to /api/edit, to "
+                    "/sdapi/v1/txt2img as a ControlNet unit, or to MCP's edit_image",
+                )
         name = "image" if "image" in form else "image[]"
         image_data = await file_field(form, name, required=True)
         mask_data = await file_field(form, "mask", required=False)

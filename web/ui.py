@@ -19,6 +19,7 @@ import gradio as gr
 from pipeline.engine import Engine, EngineState
 from pipeline.limits import MAX_PROMPT_CHARS, RANDOM_SEED
 from pipeline.service import GenerationService
+from pipeline.tiny_model import DEMO_LORA_NAME
 from web.ui_api import generate_api, plain_api_labels
 from web.ui_edit import edit_head, edit_panel
 from web.ui_form import (
@@ -35,24 +36,30 @@ from web.ui_history import persistable, revalidate
 from web.ui_history_panel import identity, listing, matching, without
 from web.ui_images import UiImages, namespace_of
 from web.ui_layout import CreateTab, create_tab, page_states
+from web.ui_lora import lora_choices
 from web.ui_png_info import png_reader
 from web.ui_run import QUEUE_WATCH_S, UiRun
 from web.ui_similar import SimilarPanel
 from web.ui_stats import StatsTab
 from web.ui_text import I18N, SCRIPT_TEXT, language_of, say
+from web.ui_zip import ZIP_ROUTE
 
 # Gradio's own temp files (none of ours: see web/ui_images.py) are kept this long.
 UI_FILE_TTL_S = 3600
 MODEL_STATE_POLL_S = 2.0
 SCRIPT = Path(__file__).resolve().parent.parent / "static" / "ui.js"
+LANG_SCRIPT = SCRIPT.with_name("lang.js")  # the page's language: first, the others read it
 
 
 def page_head() -> str:
-    """The page's own script (static/ui.js), with its texts, for `mount_gradio_app(head=...)`."""
+    """The page's own scripts (static/lang.js, then static/ui.js with its texts), for
+    `mount_gradio_app(head=...)`."""
     script = SCRIPT.read_text(encoding="utf-8")
     script = script.replace("__TEXT__", json.dumps(SCRIPT_TEXT, ensure_ascii=False))
     script = script.replace("__LIMIT__", str(MAX_PROMPT_CHARS))
-    return f"<script>\n{script}</script>\n{edit_head()}"
+    script = script.replace("__ZIP_ROUTE__", json.dumps(ZIP_ROUTE))
+    language = LANG_SCRIPT.read_text(encoding="utf-8")
+    return f"<script>\n{language}</script>\n<script>\n{script}</script>\n{edit_head()}"
 
 
 def create_ui(service: GenerationService, engine: Engine, images: UiImages, *, demo_model: bool) -> gr.Blocks:
@@ -64,7 +71,7 @@ def create_ui(service: GenerationService, engine: Engine, images: UiImages, *, d
         with gr.Tab(I18N("tab_generate"), id="generate"):
             tab = create_tab(service.normalization, states)
         with gr.Tab(I18N("tab_edit"), id="edit"):
-            edit_panel()
+            edit_panel(controlnet=engine.controlnet is not None, loras=_lora_names(engine, demo_model))
         with gr.Tab(I18N("tab_stats"), id="stats"):
             stats = StatsTab(service)
         # Gradio copies a file it is handed into the component's cache dir, and keeps
@@ -78,12 +85,18 @@ def create_ui(service: GenerationService, engine: Engine, images: UiImages, *, d
         _bind_generate(
             tab, runs, SimilarPanel(service, images, runs, tab), generate_api(service, engine, images)
         )
-        _bind_form(tab, engine, images)
+        _bind_form(tab, engine, images, service)
         _bind_history(tab, images)
         _bind_load(ui, tab, service, engine, images, loading)
         stats.refresh_on(ui)
     plain_api_labels(ui)
     return ui
+
+
+def _lora_names(engine: Engine, demo_model: bool) -> list[str]:
+    """The LoRAs of `--lora-dir` now, and the demo model's demo LoRA (built when first used)."""
+    names = set(engine.loras.files(demo=False))
+    return sorted(names | {DEMO_LORA_NAME} if demo_model else names)
 
 
 def _bind_generate(tab: CreateTab, runs: UiRun, similar: SimilarPanel, api: Any) -> None:
@@ -105,14 +118,14 @@ def _bind_generate(tab: CreateTab, runs: UiRun, similar: SimilarPanel, api: Any)
             show_progress="hidden",
         ).then(
             similar.look,
-            set(tab.form.values()),
+            set(tab.form.values()) | set(tab.loras.components),
             similar.outputs,
             api_name=False,
             queue=False,
             show_progress="hidden",
         ).then(
             runs.page,
-            set(tab.form.values()) | {tab.tz},
+            set(tab.form.values()) | {tab.tz} | set(tab.loras.components),
             runs.outputs,
             api_name=False,
             concurrency_limit=None,
@@ -144,7 +157,7 @@ def _bind_generate(tab: CreateTab, runs: UiRun, similar: SimilarPanel, api: Any)
     )
 
 
-def _bind_form(tab: CreateTab, engine: Engine, images: UiImages) -> None:
+def _bind_form(tab: CreateTab, engine: Engine, images: UiImages, service: GenerationService) -> None:
     """Presets and sizes, the seed buttons, and an image's settings back into the form."""
     notes = tab.notes
     tab.preset.change(
@@ -182,7 +195,7 @@ def _bind_form(tab: CreateTab, engine: Engine, images: UiImages) -> None:
     tab.use_settings.click(use, [tab.shown, tab.selected], tab.settings, **_QUIET)
     # PNG Info: the page reads the file and hands over its parameters text (static/ui.js).
     tab.png_read.click(
-        png_reader(tab),
+        png_reader(tab, service),
         tab.parameters,
         [*tab.settings, tab.notice, tab.parameters],
         js="() => [window.zimage.pngText || '']",
@@ -311,6 +324,9 @@ def _bind_load(
             gr.Dropdown(choices=preset_choices(lang)),
             gr.Dropdown(choices=normalization_choices(lang)),
         )
+
+    ui.load(lora_choices(service, tab.loras), None, [tab.loras.box, *tab.loras.names], **_QUIET)
+    tab.download_all.click(None, None, None, js="() => window.zimage.downloadAll()", **_QUIET)
 
     ui.load(
         restore,

@@ -23,6 +23,7 @@ from pipeline.engine import Engine
 from pipeline.errors import RequestInvalid, validation_message
 from pipeline.request import check_text, snap_size
 from web.errors import failure_of
+from web.ui_lora import picker_values
 from web.ui_text import language_of, say
 
 # The fields that have a note beside them in the UI.
@@ -176,6 +177,7 @@ def form_values(p: dict[str, Any]) -> tuple[Any, ...]:
         p["steps"],
         p["guidance_scale"],
         p["prompt_normalization"],
+        *picker_values(p.get("loras")),
     )
 
 

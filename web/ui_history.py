@@ -25,6 +25,7 @@ from pipeline.results import BYPASS_TIER, GENERATED, GenerationResult
 from pipeline.service import GenerationService
 from web.schemas import Tier
 from web.ui_images import ImagePath, UiImages, for_gallery
+from web.ui_lora import clean_loras
 from web.ui_text import say
 
 HISTORY_LIMIT = UI_HISTORY_LIMIT
@@ -63,6 +64,7 @@ def entries_for(
             "steps": r.request.steps,
             "guidance_scale": r.request.guidance_scale,
             "prompt_normalization": normalization,
+            "loras": [{"name": lora.name, "scale": lora.scale} for lora in r.loras],
         }
         entry = {
             "ns": namespace,
@@ -72,7 +74,7 @@ def entries_for(
             "duration": round(r.duration, 6),
             "at": round(time.time()),
             "params": params,
-            "parameters": a1111_parameters(r.request, identity) if identity else "",
+            "parameters": a1111_parameters(r.request, identity, r.loras) if identity else "",
         }
         if r.cache == BYPASS_TIER:
             entry["path"] = images.unstored_path(namespace, r)
@@ -165,6 +167,9 @@ def _well_formed(raw: Any) -> Entry | None:
         ):
             return None
         clean[name] = value
+    if (loras := clean_loras(params.get("loras"))) is None:
+        return None
+    clean["loras"] = loras
     duration = raw.get("duration")
     if not isinstance(duration, int | float) or isinstance(duration, bool) or not math.isfinite(duration):
         return None

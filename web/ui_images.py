@@ -38,6 +38,7 @@ from cache import DEFAULT_NAMESPACE, Entry, Hit, is_namespace
 from pipeline.limits import IMAGE_FORMATS
 from pipeline.results import GenerationResult
 from pipeline.service import GenerationService
+from web.ui_zip import ZIP_ROUTE, zip_response
 
 # Gradio's file routes (gradio/routes.py: `/file={path_or_url:path}` and the older
 # `/file/{path:path}`, under API_PREFIX).
@@ -197,6 +198,10 @@ class UiImageRoute:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         path = scope["path"] if scope["type"] == "http" else ""
+        if path == ZIP_ROUTE and scope["method"] in ("GET", "HEAD"):  # Download all (web/ui_zip.py)
+            request = Request(scope, receive)
+            await (await zip_response(self.images, self.namespace_of(request), request))(scope, receive, send)
+            return
         prefix = next((p for p in FILE_ROUTES if path.startswith(p)), None)
         if prefix is None or not self.images.owns(path[len(prefix) :]):
             await self.app(scope, receive, send)

@@ -13,6 +13,7 @@ import gradio as gr
 
 from pipeline import limits
 from web.ui_form import PRESET_SIZES, normalization_choices, preset_choices
+from web.ui_lora import LoraPicker, lora_picker
 from web.ui_text import EXAMPLES, I18N
 
 # Browser storage of the history. The key is fixed so that the history survives a
@@ -43,6 +44,7 @@ class CreateTab:
     dice: gr.Button
     reuse: gr.Button
     use_settings: gr.Button
+    download_all: gr.Button
     queue_note: gr.Markdown
     notice: gr.Markdown
     gallery: gr.Gallery
@@ -67,6 +69,7 @@ class CreateTab:
     similar_box: gr.Column  # "Already made for similar prompts" (web/ui_similar.py), shown on a miss
     similar_gallery: gr.Gallery
     similar_found: gr.State  # what the panel shows: key, prompt, score of each
+    loras: LoraPicker  # the LoRAs the generation applies (web/ui_lora.py)
 
     @property
     def form(self) -> dict[str, Any]:
@@ -103,6 +106,7 @@ class CreateTab:
             self.steps,
             self.guidance_scale,
             self.normalization,
+            *self.loras.components,
         ]
 
 
@@ -214,6 +218,7 @@ def create_tab(normalization: str, states: dict[str, Any]) -> CreateTab:
                     info=t("normalization_note"),
                     elem_id="normalization",
                 )
+            loras = lora_picker()
             # PNG Info: a PNG's parameters read into the form. The page reads the file
             # itself (static/ui.js) and sends only its parameters text: no upload.
             with gr.Accordion(t("png_info"), open=False, elem_id="png-info"):
@@ -228,13 +233,18 @@ def create_tab(normalization: str, states: dict[str, Any]) -> CreateTab:
             # "undocumented", leaves it callable under /load_example).
             gr.Examples(EXAMPLES, inputs=prompt, label=t("examples"), api_visibility="private")
         with gr.Column(scale=6, min_width=320):
+            # Download all, in the toolbar of the image shown too (Gradio's own
+            # "download_all" shows only in the grid, which the viewer hides): one zip of
+            # the results under their download names (static/ui.js, web/ui_zip.py).
+            # (Its words are put in by static/ui.js: a toolbar button's label is no I18N's.)
+            download_all = gr.Button("Download all", elem_id="download-all")
             gallery = gr.Gallery(
                 label=t("results"),
                 columns=2,
                 object_fit="contain",
                 height="min(52vh, 680px)",
                 interactive=False,
-                buttons=["download", "fullscreen"],
+                buttons=["download", download_all, "fullscreen"],
                 elem_id="result",
             )
             status = gr.Markdown(elem_id="status")
@@ -312,6 +322,7 @@ def create_tab(normalization: str, states: dict[str, Any]) -> CreateTab:
         dice=dice,
         reuse=reuse,
         use_settings=use_settings,
+        download_all=download_all,
         queue_note=queue_note,
         notice=notice,
         gallery=gallery,
@@ -328,6 +339,7 @@ def create_tab(normalization: str, states: dict[str, Any]) -> CreateTab:
         history_clear=history_clear,
         similar_box=similar_box,
         similar_gallery=similar_gallery,
+        loras=loras,
         **states,
     )
 

@@ -165,7 +165,9 @@ class UiRun:
         key = request.session_hash or ""
         waiting = self._waiting[key] = _Waiting()
         try:
-            request_ = GenerationRequest(**{n: check.values[n] for n in form if n != "batch_size"})
+            request_ = GenerationRequest(
+                **{n: check.values[n] for n in form if n != "batch_size"}, loras=t.loras.specs(inputs)
+            )
             waiting.task = asyncio.ensure_future(
                 self._generate(
                     request_,
@@ -207,7 +209,11 @@ class UiRun:
         if waiting.chosen:  # a suggestion was taken meanwhile: it stays in the viewer
             return out
         entries = entries_for(
-            self.images, namespace_of(request), results, values["prompt_normalization"], self.engine.identity
+            self.images,
+            namespace_of(request),
+            results,
+            values["prompt_normalization"],
+            self.engine.identity,
         )
         return out | shown_result(
             self.images, t, lang, inputs[t.tz], entries, merge(entries, values["history"])

@@ -73,7 +73,8 @@ class SimilarPanel:
         hidden = (gr.Column(visible=False), [], [])
         t, lang = self.tab, language_of(request)
         values = {name: inputs[component] for name, component in t.form.items()}
-        if values["no_cache"] or self.service.suggestions is None:
+        # With LoRAs, no near-repeat is what this form makes (the service looks for none).
+        if values["no_cache"] or t.loras.specs(inputs) or self.service.suggestions is None:
             return hidden
         low, high = size_limits(self.runs.engine)
         check = check_form(lang, {name: values[name] for name in NOTED}, low, high, MAX_UI_BATCH)

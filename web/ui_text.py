@@ -10,11 +10,13 @@ languages (tests/test_ui_text.py checks it).
 from __future__ import annotations
 
 import re
+from http.cookies import CookieError, SimpleCookie
 from typing import Any
+from urllib.parse import unquote
 
 import gradio as gr
 
-from pipeline.limits import UI_HISTORY_LIMIT
+from pipeline.limits import MAX_LORAS, UI_HISTORY_LIMIT
 
 EN = {
     "tab_generate": "Create",
@@ -49,6 +51,9 @@ EN = {
     "The file stays in your browser.",
     "similar_info": "Click one to use it instead of waiting.",
     "use_settings": "Use these settings",
+    "loras": "LoRA",
+    **{f"lora_{i}": f"LoRA {i}" for i in range(1, MAX_LORAS + 1)},
+    **{f"lora_scale_{i}": f"LoRA {i} scale" for i in range(1, MAX_LORAS + 1)},
     "parameters": "Parameters (A1111 format)",
     "history": f"**History**: the last {UI_HISTORY_LIMIT} images, kept in this browser; click one to see it "
     "and restore its settings.",
@@ -98,6 +103,9 @@ ZH = {
     "png_info_note": "选择或拖入一张 PNG（本服务或 A1111 生成的），将其参数读入表单。文件不会离开你的浏览器。",
     "similar_info": "点击其中一张即可直接使用，无需等待。",
     "use_settings": "使用此图参数",
+    "loras": "LoRA",
+    **{f"lora_{i}": f"LoRA {i}" for i in range(1, MAX_LORAS + 1)},
+    **{f"lora_scale_{i}": f"LoRA {i} 强度" for i in range(1, MAX_LORAS + 1)},
     "parameters": "生成参数（A1111 格式）",
     "history": f"**历史记录**：本浏览器中保存的最近 {UI_HISTORY_LIMIT} 张图像；点击查看并恢复其参数。",
     "history_search": "搜索历史记录",
@@ -128,6 +136,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "similar_gone": "That image is no longer stored.",
         "png_read": "Settings read from the image.",
         "png_none": "This file holds no generation parameters.",
+        "lora_none": "None",
+        "png_lora_missing": "LoRAs this server does not have were left out: {names}.",
         "hit": "{tier} hit · {took}",
         "generated": "{tier} · generated in {took}",
         "seed": "seed {seed}",
@@ -196,6 +206,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "similar_gone": "该图像已不在缓存中。",
         "png_read": "已从图像中读取参数。",
         "png_none": "此文件不含生成参数。",
+        "lora_none": "无",
+        "png_lora_missing": "本服务器没有以下 LoRA，已略去：{names}。",
         "hit": "{tier}命中 · {took}",
         "generated": "{tier} · 生成用时 {took}",
         "seed": "种子 {seed}",
@@ -262,6 +274,8 @@ SCRIPT_TEXT = {
         "too_long": "Too long: at most {limit} characters.",
         "range": "Goes from {min} to {max}: set to {value}.",
         "png_file": "A PNG to read its settings from",
+        "download_all": "Download all",
+        **{k: EN[k] for k in ("tab_generate", "tab_edit", "tab_stats")},
     },
     "zh": {
         "clear_history": "从本浏览器中删除历史记录中的所有图像？",
@@ -270,6 +284,8 @@ SCRIPT_TEXT = {
         "too_long": "太长：最多 {limit} 个字符。",
         "range": "取值范围 {min} 到 {max}：已设为 {value}。",
         "png_file": "要读取参数的 PNG 图像",
+        "download_all": "全部下载",
+        **{k: ZH[k] for k in ("tab_generate", "tab_edit", "tab_stats")},
     },
 }
 
@@ -291,6 +307,17 @@ EDIT_TEXT = {
         "working": "Working…",
         "done": "{kind} · {cache} · seed {seed} · {seconds} s",
         "failed": "Not done: {reason}",
+        "control": "ControlNet",
+        "control_use": "Use the image as a control image",
+        "control_note": "The new image follows the chosen image as an edge, depth or pose map "
+        "(no mask or strength then).",
+        "control_off": "This server has no ControlNet: start it with --controlnet "
+        "(--controlnet tiny with the demo model).",
+        "control_kind": "Control kind",
+        "control_scale": "Control scale (how closely it is followed)",
+        "lora": "LoRA",
+        "lora_none": "None",
+        "lora_scale": "LoRA scale",
     },
     "zh": {
         "file": "图像（PNG、JPEG 或 WebP）",
@@ -308,9 +335,19 @@ EDIT_TEXT = {
         "working": "处理中……",
         "done": "{kind} · {cache} · 种子 {seed} · {seconds} 秒",
         "failed": "未完成：{reason}",
+        "control": "ControlNet",
+        "control_use": "将图像用作控制图",
+        "control_note": "新图像按所选图像（边缘图、深度图或姿态图）生成（此时不用蒙版和重绘强度）。",
+        "control_off": "本服务器未启用 ControlNet：请用 --controlnet 启动（演示模型用 --controlnet tiny）。",
+        "control_kind": "控制类型",
+        "control_scale": "控制强度（遵循的程度）",
+        "lora": "LoRA",
+        "lora_none": "不使用",
+        "lora_scale": "LoRA 强度",
     },
 }
 
+LANG_COOKIE = "zimage_lang"  # the locale chosen in the page (static/lang.js writes it)
 _TAG = re.compile(r"\s*([A-Za-z]{1,8})(?:-[A-Za-z0-9]{1,8})*\s*(?:;\s*q\s*=\s*([0-9.]+))?\s*")
 
 
@@ -333,9 +370,24 @@ def language(accept_language: str | None) -> str:
 
 
 def language_of(request: Any) -> str:
-    """The page's language ("en" or "zh") for a Gradio request, from its Accept-Language."""
+    """The page's language ("en" or "zh") for a Gradio request: the one chosen in the
+    page's Settings -> Language (its LANG_COOKIE, static/lang.js), else its
+    Accept-Language's."""
     headers = getattr(request, "headers", None) or {}
-    return language(headers.get("accept-language"))
+    chosen = chosen_language(headers.get("cookie"))
+    return language(chosen) if chosen else language(headers.get("accept-language"))
+
+
+def chosen_language(cookie_header: str | None) -> str | None:
+    """The locale LANG_COOKIE names in a Cookie header ("zh-CN"), or None (none, or
+    a header that does not parse)."""
+    cookies = SimpleCookie()
+    try:
+        cookies.load(cookie_header or "")
+    except CookieError:
+        return None
+    found = cookies.get(LANG_COOKIE)
+    return unquote(found.value) if found else None
 
 
 def say(lang: str, key: str, **values: Any) -> str:

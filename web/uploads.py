@@ -21,7 +21,8 @@ from pipeline.image_input import MAX_UPLOAD_BYTES
 EDIT_PATH = "/api/edit"
 OPENAI_EDITS_PATH = "/v1/images/edits"
 A1111_IMG2IMG_PATH = "/sdapi/v1/img2img"
-UPLOAD_PATHS = (EDIT_PATH, OPENAI_EDITS_PATH, A1111_IMG2IMG_PATH)
+A1111_TXT2IMG_PATH = "/sdapi/v1/txt2img"  # a ControlNet unit's image (web/a1111_controlnet.py)
+UPLOAD_PATHS = (EDIT_PATH, OPENAI_EDITS_PATH, A1111_IMG2IMG_PATH, A1111_TXT2IMG_PATH)
 # The body limit of the upload routes: the largest image, with room for the form around it.
 UPLOAD_BODY_BYTES = MAX_UPLOAD_BYTES + (64 << 10)
 # An image, a mask and a control image at most; a form's text fields are few and short.
