@@ -133,6 +133,8 @@ class Engine:
         self.max_batch = max_batch
         self.batch_window_s = batch_window_s
         self.batch_observers: list[Callable[[int], None]] = []  # images per model call
+        # (step, steps) of the model call running now, None between calls (A1111's progress).
+        self.current_step: tuple[int, int] | None = None
         # LoRAs (pipeline/lora.py): the files a request may name; the adapters loaded.
         self.loras = LoraCatalog(lora_dir, models_dir, DigestCache(models_dir / DIGESTS_FILE))
         self.adapters = Adapters(max_adapters, max_adapter_bytes)
@@ -265,7 +267,7 @@ class Engine:
             identity,
             embeddings=self.embeddings,
             fits=self.fits,
-            progress=self._prefetching(fan_out(members)),
+            progress=self._recording(self._prefetching(fan_out(members))),
             image=members[0].image,  # an edit is never batched with another job
             edits=self._edits,
         )
@@ -278,6 +280,18 @@ class Engine:
         except FatalDeviceError as exc:
             self._fail_fatally(str(exc))
             raise
+        finally:
+            self.current_step = None
+
+    def _recording(self, progress: Progress) -> Progress:
+        """`progress`, also recording each step in `current_step` (read by other threads:
+        one tuple assignment, atomic)."""
+
+        def record(step: int, steps: int) -> None:
+            self.current_step = (step, steps)
+            progress(step, steps)
+
+        return record
 
     def _prefetching(self, progress: Progress) -> Progress:
         """`progress`, poking the prompt prefetch first at each step (once the running

@@ -7,9 +7,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import threading
 
 import httpx
 import pytest
+import webuiapi
 from PIL import Image
 from sd_parsers import ParserManager
 from sd_parsers.data import Generators
@@ -174,3 +176,30 @@ def test_image_tools_read_the_parameters_in_every_format(server: Server, fmt: st
         f"Steps: 6, Sampler: Euler, Schedule type: Simple, CFG scale: 2.5, Seed: 123, Size: 96x64, "
         f"Model hash: {model['hash']}, Model: {model['model_name']}",
     ]
+
+
+def test_progress_reports_the_running_step_and_webuiapi_waits_for_ready(server: Server) -> None:
+    api = webuiapi.WebUIApi(baseurl=f"{server.url}/sdapi/v1")
+    api.util_wait_for_ready(check_interval=0.05)  # idle: returns at once (KeyError: 'progress' before)
+    idle = api.get_progress()
+    assert idle["progress"] == 0.0 and idle["state"]["job_count"] == 0
+    assert api.get_cmd_flags() == {} and httpx.get(f"{server.url}/sdapi/v1/upscalers").json() == []
+
+    body = {"prompt": "a slow progress heron", "width": 512, "height": 512, "steps": 40, "seed": 9}
+    done = threading.Event()
+    worker = threading.Thread(
+        target=lambda: (httpx.post(f"{server.url}/sdapi/v1/txt2img", json=body, timeout=300), done.set())
+    )
+    worker.start()
+    seen = []
+    while not done.wait(0.02):
+        state = api.get_progress()
+        if state["state"]["sampling_steps"]:
+            seen.append(state)
+    worker.join()
+    assert seen, "no step was reported while the generation ran"
+    assert all(s["state"]["sampling_steps"] == 40 and s["state"]["job_count"] >= 1 for s in seen)
+    assert all(0 < s["progress"] <= 1 and s["progress"] == s["state"]["sampling_step"] / 40 for s in seen)
+    assert len({s["state"]["sampling_step"] for s in seen}) > 1  # it moves
+    api.util_wait_for_ready(check_interval=0.05)
+    assert api.get_progress()["state"]["job_count"] == 0

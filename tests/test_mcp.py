@@ -132,3 +132,43 @@ def test_head_and_get_on_mcp_complete_and_the_connection_serves_on(server: Serve
     assert heads == [b"405 Method Not Allowed"] * 2 + [b"200 OK"], got[:2000]
     assert got.count(b"allow: POST\r\n") == 2
     assert got.endswith(b"}") and b'"status":"ok"' in got.rsplit(b"\r\n\r\n", 1)[1]
+
+
+def test_without_a_token_the_sdk_says_what_to_send(keyed_server: Server) -> None:
+    # The SDK shows a JSON-RPC error's message; for any other body only "-32603
+    # Server returned an error response".
+    async def initialize(token: str | None) -> str:
+        try:
+            async with mcp_session(keyed_server, token) as client:
+                await client.list_tools()
+        except Exception as exc:  # the SDK's MCPError, possibly inside a task group's ExceptionGroup
+            while hasattr(exc, "exceptions"):  # an ExceptionGroup
+                exc = exc.exceptions[0]
+            return str(exc)
+        raise AssertionError("the call went through without a valid token")
+
+    missing = asyncio.run(initialize(None))
+    assert "Authorization: Bearer <token>" in missing and "HTTP 401" in missing, missing
+    assert "Server returned an error response" not in missing
+    wrong = asyncio.run(initialize("not-a-known-token-at-all"))
+    assert "unknown API token" in wrong and "Authorization: Bearer" in wrong, wrong
+    # Plain HTTP clients still get the API's `detail` and the status.
+    refused = httpx.post(f"{keyed_server.url}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+    assert refused.status_code == 401 and "Bearer" in refused.json()["detail"]
+    assert refused.json()["error"]["code"] == -32001 and refused.json()["id"] is None
+
+
+def test_bad_tool_arguments_are_named_with_what_is_wrong(server: Server) -> None:
+    async def call(arguments: dict[str, Any]) -> str:
+        async with mcp_session(server) as client:
+            result = await client.call_tool("generate_image", arguments)
+        assert result.is_error
+        return result.content[0].text
+
+    text = asyncio.run(call({"prompt": "an owl", "width": "wide", "steps": 2.5}))
+    assert text.startswith("generate_image: "), text
+    assert "width: " in text and "integer" in text and "steps: " in text, text
+    assert "pydantic" not in text and "validation error" not in text and "http" not in text, text
+    assert "\n" not in text
+    missing = asyncio.run(call({"width": 64}))
+    assert missing == "generate_image: prompt: Field required", missing

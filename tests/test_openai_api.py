@@ -162,6 +162,9 @@ def test_with_api_keys_the_sdk_key_is_the_token_and_errors_keep_the_shape(keyed_
         prompt="a keyed fox", size="64x64", response_format="url", extra_body={"seed": 4}
     )
     url = result.data[0].url
-    # Stored in the token's namespace: fetching it needs the token too.
-    assert httpx.get(url).status_code == 401
-    assert httpx.get(url, headers={"Authorization": f"Bearer {KEYED_TOKEN}"}).status_code == 200
+    # Stored in the token's namespace: the URL is signed for it (tests/test_signed_urls.py),
+    # and its path alone needs the token.
+    assert httpx.get(url).status_code == 200
+    path = url.partition("?")[0]
+    assert httpx.get(path).status_code == 401
+    assert httpx.get(path, headers={"Authorization": f"Bearer {KEYED_TOKEN}"}).status_code == 200

@@ -29,6 +29,10 @@ def test_an_openai_url_downloads_without_the_token_for_an_hour(keyed_server: Ser
     assert fetched.status_code == 200 and fetched.content[:8] == b"\x89PNG\r\n\x1a\n"
     authed = keyed_server.client.get(parts.path, headers={"Authorization": f"Bearer {KEYED_TOKEN}"})
     assert authed.content == fetched.content
+    # The signature, which lets anyone fetch the image, stays out of the access log.
+    log = keyed_server.log_path.read_text()
+    assert f"{parts.path}?ns={KEYED_NAMESPACE}" in log and "sig=<redacted>" in log
+    assert query["sig"] not in log
     # The path alone still needs the token.
     assert httpx.get(f"{keyed_server.url}{parts.path}").status_code == 401
 

@@ -105,3 +105,27 @@ def test_ui_api_keeps_the_api_seed_default_while_the_page_draws_a_new_one(client
         ]
     }
     assert params["seed"]["parameter_default"] == 42
+
+
+def test_view_api_types_whole_inputs_as_int_and_keeps_the_page_events_private(client: Client) -> None:
+    api = client.view_api(return_format="dict", print_info=False)
+    params = {p["parameter_name"]: p for p in api["named_endpoints"]["/generate"]["parameters"]}
+    assert params["steps"]["python_type"]["type"] == "int"
+    assert params["batch_size"]["python_type"]["type"] == "int"
+    assert params["guidance_scale"]["python_type"]["type"] == "float"
+    # Labels are plain English, not Gradio's i18n dicts.
+    returns = api["named_endpoints"]["/generate"]["returns"]
+    labels = [item["label"] for item in (*returns, *params.values())]
+    assert all(isinstance(label, str) for label in labels), labels
+    assert params["steps"]["label"] == "Steps"
+    # The examples' event is the page's: neither listed nor callable.
+    assert "/load_example" not in api["named_endpoints"] and not api["unnamed_endpoints"]
+    with pytest.raises(Exception, match="load_example"):
+        client.predict(0, api_name="/load_example")
+
+
+@pytest.mark.parametrize("field", ["steps", "batch_size"])
+def test_a_fraction_for_a_whole_input_is_refused_naming_it(client: Client, field: str) -> None:
+    fields = {"prompt": "a fractional owl", "width": 64, "height": 64, field: 2.5}
+    with pytest.raises(Exception, match=f"{field} must be a whole number"):
+        client.predict(**fields, api_name="/generate")

@@ -241,6 +241,43 @@ def create_a1111_router(service: GenerationService) -> APIRouter:
             for lora in await service.lora_listing()
         ]
 
+    @router.get("/progress", responses=error_responses(401, 403, 422))
+    async def progress(_: Namespace) -> dict[str, Any]:
+        """A1111's progress, from the engine: the model call running now (its step and
+        step count) and the jobs waiting. `webuiapi`'s `util_wait_for_ready` waits for
+        progress 0 and no jobs. No preview image (`current_image` null)."""
+        engine = service.engine
+        running = engine.current_step
+        step, steps = running if running is not None else (0, 0)
+        state = {
+            "skipped": False,
+            "interrupted": False,
+            "job": "txt2img" if running is not None else "",
+            "job_count": engine.queue_depth + (1 if running is not None else 0),
+            "job_timestamp": "0",
+            "job_no": 0,
+            "sampling_step": step,
+            "sampling_steps": steps,
+        }
+        done = step / steps if steps else 0.0
+        return {
+            "progress": done,
+            "eta_relative": 0.0,
+            "state": state,
+            "current_image": None,
+            "textinfo": None,
+        }
+
+    @router.get("/cmd-flags", responses=error_responses(401, 403, 422))
+    async def cmd_flags(_: Namespace) -> dict[str, Any]:
+        """A1111's command-line flags: none of them applies here (honestly empty)."""
+        return {}
+
+    @router.get("/upscalers", responses=error_responses(401, 403, 422))
+    async def upscalers(_: Namespace) -> list[dict[str, Any]]:
+        """No upscalers are served (honestly empty)."""
+        return []
+
     @router.get("/samplers", response_model=list[Sampler], responses=error_responses(401, 403, 422))
     async def samplers(_: Namespace) -> list[Sampler]:
         return [Sampler(name=SAMPLER, aliases=["k_euler"], options={})]

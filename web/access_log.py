@@ -10,12 +10,13 @@ from urllib.parse import unquote_plus
 REDACTED = "<redacted>"
 # Gradio's path parts that are a session hash (`heartbeat/<hash>`, `stream/<hash>/...`).
 _SESSION_IN_PATH = re.compile(r"(/gradio_api/(?:heartbeat|stream)/)[^/?]+")
-_SECRET_NAMES = ("prompt", "session_hash")
+# `sig`: a signed image URL's signature lets anyone fetch the image for an hour.
+_SECRET_NAMES = ("prompt", "session_hash", "sig")
 
 
 def redact_query(target: str) -> str:
     """`target` (a path with its raw query string) with the value of every parameter
-    whose name mentions "prompt" or is "session_hash" replaced by `<redacted>`, and
+    whose name mentions "prompt", "session_hash" or "sig" replaced by `<redacted>`, and
     a session hash in a Gradio path too.
 
     Names are judged as the server reads them, percent-decoded and `+` as a space

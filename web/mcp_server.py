@@ -20,6 +20,7 @@ from typing import Annotated, Any
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import CallToolResult, ImageContent, TextContent
 from pydantic import Field, ValidationError
@@ -46,9 +47,29 @@ INSTRUCTIONS = (
 )
 
 
+# JSON-RPC codes for refusals before any MCP message is read (the server-defined
+# range, -32000 to -32099): no or a wrong token; a malformed X-Namespace header.
+UNAUTHORIZED = -32001
+BAD_HEADER = -32600
+
+
+class ArgumentsNamed(MCPServer):
+    """The MCP server whose tools' bad arguments are answered as the HTTP routes
+    answer them: each argument named, with what is wrong, on one line. The SDK
+    would return pydantic's whole text, with a link to its documentation."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            if not isinstance(exc.__cause__, ValidationError):
+                raise
+            raise ToolError(f"{name}: {user_message(exc.__cause__)}") from exc.__cause__
+
+
 def create_mcp_server(service: GenerationService) -> MCPServer:
     """The MCP server and its tool (transport-agnostic; see `McpEndpoint` for HTTP)."""
-    mcp = MCPServer("z-image-turbo", instructions=INSTRUCTIONS)
+    mcp = ArgumentsNamed("z-image-turbo", instructions=INSTRUCTIONS)
 
     @mcp.tool(name="generate_image", title="Generate an image")
     async def generate_image(
@@ -170,15 +191,21 @@ class McpEndpoint:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         request = Request(scope, receive)
+        # Refusals are JSON-RPC errors (id null: the message is not read), which MCP
+        # clients show to the person; any other body they report as "Server returned
+        # an error response" only. `detail` keeps the API's shape for plain HTTP.
         try:
             namespace = await caller_namespace(request)
         except HTTPException as exc:
-            answer = JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-            await answer(scope, receive, send)
+            hint = f": {AUTH_HINT}" if exc.status_code == 401 else ""
+            message = f"{exc.detail} (HTTP {exc.status_code}){hint}"
+            body = rpc_error(UNAUTHORIZED, message) | {"detail": exc.detail}
+            await JSONResponse(body, status_code=exc.status_code, headers=exc.headers)(scope, receive, send)
             return
         except RequestInvalid as exc:
             detail = [{"type": "value_error", "loc": ["header", exc.field], "msg": exc.message}]
-            await JSONResponse({"detail": detail}, status_code=422)(scope, receive, send)
+            body = rpc_error(BAD_HEADER, f"{exc.field}: {exc.message}") | {"detail": detail}
+            await JSONResponse(body, status_code=422)(scope, receive, send)
             return
         if scope["method"] != "POST":
             # Stateless and JSON-only: no session to end (DELETE) and no server-sent
@@ -203,6 +230,17 @@ class McpEndpoint:
         """The session manager's task group; must wrap the server's lifetime."""
         async with self.manager.run():
             yield
+
+
+AUTH_HINT = (
+    "this MCP server needs an API token: configure your MCP client to send the header "
+    "`Authorization: Bearer <token>` with your namespace's token"
+)
+
+
+def rpc_error(code: int, message: str) -> dict[str, Any]:
+    """A JSON-RPC error response to a message that was not read (id null)."""
+    return {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}}
 
 
 def thumbnail(data: bytes, side: int = THUMBNAIL_SIDE) -> bytes:

@@ -20,7 +20,7 @@ from pipeline.engine import Engine, EngineState
 from pipeline.limits import MAX_PROMPT_CHARS, RANDOM_SEED
 from pipeline.service import GenerationService
 from pipeline.tiny_model import DEMO_LORA_NAME
-from web.ui_api import generate_api
+from web.ui_api import generate_api, plain_api_labels
 from web.ui_edit import edit_head, edit_panel
 from web.ui_form import (
     NOTED,
@@ -89,6 +89,7 @@ def create_ui(service: GenerationService, engine: Engine, images: UiImages, *, d
         _bind_history(tab, images)
         _bind_load(ui, tab, service, engine, images, loading)
         stats.refresh_on(ui)
+    plain_api_labels(ui)
     return ui
 
 

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import gradio as gr
+from gradio.i18n import I18nData
 from pydantic import ValidationError
 
 from pipeline import limits
@@ -24,6 +25,7 @@ from web.errors import EXPECTED, user_message
 from web.ui_history import entries_for, gallery, merge, status_line
 from web.ui_images import UiImages, namespace_of
 from web.ui_run import progress_reporter
+from web.ui_text import EN
 
 Outputs = tuple[list[tuple[str, str]], str, list[dict[str, Any]], list[tuple[str, str]]]
 
@@ -84,10 +86,31 @@ def generate_api(
 
 
 def _whole(field: str, value: float | None, default: int) -> int:
-    """A whole number from a Gradio number or slider (floats, or NaN and infinities
-    from an API caller); RequestInvalid naming the field for those."""
+    """A whole number from a Gradio number or slider (floats, or NaN, infinities and
+    fractions from an API caller); RequestInvalid naming the field for those."""
     if value is None:
         return default
     if not math.isfinite(value):
         raise RequestInvalid(field, f"{field} must be a finite whole number (got {value})")
+    if value != int(value):  # 8.5 steps is a mistake to say, not to round away
+        raise RequestInvalid(field, f"{field} must be a whole number (got {value})")
     return int(value)
+
+
+def plain_api_labels(blocks: gr.Blocks) -> None:
+    """Make `blocks`' API description (`/gradio_api/info`, gradio_client's
+    `view_api()`) name parameters and returns by their English labels: the page's
+    labels are translation keys, which Gradio would print as i18n dicts."""
+    described = blocks.get_api_info
+
+    def get_api_info(all_endpoints: bool = False, page: str | None = None) -> Any:
+        info = described(all_endpoints=all_endpoints, page=page)
+        for endpoints in (info.get("named_endpoints", {}), info.get("unnamed_endpoints", {})):
+            for endpoint in endpoints.values():
+                for item in (*endpoint.get("parameters", ()), *endpoint.get("returns", ())):
+                    label = item.get("label")
+                    if isinstance(label, I18nData):
+                        item["label"] = EN.get(label.key, label.key)
+        return info
+
+    blocks.get_api_info = get_api_info  # type: ignore[method-assign]  # Gradio allows overriding it

@@ -229,7 +229,9 @@ def create_tab(normalization: str, states: dict[str, Any]) -> CreateTab:
                 )
                 gr.Markdown(t("png_info_note"), elem_id="png-info-note")
             png_read = gr.Button(elem_id="png-read", elem_classes=["page-only"])
-            gr.Examples(EXAMPLES, inputs=prompt, label=t("examples"))
+            # The page's own event: not callable by gradio_client (Gradio's default,
+            # "undocumented", leaves it callable under /load_example).
+            gr.Examples(EXAMPLES, inputs=prompt, label=t("examples"), api_visibility="private")
         with gr.Column(scale=6, min_width=320):
             # Download all, in the toolbar of the image shown too (Gradio's own
             # "download_all" shows only in the grid, which the viewer hides): one zip of
@@ -371,5 +373,10 @@ def _range(
         elem_id=elem_id or name,
         elem_classes=["range-checked"],
     )
+    if float(step).is_integer() and float(low).is_integer():
+        # A whole-number slider: gradio_client's view_api says `int` (Gradio says
+        # `float` for every slider without precision=0, which would round 8.5
+        # silently; web/ui_api.py refuses it instead).
+        slider.api_info = lambda: {**gr.Slider.api_info(slider), "type": "integer"}  # type: ignore[method-assign]
     notes[name] = _note(name)
     return slider
