@@ -114,7 +114,9 @@ class Server:
         return self.wait_model("ready", timeout_s)
 
     def wait_model(self, state: str, timeout_s: float = START_TIMEOUT_S) -> Server:
-        """Wait until /health reports the model `state` (loading, warming, ready, failed)."""
+        """Wait until /health reports the model `state` (loading, warming, ready, failed).
+        A server that does not get there in time is stopped before NotReady is raised
+        (a fixture that fails while starting it never reaches its own stop)."""
         try:
             wait_until(
                 lambda: self.client.get("/health").json()["model"] == state,
@@ -125,6 +127,7 @@ class Server:
                 exited=lambda: None if self.proc.poll() is None else f"exited with {self.proc.returncode}",
             )
         except NotReady as exc:
+            self.stop()
             raise NotReady(f"{exc}:\n{self.log()}") from None
         return self
 
