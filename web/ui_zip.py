@@ -13,18 +13,28 @@ from __future__ import annotations
 
 import io
 import zipfile
-from typing import TYPE_CHECKING
+from typing import Protocol
 from urllib.parse import parse_qs
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-if TYPE_CHECKING:  # (web/ui_images.py installs this route: no import at run time)
-    from web.ui_images import UiImages
+from cache import Entry
 
 ZIP_ROUTE = "/gradio_api/zimage/results.zip"
 MAX_FILES = 64  # a results gallery holds a batch (at most MAX_UI_BATCH); the history's 48
 ZIP_NAME = "z-image-results.zip"
+
+
+class Images(Protocol):
+    """What the zip needs of the page's images: web/ui_images.UiImages, which installs
+    this route (so this module does not import it back)."""
+
+    def owns(self, path: str) -> bool: ...
+
+    async def fetch(self, caller_namespace: str | None, path: str) -> Entry | None: ...
+
+    def download_name_of(self, path: str) -> str: ...
 
 
 def unique(name: str, taken: set[str]) -> str:
@@ -41,7 +51,7 @@ def unique(name: str, taken: set[str]) -> str:
     return found
 
 
-async def zip_response(images: UiImages, namespace: str | None, request: Request) -> Response:
+async def zip_response(images: Images, namespace: str | None, request: Request) -> Response:
     """The zip of the paths `request` names (1 to MAX_FILES `f` parameters), each the
     caller's; 422 naming `f` for none or too many, 403 (the file route's answer) for
     one not the caller's or gone."""
