@@ -14,36 +14,42 @@ So, as Thinking Machines' batch_invariant_ops and vLLM's / SGLang's deterministi
 modes do by choosing kernels that do not change with the batch, the engine makes the
 batch-dependent parts independent of it: `per_row_linears` computes a linear over a
 2-D input row by row (B tiny products instead of one), and the pipeline decodes
-latents one image at a time (pipeline/rendering.decode_latents). On CUDA the large
+latents one image at a time (pipeline/rendering.decode_latents). Under torch.compile
+the linears run as one product (see RowByRowLinear.forward). On CUDA the large
 products' kernel choice (split-K by row count in cuBLAS) may still depend on the
 batch; that is unmeasured here (no GPU): bench/gpu.py should check it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import partial
-from typing import Any
+import torch
 
 
-def per_row_linears(module: Any) -> int:
-    """Make every linear of `module` compute a 2-D input (rows of one vector per
-    image) one row at a time, so a row's result does not depend on how many rows
-    came with it; inputs with more dimensions (tokens) are left as they are. Returns
-    the number of linears changed. Idempotent."""
-    import torch
+class RowByRowLinear(torch.nn.Linear):
+    """A linear that computes a 2-D input (rows of one vector per image) one row at a
+    time, so a row's result does not depend on how many rows came with it; inputs with
+    more dimensions (tokens) go through as one product."""
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Not inside torch.compile: a loop over the rows would specialise the compiled
+        # graph on the batch size (a recompile per size), and inductor makes its own
+        # kernels anyway, whose batch invariance is unmeasured (no GPU here).
+        if x.dim() == 2 and x.shape[0] > 1 and not torch.compiler.is_compiling():
+            return torch.cat([super(RowByRowLinear, self).forward(x[i : i + 1]) for i in range(x.shape[0])])
+        return super().forward(x)
+
+
+def per_row_linears(module: torch.nn.Module) -> int:
+    """Make every plain linear of `module` a RowByRowLinear. Returns the number of
+    linears changed. Idempotent.
+
+    The class is changed, not each instance's `forward`: torch.compile compiles one
+    transformer block's code for all blocks and guards on what it calls, so a
+    function object per instance (a `functools.partial`) would recompile it for every
+    block, while one class's method is the same for all."""
     changed = 0
     for linear in module.modules():
-        if isinstance(linear, torch.nn.Linear) and not isinstance(linear.forward, partial):
-            linear.forward = partial(_row_by_row, linear.forward)
+        if type(linear) is torch.nn.Linear:
+            linear.__class__ = RowByRowLinear
             changed += 1
     return changed
-
-
-def _row_by_row(forward: Callable[[Any], Any], x: Any) -> Any:
-    import torch
-
-    if x.dim() == 2 and x.shape[0] > 1:
-        return torch.cat([forward(x[i : i + 1]) for i in range(x.shape[0])])
-    return forward(x)

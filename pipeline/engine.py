@@ -13,7 +13,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from pipeline.batch_invariance import per_row_linears
 from pipeline.batching import BATCH_WINDOW_S, DEFAULT_MAX_BATCH, Member, batch_key, fan_out, gather
 from pipeline.compile import CompileSetting, compiled_graphs
 from pipeline.controlnet import EditInput, controlnet_fingerprint, controlnet_path, load_controlnet
@@ -392,6 +391,8 @@ class Engine:
             self._edits = EditPipes(self._pipe, controlnet)
             self._counting_tokenizer = copy.deepcopy(self._pipe.tokenizer)
             self._start_prefetch(identity)
+            from pipeline.batch_invariance import per_row_linears  # (torch: imported once loading)
+
             per_row_linears(self._pipe.transformer)  # a batched image equals itself alone, bit for bit
             levers = apply_speed_levers(
                 self._pipe.transformer,

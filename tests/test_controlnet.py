@@ -108,14 +108,15 @@ def test_webuiapi_controlnet_unit_is_a_control_generation_with_one_key_across_ro
 ) -> None:
     api = webuiapi.WebUIApi(baseurl=f"{controlled.url}/sdapi/v1")
     edges = Image.fromarray(picture(22))
-    first = api.txt2img(controlnet_units=[unit(edges)], **A1111_ASK)
+    first = api.txt2img(controlnet_units=[unit(edges)], alwayson_scripts={}, **A1111_ASK)
     assert first.info["cache"] == ["miss"]
-    again = api.txt2img(controlnet_units=[unit(edges)], **A1111_ASK)
+    again = api.txt2img(controlnet_units=[unit(edges)], alwayson_scripts={}, **A1111_ASK)
     assert again.info["cache"] == ["memory"] and again.info["keys"] == first.info["keys"]
-    weaker = api.txt2img(controlnet_units=[unit(edges, weight=0.5)], **A1111_ASK)
+    weaker = api.txt2img(controlnet_units=[unit(edges, weight=0.5)], alwayson_scripts={}, **A1111_ASK)
     assert weaker.info["cache"] == ["miss"]
-    # Plain text-to-image. Its own empty dict: webuiapi's default `alwayson_scripts={}` is one
-    # dict shared by every call, and keeps the last call's ControlNet unit in it.
+    # Every call passes its own empty dict: webuiapi's default `alwayson_scripts={}` is one
+    # dict shared by every call of the process, and keeps a call's ControlNet unit in it
+    # (it leaked into test_edit_routes' and test_lora_routes' calls in CI).
     plain = api.txt2img(alwayson_scripts={}, **A1111_ASK)
     assert len({first.info["keys"][0], weaker.info["keys"][0], plain.info["keys"][0]}) == 3
     assert not np.array_equal(np.asarray(first.image), np.asarray(plain.image))
@@ -159,6 +160,7 @@ def test_a1111_two_units_or_a_unit_on_img2img_are_a_422(controlled: Server) -> N
         api.img2img(
             images=[Image.fromarray(picture())],
             controlnet_units=[unit(Image.fromarray(picture()))],
+            alwayson_scripts={},
             **A1111_ASK,
         )
 
