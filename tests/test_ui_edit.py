@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from playwright.sync_api import expect
+from playwright.sync_api import Browser, Page, expect
 
 from bench.browsers import TIMEOUT_MS, chromium, open_page
 from tests.conftest import Server
@@ -29,14 +29,20 @@ def shown(data_url: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("RGB"))
 
 
+def edit_tab_with(browser: Browser, url: str, array: np.ndarray, name: str) -> Page:
+    """The UI at `url` (English) on its image tab, with `array` chosen as a PNG `name`."""
+    page = open_page(browser, url, locale="en-US")
+    page.get_by_role("tab", name="Edit an image").click()
+    page.get_by_label("Image (PNG, JPEG or WebP)").set_input_files(
+        {"name": name, "mimeType": "image/png", "buffer": encoded(array)}
+    )
+    return page
+
+
 def test_the_image_tab_inpaints_a_painted_mask_a_miss_then_a_hit(server: Server) -> None:
     array = picture(41)  # 64 x 64
     with chromium() as browser:
-        page = open_page(browser, server.url, locale="en-US")
-        page.get_by_role("tab", name="Edit an image").click()
-        page.get_by_label("Image (PNG, JPEG or WebP)").set_input_files(
-            {"name": "in.png", "mimeType": "image/png", "buffer": encoded(array)}
-        )
+        page = edit_tab_with(browser, server.url, array, "in.png")
         mask = page.locator("#edit-mask")
         expect(mask).to_be_visible()
         # No --controlnet here: the ControlNet part is disabled and says which flag enables it.

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from playwright.sync_api import expect
 
-from bench.browsers import TIMEOUT_MS, chromium, open_page
+from bench.browsers import TIMEOUT_MS, chromium
 from tests.conftest import Server
-from tests.test_image_input import encoded, picture
+from tests.test_image_input import picture
 from tests.test_ui_a11y import serious
-from tests.test_ui_edit import shown
+from tests.test_ui_edit import edit_tab_with, shown
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +30,7 @@ def test_the_image_tab_sends_a_control_image_and_a_lora_each_scale_a_miss(
 ) -> None:
     edges = picture(43)  # 64 x 64
     with chromium() as browser:
-        page = open_page(browser, controlled.url, locale="en-US")
-        page.get_by_role("tab", name="Edit an image").click()
-        page.get_by_label("Image (PNG, JPEG or WebP)").set_input_files(
-            {"name": "edges.png", "mimeType": "image/png", "buffer": encoded(edges)}
-        )
+        page = edit_tab_with(browser, controlled.url, edges, "edges.png")
         expect(page.locator("#edit-mask")).to_be_visible()
         use = page.get_by_label("Use the image as a control image")
         expect(use).to_be_enabled()
